@@ -1,0 +1,31 @@
+"""nccli: measure neural collapse in deep classifiers, layer by layer and checkpoint by checkpoint.
+
+The library API (the command line is a thin layer over it)::
+
+    from nccli import analyze_features, AnalyzeConfig
+    from nccli import extract_features, ExtractConfig
+
+Heavy modules (torch, h5py, pyarrow) load on first use, so ``import nccli``
+stays cheap.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY_EXPORTS = {
+    "AnalyzeConfig": "nccli.analyze",
+    "AnalysisResult": "nccli.analyze",
+    "analyze_features": "nccli.analyze",
+    "ExtractConfig": "nccli.extract",
+    "extract_features": "nccli.extract",
+    "list_layers": "nccli.extract",
+}
+
+__all__ = ["__version__", *_LAZY_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _LAZY_EXPORTS:
+        return getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
+    raise AttributeError(f"module 'nccli' has no attribute '{name}'")

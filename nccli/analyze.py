@@ -1,0 +1,269 @@
+"""``analyze``: stream feature files through the accumulators and compute every metric per layer.
+
+Per file, two passes over the rows serve all selected layers at once
+(pass 1: class moments; pass 2: projections on the between-class span and the
+NCC / classifier decisions). Everything is validated before the first row is
+read, so a bad input fails in seconds, not after an hour.
+"""
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nccli import schema
+from nccli.errors import DegenerateMetricWarning, FeatureFileError, UsageError
+from nccli.io.reader import FeatureFile, LayerInfo, open_feature_file
+from nccli.metrics import formulas
+from nccli.metrics.accumulators import ClassMoments, Decisions
+from nccli.metrics.backend import Backend, select_backend
+from nccli.metrics.layer import ClassMeans, build_geometry, summarize_layer
+from nccli.metrics.mse import MSE_MAX_DIM, mse_decomposition
+from nccli.progress import progress_bar
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """What to analyze and how.
+
+    ``layers``: names or globs (None = all); ``means_from``: a reference
+    feature file whose class means the nearest-class-centre metrics use;
+    ``mse``: add the MSE decomposition with weight decay ``weight_decay``;
+    ``depth_epsilon``: ε of ``ncc_effective_depth``; ``block_rows``: rows per
+    block (None = about 32 MiB of the widest layer, chunk-aligned).
+    """
+
+    files: tuple[str, ...]
+    layers: tuple[str, ...] | None = None
+    means_from: str | None = None
+    mse: bool = False
+    weight_decay: float = 0.0
+    device: str = "auto"
+    depth_epsilon: float = 0.01
+    block_rows: int | None = None
+    show_progress: bool = False
+
+
+@dataclass
+class AnalysisResult:
+    """Rows of the summary, per-class and per-pair tables, and the report's metadata."""
+
+    summary: list[dict] = field(default_factory=list)
+    classes: list[dict] = field(default_factory=list)
+    pairs: list[dict] = field(default_factory=list)
+    provenance: dict[str, dict] = field(default_factory=dict)
+    conventions: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def analyze_features(config: AnalyzeConfig) -> AnalysisResult:
+    """Compute the metrics of ``metrics.md`` for every selected layer of every file."""
+    _check_config(config)
+    xp = select_backend(config.device)
+    result = AnalysisResult()
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(open_feature_file(path)) for path in config.files]
+        selections = [feature_file.info.select_layers(config.layers) for feature_file in files]
+        reference = stack.enter_context(open_feature_file(config.means_from)) if config.means_from else None
+        if reference is not None:
+            _check_reference(reference, files, selections)
+        if config.mse:
+            _check_mse_width(files, selections)
+        total = sum(2 * f.info.n_samples for f in files)
+        if reference is not None:
+            total += reference.info.n_samples
+        with progress_bar(config.show_progress, "analyze", total) as advance:
+            reference_means = None
+            if reference is not None:
+                names = {layer.name for selection in selections for layer in selection}
+                layers = tuple(layer for layer in reference.info.layers if layer.name in names)
+                moments = _class_moments(xp, reference, layers, None, config.block_rows, advance)
+                reference_means = {name: ClassMeans.of(state.host()) for name, state in moments.items()}
+            for feature_file, layers in zip(files, selections):
+                _analyze_file(xp, feature_file, layers, reference_means, config, result, advance)
+    result.conventions = _conventions(config, xp, result)
+    return result
+
+
+def _check_config(config: AnalyzeConfig) -> None:
+    if not config.files:
+        raise UsageError("no feature files given")
+    if config.weight_decay < 0:
+        raise UsageError(f"--weight-decay must be ≥ 0, got {config.weight_decay}")
+    if config.weight_decay and not config.mse:
+        raise UsageError("--weight-decay only applies to the MSE decomposition; add --mse")
+    if not 0 <= config.depth_epsilon <= 1:
+        raise UsageError(f"--epsilon must be in [0, 1], got {config.depth_epsilon}")
+    if config.block_rows is not None and config.block_rows < 1:
+        raise UsageError(f"--block-rows must be ≥ 1, got {config.block_rows}")
+
+
+def _check_reference(reference: FeatureFile, files: list[FeatureFile], selections) -> None:
+    ref = reference.info
+    available = {layer.name: layer for layer in ref.layers}
+    for feature_file, layers in zip(files, selections):
+        info = feature_file.info
+        if info.num_classes != ref.num_classes:
+            raise FeatureFileError(
+                ref.path, "", f"--means-from file has {ref.num_classes} classes but '{info.path}' has {info.num_classes}"
+            )
+        for layer in layers:
+            if layer.name not in available:
+                raise FeatureFileError(
+                    ref.path,
+                    schema.LAYERS,
+                    f"--means-from file has no layer '{layer.name}' (needed by '{info.path}'); "
+                    f"its layers are: {', '.join(available)}",
+                )
+            if available[layer.name].dim != layer.dim:
+                raise FeatureFileError(
+                    ref.path,
+                    schema.layer_path(layer.name),
+                    f"--means-from layer has width {available[layer.name].dim} but '{info.path}' has {layer.dim}",
+                )
+
+
+def _check_mse_width(files: list[FeatureFile], selections) -> None:
+    for feature_file, layers in zip(files, selections):
+        name = feature_file.info.classifier_layer
+        for layer in layers:
+            if layer.name == name and layer.dim > MSE_MAX_DIM:
+                raise UsageError(
+                    f"--mse needs a (d+1)² matrix; layer '{name}' of '{feature_file.info.path}' has d = {layer.dim}, "
+                    f"above the limit of {MSE_MAX_DIM}; drop --mse for this file"
+                )
+
+
+def _class_moments(xp: Backend, feature_file: FeatureFile, layers, matrix_layer, block_rows, advance):
+    """Pass 1 over ``layers``."""
+    num_classes = feature_file.info.num_classes
+    moments = {
+        layer.name: ClassMoments.empty(xp, num_classes, layer.dim, with_matrix=layer.name == matrix_layer)
+        for layer in layers
+    }
+    for _, labels, rows in feature_file.blocks(layers, feature_file.block_rows(layers, block_rows)):
+        y = xp.labels(labels)
+        for name, block in rows.items():
+            moments[name].update(xp.features(block), y)
+        advance(len(labels))
+    return moments
+
+
+def _analyze_file(
+    xp: Backend,
+    feature_file: FeatureFile,
+    layers: tuple[LayerInfo, ...],
+    reference_means,
+    config: AnalyzeConfig,
+    result: AnalysisResult,
+    advance,
+) -> None:
+    info = feature_file.info
+    classifier_layer = info.classifier_layer if feature_file.classifier is not None else None
+    mse_layer = classifier_layer if config.mse else None
+    moments = {
+        name: state.host()
+        for name, state in _class_moments(xp, feature_file, layers, mse_layer, config.block_rows, advance).items()
+    }
+
+    spectra, geometries, decisions = {}, {}, {}
+    for layer in layers:
+        host = moments[layer.name]
+        spectra[layer.name] = formulas.between_class_spectrum(ClassMeans.of(host).centred)
+        ncc_reference = reference_means[layer.name] if reference_means else ClassMeans.of(host)
+        classifier = feature_file.classifier if layer.name == classifier_layer else None
+        geometries[layer.name] = build_geometry(xp, host, spectra[layer.name], ncc_reference, classifier)
+        decisions[layer.name] = Decisions.empty(xp, info.num_classes, spectra[layer.name].rank)
+    for _, labels, rows in feature_file.blocks(layers, feature_file.block_rows(layers, config.block_rows)):
+        y = xp.labels(labels)
+        for name, block in rows.items():
+            decisions[name].update(geometries[name], xp.features(block), y)
+        advance(len(labels))
+
+    if config.mse and classifier_layer is None:
+        _warn(result, info.path, None, "no /classifier/weight: mse_* reported as null")
+    file_rows = []
+    for layer in layers:
+        classifier = feature_file.classifier if layer.name == classifier_layer else None
+        metrics = summarize_layer(
+            moments[layer.name],
+            spectra[layer.name],
+            decisions[layer.name].host(),
+            classifier,
+            lambda message, name=layer.name: _warn(result, info.path, name, message),
+        )
+        if classifier is not None and config.mse:
+            metrics.summary.update(mse_decomposition(moments[layer.name], classifier, config.weight_decay))
+        keys = {schema.COL_FILE: info.path, schema.COL_LAYER: layer.name}
+        file_rows.append(
+            {
+                **keys,
+                schema.COL_SPLIT: info.split,
+                schema.COL_EPOCH: info.epoch,
+                schema.COL_MODEL: info.model,
+                schema.COL_LAYER_ORDER: layer.order,
+                schema.COL_N_SAMPLES: info.n_samples,
+                schema.COL_N_CLASSES: int(np.count_nonzero(moments[layer.name].count)),
+                schema.COL_DIM: layer.dim,
+                **metrics.summary,
+                "_sigma_b_rank": metrics.sigma_b_rank,
+            }
+        )
+        result.classes.extend(_with_names({**keys, **row}, info.class_names) for row in metrics.classes)
+        result.pairs.extend(_with_names({**keys, **row}, info.class_names) for row in metrics.pairs)
+
+    depth = effective_depth(file_rows, config.depth_epsilon)
+    for row in file_rows:
+        row[schema.COL_EFFECTIVE_DEPTH] = depth
+    result.summary.extend(file_rows)
+    result.provenance[info.path] = info.provenance
+
+
+def effective_depth(rows: list[dict], epsilon: float) -> int:
+    """Smallest layer order with 1 − ncc_accuracy ≤ ε, else the deepest order (Galanti 2022; review §4.2)."""
+    ordered = sorted(rows, key=lambda row: row[schema.COL_LAYER_ORDER])
+    for row in ordered:
+        if 1.0 - row["ncc_accuracy"] <= epsilon + 1e-12:  # tolerance: 1 − 0.99 is not exactly 0.01
+            return row[schema.COL_LAYER_ORDER]
+    return ordered[-1][schema.COL_LAYER_ORDER]
+
+
+def _with_names(row: dict, class_names: tuple[str, ...] | None) -> dict:
+    if class_names is None:
+        return row
+    row[schema.COL_CLASS_NAME] = class_names[row[schema.COL_CLASS]]
+    if schema.COL_CLASS_B in row:
+        row[schema.COL_CLASS_NAME_B] = class_names[row[schema.COL_CLASS_B]]
+    return row
+
+
+def _warn(result: AnalysisResult, file: str, layer: str | None, message: str) -> None:
+    where = f"'{file}'" + (f": layer '{layer}'" if layer else "")
+    text = f"{where}: {message}"
+    result.warnings.append(text)
+    warnings.warn(DegenerateMetricWarning(text), stacklevel=2)
+
+
+def _conventions(config: AnalyzeConfig, xp: Backend, result: AnalysisResult) -> dict:
+    """The choices other tools make differently, so a number can be compared (``report.md``)."""
+    ranks: dict[str, dict[str, int]] = {}
+    for row in result.summary:
+        ranks.setdefault(row[schema.COL_FILE], {})[row[schema.COL_LAYER]] = row.pop("_sigma_b_rank")
+    return {
+        "global_mean": "mean of class means: μ_G = (1/K) Σ_c μ_c over present classes",
+        "sigma_w": "Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ (population, not N − 1)",
+        "sigma_b": "Σ_B = (1/K) Σ_c (μ_c − μ_G)(μ_c − μ_G)ᵀ (population, not K − 1)",
+        "std": "population standard deviation (ddof = 0) in nc2_equinorm and nc2_equiangular",
+        "pinv_cutoff": "Σ_B⁺ keeps eigenvalues above λ_max · max(K, d) · ε_float64, at most K − 1 of them",
+        "sigma_b_rank": ranks,
+        "coincident_means": f"two class means closer than {formulas.COINCIDENCE_TOLERANCE:g} × max_c ‖μ_c‖ coincide",
+        "cosine_view": "raw (uncentred) features; pairs i = j included; all-zero vectors left out",
+        "ncc_means": f"class means of '{config.means_from}' (--means-from)" if config.means_from else "each file's own class means",
+        "ties": "argmin / argmax over present classes; ties go to the lowest class id",
+        "mse": {"weight_decay": config.weight_decay, "extended_features": "h̃ = [h; 1], W̃ = [W, b] over all classes"}
+        if config.mse
+        else None,
+        "ncc_effective_depth_epsilon": config.depth_epsilon,
+        "device": xp.name,
+    }

@@ -1,0 +1,40 @@
+"""nccli's errors: one root the CLI turns into a one-line message and exit code 2.
+
+Anything that is not an :class:`NcCliError` is a bug and keeps its traceback.
+"""
+
+
+class NcCliError(Exception):
+    """An error the user can fix: bad input, bad options, an unwritable output."""
+
+
+class FeatureFileError(NcCliError):
+    """A feature file that does not follow ``feature-file.md``.
+
+    The message names the file, the path inside it and what is wrong.
+    """
+
+    def __init__(self, file: str, path: str, problem: str):
+        self.file, self.path, self.problem = file, path, problem
+        where = f"'{file}'" if not path else f"'{file}': '/{path.lstrip('/')}'"
+        super().__init__(f"{where}: {problem}")
+
+
+class UsageError(NcCliError):
+    """Options that cannot work together or name things that do not exist."""
+
+
+class OutputError(NcCliError):
+    """An output that cannot be written where the user asked."""
+
+
+class ModelError(NcCliError):
+    """A model name, architecture or checkpoint that cannot be loaded."""
+
+
+class DataError(NcCliError):
+    """A dataset that cannot be read or has invalid labels."""
+
+
+class DegenerateMetricWarning(UserWarning):
+    """A metric undefined for this data (K < 2, coincident means, ...): reported as null."""

@@ -1,0 +1,30 @@
+"""Run a model over a dataset and stream per-layer features into a feature file (``feature-file.md``).
+
+Data flow: :mod:`~nccli.extract.models` and :mod:`~nccli.extract.checkpoints`
+give an ``nn.Module``; :mod:`~nccli.extract.datasets` and
+:mod:`~nccli.extract.transforms` give image batches; :mod:`~nccli.extract.hooks`
+captures and pools layers; :mod:`~nccli.extract.loop` keeps the device busy;
+:mod:`~nccli.extract.runner` ties them to :mod:`nccli.io.writer`.
+
+Exports load lazily, so the CLI can read :mod:`~nccli.extract.config`'s
+choices without importing torch.
+"""
+
+import importlib
+
+_LAZY_EXPORTS = {
+    "ExtractConfig": "nccli.extract.config",
+    "ModelOptions": "nccli.extract.config",
+    "ExtractResult": "nccli.extract.runner",
+    "ExtractionInterrupted": "nccli.extract.runner",
+    "extract_features": "nccli.extract.runner",
+    "list_layers": "nccli.extract.listing",
+}
+
+__all__ = list(_LAZY_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _LAZY_EXPORTS:
+        return getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
+    raise AttributeError(f"module 'nccli.extract' has no attribute '{name}'")

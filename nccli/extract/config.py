@@ -1,0 +1,151 @@
+"""What `nccli extract` and `nccli layers` are asked to do: frozen configs and their closed choices.
+
+Nothing here imports torch, so the CLI can build its options from these enums
+and still start instantly.
+"""
+
+import enum
+import os
+from dataclasses import dataclass, field
+
+from nccli.errors import UsageError
+
+DEFAULT_ROOT = "data"
+DEFAULT_BATCH_SIZE = 128
+DEFAULT_MAX_DIM = 16384
+DEFAULT_INPUT_SIZE = (3, 224, 224)
+DEFAULT_WORKERS = min(4, max(0, (os.cpu_count() or 1) - 1))
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Split(enum.StrEnum):
+    """Which split of a named dataset to read (and the `split` attribute written)."""
+
+    TRAIN = "train"
+    TEST = "test"
+
+
+class MapPooling(enum.StrEnum):
+    """How an (N, C, H, W) feature map becomes one row per sample."""
+
+    AVG = "avg"
+    MAX = "max"
+    FLATTEN = "flatten"
+
+
+class TokenPooling(enum.StrEnum):
+    """How an (N, T, D) token sequence becomes one row per sample; `auto` is `cls` for models with a class token."""
+
+    AUTO = "auto"
+    CLS = "cls"
+    MEAN = "mean"
+    MAX = "max"
+    FLATTEN = "flatten"
+
+
+class Precision(enum.StrEnum):
+    """Autocast precision of the forward pass."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class StorageDtype(enum.StrEnum):
+    """Float width of the features stored in the file."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+
+
+class Compression(enum.StrEnum):
+    """HDF5 compression filter of the feature datasets."""
+
+    NONE = "none"
+    LZF = "lzf"
+    GZIP = "gzip"
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How to turn a MODEL argument into an ``nn.Module``."""
+
+    arch: str | None = None
+    weights: str | None = None
+    num_classes: int | None = None
+    trust_checkpoint: bool = False
+
+    def __post_init__(self):
+        _check_positive("--num-classes", self.num_classes)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything `extract_features` needs; defaults match the CLI's.
+
+    ``models`` holds model names, checkpoint paths or globs (several
+    checkpoints make ``out`` a directory); ``mean``/``std`` of ``None`` mean
+    ImageNet's (averaged for 1-channel images); ``layers`` of ``None`` means
+    the default picks (top-level blocks and the classifier input).
+    """
+
+    models: tuple[str, ...]
+    data: str
+    out: str
+    model: ModelOptions = field(default_factory=ModelOptions)
+    epoch: int | None = None
+    root: str = DEFAULT_ROOT
+    split: Split = Split.TRAIN
+    download: bool = False
+    resize: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channels: int | None = None
+    per_class: int | None = None
+    limit: int | None = None
+    seed: int = 0
+    layers: tuple[str, ...] | None = None
+    pool: MapPooling = MapPooling.AVG
+    token_pool: TokenPooling = TokenPooling.AUTO
+    max_dim: int = DEFAULT_MAX_DIM
+    device: str = "auto"
+    precision: Precision = Precision.FP32
+    batch_size: int = DEFAULT_BATCH_SIZE
+    workers: int = DEFAULT_WORKERS
+    dtype: StorageDtype = StorageDtype.FLOAT32
+    compression: Compression = Compression.NONE
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = False
+    command: str | None = None
+
+    def __post_init__(self):
+        if isinstance(self.models, str):
+            object.__setattr__(self, "models", (self.models,))
+        if not self.models:
+            raise UsageError("no MODEL given")
+        if self.resume and self.overwrite:
+            raise UsageError("--resume continues a partial file and --overwrite starts over; pass only one")
+        for option, value in (
+            ("--resize", self.resize),
+            ("--per-class", self.per_class),
+            ("--limit", self.limit),
+            ("--max-dim", self.max_dim),
+            ("--batch-size", self.batch_size),
+        ):
+            _check_positive(option, value)
+        if self.workers < 0:
+            raise UsageError(f"--workers must be 0 or more, got {self.workers}")
+        if self.channels not in (None, 1, 3):
+            raise UsageError(f"--channels must be 1 or 3, got {self.channels}")
+        for option, values in (("--mean", self.mean), ("--std", self.std)):
+            if values is not None and len(values) not in (1, 3):
+                raise UsageError(f"{option} takes 1 or 3 comma-separated numbers, got {len(values)}")
+        if self.std is not None and any(value <= 0 for value in self.std):
+            raise UsageError(f"--std must be positive, got {','.join(map(str, self.std))}")
+
+
+def _check_positive(option: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UsageError(f"{option} must be a positive integer, got {value}")

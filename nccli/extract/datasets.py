@@ -1,0 +1,273 @@
+"""Reading the DATA argument: torchvision datasets by name, image folders, .npz/.h5 array files, ``fake:N``.
+
+Every source exposes all its labels up front (for ``--per-class`` and the
+label checks) and fetches images a batch at a time: array files slice a
+whole batch and transform it at once; per-image datasets transform each
+image and stack them.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import functional as F
+
+from nccli import schema
+from nccli.errors import DataError, UsageError
+from nccli.extract.config import Split
+from nccli.extract.messages import did_you_mean, first_line
+
+NAMED_DATASETS = ("cifar10", "cifar100", "mnist", "fashionmnist", "svhn", "stl10", "imagenet")
+FAKE_PREFIX = "fake:"
+FAKE_IMAGE_SIZE = (3, 32, 32)
+FAKE_CLASSES = 10
+
+
+@dataclass
+class ImageData:
+    """An opened dataset: its labels, class names and a way to fetch transformed image batches."""
+
+    fetch: Callable[[np.ndarray, Callable], torch.Tensor]  # (sorted indices, transform) → (B, C, H, W)
+    labels: np.ndarray
+    channels: int
+    description: str
+    num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+
+
+class SampleBatches(Dataset):
+    """The selected samples, fetched a batch at a time: the DataLoader calls ``__getitems__``."""
+
+    def __init__(self, data: ImageData, indices: np.ndarray, transform: Callable):
+        self.data, self.indices, self.transform = data, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int):
+        return self.__getitems__([position])
+
+    def __getitems__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        indices = self.indices[positions]
+        images = self.data.fetch(indices, self.transform)
+        return images, torch.from_numpy(self.data.labels[indices]), torch.from_numpy(indices)
+
+
+def already_batched(batch):
+    """The DataLoader's collate_fn: ``__getitems__`` already returns a stacked batch."""
+    return batch
+
+
+def open_data(spec: str, root: str, split: Split, download: bool) -> ImageData:
+    """Open DATA: ``fake:N``, a dataset name, an image folder, or a .npz/.h5 array file."""
+    if spec.startswith(FAKE_PREFIX):
+        return _fake(spec)
+    if spec.lower() in NAMED_DATASETS and not os.path.exists(spec):
+        return _named(spec.lower(), root, split, download)
+    if download:
+        raise UsageError("--download fetches the named torchvision datasets only")
+    if os.path.isdir(spec):
+        return _image_folder(spec)
+    if spec.endswith(".npz"):
+        return _npz(spec)
+    if spec.endswith((".h5", ".hdf5")):
+        return _h5(spec)
+    if os.path.exists(spec):
+        raise DataError(f"'{spec}' is not a dataset: expected an image folder, a .npz or .h5 file")
+    raise DataError(
+        f"'{spec}' does not exist and is not a dataset name ({', '.join(NAMED_DATASETS)}) or fake:N"
+        + did_you_mean(spec.lower(), NAMED_DATASETS)
+    )
+
+
+def select_indices(labels: np.ndarray, per_class: int | None, limit: int | None, seed: int) -> np.ndarray:
+    """Sorted indices: a seeded ``per_class`` sample of each class (all of a smaller class), then the first ``limit``."""
+    indices = np.arange(len(labels), dtype=np.int64)
+    if per_class:
+        rng = np.random.default_rng(seed)
+        chosen = []
+        for label in np.unique(labels):
+            members = np.flatnonzero(labels == label)
+            chosen.append(rng.choice(members, per_class, replace=False) if len(members) > per_class else members)
+        indices = np.sort(np.concatenate(chosen)).astype(np.int64)
+    return indices[:limit] if limit else indices
+
+
+def check_labels(labels: np.ndarray, where: str) -> np.ndarray:
+    """Labels as int64, refusing anything but non-negative integers, one per sample."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise DataError(f"labels in {where} must be one integer per sample, found shape {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise DataError(
+            f"labels in {where} have dtype {labels.dtype}, not integers; save them as integers (y.astype('int64'))"
+        )
+    if len(labels) == 0:
+        raise DataError(f"{where} holds no samples")
+    if labels.min() < 0:
+        raise DataError(f"labels in {where} must be ≥ 0, found {labels.min()}")
+    return labels.astype(np.int64)
+
+
+def _fake(spec: str) -> ImageData:
+    from torchvision.datasets import FakeData
+
+    count = spec[len(FAKE_PREFIX) :]
+    if not count.isdigit() or int(count) < 1:
+        raise DataError(f"'{spec}': fake:N needs a positive number of images, e.g. fake:256")
+    dataset = FakeData(size=int(count), image_size=FAKE_IMAGE_SIZE, num_classes=FAKE_CLASSES)
+    labels = np.array([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)
+    shape = "×".join(map(str, FAKE_IMAGE_SIZE))
+    return _per_image(dataset, labels, f"{spec} (torchvision FakeData, {shape}, {FAKE_CLASSES} classes)", num_classes=FAKE_CLASSES)
+
+
+def _named(name: str, root: str, split: Split, download: bool) -> ImageData:
+    from torchvision import datasets
+
+    train = split == Split.TRAIN
+    builders = {
+        "cifar10": lambda: datasets.CIFAR10(root, train=train, download=download),
+        "cifar100": lambda: datasets.CIFAR100(root, train=train, download=download),
+        "mnist": lambda: datasets.MNIST(root, train=train, download=download),
+        "fashionmnist": lambda: datasets.FashionMNIST(root, train=train, download=download),
+        "svhn": lambda: datasets.SVHN(root, split=split.value, download=download),
+        "stl10": lambda: datasets.STL10(root, split=split.value, download=download),
+        "imagenet": lambda: datasets.ImageNet(root, split="train" if train else "val"),
+    }
+    if name == "imagenet" and download:
+        raise UsageError("ImageNet cannot be downloaded automatically; get it from image-net.org and pass --root")
+    try:
+        dataset = builders[name]()
+    except (RuntimeError, OSError) as error:
+        hint = "" if download or name == "imagenet" else "; pass --download to fetch it"
+        raise DataError(f"{name} ({split}) not found under --root '{root}' ({first_line(error)}){hint}") from None
+    labels = np.asarray(dataset.targets if hasattr(dataset, "targets") else dataset.labels)
+    classes = getattr(dataset, "classes", None)
+    names = tuple(c if isinstance(c, str) else c[0] for c in classes) if classes else None
+    return _per_image(
+        dataset,
+        check_labels(labels, f"{name} ({split})"),
+        f"{name} {split} (root '{os.path.abspath(root)}')",
+        num_classes=len(names) if names else 10,
+        class_names=names,
+    )
+
+
+def _image_folder(path: str) -> ImageData:
+    from torchvision.datasets import ImageFolder
+
+    try:
+        dataset = ImageFolder(path)
+    except (FileNotFoundError, OSError) as error:
+        raise DataError(f"image folder '{path}': {first_line(error)}") from None
+    labels = check_labels(np.asarray(dataset.targets, dtype=np.int64), f"image folder '{path}'")
+    return _per_image(
+        dataset, labels, f"image folder '{os.path.abspath(path)}'", len(dataset.classes), tuple(dataset.classes)
+    )
+
+
+def _per_image(dataset, labels, description, num_classes=None, class_names=None) -> ImageData:
+    channels = _image_tensor(dataset[0][0]).shape[0]
+    return ImageData(_PerImage(dataset, description), labels, channels, description, num_classes, class_names)
+
+
+class _PerImage:
+    """Fetch from a dataset of single images: transform each, then stack (sizes must agree)."""
+
+    def __init__(self, dataset, description: str):
+        self.dataset, self.description = dataset, description
+
+    def __call__(self, indices: np.ndarray, transform: Callable) -> torch.Tensor:
+        images = [transform(_image_tensor(self.dataset[int(index)][0])) for index in indices]
+        sizes = sorted({tuple(image.shape) for image in images})
+        if len(sizes) > 1:
+            shown = " and ".join("×".join(map(str, size)) for size in sizes[:2])
+            raise DataError(f"images of {self.description} differ in size ({shown}); pass --resize N to make them equal")
+        return torch.stack(images)
+
+
+def _image_tensor(image) -> torch.Tensor:
+    return image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
+
+
+def _npz(path: str) -> ImageData:
+    if not os.path.isfile(path):
+        raise DataError(f"array file '{path}' does not exist")
+    try:
+        with np.load(path) as arrays:
+            missing = [key for key in (schema.NPZ_IMAGES, schema.NPZ_LABELS) if key not in arrays.files]
+            if missing:
+                raise DataError(f"'{path}' lacks array {', '.join(missing)}; it has {', '.join(arrays.files) or 'none'}")
+            images, labels = arrays[schema.NPZ_IMAGES], arrays[schema.NPZ_LABELS]
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read '{path}' as .npz: {first_line(error)}") from None
+    return _arrays(images, images.shape, images.dtype, labels, f"array file '{os.path.abspath(path)}'")
+
+
+def _h5(path: str) -> ImageData:
+    import h5py
+
+    if not os.path.isfile(path):
+        raise DataError(f"array file '{path}' does not exist")
+    try:
+        with h5py.File(path, "r") as handle:
+            missing = [key for key in (schema.ARRAY_FILE_IMAGES, schema.ARRAY_FILE_LABELS) if key not in handle]
+            if missing:
+                raise DataError(f"'{path}' lacks dataset /{', /'.join(missing)}; it has /{', /'.join(handle) or 'none'}")
+            shape, dtype = handle[schema.ARRAY_FILE_IMAGES].shape, handle[schema.ARRAY_FILE_IMAGES].dtype
+            labels = handle[schema.ARRAY_FILE_LABELS][()]
+    except OSError as error:
+        raise DataError(f"cannot read '{path}' as HDF5: {first_line(error)}") from None
+    return _arrays(_H5Images(path), shape, dtype, labels, f"array file '{os.path.abspath(path)}'")
+
+
+class _H5Images:
+    """The /images dataset of an HDF5 file, opened lazily once per process (DataLoader workers must not share it)."""
+
+    def __init__(self, path: str):
+        self.path, self._opened = path, None
+
+    def __getitem__(self, selection):
+        import h5py
+
+        if self._opened is None or self._opened[0] != os.getpid():
+            self._opened = (os.getpid(), h5py.File(self.path, "r")[schema.ARRAY_FILE_IMAGES])
+        return self._opened[1][selection]
+
+    def __getstate__(self):
+        return {"path": self.path, "_opened": None}
+
+
+def _arrays(images, shape: tuple, dtype: np.dtype, labels: np.ndarray, description: str) -> ImageData:
+    labels = check_labels(labels, description)
+    if len(shape) not in (3, 4):
+        raise DataError(f"images in {description} must be N×H×W, N×H×W×C or N×C×H×W, found shape {shape}")
+    if shape[0] != len(labels):
+        raise DataError(f"{description} has {shape[0]} images but {len(labels)} labels")
+    if dtype != np.uint8 and dtype.kind != "f":
+        raise DataError(f"images in {description} have dtype {dtype}; expected uint8 (0–255) or float (0–1)")
+    channels_last = len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4)
+    channels = 1 if len(shape) == 3 else shape[-1] if channels_last else shape[1]
+    return ImageData(_ArrayBatches(images, channels_last), labels, channels, description)
+
+
+class _ArrayBatches:
+    """Fetch from an image array (in memory or HDF5): slice the batch, make it N×C×H×W, transform it at once."""
+
+    def __init__(self, images, channels_last: bool):
+        self.images, self.channels_last = images, channels_last
+
+    def __call__(self, indices: np.ndarray, transform: Callable) -> torch.Tensor:
+        contiguous = indices[-1] - indices[0] + 1 == len(indices)
+        block = self.images[indices[0] : indices[-1] + 1] if contiguous else self.images[indices]
+        batch = torch.from_numpy(np.ascontiguousarray(block))
+        if batch.ndim == 3:
+            batch = batch.unsqueeze(1)
+        elif self.channels_last:
+            batch = batch.permute(0, 3, 1, 2)
+        return transform(batch).contiguous()

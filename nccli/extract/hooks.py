@@ -1,0 +1,287 @@
+"""Capturing per-layer features with forward hooks: probe the model once, choose layers, pool each batch.
+
+A probe forward pass records every module call in the order its output is
+ready (0 = closest to the input). A module that runs k > 1 times per forward
+pass (torchvision's ResNet reuses one in-place ReLU per block) is offered as
+its calls ``name#1`` … ``name#k``; naming it bare is refused, never mixed.
+The classifier is the last linear layer run on (N, d) inputs; its input is
+captured by a forward *pre*-hook as the layer ``<classifier>:input``, so
+``/classifier/weight`` and that layer always agree in width. Outputs are
+pooled inside the hook, at the moment they exist: later in-place operations
+cannot change what was captured, and views are copied.
+"""
+
+import fnmatch
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nccli.errors import ModelError, UsageError
+from nccli.extract.config import MapPooling, TokenPooling
+from nccli.extract.messages import did_you_mean, first_line
+
+CALL_MARK = "#"
+INPUT_MARK = ":input"
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """One capturable output seen in the probe: a module call, or the classifier's input."""
+
+    name: str
+    module_name: str
+    call: int  # 0-based call of the module within one forward pass
+    type_name: str
+    sample_shape: tuple[int, ...] | None  # None when the output holds no per-sample tensor
+    default: bool = False
+    pre_hook: bool = False
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one forward pass showed: capturable layers in forward order, the classifier and the logits."""
+
+    layers: tuple[LayerCall, ...]
+    calls: dict[str, int]  # module name → calls per forward pass
+    classifier: str | None
+    logits_width: int | None
+    has_class_token: bool
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """A layer to store: where to hook it, how to pool it, and its row width."""
+
+    name: str
+    module_name: str
+    call: int
+    order: int
+    sample_shape: tuple[int, ...]
+    pooling: str
+    width: int
+    pre_hook: bool = False
+
+
+def first_tensor(value) -> torch.Tensor | None:
+    """The tensor itself, or the first tensor of a tuple/list output."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        return next((item for item in value if isinstance(item, torch.Tensor)), None)
+    return None
+
+
+def probe_model(model: nn.Module, batch: torch.Tensor) -> Probe:
+    """Run ``batch`` once with a hook on every module and record what ran, in output order."""
+    records: list[tuple[float, LayerCall]] = []
+    calls: Counter = Counter()
+    classifier: tuple[str, float, int] | None = None
+    modules = dict(model.named_modules())
+
+    def record(name: str):
+        def hook(module, args, output):
+            nonlocal classifier
+            tensor, inputs = first_tensor(output), first_tensor(args)
+            per_sample = tensor is not None and tensor.ndim >= 1 and tensor.shape[0] == len(batch)
+            shape = tuple(tensor.shape[1:]) if per_sample else None
+            position = float(len(records))
+            records.append((position, LayerCall(name, name, calls[name], type(module).__name__, shape)))
+            if _is_linear_call(module, inputs, tensor):
+                classifier = (name, position, inputs.shape[1])
+            calls[name] += 1
+
+        return hook
+
+    handles = [module.register_forward_hook(record(name)) for name, module in modules.items() if name]
+    try:
+        with torch.inference_mode():
+            output = first_tensor(model(batch))
+    except Exception as error:  # the user's model may raise anything on a wrong input
+        raise ModelError(
+            f"the model failed on a batch of shape {list(batch.shape)}: {type(error).__name__}: {first_line(error)}"
+        ) from None
+    finally:
+        for handle in handles:
+            handle.remove()
+    if classifier is not None:
+        name, position, width = classifier
+        records.append((position - 0.5, LayerCall(name + INPUT_MARK, name, calls[name] - 1, "input", (width,), pre_hook=True)))
+    layers = [_named_call(layer, calls) for _, layer in sorted(records, key=lambda item: item[0])]
+    defaults = _default_picks(layers, classifier[0] if classifier else None)
+    logits_width = output.shape[1] if output is not None and output.ndim == 2 else None
+    return Probe(
+        layers=tuple(LayerCall(**{**layer.__dict__, "default": layer.name in defaults}) for layer in layers),
+        calls=dict(calls),
+        classifier=classifier[0] if classifier else None,
+        logits_width=logits_width,
+        has_class_token=any(name.split(".")[-1] == "class_token" for name, _ in model.named_parameters()),
+    )
+
+
+def _is_linear_call(module: nn.Module, inputs: torch.Tensor | None, output: torch.Tensor | None) -> bool:
+    """nn.Linear, or any module whose own 2-D ``weight`` maps (N, in) inputs to (N, out) (torch.export's copies)."""
+    if inputs is None or output is None or inputs.ndim != 2 or output.ndim != 2:
+        return False
+    if isinstance(module, nn.Linear):
+        return True
+    weight = dict(module.named_parameters(recurse=False)).get("weight")
+    return weight is not None and weight.ndim == 2 and tuple(weight.shape) == (output.shape[1], inputs.shape[1])
+
+
+def _named_call(layer: LayerCall, calls: Counter) -> LayerCall:
+    if layer.pre_hook or calls[layer.module_name] == 1:
+        return layer
+    return LayerCall(**{**layer.__dict__, "name": f"{layer.module_name}{CALL_MARK}{layer.call + 1}"})
+
+
+def _default_picks(layers: list[LayerCall], classifier: str | None) -> set[str]:
+    """The top-level blocks (below single-child wrappers) that do not hold the classifier, and its input."""
+    ran = {layer.module_name for layer in layers if not layer.pre_hook}
+    prefix = ""
+    while True:
+        children = sorted({_child_of(prefix, name) for name in ran if name.startswith(prefix)} - {None})
+        if len(children) == 1 and any(name.startswith(children[0] + ".") for name in ran):
+            prefix = children[0] + "."
+            continue
+        break
+    holds_classifier = {child for child in children if classifier and (classifier + ".").startswith(child + ".")}
+    picks = {
+        layer.name
+        for layer in layers
+        if layer.module_name in children and layer.module_name not in holds_classifier and layer.sample_shape is not None
+    }
+    return picks | ({classifier + INPUT_MARK} if classifier else set())
+
+
+def _child_of(prefix: str, name: str) -> str | None:
+    rest = name[len(prefix) :]
+    return prefix + rest.split(".", 1)[0] if rest else None
+
+
+def select_layers(probe: Probe, patterns: tuple[str, ...] | None) -> list[LayerCall]:
+    """The layers named by ``--layers`` (names or globs), in forward order; the default picks without it."""
+    if not patterns:
+        return [layer for layer in probe.layers if layer.default]
+    capturable = [layer for layer in probe.layers if layer.sample_shape is not None]
+    chosen: set[str] = set()
+    for pattern in patterns:
+        if any(char in pattern for char in "*?["):
+            matches = {
+                layer.name
+                for layer in capturable
+                if fnmatch.fnmatchcase(layer.name, pattern) or fnmatch.fnmatchcase(layer.module_name, pattern)
+            }
+            if not matches:
+                raise UsageError(f"--layers '{pattern}' matches no layer; `nccli layers MODEL` lists them")
+            chosen |= matches
+        else:
+            chosen.add(_exact(probe, capturable, pattern))
+    return [layer for layer in capturable if layer.name in chosen]
+
+
+def _exact(probe: Probe, capturable: list[LayerCall], name: str) -> str:
+    if any(layer.name == name for layer in capturable):
+        return name
+    if probe.calls.get(name, 0) > 1:
+        calls = [layer.name for layer in capturable if layer.module_name == name and not layer.pre_hook]
+        raise UsageError(
+            f"layer '{name}' runs {probe.calls[name]} times per forward pass; name one call "
+            f"({', '.join(calls)}) or all of them with '{name}{CALL_MARK}*'"
+        )
+    if any(layer.name == name for layer in probe.layers):
+        raise UsageError(f"layer '{name}' returns no per-sample tensor, so it cannot be stored")
+    names = [layer.name for layer in capturable]
+    raise UsageError(
+        f"no layer '{name}' runs in the model's forward pass{did_you_mean(name, names)} "
+        "(`nccli layers MODEL` lists them)"
+    )
+
+
+def plan_layers(
+    probe: Probe, layers: list[LayerCall], pool: MapPooling, token_pool: TokenPooling, max_dim: int
+) -> list[LayerPlan]:
+    """Pooling and width of each chosen layer; flattening above ``max_dim`` values is refused."""
+    if token_pool == TokenPooling.AUTO:
+        token_pool = TokenPooling.CLS if probe.has_class_token else TokenPooling.MEAN
+    plans = []
+    for order, layer in enumerate(layers):
+        shape = layer.sample_shape
+        pooling = "none" if len(shape) <= 1 else str(token_pool) if len(shape) == 2 else str(pool)
+        width = _pooled_width(shape, pooling)
+        if pooling == "flatten" and width > max_dim:
+            size = "×".join(map(str, shape))
+            raise UsageError(
+                f"layer '{layer.name}' flattens to {width} values per sample ({size}), above --max-dim {max_dim}; "
+                "use another pooling, fewer --layers, or raise --max-dim"
+            )
+        plans.append(
+            LayerPlan(layer.name, layer.module_name, layer.call, order, shape, pooling, width, layer.pre_hook)
+        )
+    return plans
+
+
+def _pooled_width(shape: tuple[int, ...], pooling: str) -> int:
+    if pooling in ("none", "flatten"):
+        return max(1, math.prod(shape))
+    return shape[-1] if len(shape) == 2 else shape[0]
+
+
+def pool_rows(output: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(N, ...) → (N, d) float32, a new tensor that no later in-place operation can touch."""
+    tokens = output.ndim == 3
+    dims = (1,) if tokens else tuple(range(2, output.ndim))
+    if pooling in ("avg", "mean"):
+        return output.mean(dim=dims, dtype=torch.float32)
+    if pooling == "max":
+        return output.amax(dim=dims).to(torch.float32)
+    if pooling == "cls":
+        return output[:, 0].to(torch.float32, copy=True)
+    return output.reshape(len(output), -1).to(torch.float32, copy=True)
+
+
+class FeatureCapture:
+    """Hooks that fill ``features`` with the pooled rows of every planned layer during one forward pass."""
+
+    def __init__(self, model: nn.Module, plans: list[LayerPlan]):
+        self.model, self.plans = model, plans
+        self.features: dict[str, torch.Tensor] = {}
+        self._calls: Counter = Counter()
+        self._handles = []
+
+    def __enter__(self) -> "FeatureCapture":
+        modules = dict(self.model.named_modules())
+        for module_name in {plan.module_name for plan in self.plans}:
+            for pre_hook in (False, True):
+                wanted = {p.call: p for p in self.plans if p.module_name == module_name and p.pre_hook == pre_hook}
+                if wanted:
+                    self._handles.append(self._register(modules[module_name], module_name, pre_hook, wanted))
+        return self
+
+    def _register(self, module: nn.Module, module_name: str, pre_hook: bool, wanted: dict[int, LayerPlan]):
+        key = (module_name, pre_hook)
+
+        def capture(_module, args, output=None):
+            call = self._calls[key]
+            self._calls[key] += 1
+            plan = wanted.get(call)
+            if plan is not None:
+                self.features[plan.name] = pool_rows(first_tensor(args if pre_hook else output), plan.pooling)
+
+        return module.register_forward_pre_hook(capture) if pre_hook else module.register_forward_hook(capture)
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def run(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Forward ``batch``; return the pooled rows of each planned layer and the model's output."""
+        self.features, self._calls = {}, Counter()
+        output = first_tensor(self.model(batch))
+        missing = [plan.name for plan in self.plans if plan.name not in self.features]
+        if missing:
+            raise ModelError(f"layer(s) {', '.join(missing)} did not run for this batch (data-dependent forward pass?)")
+        return self.features, output

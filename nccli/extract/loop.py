@@ -1,0 +1,164 @@
+"""The inference loop's machinery: device and precision, the DataLoader, device→host copies, the writer thread.
+
+On CUDA: autocast (``bf16``/``fp16``), channels_last for convnets, pinned
+host memory and non-blocking copies both ways, so the GPU never waits for the
+disk. A background thread writes finished batches through a bounded queue
+while the next ones compute.
+"""
+
+import contextlib
+import queue
+import threading
+from typing import Callable, Iterator
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from nccli.errors import NcCliError, UsageError
+from nccli.extract.config import Precision
+from nccli.extract.datasets import already_batched
+from nccli.extract.hooks import FeatureCapture
+
+QUEUE_DEPTH = 4  # batches waiting for the writer; bounds host memory
+PREFETCH_BATCHES = 4  # per DataLoader worker
+AUTOCAST_DTYPES = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:i``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UsageError(f"--device '{spec}' is not a device; use auto, cpu, cuda or cuda:INDEX") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device '{spec}': only cpu and cuda are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device '{spec}': no CUDA device is available here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device '{spec}': this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def place_model(model: nn.Module, device: torch.device) -> tuple[nn.Module, bool]:
+    """Move the model; on CUDA convnets use channels_last. Returns the model and whether inputs should too."""
+    channels_last = device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, channels_last
+
+
+def autocast(device: torch.device, precision: Precision):
+    if precision == Precision.FP32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=already_batched,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
+    )
+
+
+def batches(loader: DataLoader) -> Iterator:
+    """The loader's batches; an nccli error raised in a worker comes back as its own one-line message."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except NcCliError as error:
+            lines = str(error).strip().splitlines()
+            if len(lines) == 1:
+                raise
+            raise type(error)(lines[-1].split(": ", 1)[-1]) from None
+        yield batch
+
+
+def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    return images.to(device, non_blocking=True, memory_format=memory_format)
+
+
+def run_batch(
+    capture: FeatureCapture, images: torch.Tensor, device: torch.device, precision: Precision, channels_last: bool
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """One forward pass: the pooled rows of every planned layer and the model's output."""
+    with autocast(device, precision):
+        return capture.run(to_device(images, device, channels_last))
+
+
+def to_host(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.cuda.Event | None]:
+    """Start copying to pinned host memory without waiting; the event tells when the copies are done."""
+    if all(tensor.device.type == "cpu" for tensor in tensors.values()):
+        return tensors, None
+    host = {
+        name: torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor, non_blocking=True)
+        for name, tensor in tensors.items()
+    }
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
+class BackgroundWriter:
+    """Run ``write(item)`` on a thread, fed through a bounded queue; its first error is raised to the caller."""
+
+    def __init__(self, write: Callable, depth: int = QUEUE_DEPTH):
+        self._write, self._queue, self._error = write, queue.Queue(maxsize=depth), None
+        self._thread = threading.Thread(target=self._work, name="nccli-writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(item)
+                except BaseException as error:  # handed to the main thread, which raises it
+                    self._error = error
+
+    def put(self, item) -> None:
+        self._raise_error()
+        self._queue.put(item)
+
+    def close(self) -> None:
+        """Write everything queued, stop the thread, and raise its error if it had one."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+class _ImagesPerSecond(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text("" if task.speed is None else f"{task.speed:,.0f} images/s", style="progress.data.speed")
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool, description: str, total: int, done: int) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(n)``: a rich bar on stderr with images/s and ETA, or a no-op when not ``enabled``."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.console import Console
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _ImagesPerSecond(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(description, total=total, completed=done)
+        yield lambda n: progress.advance(task, n)

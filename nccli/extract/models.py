@@ -1,0 +1,262 @@
+"""Turning a MODEL argument into an eval-mode ``nn.Module``: torchvision names, ``--arch`` builders, checkpoints."""
+
+import glob
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from nccli.errors import ModelError, UsageError
+from nccli.extract.checkpoints import CHECKPOINT_SUFFIXES, Checkpoint, epoch_from_name, read_checkpoint
+from nccli.extract.config import ModelOptions
+from nccli.extract.messages import did_you_mean
+
+STRIPPED_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+MAX_LISTED_KEYS = 5
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to run, with the provenance written into the feature file."""
+
+    module: nn.Module
+    name: str
+    weights: str = ""
+    checkpoint: str = ""
+    checkpoint_sha256: str = ""
+    epoch: int | None = None
+    transforms: Callable | None = None
+    class_names: tuple[str, ...] | None = None
+
+
+def expand_model_args(args: tuple[str, ...]) -> list[str]:
+    """MODEL arguments with globs expanded; several entries must all be checkpoint files."""
+    expanded = []
+    for arg in args:
+        if glob.has_magic(arg) and not os.path.exists(arg):
+            matches = sorted(glob.glob(arg))
+            if not matches:
+                raise ModelError(f"no checkpoint file matches '{arg}'")
+            expanded.extend(matches)
+        else:
+            expanded.append(arg)
+    if len(expanded) > 1:
+        for path in expanded:
+            if not os.path.isfile(path):
+                raise ModelError(f"'{path}' is not a checkpoint file; several MODELs must all be checkpoint files")
+    return expanded
+
+
+def load_model(source: str, options: ModelOptions, epoch: int | None = None) -> LoadedModel:
+    """Build or load ``source`` (a torchvision name or a checkpoint path) and put it in eval mode."""
+    if os.path.isfile(source):
+        loaded = _from_checkpoint(source, options, epoch)
+    elif _looks_like_path(source):
+        raise ModelError(f"checkpoint file '{source}' does not exist")
+    else:
+        loaded = _from_torchvision(source, options, epoch)
+    loaded.module.eval()
+    return loaded
+
+
+def _looks_like_path(source: str) -> bool:
+    return os.sep in source or "/" in source or source.endswith(CHECKPOINT_SUFFIXES)
+
+
+def _torchvision_names() -> list[str]:
+    from torchvision import models
+
+    return models.list_models()
+
+
+def _from_torchvision(name: str, options: ModelOptions, epoch: int | None) -> LoadedModel:
+    from torchvision import models
+
+    if name not in _torchvision_names():
+        raise ModelError(
+            f"'{name}' is neither a checkpoint file nor a torchvision model{did_you_mean(name, _torchvision_names())}"
+        )
+    if options.arch:
+        raise UsageError(f"--arch builds the network for a checkpoint; '{name}' is already a torchvision model")
+    weights = _weights_enum(name, options.weights) if options.weights else None
+    kwargs = {} if options.num_classes is None else {"num_classes": options.num_classes}
+    try:
+        module = models.get_model(name, weights=weights, **kwargs)
+    except ValueError as error:
+        raise ModelError(f"cannot build '{name}' with weights {options.weights}: {error}") from None
+    except OSError as error:
+        cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+        raise ModelError(
+            f"weights {weights} are not in the torch hub cache ('{cache}') and could not be downloaded "
+            f"({error}); copy the file there from a machine that is online"
+        ) from None
+    return LoadedModel(
+        module,
+        name=name,
+        weights=str(weights) if weights else "",
+        epoch=epoch,
+        transforms=weights.transforms() if weights else None,
+        class_names=tuple(weights.meta["categories"]) if weights and "categories" in weights.meta else None,
+    )
+
+
+def _weights_enum(name: str, requested: str):
+    from torchvision import models
+
+    enum = models.get_model_weights(name)
+    member = requested.rsplit(".", 1)[-1]
+    if member not in enum.__members__:
+        raise ModelError(
+            f"'{requested}' is not a weights name of '{name}'; choose one of {', '.join(enum.__members__)}"
+        )
+    return enum[member]
+
+
+def _from_checkpoint(path: str, options: ModelOptions, epoch: int | None) -> LoadedModel:
+    if options.weights:
+        raise UsageError("--weights names torchvision weights for a torchvision model name, not for a checkpoint")
+    checkpoint = read_checkpoint(path, options.trust_checkpoint)
+    if checkpoint.module is not None:
+        if options.arch:
+            raise UsageError(f"'{path}' holds a whole model; --arch is only for state_dicts")
+        module = checkpoint.module
+        name = os.path.basename(path) if path.endswith(".pt2") else type(module).__name__
+    else:
+        if not options.arch:
+            raise UsageError(
+                f"'{path}' holds a state_dict; pass --arch NAME (a torchvision model), --arch module.path:callable "
+                "or --arch path/to/file.py:callable to build the network it fits"
+            )
+        module = build_arch(options.arch, options.num_classes, checkpoint.state_dict)
+        _load_state_dict(module, checkpoint, options.arch)
+        name = options.arch
+    found_epoch = epoch if epoch is not None else checkpoint.epoch
+    return LoadedModel(
+        module,
+        name=name,
+        checkpoint=os.path.abspath(path),
+        checkpoint_sha256=checkpoint.sha256,
+        epoch=found_epoch if found_epoch is not None else epoch_from_name(path),
+    )
+
+
+def build_arch(arch: str, num_classes: int | None, state_dict: dict | None = None) -> nn.Module:
+    """The network ``--arch`` names: a torchvision model, ``module.path:callable`` or ``file.py:callable``."""
+    target, sep, attr = arch.rpartition(":")
+    if not sep:
+        return _torchvision_arch(arch, num_classes, state_dict)
+    source = _import_target(target, arch)
+    factory = getattr(source, attr, None)
+    if not callable(factory):
+        public = [name for name in dir(source) if not name.startswith("_")]
+        raise ModelError(f"--arch '{arch}': '{target}' has no callable '{attr}'{did_you_mean(attr, public)}")
+    try:
+        module = factory() if num_classes is None else factory(num_classes=num_classes)
+    except TypeError as error:
+        raise ModelError(f"--arch '{arch}': calling {attr}() failed: {error}") from None
+    if not isinstance(module, nn.Module):
+        raise ModelError(f"--arch '{arch}' returned a {type(module).__name__}, not an nn.Module")
+    return module
+
+
+def _import_target(target: str, arch: str):
+    if not target.endswith(".py"):
+        try:
+            return importlib.import_module(target)
+        except ImportError as error:
+            raise ModelError(f"--arch '{arch}': cannot import '{target}': {error}") from None
+    if not os.path.isfile(target):
+        raise ModelError(f"--arch '{arch}': file '{target}' does not exist")
+    name = "nccli_arch_" + os.path.splitext(os.path.basename(target))[0]
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, target)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    sys.path.insert(0, os.path.dirname(os.path.abspath(target)))  # so the file can import its neighbours
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:  # the user's file may raise anything while importing
+        del sys.modules[name]
+        raise ModelError(f"--arch '{arch}': importing '{target}' failed: {type(error).__name__}: {error}") from None
+    finally:
+        sys.path.remove(os.path.dirname(os.path.abspath(target)))
+    return module
+
+
+def _torchvision_arch(name: str, num_classes: int | None, state_dict: dict | None) -> nn.Module:
+    from torchvision import models
+
+    if name not in _torchvision_names():
+        raise ModelError(
+            f"--arch '{name}' is not a torchvision model{did_you_mean(name, _torchvision_names())}; "
+            "for your own network use --arch module.path:callable or --arch path/to/file.py:callable"
+        )
+    if num_classes is None and state_dict is not None:
+        num_classes = _classes_in_state_dict(name, state_dict)
+    return models.get_model(name, **({} if num_classes is None else {"num_classes": num_classes}))
+
+
+def _classes_in_state_dict(name: str, state_dict: dict) -> int | None:
+    """The output width of the architecture's last Linear layer as stored in the state_dict."""
+    from torchvision import models
+
+    with torch.device("meta"):
+        skeleton = models.get_model(name)
+    linears = [module_name for module_name, module in skeleton.named_modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        return None
+    key = linears[-1] + ".weight"
+    weight = _strip_prefixes(state_dict, set(skeleton.state_dict())).get(key)
+    return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None
+
+
+def _strip_prefixes(state_dict: dict, expected: set[str]) -> dict:
+    """Drop DDP's ``module.``, torch.compile's ``_orig_mod.`` or any one wrapper attribute shared by all keys."""
+    keys = list(state_dict)
+    changed = True
+    while changed and keys:
+        changed = False
+        for prefix in STRIPPED_PREFIXES:
+            if all(key.startswith(prefix) for key in keys):
+                state_dict = {key[len(prefix) :]: value for key, value in state_dict.items()}
+                keys, changed = list(state_dict), True
+    first = {key.split(".", 1)[0] for key in keys}
+    if len(first) == 1 and not set(keys) <= expected and all("." in key for key in keys):
+        stripped = {key.split(".", 1)[1]: value for key, value in state_dict.items()}
+        if set(stripped) <= expected:
+            return stripped
+    return state_dict
+
+
+def _load_state_dict(module: nn.Module, checkpoint: Checkpoint, arch: str) -> None:
+    expected = module.state_dict()
+    state_dict = _strip_prefixes(checkpoint.state_dict, set(expected))
+    missing = [key for key in expected if key not in state_dict and not key.endswith("num_batches_tracked")]
+    unexpected = [key for key in state_dict if key not in expected]
+    mismatched = [
+        f"{key} (checkpoint {list(value.shape)}, model {list(expected[key].shape)})"
+        for key, value in state_dict.items()
+        if key in expected and value.shape != expected[key].shape
+    ]
+    problems = [
+        f"{label} {_listed(keys)}"
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched))
+        if keys
+    ]
+    if problems:
+        raise ModelError(
+            f"the state_dict in '{checkpoint.path}' does not fit --arch '{arch}': {'; '.join(problems)} "
+            "(check --arch and --num-classes)"
+        )
+    module.load_state_dict(state_dict, strict=False)
+
+
+def _listed(keys: list[str]) -> str:
+    shown = ", ".join(keys[:MAX_LISTED_KEYS])
+    return shown + (f" (+{len(keys) - MAX_LISTED_KEYS} more)" if len(keys) > MAX_LISTED_KEYS else "")

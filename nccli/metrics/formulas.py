@@ -1,0 +1,151 @@
+"""The neural-collapse formulas of ``metrics.md``, as pure float64 numpy functions.
+
+Notation (Kothapalli's review, §2.3): K present classes, centred means
+M = [μ_c − μ_G] (K × d) with μ_G the mean of class means, Σ_W normalised by N,
+Σ_B = MᵀM/K, P = I_K − 11ᵀ/K. Undefined values are NaN; deciding *why*
+(and warning) is the caller's job.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+EPS = np.finfo(np.float64).eps
+# Two means closer than this fraction of the largest mean norm are coincident:
+# far above float64 rounding of features that ride on a common offset.
+COINCIDENCE_TOLERANCE = 1e-12
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Σ_B's kept eigen-directions: Σ_B⁺ = V diag(K/s²) Vᵀ with V = ``basis`` (d × rank)."""
+
+    basis: np.ndarray
+    singular: np.ndarray
+
+    @property
+    def rank(self) -> int:
+        return len(self.singular)
+
+
+def between_class_spectrum(centred_means: np.ndarray) -> Spectrum:
+    """SVD of M: Σ_B's eigenvalues are s²/K; keep those above λ_max·max(K, d)·ε, at most K − 1.
+
+    Σ_B has rank ≤ K − 1 (centring) and ≤ d, so Σ_B⁺ lives in this span and
+    nc1 never needs a d × d matrix (Papyan et al. 2020; review eq. 4).
+    """
+    k, d = centred_means.shape
+    if k < 2 or not centred_means.any():
+        return Spectrum(np.zeros((d, 0)), np.zeros(0))
+    _, singular, vt = np.linalg.svd(centred_means, full_matrices=False)
+    kept = int(np.count_nonzero(singular**2 > singular[0] ** 2 * max(k, d) * EPS))
+    rank = min(k - 1, kept)
+    return Spectrum(vt[:rank].T.copy(), singular[:rank])
+
+
+def nc1(projected_sq: np.ndarray, spectrum: Spectrum, n_samples: int) -> float:
+    """(1/K) tr(Σ_W Σ_B⁺) = (1/N) Σ_j Σ_i (v_jᵀ(h_i − μ_{y_i}))² / s_j²."""
+    if spectrum.rank == 0:
+        return np.nan
+    return float(np.sum(projected_sq / spectrum.singular**2) / n_samples)
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, NaN when the denominator is 0."""
+    return float(numerator / denominator) if denominator > 0 else np.nan
+
+
+def pair_values(matrix: np.ndarray) -> np.ndarray:
+    """Entries (c, c') with c < c' of a K × K matrix, row by row."""
+    rows, cols = np.triu_indices(matrix.shape[0], k=1)
+    return matrix[rows, cols]
+
+
+def pairwise_sq_distances(means: np.ndarray) -> np.ndarray:
+    """‖μ_c − μ_c'‖² from explicit differences (no Gram cancellation for close means)."""
+    k = means.shape[0]
+    out = np.zeros((k, k))
+    for c in range(k - 1):
+        diff = means[c + 1 :] - means[c]
+        out[c, c + 1 :] = out[c + 1 :, c] = np.einsum("ij,ij->i", diff, diff)
+    return out
+
+
+def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
+    """cos between rows; NaN where a row is zero."""
+    norms = np.linalg.norm(vectors, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (vectors @ vectors.T) / np.outer(norms, norms)
+
+
+def cdnv_matrix(variances: np.ndarray, sq_distances: np.ndarray, coincident: np.ndarray) -> np.ndarray:
+    """(V_c + V_c') / (2‖μ_c − μ_c'‖²) (Galanti et al.; review eq. 51); NaN for coincident pairs."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = (variances[:, None] + variances[None, :]) / (2.0 * sq_distances)
+    return np.where(coincident, np.nan, values)
+
+
+def equinorm(norms: np.ndarray) -> float:
+    """std_c ‖μ_c − μ_G‖ / mean_c ‖μ_c − μ_G‖ (population std; Papyan et al. Fig. 2)."""
+    return ratio(np.std(norms), np.mean(norms))
+
+
+def equiangularity(pair_cosines: np.ndarray) -> float:
+    """Population std over pairs c < c' of cos(μ_c − μ_G, μ_c' − μ_G) (Papyan et al. Fig. 3)."""
+    return float(np.std(pair_cosines)) if len(pair_cosines) else np.nan
+
+
+def max_angle(pair_cosines: np.ndarray, k: int) -> float:
+    """mean over pairs of |cos + 1/(K − 1)| (Papyan et al. Fig. 4)."""
+    return float(np.mean(np.abs(pair_cosines + 1.0 / (k - 1)))) if len(pair_cosines) else np.nan
+
+
+def etf_distance(gram: np.ndarray) -> float:
+    """‖G/‖G‖_F − P/√(K − 1)‖_F (review eqs. 7 and 8)."""
+    k = gram.shape[0]
+    norm = np.linalg.norm(gram)
+    if k < 2 or not norm > 0 or not np.isfinite(norm):
+        return np.nan
+    centring = np.eye(k) - np.full((k, k), 1.0 / k)
+    return float(np.linalg.norm(gram / norm - centring / np.sqrt(k - 1)))
+
+
+def duality_distance(weight: np.ndarray, centred_means: np.ndarray) -> float:
+    """‖W/‖W‖_F − M/‖M‖_F‖_F, not squared (Papyan et al. Fig. 5)."""
+    w_norm, m_norm = np.linalg.norm(weight), np.linalg.norm(centred_means)
+    if not (w_norm > 0 and m_norm > 0):
+        return np.nan
+    return float(np.linalg.norm(weight / w_norm - centred_means / m_norm))
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """cos(a_c, b_c) for each row c; NaN where either row is zero."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.einsum("ij,ij->i", a, b) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def intra_cosines(unit_sum: np.ndarray, unit_count: np.ndarray) -> np.ndarray:
+    """intra_c = ‖Σ_i ĥ_i‖² / n_c² over non-zero h_i, pairs i = j included (Pan 2023, Lemma 2.4.4)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.einsum("ij,ij->i", unit_sum, unit_sum) / unit_count**2
+
+
+def inter_cosines(unit_sum: np.ndarray, unit_count: np.ndarray) -> np.ndarray:
+    """inter_cc' = (Σ_{i∈c} ĥ_i)·(Σ_{j∈c'} ĥ_j) / (n_c n_c') (Pan 2023, Lemma 2.4.4)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (unit_sum @ unit_sum.T) / np.outer(unit_count, unit_count)
+
+
+def strict_min(values: np.ndarray) -> float:
+    """min; NaN if there are no values or any is NaN (an undefined part makes the summary undefined)."""
+    return float(np.min(values)) if len(values) and not np.isnan(values).any() else np.nan
+
+
+def strict_max(values: np.ndarray) -> float:
+    """max; NaN if there are no values or any is NaN."""
+    return float(np.max(values)) if len(values) and not np.isnan(values).any() else np.nan
+
+
+def strict_mean(values: np.ndarray) -> float:
+    """mean; NaN if there are no values or any is NaN."""
+    return float(np.mean(values)) if len(values) and not np.isnan(values).any() else np.nan

@@ -1,0 +1,214 @@
+"""One layer's metrics from its final pass-1 and pass-2 states.
+
+Decides which metrics are undefined (``metrics.md``, "Degenerate cases"),
+reports them as NaN and says why through ``warn``; never a crash, never a
+silent 0.
+"""
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from nccli import schema
+from nccli.metrics import formulas as f
+from nccli.metrics.accumulators import ClassMoments, Decisions, Geometry
+from nccli.metrics.backend import Backend
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """The last linear layer: ``weight`` (C, d) and ``bias`` (C,), float64."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+
+
+@dataclass(frozen=True)
+class ClassMeans:
+    """Means of the present classes: ``ids`` ascending, ``means`` (K, d)."""
+
+    ids: np.ndarray
+    means: np.ndarray
+
+    @classmethod
+    def of(cls, moments: ClassMoments) -> "ClassMeans":
+        ids = np.flatnonzero(moments.count > 0)
+        return cls(ids, moments.mean[ids])
+
+    @property
+    def centred(self) -> np.ndarray:
+        """M: rows μ_c − μ_G, μ_G the mean of class means."""
+        return self.means - self.means.mean(axis=0)
+
+    @property
+    def scale(self) -> float:
+        """Largest ‖μ_c‖: the size of rounding errors in differences of means."""
+        return float(np.linalg.norm(self.means, axis=1).max()) if len(self.ids) else 0.0
+
+
+@dataclass
+class LayerMetrics:
+    """Summary values (every name of ``schema.METRIC_COLUMNS``), per-class and per-pair rows."""
+
+    summary: dict[str, float]
+    classes: list[dict] = field(default_factory=list)
+    pairs: list[dict] = field(default_factory=list)
+    sigma_b_rank: int = 0
+
+
+def build_geometry(
+    xp: Backend,
+    moments: ClassMoments,
+    spectrum: f.Spectrum,
+    ncc_reference: ClassMeans,
+    classifier: Classifier | None,
+) -> Geometry:
+    """Move what pass 2 needs onto the backend's device."""
+    present = ClassMeans.of(moments)
+    origin = ncc_reference.means.mean(axis=0)
+    centres = ncc_reference.means - origin
+    column_of_class = np.zeros(len(moments.count), dtype=np.int64)
+    column_of_class[present.ids] = np.arange(len(present.ids))
+    weight = bias = None
+    if classifier is not None:
+        weight = xp.constant(classifier.weight[present.ids])
+        bias = xp.constant(classifier.bias[present.ids])
+    return Geometry(
+        means=xp.constant(moments.mean),
+        basis=xp.constant(spectrum.basis),
+        ncc_centres=xp.constant(centres),
+        ncc_sqnorms=xp.constant(np.einsum("ij,ij->i", centres, centres)),
+        ncc_origin=xp.constant(origin),
+        ncc_ids=xp.labels(ncc_reference.ids),
+        present_ids=xp.labels(present.ids),
+        column_of_class=xp.labels(column_of_class),
+        weight=weight,
+        bias=bias,
+    )
+
+
+def summarize_layer(
+    moments: ClassMoments,
+    spectrum: f.Spectrum,
+    decisions: Decisions,
+    classifier: Classifier | None,
+    warn: Callable[[str], None],
+) -> LayerMetrics:
+    """Every summary metric of ``metrics.md`` for one layer (MSE columns left NaN)."""
+    present = ClassMeans.of(moments)
+    ids, k = present.ids, len(present.ids)
+    n = float(moments.count.sum())
+    centred = present.centred
+    tolerance = f.COINCIDENCE_TOLERANCE * present.scale
+    counts = moments.count[ids]
+    variances = moments.scatter[ids] / counts
+    norms = np.linalg.norm(centred, axis=1)
+    sq_distances = f.pairwise_sq_distances(present.means)
+    coincident = np.sqrt(sq_distances) <= tolerance
+    np.fill_diagonal(coincident, False)
+    mean_cosines = f.cosine_matrix(centred)
+    np.fill_diagonal(mean_cosines, 1.0)
+    intra = f.intra_cosines(moments.unit_sum[ids], moments.unit_count[ids])
+    inter = f.inter_cosines(moments.unit_sum[ids], moments.unit_count[ids])
+    weight = classifier.weight[ids] if classifier is not None else None
+
+    all_coincide = k >= 2 and norms.max() <= tolerance
+    some_at_global_mean = k >= 2 and bool((norms <= tolerance).any())
+    if some_at_global_mean:
+        mean_cosines[norms <= tolerance, :] = np.nan
+        mean_cosines[:, norms <= tolerance] = np.nan
+
+    tr_sw = float(moments.scatter.sum() / n)
+    tr_sb = float(np.sum(centred**2) / k)
+    pair_mean_cos = f.pair_values(mean_cosines)
+    values = dict.fromkeys(schema.METRIC_COLUMNS, np.nan)
+    values.update(
+        tr_sw=tr_sw,
+        tr_sb=tr_sb,
+        nc1=np.nan if all_coincide else f.nc1(decisions.projected_sq, spectrum, n),
+        nc1_tilde=np.nan if all_coincide or k < 2 else f.ratio(tr_sw, tr_sb),
+        cdnv=f.strict_mean(f.pair_values(f.cdnv_matrix(variances, sq_distances, coincident))),
+        nc2_equinorm=np.nan if all_coincide or k < 2 else f.equinorm(norms),
+        nc2_equiangular=f.equiangularity(pair_mean_cos) if not some_at_global_mean else np.nan,
+        nc2_maxangle=f.max_angle(pair_mean_cos, k) if not some_at_global_mean else np.nan,
+        nc2_etf=f.etf_distance(mean_cosines) if not some_at_global_mean else np.nan,
+        ncc_accuracy=float(decisions.ncc_correct.sum() / n),
+        intra_cos_min=f.strict_min(intra),
+        intra_cos_mean=f.strict_mean(intra),
+        inter_cos_max=f.strict_max(f.pair_values(inter)),
+        inter_cos_mean=f.strict_mean(f.pair_values(inter)),
+    )
+    if classifier is not None:
+        values.update(
+            nc3_duality=np.nan if all_coincide or k < 2 else f.duality_distance(weight, centred),
+            nc3_etf=np.nan if all_coincide else f.etf_distance(weight @ centred.T),
+            clf_accuracy=float(decisions.clf_correct.sum() / n),
+            nc4_ncc_mismatch=float(decisions.mismatch / n),
+            margin_min=decisions.margin_min if k >= 2 else np.nan,
+            margin_mean=decisions.margin_sum / n if k >= 2 else np.nan,
+        )
+
+    _warn_degenerate(
+        warn, moments, ids, k, all_coincide, some_at_global_mean, coincident, norms <= tolerance, classifier
+    )
+
+    classes = []
+    duality_cos = f.row_cosines(weight, centred) if classifier is not None else None
+    for row, class_id in enumerate(ids):
+        classes.append(
+            {
+                schema.COL_CLASS: int(class_id),
+                "n": int(counts[row]),
+                "var": float(variances[row]),
+                "mean_norm": float(norms[row]),
+                "intra_cos": float(intra[row]),
+                "ncc_recall": float(decisions.ncc_correct[class_id] / counts[row]),
+                "clf_recall": float(decisions.clf_correct[class_id] / counts[row]) if classifier else np.nan,
+                "duality_cos": float(duality_cos[row]) if classifier is not None else np.nan,
+            }
+        )
+    cdnv = f.cdnv_matrix(variances, sq_distances, coincident)
+    pairs = []
+    for a, b in zip(*np.triu_indices(k, k=1)):
+        pairs.append(
+            {
+                schema.COL_CLASS: int(ids[a]),
+                schema.COL_CLASS_B: int(ids[b]),
+                "cdnv": float(cdnv[a, b]),
+                "mean_cos": float(mean_cosines[a, b]),
+                "inter_cos": float(inter[a, b]),
+                "mean_dist": float(np.sqrt(sq_distances[a, b])),
+            }
+        )
+    return LayerMetrics(values, classes, pairs, spectrum.rank)
+
+
+def _warn_degenerate(warn, moments, ids, k, all_coincide, some_at_global_mean, coincident, at_global_mean, classifier):
+    """One warning per reason, naming the classes and the metrics reported as null."""
+    clf = classifier is not None
+    if k < 2:
+        nulls = "nc1, nc1_tilde, cdnv, nc2_*, inter_cos_*" + (", nc3_*, margin_*" if clf else "")
+        warn(f"only {k} class present (K < 2): {nulls} reported as null")
+        return
+    if all_coincide:
+        nulls = "nc1, nc1_tilde, cdnv, nc2_*" + (", nc3_*" if clf else "")
+        warn(f"all {k} class means coincide (tr(Σ_B) = 0): {nulls} reported as null")
+        return
+    if coincident.any():
+        pairs = [f"{ids[a]}–{ids[b]}" for a, b in zip(*np.nonzero(np.triu(coincident)))]
+        warn(f"coincident class means for pairs {_listing(pairs)}: cdnv reported as null")
+    if some_at_global_mean:
+        classes = _listing([str(c) for c in ids[at_global_mean]])
+        warn(f"class mean equals the global mean for classes {classes}: nc2_equiangular, nc2_maxangle, nc2_etf reported as null")
+    all_zero = ids[moments.unit_count[ids] == 0]
+    if len(all_zero):
+        warn(f"every feature vector is zero in classes {_listing([str(c) for c in all_zero])}: intra_cos_*, inter_cos_* reported as null")
+    zero_vectors = int(moments.count[ids].sum() - moments.unit_count[ids].sum())
+    if zero_vectors and len(all_zero) < k:
+        warn(f"{zero_vectors} all-zero feature vectors left out of the cosine view")
+
+
+def _listing(items: list[str], limit: int = 10) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
