@@ -155,7 +155,7 @@ class Decisions:
         clf_pred = geometry.present_ids[xp.argmax(logits)]
         state.clf_correct = xp.bincount(labels, num_classes, weights=1.0 * (clf_pred == labels))
         state.mismatch = xp.scalar((clf_pred != ncc_pred).sum())
-        if logits.shape[1] > 1:
+        if logits.shape[1] > 1 and len(labels):
             rows_index = xp.arange(len(labels))
             columns = geometry.column_of_class[labels]
             own = logits[rows_index, columns]

@@ -46,6 +46,12 @@ class ClassMeans:
         """Largest ‖μ_c‖: the size of rounding errors in differences of means."""
         return float(np.linalg.norm(self.means, axis=1).max()) if len(self.ids) else 0.0
 
+    def with_ties_exact(self) -> "ClassMeans":
+        """Coincident means replaced by the lowest id's, so NCC ties go to the lowest class id exactly."""
+        close = np.sqrt(f.pairwise_sq_distances(self.means)) <= f.COINCIDENCE_TOLERANCE * self.scale
+        representative = np.argmax(close, axis=1)  # first (lowest-id) class each mean coincides with
+        return ClassMeans(self.ids, self.means[representative])
+
 
 @dataclass
 class LayerMetrics:
@@ -66,6 +72,7 @@ def build_geometry(
 ) -> Geometry:
     """Move what pass 2 needs onto the backend's device."""
     present = ClassMeans.of(moments)
+    ncc_reference = ncc_reference.with_ties_exact()
     origin = ncc_reference.means.mean(axis=0)
     centres = ncc_reference.means - origin
     column_of_class = np.zeros(len(moments.count), dtype=np.int64)

@@ -1,0 +1,59 @@
+"""Run nccli's analyze on in-memory arrays and compare with the float64 oracle."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from h5files import write_feature_file
+from nccli import schema
+from nccli.analyze import AnalyzeConfig, analyze_features
+
+
+def analyze_arrays(folder: Path, features, labels, weight=None, bias=None, *, name="run.h5", file_kwargs=None, **config):
+    """Write one layer 'feat' (the classifier's input when ``weight`` is given), analyze it, return the result."""
+    path = write_feature_file(
+        Path(folder) / name,
+        labels,
+        {"feat": features},
+        weight=weight,
+        bias=bias,
+        classifier_layer="feat" if weight is not None else None,
+        **(file_kwargs or {}),
+    )
+    config.setdefault("device", "cpu")
+    return analyze_features(AnalyzeConfig(files=(str(path),), **config))
+
+
+def by_class(rows: list[dict]) -> dict:
+    return {row[schema.COL_CLASS]: row for row in rows}
+
+
+def by_pair(rows: list[dict]) -> dict:
+    return {(row[schema.COL_CLASS], row[schema.COL_CLASS_B]): row for row in rows}
+
+
+def assert_close(actual: dict, expected: dict, keys, rtol=1e-9, atol=1e-12, where=""):
+    """Every key equal to ``rtol``/``atol``; NaN must match NaN (undefined stays undefined)."""
+    for key in keys:
+        a, e = actual[key], expected[key]
+        if e is None or (isinstance(e, float) and math.isnan(e)):
+            assert a is None or math.isnan(a), f"{where}{key}: expected undefined (NaN), got {a}"
+        else:
+            assert a is not None and not math.isnan(a), f"{where}{key}: got NaN, expected {e}"
+            assert np.isclose(a, e, rtol=rtol, atol=atol), f"{where}{key}: {a} != {e}"
+
+
+def assert_matches_reference(result, reference, rtol=1e-9, atol=1e-12, with_mse=False):
+    """Summary, per-class and per-pair tables of a one-layer result equal the oracle's."""
+    summary = result.summary[0]
+    keys = [k for k in schema.METRIC_COLUMNS if with_mse or not k.startswith("mse_")]
+    assert_close(summary, reference.summary, keys, rtol, atol)
+    classes = by_class(result.classes)
+    assert set(classes) == set(reference.per_class)
+    for class_id, expected in reference.per_class.items():
+        assert_close(classes[class_id], expected, schema.CLASS_METRICS, rtol, atol, where=f"class {class_id}: ")
+    pairs = by_pair(result.pairs)
+    assert set(pairs) == set(reference.per_pair)
+    for pair, expected in reference.per_pair.items():
+        assert_close(pairs[pair], expected, schema.PAIR_METRICS, rtol, atol, where=f"pair {pair}: ")
