@@ -628,7 +628,8 @@ def report(
         elif fmt is ReportFormat.TABLE:
             from rich.console import Console
 
-            Console().print(to_rich(table, title=path))
+            # On a terminal, fit its width; into a file or pipe, never fold cells.
+            Console(width=None if sys.stdout.isatty() else 10_000).print(to_rich(table, title=path))
         else:
             sys.stdout.write(render(table, fmt))
 

@@ -1,0 +1,245 @@
+"""`nccli analyze` and `nccli report` from the command line: the report's layout, formats and bad input."""
+
+import csv
+import io
+import json
+import math
+
+import h5py
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from h5files import write_feature_file
+from nccli import __version__, schema
+from nccli.cli import app
+
+runner = CliRunner()
+
+
+def good_file(path, n=40, k=4, d=5, seed=0, **kwargs):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % k
+    features = rng.normal(size=(n, d)) + labels[:, None]
+    kwargs.setdefault("weight", rng.normal(size=(k, d)))
+    kwargs.setdefault("bias", rng.normal(size=k))
+    kwargs.setdefault("classifier_layer", "fc_in")
+    layers = kwargs.pop("layers", {"block": np.tanh(features @ rng.normal(size=(d, 7))), "fc_in": features})
+    return write_feature_file(path, labels, layers, **kwargs)
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_clean_failure(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def test_report_columns_types_order_and_metadata(tmp_path):
+    first = good_file(tmp_path / "a.h5", epoch=3, model="resnet18", split="test")
+    second = good_file(tmp_path / "b.h5", seed=1)
+    out = tmp_path / "report.parquet"
+    result = invoke("analyze", first, second, "--out", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert tuple(table.column_names) == schema.SUMMARY_COLUMNS
+    types = {field.name: str(field.type) for field in table.schema}
+    assert types["epoch"] == types["layer_order"] == types["ncc_effective_depth"] == "int64"
+    assert all(types[name] == "double" for name in schema.METRIC_COLUMNS)
+    rows = table.to_pylist()
+    assert [(r["file"], r["layer"]) for r in rows] == [(str(first), "block"), (str(first), "fc_in"), (str(second), "block"), (str(second), "fc_in")]
+    assert rows[0]["split"] == "test" and rows[0]["epoch"] == 3 and rows[0]["model"] == "resnet18"
+    assert rows[2]["split"] == "train" and rows[2]["epoch"] is None
+    assert rows[0]["clf_accuracy"] is None and rows[1]["clf_accuracy"] is not None  # null, not NaN, where N/A
+    assert rows[1]["mse_loss"] is None  # opt-in
+    metadata = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    assert metadata[schema.META_VERSION] == __version__
+    assert "analyze" in metadata[schema.META_COMMAND]
+    assert json.loads(metadata[schema.META_PROVENANCE])[str(first)]["model"] == "resnet18"
+    conventions = json.loads(metadata[schema.META_CONVENTIONS])
+    assert conventions["sigma_b_rank"][str(first)] == {"block": 3, "fc_in": 3}
+    assert {"global_mean", "sigma_w", "sigma_b", "std", "pinv_cutoff"} <= set(conventions)
+    assert json.loads(metadata[schema.META_WARNINGS]) == []
+
+
+def test_classes_and_pairs_tables(tmp_path):
+    path = good_file(tmp_path / "a.h5", class_names=["a", "b", "c", "d"])
+    result = invoke("analyze", path, "--out", tmp_path / "r.parquet", "--classes", tmp_path / "c.parquet", "--pairs", tmp_path / "p.parquet", "--layers", "fc_in")
+    assert result.exit_code == 0, result.output
+    classes = pq.read_table(tmp_path / "c.parquet")
+    assert classes.column_names[:4] == ["file", "layer", "class", "class_name"]
+    assert classes.num_rows == 4 and classes.column("class_name").to_pylist() == ["a", "b", "c", "d"]
+    pairs = pq.read_table(tmp_path / "p.parquet")
+    assert pairs.num_rows == 6 and {"cdnv", "mean_cos", "inter_cos", "mean_dist", "class_b"} <= set(pairs.column_names)
+
+
+def test_means_from_and_mse_from_the_command_line(tmp_path):
+    train, test = good_file(tmp_path / "train.h5"), good_file(tmp_path / "test.h5", seed=5, split="test")
+    out = tmp_path / "r.parquet"
+    result = invoke("analyze", test, "--means-from", train, "--mse", "--weight-decay", "0.01", "--out", out)
+    assert result.exit_code == 0, result.output
+    row = pq.read_table(out).to_pylist()[1]
+    assert row["mse_loss"] == pytest.approx(row["mse_ls"] + row["mse_perp"], rel=1e-10)
+    conventions = json.loads(pq.read_table(out).schema.metadata[b"conventions"])
+    assert str(train) in conventions["ncc_means"] and conventions["mse"]["weight_decay"] == 0.01
+
+
+def test_degenerate_warnings_are_one_line_each_on_stderr(tmp_path):
+    labels = np.zeros(10, dtype=int)
+    path = write_feature_file(tmp_path / "one.h5", labels, {"x": np.random.default_rng(0).normal(size=(10, 3))})
+    result = invoke("analyze", path, "--out", tmp_path / "r.parquet")
+    assert result.exit_code == 0
+    assert result.stderr.startswith("warning: ") and "K < 2" in result.stderr and "Traceback" not in result.stderr
+    assert pq.read_table(tmp_path / "r.parquet").to_pylist()[0]["nc1"] is None
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "json", "markdown"])
+def test_report_formats_for_pipes_keep_every_column_and_digit(tmp_path, fmt):
+    out = tmp_path / "r.parquet"
+    invoke("analyze", good_file(tmp_path / "a.h5"), "--out", out)
+    table = pq.read_table(out).to_pylist()
+    result = invoke("report", out, "--format", fmt)
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    if fmt in ("csv", "tsv"):
+        rows = list(csv.DictReader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t"))
+        assert list(rows[0]) == list(schema.SUMMARY_COLUMNS)
+        assert float(rows[1]["nc1"]) == table[1]["nc1"]  # full precision
+        assert rows[0]["clf_accuracy"] == ""  # null → empty cell
+    elif fmt == "json":
+        rows = json.loads(text)
+        assert rows[1]["nc1"] == table[1]["nc1"] and rows[0]["clf_accuracy"] is None
+    else:
+        lines = text.splitlines()
+        assert lines[0].startswith("| file | split |") and len(lines) == 2 + len(table)
+
+
+def test_report_table_xlsx_and_columns(tmp_path):
+    out = tmp_path / "r.parquet"
+    invoke("analyze", good_file(tmp_path / "a.h5"), "--out", out)
+    table = invoke("report", out)
+    assert table.exit_code == 0 and "nc1" in table.stdout and "fc_in" in table.stdout
+    chosen = invoke("report", out, "--format", "csv", "--columns", "layer,nc1")
+    assert chosen.stdout.splitlines()[0] == "layer,nc1"
+    workbook_path = tmp_path / "r.xlsx"
+    assert invoke("report", out, "--format", "xlsx", "--output", workbook_path).exit_code == 0
+    openpyxl = pytest.importorskip("openpyxl")
+    sheet = openpyxl.load_workbook(workbook_path).active
+    assert [cell.value for cell in sheet[1]] == list(schema.SUMMARY_COLUMNS)
+    assert_clean_failure(invoke("report", out, "--format", "xlsx"), "--output")
+    assert_clean_failure(invoke("report", out, "--columns", "nope"), "unknown column 'nope'")
+    assert_clean_failure(invoke("report", tmp_path / "missing.parquet"), "no such report file")
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def not_hdf5(path):
+    path.write_bytes(b"this is not hdf5" * 100)
+    return path
+
+
+def corrupt(path):
+    """A feature file with its second half cut off."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+BAD_FILES = {
+    "not-hdf5": (not_hdf5, ("not an HDF5 file",)),
+    "truncated": (lambda p: corrupt(good_file(p, n=4000, d=64)), ("bad.h5",)),
+    "missing-format": (lambda p: good_file(p, omit=("nccli_format",)), ("nccli_format",)),
+    "wrong-version": (lambda p: good_file(p, extra_root_attrs={"format_version": 2}), ("format_version", "2")),
+    "missing-labels": (lambda p: good_file(p, omit=("labels",)), ("'/labels'", "missing")),
+    "missing-layers": (lambda p: good_file(p, omit=("layers",), weight=None, bias=None, classifier_layer=None), ("'/layers'",)),
+    "missing-order": (lambda p: good_file(p, omit=("order:block",)), ("'/layers/block'", "'order'")),
+    "row-count": (
+        lambda p: write_feature_file(p, np.arange(10) % 2, {"x": np.zeros((9, 3))}),
+        ("'/layers/x'", "9 rows", "10"),
+    ),
+    "label-range": (lambda p: good_file(p, num_classes=3, weight=np.ones((3, 5)), bias=np.zeros(3)), ("'/labels'", "label 3 outside [0, 3)")),
+    "negative-label": (lambda p: write_feature_file(p, np.array([0, 1, -1, 1]), {"x": np.ones((4, 2))}), ("label -1",)),
+    "float-labels": (lambda p: write_feature_file(p, np.array([0.0, 1.0]), {"x": np.ones((2, 2))}), ("'/labels'", "integer")),
+    "nan-feature": (
+        lambda p: write_feature_file(p, np.arange(30) % 3, {"x": np.where(np.arange(90).reshape(30, 3) == 52, np.nan, 1.0)}),
+        ("'/layers/x'", "row 17", "non-finite"),
+    ),
+    "incomplete": (lambda p: good_file(p, complete=False), ("complete", "--resume")),
+    "classifier-width": (lambda p: good_file(p, weight=np.ones((4, 6))), ("'/classifier/weight'", "width 6", "'fc_in'", "width 5")),
+    "classifier-layer": (lambda p: good_file(p, classifier_layer="nowhere"), ("'/classifier'", "'nowhere'")),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_bad_file_fails_cleanly_and_keeps_the_earlier_report(tmp_path, case):
+    make, fragments = BAD_FILES[case]
+    bad = make(tmp_path / "bad.h5")
+    out = tmp_path / "report.parquet"
+    out.write_bytes(b"earlier report")
+    result = invoke("analyze", good_file(tmp_path / "good.h5"), bad, "--out", out, "--block-rows", "8")
+    assert_clean_failure(result, str(bad), *fragments)
+    assert out.read_bytes() == b"earlier report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["bad.h5", "good.h5", "report.parquet"])
+
+
+def test_option_errors(tmp_path):
+    path = good_file(tmp_path / "a.h5")
+    out = tmp_path / "r.parquet"
+    assert_clean_failure(invoke("analyze", path, "--out", out, "--layers", "layer9*"), "'layer9*'", "block, fc_in")
+    assert_clean_failure(invoke("analyze", path, "--out", tmp_path / "no" / "r.parquet"), "does not exist")
+    assert_clean_failure(invoke("analyze", path, "--out", tmp_path), "is a directory")
+    assert_clean_failure(invoke("analyze", path, "--out", out, "--weight-decay", "0.1"), "--mse")
+    assert_clean_failure(invoke("analyze", path, "--out", out, "--device", "tpu"), "--device")
+    assert_clean_failure(invoke("analyze", tmp_path / "none.h5", "--out", out), "none.h5", "no such file")
+    assert not out.exists()
+
+
+def test_means_from_must_match_layers_and_classes(tmp_path):
+    test = good_file(tmp_path / "test.h5")
+    other_layers = good_file(tmp_path / "other.h5", layers={"fc_in": np.zeros((40, 5)) + np.arange(40)[:, None] % 4})
+    other_classes = good_file(tmp_path / "k5.h5", k=5)
+    out = tmp_path / "r.parquet"
+    assert_clean_failure(invoke("analyze", test, "--means-from", other_layers, "--out", out), "other.h5", "'block'")
+    assert_clean_failure(invoke("analyze", test, "--means-from", other_classes, "--out", out), "k5.h5", "5 classes", "4")
+    assert not out.exists()
+
+
+def test_mse_refuses_wide_layers(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.arange(6) % 2
+    path = write_feature_file(tmp_path / "w.h5", labels, {"wide": rng.normal(size=(6, 4097))}, weight=np.ones((2, 4097)), classifier_layer="wide")
+    assert_clean_failure(invoke("analyze", path, "--mse", "--out", tmp_path / "r.parquet"), "d = 4097", "4096")
+
+
+def test_files_written_by_other_tools_with_odd_layouts(tmp_path):
+    """Plain h5py, string attrs as bytes, labels uint8, features float16 with lzf chunks of 3 rows."""
+    path = tmp_path / "other.h5"
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as handle:
+        handle.attrs["nccli_format"] = np.bytes_("nccli.features")
+        handle.attrs["format_version"] = np.int32(1)
+        handle.create_dataset("labels", data=(np.arange(50) % 5).astype(np.uint8))
+        layer = handle.create_dataset("layers/emb", data=rng.normal(size=(50, 6)).astype(np.float16), chunks=(3, 6), compression="lzf")
+        layer.attrs["order"] = np.int64(0)
+        handle.create_dataset("extra/whatever", data=[1, 2, 3])  # ignored
+    result = invoke("analyze", path, "--out", tmp_path / "r.parquet")
+    assert result.exit_code == 0, result.output
+    assert not math.isnan(pq.read_table(tmp_path / "r.parquet").to_pylist()[0]["nc1"])
+
+
+def test_every_command_has_help():
+    for command in ("analyze", "report", "extract", "layers", "plot"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and "Usage" in result.stdout, command
+    assert invoke("--version").stdout.strip() == f"nccli {__version__}"
