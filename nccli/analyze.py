@@ -31,7 +31,7 @@ class AnalyzeConfig:
     feature file whose class means the nearest-class-centre metrics use;
     ``mse``: add the MSE decomposition with weight decay ``weight_decay``;
     ``depth_epsilon``: ε of ``ncc_effective_depth``; ``block_rows``: rows per
-    block (None = about 32 MiB of the widest layer, chunk-aligned).
+    block (None = about 16 MiB of the widest layer, chunk-aligned).
     """
 
     files: tuple[str, ...]

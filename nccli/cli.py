@@ -554,7 +554,7 @@ def analyze(
     epsilon: Annotated[float, typer.Option(help="ε of ncc_effective_depth: the first layer whose NCC error is ≤ ε.")] = 0.01,
     block_rows: Annotated[
         int | None,
-        typer.Option(help="Rows read per block. Default: about 32 MiB of the widest layer, aligned to its HDF5 chunks."),
+        typer.Option(help="Rows read per block. Default: about 16 MiB of the widest layer, aligned to its HDF5 chunks."),
     ] = None,
 ) -> None:
     """Compute every neural-collapse metric per layer of each feature file into a Parquet report.

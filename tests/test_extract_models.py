@@ -31,6 +31,8 @@ def setup(tmp_path_factory):
     torch.save({"model": state_dict}, directory / "model_key.pth")
     torch.save({"model_state_dict": state_dict, "optimizer": {"lr": 0.1}}, directory / "model_state_dict_key.pt")
     torch.save({"module." + key: value for key, value in state_dict.items()}, directory / "ddp.pt")
+    untracked = {key: value for key, value in state_dict.items() if not key.endswith("num_batches_tracked")}
+    torch.save(untracked, directory / "no_batch_counters.pt")
     save_file({key: value.contiguous() for key, value in state_dict.items()}, directory / "weights.safetensors")
     images, labels = random_images(n=20, size=16)
     data = write_npz(directory / "data.npz", images, labels)
@@ -47,7 +49,8 @@ def _features(directory, model_file, data, *options):
 
 
 @pytest.mark.parametrize(
-    "checkpoint", ["lightning_like.ckpt", "model_key.pth", "model_state_dict_key.pt", "ddp.pt", "weights.safetensors"]
+    "checkpoint",
+    ["lightning_like.ckpt", "model_key.pth", "model_state_dict_key.pt", "ddp.pt", "weights.safetensors", "no_batch_counters.pt"],
 )
 def test_state_dict_wrappers_prefixes_and_safetensors_give_the_same_file(setup, checkpoint):
     _, directory, data, reference = setup

@@ -145,7 +145,7 @@ def _from_checkpoint(path: str, options: ModelOptions, epoch: int | None) -> Loa
     )
 
 
-def build_arch(arch: str, num_classes: int | None, state_dict: dict | None = None) -> nn.Module:
+def build_arch(arch: str, num_classes: int | None, state_dict: dict) -> nn.Module:
     """The network ``--arch`` names: a torchvision model, ``module.path:callable`` or ``file.py:callable``."""
     target, sep, attr = arch.rpartition(":")
     if not sep:
@@ -189,7 +189,7 @@ def _import_target(target: str, arch: str):
     return module
 
 
-def _torchvision_arch(name: str, num_classes: int | None, state_dict: dict | None) -> nn.Module:
+def _torchvision_arch(name: str, num_classes: int | None, state_dict: dict) -> nn.Module:
     from torchvision import models
 
     if name not in _torchvision_names():
@@ -197,22 +197,35 @@ def _torchvision_arch(name: str, num_classes: int | None, state_dict: dict | Non
             f"--arch '{name}' is not a torchvision model{did_you_mean(name, _torchvision_names())}; "
             "for your own network use --arch module.path:callable or --arch path/to/file.py:callable"
         )
-    if num_classes is None and state_dict is not None:
+    if num_classes is None:
         num_classes = _classes_in_state_dict(name, state_dict)
-    return models.get_model(name, **({} if num_classes is None else {"num_classes": num_classes}))
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    skeleton = _on_meta_device(name, kwargs)
+    if skeleton is None or set(dict(skeleton.named_buffers())) - set(skeleton.state_dict()):
+        return models.get_model(name, **kwargs)
+    return skeleton.to_empty(device="cpu")  # the checkpoint fills every tensor: skip the random initialisation
+
+
+def _on_meta_device(name: str, kwargs: dict) -> nn.Module | None:
+    """The architecture without allocating or initialising weights; None if its builder needs real tensors."""
+    from torchvision import models
+
+    try:
+        with torch.device("meta"):
+            return models.get_model(name, **kwargs)
+    except (RuntimeError, NotImplementedError):
+        return None
 
 
 def _classes_in_state_dict(name: str, state_dict: dict) -> int | None:
     """The output width of the architecture's last Linear layer as stored in the state_dict."""
-    from torchvision import models
-
-    with torch.device("meta"):
-        skeleton = models.get_model(name)
+    skeleton = _on_meta_device(name, {})
+    if skeleton is None:
+        return None
     linears = [module_name for module_name, module in skeleton.named_modules() if isinstance(module, nn.Linear)]
     if not linears:
         return None
-    key = linears[-1] + ".weight"
-    weight = _strip_prefixes(state_dict, set(skeleton.state_dict())).get(key)
+    weight = _strip_prefixes(state_dict, set(skeleton.state_dict())).get(linears[-1] + ".weight")
     return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None
 
 
@@ -236,8 +249,11 @@ def _strip_prefixes(state_dict: dict, expected: set[str]) -> dict:
 
 def _load_state_dict(module: nn.Module, checkpoint: Checkpoint, arch: str) -> None:
     expected = module.state_dict()
-    state_dict = _strip_prefixes(checkpoint.state_dict, set(expected))
-    missing = [key for key in expected if key not in state_dict and not key.endswith("num_batches_tracked")]
+    state_dict = dict(_strip_prefixes(checkpoint.state_dict, set(expected)))
+    for key in expected:
+        if key.endswith("num_batches_tracked") and key not in state_dict:  # a training counter; often not saved
+            state_dict[key] = torch.zeros((), dtype=torch.long)
+    missing = [key for key in expected if key not in state_dict]
     unexpected = [key for key in state_dict if key not in expected]
     mismatched = [
         f"{key} (checkpoint {list(value.shape)}, model {list(expected[key].shape)})"

@@ -20,7 +20,7 @@ from nccli import schema
 from nccli.errors import FeatureFileError, UsageError
 from nccli.metrics.layer import Classifier
 
-BLOCK_BYTES = 32 * 2**20  # float64 bytes of one layer's block
+BLOCK_BYTES = 16 * 2**20  # float64 bytes of one layer's block
 LABEL_BLOCK_ROWS = 2**20
 CHUNK_CACHE_BYTES_MAX = 256 * 2**20
 

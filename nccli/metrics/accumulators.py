@@ -50,6 +50,7 @@ class ClassMoments:
     @classmethod
     def of_block(cls, xp: Backend, rows, labels, num_classes: int, with_matrix: bool = False) -> "ClassMoments":
         """Moments of one block of rows (float64 backend arrays), centred on the block's own means."""
+        rows, labels = xp.grouped(rows, labels)
         count = xp.bincount(labels, num_classes)
         mean = xp.segment_sum(rows, labels, num_classes) / xp.at_least_one(count)[:, None]
         residuals = rows - mean[labels]
@@ -102,22 +103,25 @@ class ClassMoments:
 class Geometry:
     """What pass 2 needs from pass 1, on the backend's device.
 
-    ``basis`` (d, r): orthonormal directions of Σ_B's kept eigenvectors;
-    ``ncc_centres`` (K_ref, d) and ``ncc_ids``: the class means the NCC rule
-    uses (this file's, or the reference file's with ``--means-from``), centred
-    on ``ncc_origin`` so that large common offsets do not cost precision;
-    ``weight``/``bias``: the classifier restricted to present classes, or None.
+    One matrix product serves every pass-2 quantity: rows centred on
+    ``origin`` (μ_G, so common offsets cost no precision) times ``stacked`` =
+    [V | C_nccᵀ | W_presentᵀ], where V (d × ``rank``) spans Σ_B's kept
+    eigen-directions, C_ncc holds the ``ncc_count`` class means the NCC rule
+    uses (this file's, or the reference file's with ``--means-from``) and W
+    the classifier's rows of present classes (if any), all relative to
+    ``origin``. ``projected_means`` (C × rank): (μ_c − origin)ᵀV per class;
+    ``bias``: b + Wᵀorigin for present classes, or None without a classifier.
     """
 
-    means: object
-    basis: object
-    ncc_centres: object
+    origin: object
+    stacked: object
+    rank: int
+    projected_means: object
+    ncc_count: int
     ncc_sqnorms: object
-    ncc_origin: object
     ncc_ids: object
     present_ids: object
     column_of_class: object
-    weight: object = None
     bias: object = None
 
 
@@ -139,9 +143,10 @@ class Decisions:
 
     @classmethod
     def of_block(cls, xp: Backend, geometry: Geometry, rows, labels, num_classes: int) -> "Decisions":
-        projected = (rows - geometry.means[labels]) @ geometry.basis
-        centred = rows - geometry.ncc_origin
-        distances = geometry.ncc_sqnorms[None, :] - 2.0 * (centred @ geometry.ncc_centres.T)
+        products = (rows - geometry.origin) @ geometry.stacked
+        rank, ncc_end = geometry.rank, geometry.rank + geometry.ncc_count
+        projected = products[:, :rank] - geometry.projected_means[labels]
+        distances = geometry.ncc_sqnorms[None, :] - 2.0 * products[:, rank:ncc_end]
         ncc_pred = geometry.ncc_ids[xp.argmin(distances)]
         state = cls(
             xp,
@@ -149,9 +154,9 @@ class Decisions:
             xp.bincount(labels, num_classes, weights=1.0 * (ncc_pred == labels)),
             xp.zeros(num_classes),
         )
-        if geometry.weight is None:
+        if geometry.bias is None:
             return state
-        logits = rows @ geometry.weight.T + geometry.bias
+        logits = products[:, ncc_end:] + geometry.bias
         clf_pred = geometry.present_ids[xp.argmax(logits)]
         state.clf_correct = xp.bincount(labels, num_classes, weights=1.0 * (clf_pred == labels))
         state.mismatch = xp.scalar((clf_pred != ncc_pred).sum())

@@ -36,15 +36,20 @@ class NumpyBackend:
     def bincount(self, labels, length: int, weights=None):
         return np.bincount(labels, weights=weights, minlength=length).astype(np.float64)
 
+    def grouped(self, rows, labels):
+        """Rows and labels sorted by label, so that segment sums need no gather."""
+        order = np.argsort(labels, kind="stable")
+        return rows[order], labels[order]
+
     def segment_sum(self, rows, labels, length: int):
-        """Row sums per label: (length, d), computed by sorting (O(B·d), no one-hot product)."""
+        """Row sums per label: (length, d), by reduceat over label-sorted rows (O(B·d), no one-hot product)."""
         out = np.zeros((length, rows.shape[1]), dtype=np.float64)
         if len(labels) == 0:
             return out
-        order = np.argsort(labels, kind="stable")
-        sorted_labels = labels[order]
-        starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
-        out[sorted_labels[starts]] = np.add.reduceat(rows[order], starts, axis=0)
+        if (np.diff(labels) < 0).any():
+            rows, labels = self.grouped(rows, labels)
+        starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+        out[labels[starts]] = np.add.reduceat(rows, starts, axis=0)
         return out
 
     def rowdot(self, a, b):
@@ -106,6 +111,9 @@ class TorchBackend:
 
     def bincount(self, labels, length: int, weights=None):
         return self.torch.bincount(labels, weights=weights, minlength=length).double()
+
+    def grouped(self, rows, labels):
+        return rows, labels  # index_add_ needs no order
 
     def segment_sum(self, rows, labels, length: int):
         return self.zeros(length, rows.shape[1]).index_add_(0, labels, rows)

@@ -70,27 +70,29 @@ def build_geometry(
     ncc_reference: ClassMeans,
     classifier: Classifier | None,
 ) -> Geometry:
-    """Move what pass 2 needs onto the backend's device."""
+    """Move what pass 2 needs onto the backend's device, relative to this layer's μ_G."""
     present = ClassMeans.of(moments)
     ncc_reference = ncc_reference.with_ties_exact()
-    origin = ncc_reference.means.mean(axis=0)
-    centres = ncc_reference.means - origin
+    origin = present.means.mean(axis=0)
+    ncc_centres = ncc_reference.means - origin
     column_of_class = np.zeros(len(moments.count), dtype=np.int64)
     column_of_class[present.ids] = np.arange(len(present.ids))
-    weight = bias = None
+    blocks = [spectrum.basis, ncc_centres.T]
+    bias = None
     if classifier is not None:
-        weight = xp.constant(classifier.weight[present.ids])
-        bias = xp.constant(classifier.bias[present.ids])
+        weight = classifier.weight[present.ids]
+        blocks.append(weight.T)
+        bias = xp.constant(classifier.bias[present.ids] + weight @ origin)
     return Geometry(
-        means=xp.constant(moments.mean),
-        basis=xp.constant(spectrum.basis),
-        ncc_centres=xp.constant(centres),
-        ncc_sqnorms=xp.constant(np.einsum("ij,ij->i", centres, centres)),
-        ncc_origin=xp.constant(origin),
+        origin=xp.constant(origin),
+        stacked=xp.constant(np.hstack(blocks)),
+        rank=spectrum.rank,
+        projected_means=xp.constant((moments.mean - origin) @ spectrum.basis),
+        ncc_count=len(ncc_reference.ids),
+        ncc_sqnorms=xp.constant(np.einsum("ij,ij->i", ncc_centres, ncc_centres)),
         ncc_ids=xp.labels(ncc_reference.ids),
         present_ids=xp.labels(present.ids),
         column_of_class=xp.labels(column_of_class),
-        weight=weight,
         bias=bias,
     )
 
