@@ -243,3 +243,20 @@ def test_every_command_has_help():
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Usage" in result.stdout, command
     assert invoke("--version").stdout.strip() == f"nccli {__version__}"
+
+
+def test_analyze_on_the_cpu_does_not_import_torch(tmp_path):
+    """Start-up counts: torch is ~1 s to import and analyze has no use for it without a GPU."""
+    import subprocess
+    import sys
+
+    path = good_file(tmp_path / "a.h5")
+    code = (
+        "import sys; from typer.testing import CliRunner; from nccli.cli import app\n"
+        f"result = CliRunner().invoke(app, ['analyze', {str(path)!r}, '--out', {str(tmp_path / 'r.parquet')!r}])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print('torch' in sys.modules)"
+    )
+    env_without_gpu = {"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"}
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env_without_gpu, check=True)
+    assert completed.stdout.strip().splitlines()[-1] == "False"
