@@ -14,7 +14,7 @@ DEFAULT_ROOT = "data"
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_MAX_DIM = 16384
 DEFAULT_INPUT_SIZE = (3, 224, 224)
-DEFAULT_WORKERS = min(4, max(0, (os.cpu_count() or 1) - 1))
+DEFAULT_WORKERS = 0 if (os.cpu_count() or 1) <= 2 else min(8, (os.cpu_count() or 1) // 2)  # 2 cores: workers would only slow the model
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -269,5 +269,5 @@ class _ArrayBatches:
         if batch.ndim == 3:
             batch = batch.unsqueeze(1)
         elif self.channels_last:
-            batch = batch.permute(0, 3, 1, 2)
+            batch = batch.permute(0, 3, 1, 2).contiguous()  # reorder the small uint8 pixels, not the floats
         return transform(batch).contiguous()
