@@ -16,11 +16,11 @@ from nccli import schema
 from nccli.errors import DegenerateMetricWarning, FeatureFileError, UsageError
 from nccli.io.reader import FeatureFile, LayerInfo, open_feature_file
 from nccli.metrics import formulas
-from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import Backend, select_backend
 from nccli.metrics.layer import ClassMeans, build_geometry, summarize_layer
 from nccli.metrics.mse import MSE_MAX_DIM, mse_decomposition
 from nccli.progress import progress_bar
+from nccli.scan import Scanner
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class AnalyzeConfig:
     feature file whose class means the nearest-class-centre metrics use;
     ``mse``: add the MSE decomposition with weight decay ``weight_decay``;
     ``depth_epsilon``: ε of ``ncc_effective_depth``; ``block_rows``: rows per
-    block (None = about 16 MiB of the widest layer, chunk-aligned).
+    block (None = about 16 MiB of the widest layer, chunk-aligned); ``jobs``:
+    worker processes that share each file's rows (CPU only).
     """
 
     files: tuple[str, ...]
@@ -42,6 +43,7 @@ class AnalyzeConfig:
     device: str = "auto"
     depth_epsilon: float = 0.01
     block_rows: int | None = None
+    jobs: int = 1
     show_progress: bool = False
 
 
@@ -60,7 +62,7 @@ class AnalysisResult:
 def analyze_features(config: AnalyzeConfig) -> AnalysisResult:
     """Compute the metrics of ``metrics.md`` for every selected layer of every file."""
     _check_config(config)
-    xp = select_backend(config.device)
+    xp = select_backend("cpu" if config.jobs > 1 else config.device)
     result = AnalysisResult()
     with contextlib.ExitStack() as stack:
         files = [stack.enter_context(open_feature_file(path)) for path in config.files]
@@ -73,15 +75,17 @@ def analyze_features(config: AnalyzeConfig) -> AnalysisResult:
         total = sum(2 * f.info.n_samples for f in files)
         if reference is not None:
             total += reference.info.n_samples
-        with progress_bar(config.show_progress, "analyze", total) as advance:
-            reference_means = None
-            if reference is not None:
-                names = {layer.name for selection in selections for layer in selection}
-                layers = tuple(layer for layer in reference.info.layers if layer.name in names)
-                moments = _class_moments(xp, reference, layers, None, config.block_rows, advance)
-                reference_means = {name: ClassMeans.of(state.host()) for name, state in moments.items()}
-            for feature_file, layers in zip(files, selections):
-                _analyze_file(xp, feature_file, layers, reference_means, config, result, advance)
+        advance = stack.enter_context(progress_bar(config.show_progress, "analyze", total))
+        scanner = Scanner(xp, config.jobs, config.block_rows, advance)
+        stack.callback(scanner.close)
+        reference_means = None
+        if reference is not None:
+            names = {layer.name for selection in selections for layer in selection}
+            layers = tuple(layer for layer in reference.info.layers if layer.name in names)
+            moments = scanner.moments(reference, layers, None)
+            reference_means = {name: ClassMeans.of(state) for name, state in moments.items()}
+        for feature_file, layers in zip(files, selections):
+            _analyze_file(xp, scanner, feature_file, layers, reference_means, config, result)
     result.conventions = _conventions(config, xp, result)
     return result
 
@@ -97,6 +101,10 @@ def _check_config(config: AnalyzeConfig) -> None:
         raise UsageError(f"--epsilon must be in [0, 1], got {config.depth_epsilon}")
     if config.block_rows is not None and config.block_rows < 1:
         raise UsageError(f"--block-rows must be ≥ 1, got {config.block_rows}")
+    if config.jobs < 1:
+        raise UsageError(f"--jobs must be ≥ 1, got {config.jobs}")
+    if config.jobs > 1 and config.device not in ("cpu", "auto"):
+        raise UsageError(f"--jobs {config.jobs} spreads rows over CPU processes; it does not combine with --device {config.device}")
 
 
 def _check_reference(reference: FeatureFile, files: list[FeatureFile], selections) -> None:
@@ -135,51 +143,27 @@ def _check_mse_width(files: list[FeatureFile], selections) -> None:
                 )
 
 
-def _class_moments(xp: Backend, feature_file: FeatureFile, layers, matrix_layer, block_rows, advance):
-    """Pass 1 over ``layers``."""
-    num_classes = feature_file.info.num_classes
-    moments = {
-        layer.name: ClassMoments.empty(xp, num_classes, layer.dim, with_matrix=layer.name == matrix_layer)
-        for layer in layers
-    }
-    for _, labels, rows in feature_file.blocks(layers, feature_file.block_rows(layers, block_rows)):
-        y = xp.labels(labels)
-        for name, block in rows.items():
-            moments[name].update(xp.features(block), y)
-        advance(len(labels))
-    return moments
-
-
 def _analyze_file(
     xp: Backend,
+    scanner: Scanner,
     feature_file: FeatureFile,
     layers: tuple[LayerInfo, ...],
     reference_means,
     config: AnalyzeConfig,
     result: AnalysisResult,
-    advance,
 ) -> None:
     info = feature_file.info
     classifier_layer = info.classifier_layer if feature_file.classifier is not None else None
-    mse_layer = classifier_layer if config.mse else None
-    moments = {
-        name: state.host()
-        for name, state in _class_moments(xp, feature_file, layers, mse_layer, config.block_rows, advance).items()
-    }
+    moments = scanner.moments(feature_file, layers, classifier_layer if config.mse else None)
 
-    spectra, geometries, decisions = {}, {}, {}
+    spectra, geometries = {}, {}
     for layer in layers:
         host = moments[layer.name]
         spectra[layer.name] = formulas.between_class_spectrum(ClassMeans.of(host).centred)
         ncc_reference = reference_means[layer.name] if reference_means else ClassMeans.of(host)
         classifier = feature_file.classifier if layer.name == classifier_layer else None
         geometries[layer.name] = build_geometry(xp, host, spectra[layer.name], ncc_reference, classifier)
-        decisions[layer.name] = Decisions.empty(xp, info.num_classes, spectra[layer.name].rank)
-    for _, labels, rows in feature_file.blocks(layers, feature_file.block_rows(layers, config.block_rows)):
-        y = xp.labels(labels)
-        for name, block in rows.items():
-            decisions[name].update(geometries[name], xp.features(block), y)
-        advance(len(labels))
+    decisions = scanner.decisions(feature_file, layers, geometries)
 
     if config.mse and classifier_layer is None:
         _warn(result, info.path, None, "no /classifier/weight: mse_* reported as null")
@@ -189,7 +173,7 @@ def _analyze_file(
         metrics = summarize_layer(
             moments[layer.name],
             spectra[layer.name],
-            decisions[layer.name].host(),
+            decisions[layer.name],
             classifier,
             lambda message, name=layer.name: _warn(result, info.path, name, message),
         )

@@ -19,6 +19,9 @@ class FeatureFileError(NcCliError):
         where = f"'{file}'" if not path else f"'{file}': '/{path.lstrip('/')}'"
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self):  # rebuild from the parts when it crosses a process boundary
+        return type(self), (self.file, self.path, self.problem)
+
 
 class UsageError(NcCliError):
     """Options that cannot work together or name things that do not exist."""

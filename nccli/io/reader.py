@@ -86,11 +86,12 @@ class FeatureFile:
         return max(1, min(rows, max(self.info.n_samples, 1)))
 
     def blocks(
-        self, layers: tuple[LayerInfo, ...], block_rows: int
-    ) -> Iterator[tuple[int, np.ndarray, dict[str, np.ndarray]]]:
-        """Yield ``(start, labels, {layer: rows})`` blocks in stored dtype, checked for finite values."""
-        for start in range(0, self.info.n_samples, block_rows):
-            stop = min(start + block_rows, self.info.n_samples)
+        self, layers: tuple[LayerInfo, ...], block_rows: int, first: int = 0, end: int | None = None
+    ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Yield ``(labels, {layer: rows})`` blocks of rows [first, end) in stored dtype, checked for finite values."""
+        end = self.info.n_samples if end is None else end
+        for start in range(first, end, block_rows):
+            stop = min(start + block_rows, end)
             labels = self._read(schema.LABELS, start, stop)
             rows = {}
             for layer in layers:
@@ -100,7 +101,7 @@ class FeatureFile:
                     bad = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
                     raise self._fail(path, f"non-finite feature value (NaN or Inf) in row {bad}")
                 rows[layer.name] = block
-            yield start, labels, rows
+            yield labels, rows
 
     def _dataset(self, path: str) -> h5py.Dataset:
         """The dataset with a chunk cache of two row-bands of chunks, so no chunk is decompressed twice."""

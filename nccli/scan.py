@@ -1,0 +1,100 @@
+"""Running analyze's two passes over a file's rows: here, or in row ranges on worker processes.
+
+With ``jobs > 1`` each file's rows are cut into block-aligned ranges; each
+worker opens the file itself, accumulates its range, and returns its state
+(O(K·d) per layer). States merge exactly (``ClassMoments.merge``,
+``Decisions.merge``), so the result equals a single pass to rounding. The same
+states could be saved and merged across machines.
+"""
+
+import concurrent.futures
+import multiprocessing
+from typing import Callable
+
+from nccli.io.reader import FeatureFile, LayerInfo, open_feature_file
+from nccli.metrics.accumulators import ClassMoments, Decisions, Geometry
+from nccli.metrics.backend import Backend, NumpyBackend
+
+RANGES_PER_JOB = 4  # more ranges than workers evens out slow ones
+
+
+def row_ranges(n_samples: int, block_rows: int, parts: int) -> list[tuple[int, int]]:
+    """About ``parts`` consecutive ranges covering [0, N), cut at multiples of ``block_rows``."""
+    blocks = -(-n_samples // block_rows)
+    per_part = max(1, -(-blocks // parts))
+    cuts = list(range(0, n_samples, per_part * block_rows)) + [n_samples]
+    return list(zip(cuts, cuts[1:]))
+
+
+def moments_over(xp, feature_file, layers, matrix_layer, block_rows, start, stop, advance) -> dict[str, ClassMoments]:
+    """Pass 1 over rows [start, stop) of ``layers``; states on the host."""
+    num_classes = feature_file.info.num_classes
+    moments = {
+        layer.name: ClassMoments.empty(xp, num_classes, layer.dim, with_matrix=layer.name == matrix_layer)
+        for layer in layers
+    }
+    for labels, rows in feature_file.blocks(layers, block_rows, start, stop):
+        y = xp.labels(labels)
+        for name, block in rows.items():
+            moments[name].update(xp.features(block), y)
+        advance(len(labels))
+    return {name: state.host() for name, state in moments.items()}
+
+
+def decisions_over(xp, feature_file, layers, geometries, block_rows, start, stop, advance) -> dict[str, Decisions]:
+    """Pass 2 over rows [start, stop) of ``layers``; states on the host."""
+    num_classes = feature_file.info.num_classes
+    decisions = {layer.name: Decisions.empty(xp, num_classes, geometries[layer.name].rank) for layer in layers}
+    for labels, rows in feature_file.blocks(layers, block_rows, start, stop):
+        y = xp.labels(labels)
+        for name, block in rows.items():
+            decisions[name].update(geometries[name], xp.features(block), y)
+        advance(len(labels))
+    return {name: state.host() for name, state in decisions.items()}
+
+
+def _in_worker(pass_function, path: str, layer_names: tuple[str, ...], *args):
+    """A worker's task: open the file, run one pass over one row range."""
+    with open_feature_file(path) as feature_file:
+        layers = tuple(feature_file.info.layer(name) for name in layer_names)
+        return pass_function(NumpyBackend(), feature_file, layers, *args, lambda n: None)
+
+
+class Scanner:
+    """Runs passes over files, on ``jobs`` worker processes when ``jobs > 1``, and merges the states."""
+
+    def __init__(self, xp: Backend, jobs: int, block_rows: int | None, advance: Callable[[int], None]):
+        self.xp, self.jobs, self.block_rows, self.advance = xp, jobs, block_rows, advance
+        self._pool = None
+        if jobs > 1:
+            context = multiprocessing.get_context("spawn")  # no forked HDF5 handles
+            self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def moments(self, feature_file: FeatureFile, layers: tuple[LayerInfo, ...], matrix_layer: str | None):
+        return self._run(moments_over, feature_file, layers, matrix_layer)
+
+    def decisions(self, feature_file: FeatureFile, layers: tuple[LayerInfo, ...], geometries: dict[str, Geometry]):
+        return self._run(decisions_over, feature_file, layers, geometries)
+
+    def _run(self, pass_function, feature_file: FeatureFile, layers, argument):
+        block_rows = feature_file.block_rows(layers, self.block_rows)
+        n = feature_file.info.n_samples
+        if self._pool is None:
+            return pass_function(self.xp, feature_file, layers, argument, block_rows, 0, n, self.advance)
+        names = tuple(layer.name for layer in layers)
+        futures = {
+            self._pool.submit(_in_worker, pass_function, feature_file.info.path, names, argument, block_rows, start, stop): stop
+            - start
+            for start, stop in row_ranges(n, block_rows, self.jobs * RANGES_PER_JOB)
+        }
+        for future in concurrent.futures.as_completed(futures):
+            self.advance(futures[future])
+        states = [future.result() for future in futures]  # range order: the merge order is fixed
+        merged = states[0]
+        for state in states[1:]:
+            merged = {name: merged[name].merge(state[name]) for name in names}
+        return merged
