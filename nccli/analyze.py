@@ -72,6 +72,8 @@ def analyze_features(config: AnalyzeConfig) -> AnalysisResult:
             _check_reference(reference, files, selections)
         if config.mse:
             _check_mse_width(files, selections)
+        for feature_file, layers in zip(files, selections):
+            _check_state_size(feature_file, layers)
         total = sum(2 * f.info.n_samples for f in files)
         if reference is not None:
             total += reference.info.n_samples
@@ -130,6 +132,22 @@ def _check_reference(reference: FeatureFile, files: list[FeatureFile], selection
                     schema.layer_path(layer.name),
                     f"--means-from layer has width {available[layer.name].dim} but '{info.path}' has {layer.dim}",
                 )
+
+
+STATE_BYTES_MAX = 16 * 2**30
+
+
+def _check_state_size(feature_file: FeatureFile, layers: tuple[LayerInfo, ...]) -> None:
+    """Refuse before allocating when the declared class count would need absurd state (2 × C × d float64 per layer)."""
+    info = feature_file.info
+    needed = sum(2 * info.num_classes * layer.dim * 8 for layer in layers)
+    if needed > STATE_BYTES_MAX:
+        raise FeatureFileError(
+            info.path,
+            "",
+            f"num_classes = {info.num_classes} would need {needed / 2**30:.0f} GiB of per-class state for the selected layers "
+            f"(limit {STATE_BYTES_MAX // 2**30} GiB); check the 'num_classes' attribute or select fewer layers",
+        )
 
 
 def _check_mse_width(files: list[FeatureFile], selections) -> None:

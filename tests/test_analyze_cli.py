@@ -178,6 +178,10 @@ BAD_FILES = {
     "incomplete": (lambda p: good_file(p, complete=False), ("complete", "--resume")),
     "classifier-width": (lambda p: good_file(p, weight=np.ones((4, 6))), ("'/classifier/weight'", "width 6", "'fc_in'", "width 5")),
     "classifier-layer": (lambda p: good_file(p, classifier_layer="nowhere"), ("'/classifier'", "'nowhere'")),
+    "huge-num-classes": (
+        lambda p: write_feature_file(p, np.arange(4) % 2, {"x": np.ones((4, 512))}, num_classes=10**9),
+        ("num_classes = 1000000000", "GiB"),
+    ),
 }
 
 
