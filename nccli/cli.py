@@ -8,14 +8,28 @@ code 2; anything else is a bug and keeps its traceback.
 """
 
 import contextlib
+import enum
 import sys
 import warnings
+from pathlib import Path
 from typing import Annotated, Iterator
 
 import typer
 
 from nccli import __version__, schema
-from nccli.errors import DegenerateMetricWarning, NcCliError
+from nccli.errors import DegenerateMetricWarning, NcCliError, UsageError
+from nccli.extract.config import (  # torch-free: the choices of extract
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_DIM,
+    DEFAULT_ROOT,
+    DEFAULT_WORKERS,
+    Compression,
+    MapPooling,
+    Precision,
+    Split,
+    StorageDtype,
+    TokenPooling,
+)
 from nccli.report.formats import ReportFormat
 
 app = typer.Typer(
@@ -61,6 +75,24 @@ def user_errors() -> Iterator[None]:
         warnings.showwarning = previous
 
 
+def command_line(context: typer.Context) -> str:
+    """The command as the user typed it, for provenance; rebuilt from the parsed options under another host
+    (tests, notebooks), where ``sys.argv`` is the host's."""
+    import shlex
+
+    program = Path(sys.argv[0])
+    if program.name == "nccli" or program.parent.name == "nccli":  # the console script, or python -m nccli
+        return shlex.join(["nccli", *sys.argv[1:]])
+    options = []
+    for name, value in context.params.items():
+        if value in (None, False, ()) or value == []:
+            continue
+        flag = "--" + name.replace("_", "-")
+        values = value if isinstance(value, (list, tuple)) else [value]
+        options += [flag] if value is True else [item for v in values for item in (flag, str(v))]
+    return shlex.join(["nccli", context.info_name, *options])
+
+
 def stderr_is_terminal() -> bool:
     """Progress bars and tables for people appear only on a terminal."""
     return sys.stderr.isatty()
@@ -80,9 +112,6 @@ def _root(
     ] = False,
 ) -> None:
     """Measure neural collapse in deep classifiers."""
-
-
-import enum  # noqa: E402  (plot's choices; belongs with the imports at the top)
 
 
 class PlotFormat(enum.StrEnum):
@@ -148,22 +177,6 @@ def plot(
             typer.echo(str(path))
 
 
-import enum  # noqa: E402  (extract's choices below)
-
-from nccli.errors import UsageError  # noqa: E402
-from nccli.extract.config import (  # noqa: E402  (extract's choices; torch-free)
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_DIM,
-    DEFAULT_ROOT,
-    DEFAULT_WORKERS,
-    Compression,
-    MapPooling,
-    Precision,
-    Split,
-    StorageDtype,
-    TokenPooling,
-)
-
 _MODEL_PANEL = "Model"
 _DATA_PANEL = "Data"
 _LAYERS_PANEL = "Layers"
@@ -219,8 +232,14 @@ def _numbers(option: str, text: str | None, kind: type = float) -> tuple | None:
         raise UsageError(f"{option} takes comma-separated {noun}, got '{text}'") from None
 
 
-@app.command()
+@app.command(
+    help="Run MODEL over DATA and write per-layer features, labels, logits and the classifier to an HDF5 file."
+    "\n\nThe file is written as FILE.h5.partial and renamed when complete; after Ctrl-C or a crash, rerun the "
+    "same command with --resume. Read the file with `nccli analyze FILE.h5`; `nccli layers MODEL` lists the "
+    "layers --layers can pick."
+)
 def extract(
+    context: typer.Context,
     models: Annotated[
         list[str],
         typer.Argument(
@@ -368,19 +387,30 @@ def extract(
     ] = "auto",
     precision: Annotated[
         Precision,
-        typer.Option(help="Autocast precision of the forward pass (bf16/fp16 are meant for CUDA).", rich_help_panel=_SPEED_PANEL),
+        typer.Option(
+            help="Autocast precision of the forward pass (bf16/fp16 are meant for CUDA).", rich_help_panel=_SPEED_PANEL
+        ),
     ] = Precision.FP32,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.", rich_help_panel=_SPEED_PANEL)] = DEFAULT_BATCH_SIZE,
+    batch_size: Annotated[
+        int, typer.Option(help="Images per forward pass.", rich_help_panel=_SPEED_PANEL)
+    ] = DEFAULT_BATCH_SIZE,
     workers: Annotated[
         int,
-        typer.Option(help="DataLoader worker processes that read and preprocess images (0: in this process).", rich_help_panel=_SPEED_PANEL),
+        typer.Option(
+            help="DataLoader worker processes that read and preprocess images (0: in this process). Default: half "
+            "the CPU cores, at most 8, and none on a machine of 2 cores or fewer, where they would slow the model.",
+            rich_help_panel=_SPEED_PANEL,
+        ),
     ] = DEFAULT_WORKERS,
     dtype: Annotated[
         StorageDtype, typer.Option(help="Float width of the stored features and logits.", rich_help_panel=_OUTPUT_PANEL)
     ] = StorageDtype.FLOAT32,
     compression: Annotated[
         Compression,
-        typer.Option(help="HDF5 compression of the stored rows (lzf: fast; gzip: smaller, slower).", rich_help_panel=_OUTPUT_PANEL),
+        typer.Option(
+            help="HDF5 compression of the stored rows (lzf: fast; gzip: smaller but slower).",
+            rich_help_panel=_OUTPUT_PANEL,
+        ),
     ] = Compression.NONE,
     resume: Annotated[
         bool,
@@ -392,15 +422,13 @@ def extract(
     ] = False,
     overwrite: Annotated[
         bool,
-        typer.Option(help="Replace an existing FILE.h5 (or partial file) instead of refusing.", rich_help_panel=_OUTPUT_PANEL),
+        typer.Option(
+            help="Replace an existing FILE.h5 (or partial file) instead of refusing.", rich_help_panel=_OUTPUT_PANEL
+        ),
     ] = False,
 ) -> None:
-    """Run MODEL over DATA and write per-layer features, labels, logits and the classifier to an HDF5 file.
-
-    The file is written as FILE.h5.partial and renamed when complete; after Ctrl-C or a crash, rerun the same command with --resume. Read the file with `nccli analyze FILE.h5`; `nccli layers MODEL` lists the layers --layers can pick.
-    """
+    """Run MODEL over DATA and write per-layer features, labels, logits and the classifier to an HDF5 file."""
     with user_errors():
-        import shlex
 
         from nccli.extract import ExtractConfig, ExtractionInterrupted, ModelOptions, extract_features
 
@@ -433,7 +461,7 @@ def extract(
             resume=resume,
             overwrite=overwrite,
             progress=stderr_is_terminal(),
-            command="nccli " + shlex.join(sys.argv[1:]),
+            command=command_line(context),
         )
         try:
             results = extract_features(config)
@@ -444,7 +472,8 @@ def extract(
             for note in result.notes:
                 _stderr(f"note: '{result.path}': {note}")
             if not result.skipped and stderr_is_terminal():
-                _stderr(f"wrote '{result.path}': {result.rows} rows, {len(result.layers)} layers in {result.seconds:.1f} s")
+                layers_written = len(result.layers)
+                _stderr(f"wrote '{result.path}': {result.rows} rows, {layers_written} layers in {result.seconds:.1f} s")
             typer.echo(result.path)
 
 
@@ -457,12 +486,19 @@ class LayersFormat(enum.StrEnum):
     JSON = "json"
 
 
-@app.command("layers")
+@app.command(
+    "layers",
+    help="List the layers `extract --layers` can capture, with module type and output shape.\n\nOne probe batch "
+    "of random images runs through the model; layers are listed in forward order with their per-sample output "
+    "shape, and '*' marks the default picks of `nccli extract`.",
+)
 def layers_command(
     model: Annotated[
         str,
         typer.Argument(
-            metavar="MODEL", help="A torchvision model name or a checkpoint file, as for `nccli extract`.", show_default=False
+            metavar="MODEL",
+            help="A torchvision model name or a checkpoint file, as for `nccli extract`.",
+            show_default=False,
         ),
     ],
     arch: ArchOption = None,
@@ -476,12 +512,11 @@ def layers_command(
             show_default=False,
         ),
     ] = None,
-    fmt: Annotated[LayersFormat, typer.Option("--format", "-f", help="text for people; csv, tsv or json for programs.")] = LayersFormat.TEXT,
+    fmt: Annotated[
+        LayersFormat, typer.Option("--format", "-f", help="text for people; csv, tsv or json for programs.")
+    ] = LayersFormat.TEXT,
 ) -> None:
-    """List the layers `extract --layers` can capture, with module type and output shape.
-
-    One probe batch of random images runs through the model; layers are listed in forward order with their per-sample output shape, and '*' marks the default picks of `nccli extract`.
-    """
+    """List the layers `extract --layers` can capture, with module type and output shape."""
     with user_errors():
         import csv
         import json
@@ -504,7 +539,8 @@ def layers_command(
         if fmt == LayersFormat.JSON:
             typer.echo(json.dumps(rows, indent=2))
         elif fmt in (LayersFormat.CSV, LayersFormat.TSV):
-            writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), delimiter="," if fmt == LayersFormat.CSV else "\t")
+            delimiter = "," if fmt == LayersFormat.CSV else "\t"
+            writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), delimiter=delimiter)
             writer.writeheader()
             writer.writerows(rows)
         else:
@@ -514,11 +550,15 @@ def layers_command(
                 mark = "*" if row["default"] else " "
                 typer.echo(f"{mark} {row['name']:<{width}}  {row['type']:<{type_width}}  {row['shape']}")
             if stderr_is_terminal():
-                _stderr("* default pick · NAME#k: k-th call of a module run several times · NAME:input: the classifier's input")
+                _stderr(
+                    "* default pick · NAME#k: k-th call of a module run several times · "
+                    "NAME:input: the classifier's input"
+                )
 
 
 @app.command()
 def analyze(
+    context: typer.Context,
     files: Annotated[
         list[str],
         typer.Argument(help="Feature files (HDF5, as `nccli extract` writes them or any file following the layout).", show_default=False),
@@ -556,6 +596,10 @@ def analyze(
         int | None,
         typer.Option(help="Rows read per block. Default: about 16 MiB of the widest layer, aligned to its HDF5 chunks."),
     ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option("--jobs", "-j", help="Worker processes that share each file's rows (CPU); their states merge exactly."),
+    ] = 1,
 ) -> None:
     """Compute every neural-collapse metric per layer of each feature file into a Parquet report.
 
@@ -579,11 +623,11 @@ def analyze(
             device=device,
             depth_epsilon=epsilon,
             block_rows=block_rows,
+            jobs=jobs,
             show_progress=stderr_is_terminal(),
         )
         result = analyze_features(config)
-        command = " ".join(["nccli", *sys.argv[1:]]) if sys.argv[0].endswith("nccli") else " ".join(sys.argv)
-        write_report(result, targets["--out"], command, targets.get("--classes"), targets.get("--pairs"))
+        write_report(result, targets["--out"], command_line(context), targets.get("--classes"), targets.get("--pairs"))
         if stderr_is_terminal():
             from rich.console import Console
 

@@ -89,7 +89,9 @@ def reference_outputs(model: nn.Module, inputs: torch.Tensor, modules: list[str]
         for name in modules
     ]
     handles += [
-        named[name].register_forward_pre_hook(lambda _m, args, name=name: captured_inputs.__setitem__(name, args[0].clone()))
+        named[name].register_forward_pre_hook(
+            lambda _m, args, name=name: captured_inputs.__setitem__(name, args[0].clone())
+        )
         for name in inputs_of
     ]
     model.eval()
@@ -125,7 +127,9 @@ def read_datasets(path: Path) -> dict[str, np.ndarray]:
     """Every dataset of an HDF5 file by path."""
     found = {}
     with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, node: found.__setitem__(name, node[()]) if isinstance(node, h5py.Dataset) else None)
+        handle.visititems(
+            lambda name, node: found.__setitem__(name, node[()]) if isinstance(node, h5py.Dataset) else None
+        )
     return found
 
 

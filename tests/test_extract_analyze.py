@@ -15,8 +15,21 @@ def test_extracted_file_passes_analyze(tmp_path):
     data = write_npz(tmp_path / "data.npz", images, labels)
     features = tmp_path / "features.h5"
     result = run(
-        "extract", tmp_path / "model.pt", data, "--arch", "extract_helpers:tiny_cnn", "--num-classes", 4,
-        "--out", features, "--workers", 0, "--dtype", "float16", "--compression", "lzf",
+        "extract",
+        tmp_path / "model.pt",
+        data,
+        "--arch",
+        "extract_helpers:tiny_cnn",
+        "--num-classes",
+        4,
+        "--out",
+        features,
+        "--workers",
+        0,
+        "--dtype",
+        "float16",
+        "--compression",
+        "lzf",
     )
     assert result.exit_code == 0, result.stderr
 
@@ -24,8 +37,10 @@ def test_extracted_file_passes_analyze(tmp_path):
     assert result.exit_code == 0, (result.stdout, result.stderr)
     summary = pq.read_table(tmp_path / "r.parquet").to_pylist()
     by_layer = {row[schema.COL_LAYER]: row for row in summary}
-    assert set(by_layer) == {"conv1", "bn1", "relu#1", "relu#2", "block", "pool", "fc:input"}
-    assert [row[schema.COL_LAYER] for row in sorted(summary, key=lambda row: row[schema.COL_LAYER_ORDER])][-1] == "fc:input"
+    assert set(by_layer) == {"conv1", "bn1", "relu#1", "relu#2", "block", "fc:input", "fc"}
+    assert [row[schema.COL_LAYER] for row in sorted(summary, key=lambda row: row[schema.COL_LAYER_ORDER])][
+        -1
+    ] == "fc"  # the logits, after the classifier's input
     penultimate = by_layer["fc:input"]
     assert penultimate[schema.COL_EPOCH] == 5 and penultimate[schema.COL_N_SAMPLES] == 40
     assert penultimate[schema.COL_N_CLASSES] == 4 and penultimate[schema.COL_DIM] == 16

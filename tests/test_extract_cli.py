@@ -26,9 +26,28 @@ def setup(tmp_path_factory):
     [
         (
             "extract",
-            ("MODEL", "DATA", "--out", "--arch", "--weights", "--trust-checkpoint", "--per-class", "--layers",
-             "--pool", "--token-pool", "--max-dim", "--device", "--precision", "--dtype", "--compression", "--resume",
-             "--overwrite", "--workers", "--batch-size", "fake:N"),
+            (
+                "MODEL",
+                "DATA",
+                "--out",
+                "--arch",
+                "--weights",
+                "--trust-checkpoint",
+                "--per-class",
+                "--layers",
+                "--pool",
+                "--token-pool",
+                "--max-dim",
+                "--device",
+                "--precision",
+                "--dtype",
+                "--compression",
+                "--resume",
+                "--overwrite",
+                "--workers",
+                "--batch-size",
+                "fake:N",
+            ),
         ),
         ("layers", ("MODEL", "--input-size", "--arch", "--format", "default picks")),
     ],
@@ -98,7 +117,9 @@ def test_bad_options_fail_with_one_line_and_leave_nothing(setup, tmp_path, optio
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_a_gpu_is_a_clear_error(setup, tmp_path):
-    result = run("extract", setup / "model.pt", setup / "data.npz", *ARCH, "--out", tmp_path / "f.h5", "--device", "cuda")
+    result = run(
+        "extract", setup / "model.pt", setup / "data.npz", *ARCH, "--out", tmp_path / "f.h5", "--device", "cuda"
+    )
     assert_user_error(result, "no CUDA device is available", "--device cpu")
 
 
@@ -108,7 +129,10 @@ def test_layers_command_csv_and_bad_input_size(setup):
     lines = result.stdout.splitlines()
     assert lines[0] == "name,type,shape,default"
     assert "relu#2,ReLU,16×8×8,True" in lines
-    assert_user_error(run("layers", setup / "model.pt", *ARCH, "--input-size", "3,x"), "--input-size takes comma-separated integers")
     assert_user_error(
-        run("layers", setup / "model.pt", *ARCH, "--input-size", "1,16,16"), "the model failed on a batch of shape [2, 1, 16, 16]"
+        run("layers", setup / "model.pt", *ARCH, "--input-size", "3,x"), "--input-size takes comma-separated integers"
+    )
+    assert_user_error(
+        run("layers", setup / "model.pt", *ARCH, "--input-size", "1,16,16"),
+        "the model failed on a batch of shape [2, 1, 16, 16]",
     )

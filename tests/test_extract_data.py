@@ -51,7 +51,9 @@ def test_grey_images_with_channels_and_one_value_mean_std(setup, tmp_path):
     rgb = write_npz(tmp_path / "rgb.npz", np.repeat(grey[..., None], 3, axis=3), labels)
     options = ("--mean", "0.5", "--std", "0.25")
     reference = _extract(directory, rgb, tmp_path / "rgb.h5", *options)
-    stored = _extract(directory, write_npz(tmp_path / "grey.npz", grey, labels), tmp_path / "grey.h5", "--channels", 3, *options)
+    stored = _extract(
+        directory, write_npz(tmp_path / "grey.npz", grey, labels), tmp_path / "grey.h5", "--channels", 3, *options
+    )
     _assert_same_rows(stored, reference)
 
 
@@ -62,8 +64,16 @@ def test_h5_array_file_read_by_a_worker_process(setup, tmp_path):
         handle[schema.ARRAY_FILE_IMAGES] = images
         handle[schema.ARRAY_FILE_LABELS] = labels
     result = run(
-        "extract", directory / "model.pt", tmp_path / "arrays.h5", *ARCH, "--out", tmp_path / "h5.h5",
-        "--workers", 1, "--batch-size", 4,
+        "extract",
+        directory / "model.pt",
+        tmp_path / "arrays.h5",
+        *ARCH,
+        "--out",
+        tmp_path / "h5.h5",
+        "--workers",
+        1,
+        "--batch-size",
+        4,
     )
     assert result.exit_code == 0, result.stderr
     _assert_same_rows(read_datasets(tmp_path / "h5.h5"), reference)
@@ -111,7 +121,7 @@ def test_fake_data(setup, tmp_path):
     assert set(stored[schema.LABELS]) <= set(range(10))
     with h5py.File(tmp_path / "fake.h5", "r") as handle:
         assert handle.attrs[schema.ATTR_NUM_CLASSES] == 10
-        assert "fake:12" in handle.attrs["dataset"]
+        assert "fake:12" in handle.attrs[schema.ATTR_DATASET]
 
 
 def test_per_class_subset_is_balanced_seeded_and_in_dataset_order(setup, tmp_path):
@@ -180,6 +190,8 @@ def test_bad_array_files_fail_with_one_line_and_leave_nothing(setup, tmp_path, k
 def test_missing_and_unknown_data_fail_with_one_line(setup, tmp_path, data, options, fragments):
     directory, _, _ = setup
     options = [option.format(tmp=tmp_path) for option in options]
-    result = run("extract", directory / "model.pt", data.format(tmp=tmp_path), *ARCH, "--out", tmp_path / "f.h5", *options)
+    result = run(
+        "extract", directory / "model.pt", data.format(tmp=tmp_path), *ARCH, "--out", tmp_path / "f.h5", *options
+    )
     assert_user_error(result, *fragments)
     assert list(tmp_path.iterdir()) == []

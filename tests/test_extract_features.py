@@ -23,7 +23,8 @@ from extract_helpers import (
 from nccli import schema
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
-RESNET_BLOCKS = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"]
+# avgpool is not a default pick: its output is fc's input itself, stored once as fc:input.
+RESNET_BLOCKS = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,19 @@ def resnet(tmp_path_factory):
     images, labels = random_images()
     data = write_npz(directory / "data.npz", images, labels)
     out = directory / "features.h5"
-    result = run("extract", directory / "resnet18.pt", data, "--arch", "resnet18", "--out", out, "--batch-size", 8, "--workers", 0)
+    result = run(
+        "extract",
+        directory / "resnet18.pt",
+        data,
+        "--arch",
+        "resnet18",
+        "--out",
+        out,
+        "--batch-size",
+        8,
+        "--workers",
+        0,
+    )
     assert result.exit_code == 0, result.stderr
     return model, images, labels, out, directory
 
@@ -45,13 +58,16 @@ def test_resnet18_default_layers_equal_an_independent_forward_pass(resnet):
     model, images, labels, out, _ = resnet
     outputs, inputs_of, logits = reference_outputs(model, reference_inputs(images), RESNET_BLOCKS, ["fc"])
     stored = read_datasets(out)
-    assert sorted(name.split("/", 1)[1] for name in stored if name.startswith("layers/")) == sorted(RESNET_BLOCKS + ["fc:input"])
+    assert sorted(name.split("/", 1)[1] for name in stored if name.startswith("layers/")) == sorted(
+        RESNET_BLOCKS + ["fc:input", "fc"]
+    )
     for name in RESNET_BLOCKS:
         expected = outputs[name][0].mean(dim=(2, 3)).numpy()
-        for row, (got, want) in enumerate(zip(stored[schema.layer_path(name)], expected)):
+        for row, (got, want) in enumerate(zip(stored[schema.layer_path(name)], expected, strict=True)):
             np.testing.assert_allclose(got, want, **TOLERANCE, err_msg=f"{name} row {row}")
     np.testing.assert_allclose(stored[schema.layer_path("fc:input")], inputs_of["fc"].numpy(), **TOLERANCE)
     np.testing.assert_allclose(stored[schema.LOGITS], logits.numpy(), **TOLERANCE)
+    np.testing.assert_allclose(stored[schema.layer_path("fc")], logits.numpy(), **TOLERANCE)  # the logits layer
     np.testing.assert_array_equal(stored[schema.LABELS], labels)
     np.testing.assert_array_equal(stored[schema.SAMPLE_INDEX], np.arange(len(labels)))
     np.testing.assert_array_equal(stored[schema.CLASSIFIER_WEIGHT], model.fc.weight.detach().numpy())
@@ -69,10 +85,10 @@ def test_resnet18_file_follows_the_feature_file_spec(resnet):
         assert handle[schema.CLASSIFIER].attrs[schema.ATTR_CLASSIFIER_LAYER] == "fc:input"
         for name in schema.PROVENANCE_ATTRS:
             assert name in handle.attrs, name
-        assert handle.attrs["model"] == "resnet18"
-        assert handle.attrs["checkpoint"] == str(directory / "resnet18.pt")
-        assert len(handle.attrs["checkpoint_sha256"]) == 64
-        orders = [handle[schema.layer_path(name)].attrs[schema.ATTR_ORDER] for name in RESNET_BLOCKS + ["fc:input"]]
+        assert handle.attrs[schema.ATTR_MODEL] == "resnet18"
+        assert handle.attrs[schema.ATTR_CHECKPOINT] == str(directory / "resnet18.pt")
+        assert len(handle.attrs[schema.ATTR_CHECKPOINT_SHA256]) == 64
+        orders = [handle[schema.layer_path(name)].attrs[schema.ATTR_ORDER] for name in RESNET_BLOCKS + ["fc:input", "fc"]]
         assert orders == list(range(len(orders)))
         layer1 = handle[schema.layer_path("layer1")]
         assert list(layer1.attrs[schema.ATTR_SAMPLE_SHAPE]) == [64, 8, 8]
@@ -86,8 +102,19 @@ def test_in_place_relu_does_not_change_captured_outputs(resnet, tmp_path):
     model, images, _, _, directory = resnet
     out = tmp_path / "f.h5"
     result = run(
-        "extract", directory / "resnet18.pt", directory / "data.npz", "--arch", "resnet18", "--out", out,
-        "--layers", "layer1.0.bn1,layer1.0.relu#2", "--pool", "flatten", "--workers", 0,
+        "extract",
+        directory / "resnet18.pt",
+        directory / "data.npz",
+        "--arch",
+        "resnet18",
+        "--out",
+        out,
+        "--layers",
+        "layer1.0.bn1,layer1.0.relu#2",
+        "--pool",
+        "flatten",
+        "--workers",
+        0,
     )
     assert result.exit_code == 0, result.stderr
     outputs, _, _ = reference_outputs(model, reference_inputs(images), ["layer1.0.bn1", "layer1.0.relu"])
@@ -102,8 +129,17 @@ def test_in_place_relu_does_not_change_captured_outputs(resnet, tmp_path):
 def test_module_run_twice_is_refused_by_bare_name_with_its_call_names(resnet, tmp_path):
     _, _, _, _, directory = resnet
     result = run(
-        "extract", directory / "resnet18.pt", directory / "data.npz", "--arch", "resnet18",
-        "--out", tmp_path / "f.h5", "--layers", "layer1.0.relu", "--workers", 0,
+        "extract",
+        directory / "resnet18.pt",
+        directory / "data.npz",
+        "--arch",
+        "resnet18",
+        "--out",
+        tmp_path / "f.h5",
+        "--layers",
+        "layer1.0.relu",
+        "--workers",
+        0,
     )
     assert_user_error(result, "'layer1.0.relu' runs 2 times", "layer1.0.relu#1", "layer1.0.relu#2", "layer1.0.relu#*")
     assert list(tmp_path.iterdir()) == []
@@ -113,8 +149,19 @@ def test_globs_and_max_pooling(resnet, tmp_path):
     model, images, _, _, directory = resnet
     out = tmp_path / "f.h5"
     result = run(
-        "extract", directory / "resnet18.pt", directory / "data.npz", "--arch", "resnet18", "--out", out,
-        "--layers", "layer4.1.relu#*,layer3", "--pool", "max", "--workers", 0,
+        "extract",
+        directory / "resnet18.pt",
+        directory / "data.npz",
+        "--arch",
+        "resnet18",
+        "--out",
+        out,
+        "--layers",
+        "layer4.1.relu#*,layer3",
+        "--pool",
+        "max",
+        "--workers",
+        0,
     )
     assert result.exit_code == 0, result.stderr
     with h5py.File(out, "r") as handle:
@@ -130,8 +177,19 @@ def test_globs_and_max_pooling(resnet, tmp_path):
 def test_flatten_above_max_dim_is_refused_with_the_layer_size(resnet, tmp_path):
     _, _, _, _, directory = resnet
     result = run(
-        "extract", directory / "resnet18.pt", directory / "data.npz", "--arch", "resnet18", "--out", tmp_path / "f.h5",
-        "--pool", "flatten", "--max-dim", 1000, "--workers", 0,
+        "extract",
+        directory / "resnet18.pt",
+        directory / "data.npz",
+        "--arch",
+        "resnet18",
+        "--out",
+        tmp_path / "f.h5",
+        "--pool",
+        "flatten",
+        "--max-dim",
+        1000,
+        "--workers",
+        0,
     )
     assert_user_error(result, "'conv1'", "16384 values", "64×16×16", "--max-dim 1000")
     assert list(tmp_path.iterdir()) == []
@@ -152,19 +210,38 @@ def test_vit_default_layers_equal_an_independent_forward_pass(vit):
     model, images, labels, directory = vit
     out = directory / "default.h5"
     result = run(
-        "extract", directory / "vit.pt", directory / "data.npz", "--arch", "extract_helpers:tiny_vit",
-        "--num-classes", 10, "--out", out, "--batch-size", 6, "--workers", 0,
+        "extract",
+        directory / "vit.pt",
+        directory / "data.npz",
+        "--arch",
+        "extract_helpers:tiny_vit",
+        "--num-classes",
+        10,
+        "--out",
+        out,
+        "--batch-size",
+        6,
+        "--workers",
+        0,
     )
     assert result.exit_code == 0, result.stderr
-    outputs, inputs_of, logits = reference_outputs(model, reference_inputs(images), ["conv_proj", "encoder"], ["heads.head"])
+    outputs, inputs_of, logits = reference_outputs(
+        model, reference_inputs(images), ["conv_proj", "encoder"], ["heads.head"]
+    )
     stored = read_datasets(out)
     assert sorted(name for name in stored if name.startswith("layers/")) == [
-        "layers/conv_proj", "layers/encoder", "layers/heads.head:input",
+        "layers/conv_proj",
+        "layers/encoder",
+        "layers/heads.head",
+        "layers/heads.head:input",
     ]
-    np.testing.assert_allclose(stored["layers/conv_proj"], outputs["conv_proj"][0].mean(dim=(2, 3)).numpy(), **TOLERANCE)
+    np.testing.assert_allclose(
+        stored["layers/conv_proj"], outputs["conv_proj"][0].mean(dim=(2, 3)).numpy(), **TOLERANCE
+    )
     np.testing.assert_allclose(stored["layers/encoder"], outputs["encoder"][0][:, 0].numpy(), **TOLERANCE)
     np.testing.assert_allclose(stored["layers/heads.head:input"], inputs_of["heads.head"].numpy(), **TOLERANCE)
     np.testing.assert_allclose(stored[schema.LOGITS], logits.numpy(), **TOLERANCE)
+    np.testing.assert_allclose(stored["layers/heads.head"], logits.numpy(), **TOLERANCE)
     np.testing.assert_array_equal(stored[schema.LABELS], labels)
     np.testing.assert_array_equal(stored[schema.CLASSIFIER_WEIGHT], model.heads.head.weight.detach().numpy())
     with h5py.File(out, "r") as handle:
@@ -179,8 +256,19 @@ def test_vit_mean_token_pooling_and_tuple_outputs(vit):
     out = directory / "tokens.h5"
     attention = "encoder.layers.encoder_layer_0.self_attention"
     result = run(
-        "extract", directory / "vit.pt", directory / "data.npz", "--arch", "extract_helpers:tiny_vit",
-        "--out", out, "--layers", f"encoder,{attention}", "--token-pool", "mean", "--workers", 0,
+        "extract",
+        directory / "vit.pt",
+        directory / "data.npz",
+        "--arch",
+        "extract_helpers:tiny_vit",
+        "--out",
+        out,
+        "--layers",
+        f"encoder,{attention}",
+        "--token-pool",
+        "mean",
+        "--workers",
+        0,
     )
     assert result.exit_code == 0, result.stderr
     outputs, _, _ = reference_outputs(model, reference_inputs(images), ["encoder", attention])
@@ -195,7 +283,8 @@ def test_layers_command_lists_shapes_and_marks_default_picks():
     lines = {line.split()[1] if line.startswith("*") else line.split()[0]: line for line in result.stdout.splitlines()}
     assert lines["layer1"].startswith("*") and lines["layer1"].split()[-1] == "64×8×8"
     assert lines["fc:input"].startswith("*") and lines["fc:input"].split()[-1] == "512"
-    assert not lines["fc"].startswith("*")
+    assert lines["fc"].startswith("*")  # the logits
+    assert not lines["avgpool"].startswith("*")  # its output is fc:input itself
     assert "layer1.0.relu#2" in lines and "layer1.0.relu" not in lines
 
 
@@ -203,9 +292,29 @@ def test_layers_command_json(vit):
     import json
 
     _, _, _, directory = vit
-    result = run("layers", directory / "vit.pt", "--arch", "extract_helpers:tiny_vit", "--input-size", "3,32,32", "--format", "json")
+    result = run(
+        "layers",
+        directory / "vit.pt",
+        "--arch",
+        "extract_helpers:tiny_vit",
+        "--input-size",
+        "3,32,32",
+        "--format",
+        "json",
+    )
     assert result.exit_code == 0, result.stderr
     rows = json.loads(result.stdout)
-    assert [row["name"] for row in rows if row["default"]] == ["conv_proj", "encoder", "heads.head:input"]
+    assert [row["name"] for row in rows if row["default"]] == ["conv_proj", "encoder", "heads.head:input", "heads.head"]
     assert next(row for row in rows if row["name"] == "encoder")["shape"] == "17×32"
     assert next(row for row in rows if row["name"] == "heads.head")["type"] == "Linear"
+
+
+def test_token_pooling_auto_is_cls_only_with_a_class_token():
+    from nccli.extract.config import MapPooling, TokenPooling
+    from nccli.extract.hooks import LayerCall, Probe, plan_layers
+
+    tokens = LayerCall("blocks", "blocks", 0, "Sequential", (17, 32))
+    for has_class_token, expected in ((True, "cls"), (False, "mean")):
+        probe = Probe((tokens,), {"blocks": 1}, None, None, has_class_token)
+        (plan,) = plan_layers(probe, [tokens], MapPooling.AVG, TokenPooling.AUTO, max_dim=10)
+        assert (plan.pooling, plan.width) == (expected, 32)

@@ -50,7 +50,14 @@ def _features(directory, model_file, data, *options):
 
 @pytest.mark.parametrize(
     "checkpoint",
-    ["lightning_like.ckpt", "model_key.pth", "model_state_dict_key.pt", "ddp.pt", "weights.safetensors", "no_batch_counters.pt"],
+    [
+        "lightning_like.ckpt",
+        "model_key.pth",
+        "model_state_dict_key.pt",
+        "ddp.pt",
+        "weights.safetensors",
+        "no_batch_counters.pt",
+    ],
 )
 def test_state_dict_wrappers_prefixes_and_safetensors_give_the_same_file(setup, checkpoint):
     _, directory, data, reference = setup
@@ -95,11 +102,13 @@ def test_torchscript_is_refused_with_the_reason(setup, tmp_path):
 
 def test_torchvision_name_with_num_classes(setup, tmp_path):
     _, _, data, _ = setup
-    result = run("extract", "resnet18", data, "--num-classes", 10, "--out", tmp_path / "f.h5", "--workers", 0, "--epoch", 3)
+    result = run(
+        "extract", "resnet18", data, "--num-classes", 10, "--out", tmp_path / "f.h5", "--workers", 0, "--epoch", 3
+    )
     assert result.exit_code == 0, result.stderr
     with h5py.File(tmp_path / "f.h5", "r") as handle:
         assert handle[schema.LOGITS].shape == (20, 10)
-        assert handle.attrs["model"] == "resnet18" and handle.attrs["checkpoint"] == ""
+        assert handle.attrs[schema.ATTR_MODEL] == "resnet18" and handle.attrs[schema.ATTR_CHECKPOINT] == ""
         assert handle.attrs[schema.ATTR_EPOCH] == 3
 
 
@@ -112,7 +121,9 @@ def test_weights_that_are_not_cached_offline_fail_clearly(setup, tmp_path, monke
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     result = run("extract", "resnet18", data, "--weights", "IMAGENET1K_V1", "--out", tmp_path / "f.h5")
-    assert_user_error(result, "ResNet18_Weights.IMAGENET1K_V1", "not in the torch hub cache", str(tmp_path / "torch_home"))
+    assert_user_error(
+        result, "ResNet18_Weights.IMAGENET1K_V1", "not in the torch hub cache", str(tmp_path / "torch_home")
+    )
     assert not (tmp_path / "f.h5").exists()
 
 
@@ -135,10 +146,12 @@ def test_several_checkpoints_write_one_file_each_with_its_epoch(setup, tmp_path)
     written = sorted(path.name for path in out.iterdir())
     assert written == ["epoch_003.h5", "epoch_012.h5", "last.h5"]
     assert result.stdout.split() == [str(out / name) for name in written]
-    for name, epoch in zip(written, (3, 12, 40)):
+    for name, epoch in zip(written, (3, 12, 40), strict=True):
         with h5py.File(out / name, "r") as handle:
             assert handle.attrs[schema.ATTR_EPOCH] == epoch
-        np.testing.assert_array_equal(read_datasets(out / name)[schema.layer_path("fc:input")], reference[schema.layer_path("fc:input")])
+        np.testing.assert_array_equal(
+            read_datasets(out / name)[schema.layer_path("fc:input")], reference[schema.layer_path("fc:input")]
+        )
 
 
 def test_epoch_option_is_refused_for_several_checkpoints(setup, tmp_path):

@@ -23,8 +23,18 @@ def setup(tmp_path):
 
 def _command(directory, out, *options):
     return (
-        "extract", directory / "model.pt", directory / "data.npz", "--arch", "extract_helpers:tiny_cnn",
-        "--out", out, "--batch-size", BATCH, "--workers", 0, *options,
+        "extract",
+        directory / "model.pt",
+        directory / "data.npz",
+        "--arch",
+        "extract_helpers:tiny_cnn",
+        "--out",
+        out,
+        "--batch-size",
+        BATCH,
+        "--workers",
+        0,
+        *options,
     )
 
 

@@ -8,7 +8,6 @@ around an ETF (statistical).
 
 import math
 
-import numpy as np
 import pytest
 
 import closed_forms as cf

@@ -144,4 +144,3 @@ def _epoch_of(loaded) -> int | None:
             if isinstance(value, int) and not isinstance(value, bool):
                 return value
     return None
-

@@ -14,7 +14,9 @@ DEFAULT_ROOT = "data"
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_MAX_DIM = 16384
 DEFAULT_INPUT_SIZE = (3, 224, 224)
-DEFAULT_WORKERS = 0 if (os.cpu_count() or 1) <= 2 else min(8, (os.cpu_count() or 1) // 2)  # 2 cores: workers would only slow the model
+DEFAULT_WORKERS = (
+    0 if (os.cpu_count() or 1) <= 2 else min(8, (os.cpu_count() or 1) // 2)
+)  # 2 cores: workers would only slow the model
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -123,6 +125,12 @@ class ExtractConfig:
     def __post_init__(self):
         if isinstance(self.models, str):
             object.__setattr__(self, "models", (self.models,))
+        for name, choices in _CHOICES.items():  # plain strings from Python callers become the enums
+            value = getattr(self, name)
+            if value not in {choice.value for choice in choices}:
+                allowed = ", ".join(choice.value for choice in choices)
+                raise UsageError(f"--{name.replace('_', '-')} must be one of {allowed}, got '{value}'")
+            object.__setattr__(self, name, choices(value))
         if not self.models:
             raise UsageError("no MODEL given")
         if self.resume and self.overwrite:
@@ -144,6 +152,16 @@ class ExtractConfig:
                 raise UsageError(f"{option} takes 1 or 3 comma-separated numbers, got {len(values)}")
         if self.std is not None and any(value <= 0 for value in self.std):
             raise UsageError(f"--std must be positive, got {','.join(map(str, self.std))}")
+
+
+_CHOICES = {
+    "split": Split,
+    "pool": MapPooling,
+    "token_pool": TokenPooling,
+    "precision": Precision,
+    "dtype": StorageDtype,
+    "compression": Compression,
+}
 
 
 def _check_positive(option: str, value: int | None) -> None:

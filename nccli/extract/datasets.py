@@ -7,8 +7,8 @@ image and stack them.
 """
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -48,6 +48,7 @@ class SampleBatches(Dataset):
         return len(self.indices)
 
     def __getitem__(self, position: int):
+        """One sample, as a batch of one (the DataLoader uses ``__getitems__``)."""
         return self.__getitems__([position])
 
     def __getitems__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -84,7 +85,7 @@ def open_data(spec: str, root: str, split: Split, download: bool) -> ImageData:
 
 
 def select_indices(labels: np.ndarray, per_class: int | None, limit: int | None, seed: int) -> np.ndarray:
-    """Sorted indices: a seeded ``per_class`` sample of each class (all of a smaller class), then the first ``limit``."""
+    """Sorted indices: a seeded sample of ``per_class`` per class (all of a smaller one), then the first ``limit``."""
     indices = np.arange(len(labels), dtype=np.int64)
     if per_class:
         rng = np.random.default_rng(seed)
@@ -123,7 +124,9 @@ def _fake(spec: str) -> ImageData:
     dataset = FakeData(size=int(count), image_size=FAKE_IMAGE_SIZE, num_classes=FAKE_CLASSES)
     labels = np.array([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)
     shape = "×".join(map(str, FAKE_IMAGE_SIZE))
-    return _per_image(dataset, labels, f"{spec} (torchvision FakeData, {shape}, {FAKE_CLASSES} classes)", num_classes=FAKE_CLASSES)
+    return _per_image(
+        dataset, labels, f"{spec} (torchvision FakeData, {shape}, {FAKE_CLASSES} classes)", num_classes=FAKE_CLASSES
+    )
 
 
 def _named(name: str, root: str, split: Split, download: bool) -> ImageData:
@@ -135,8 +138,8 @@ def _named(name: str, root: str, split: Split, download: bool) -> ImageData:
         "cifar100": lambda: datasets.CIFAR100(root, train=train, download=download),
         "mnist": lambda: datasets.MNIST(root, train=train, download=download),
         "fashionmnist": lambda: datasets.FashionMNIST(root, train=train, download=download),
-        "svhn": lambda: datasets.SVHN(root, split=split.value, download=download),
-        "stl10": lambda: datasets.STL10(root, split=split.value, download=download),
+        "svhn": lambda: datasets.SVHN(root, split=str(split), download=download),
+        "stl10": lambda: datasets.STL10(root, split=str(split), download=download),
         "imagenet": lambda: datasets.ImageNet(root, split="train" if train else "val"),
     }
     if name == "imagenet" and download:
@@ -187,7 +190,9 @@ class _PerImage:
         sizes = sorted({tuple(image.shape) for image in images})
         if len(sizes) > 1:
             shown = " and ".join("×".join(map(str, size)) for size in sizes[:2])
-            raise DataError(f"images of {self.description} differ in size ({shown}); pass --resize N to make them equal")
+            raise DataError(
+                f"images of {self.description} differ in size ({shown}); pass --resize N to make them equal"
+            )
         return torch.stack(images)
 
 
@@ -202,7 +207,9 @@ def _npz(path: str) -> ImageData:
         with np.load(path) as arrays:
             missing = [key for key in (schema.NPZ_IMAGES, schema.NPZ_LABELS) if key not in arrays.files]
             if missing:
-                raise DataError(f"'{path}' lacks array {', '.join(missing)}; it has {', '.join(arrays.files) or 'none'}")
+                raise DataError(
+                    f"'{path}' lacks array {', '.join(missing)}; it has {', '.join(arrays.files) or 'none'}"
+                )
             images, labels = arrays[schema.NPZ_IMAGES], arrays[schema.NPZ_LABELS]
     except (OSError, ValueError) as error:
         raise DataError(f"cannot read '{path}' as .npz: {first_line(error)}") from None
@@ -218,7 +225,9 @@ def _h5(path: str) -> ImageData:
         with h5py.File(path, "r") as handle:
             missing = [key for key in (schema.ARRAY_FILE_IMAGES, schema.ARRAY_FILE_LABELS) if key not in handle]
             if missing:
-                raise DataError(f"'{path}' lacks dataset /{', /'.join(missing)}; it has /{', /'.join(handle) or 'none'}")
+                raise DataError(
+                    f"'{path}' lacks dataset /{', /'.join(missing)}; it has /{', /'.join(handle) or 'none'}"
+                )
             shape, dtype = handle[schema.ARRAY_FILE_IMAGES].shape, handle[schema.ARRAY_FILE_IMAGES].dtype
             labels = handle[schema.ARRAY_FILE_LABELS][()]
     except OSError as error:

@@ -14,7 +14,7 @@ cannot change what was captured, and views are copied.
 import fnmatch
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -77,8 +77,9 @@ def first_tensor(value) -> torch.Tensor | None:
 def probe_model(model: nn.Module, batch: torch.Tensor) -> Probe:
     """Run ``batch`` once with a hook on every module and record what ran, in output order."""
     records: list[tuple[float, LayerCall]] = []
+    outputs: list[torch.Tensor | None] = []  # kept alive during the probe, so no two outputs share freed memory
     calls: Counter = Counter()
-    classifier: tuple[str, float, int] | None = None
+    classifier: tuple[str, float, int, str, torch.Tensor] | None = None  # name, position, width, type, input
     modules = dict(model.named_modules())
 
     def record(name: str):
@@ -89,8 +90,9 @@ def probe_model(model: nn.Module, batch: torch.Tensor) -> Probe:
             shape = tuple(tensor.shape[1:]) if per_sample else None
             position = float(len(records))
             records.append((position, LayerCall(name, name, calls[name], type(module).__name__, shape)))
+            outputs.append(tensor)
             if _is_linear_call(module, inputs, tensor):
-                classifier = (name, position, inputs.shape[1])
+                classifier = (name, position, inputs.shape[1], type(module).__name__, inputs)
             calls[name] += 1
 
         return hook
@@ -106,14 +108,22 @@ def probe_model(model: nn.Module, batch: torch.Tensor) -> Probe:
     finally:
         for handle in handles:
             handle.remove()
+    feeds_classifier: set[tuple[str, int]] = set()
     if classifier is not None:
-        name, position, width = classifier
-        records.append((position - 0.5, LayerCall(name + INPUT_MARK, name, calls[name] - 1, "input", (width,), pre_hook=True)))
+        name, position, width, type_name, inputs = classifier
+        feeds_classifier = {
+            (layer.module_name, layer.call)
+            for (_, layer), tensor in zip(records, outputs)
+            if tensor is not None and _same_values(tensor, inputs)
+        }
+        call = LayerCall(name + INPUT_MARK, name, calls[name] - 1, f"{type_name} input", (width,), pre_hook=True)
+        records.append((position - 0.5, call))  # the input exists just before the classifier's output
+    outputs.clear()
     layers = [_named_call(layer, calls) for _, layer in sorted(records, key=lambda item: item[0])]
-    defaults = _default_picks(layers, classifier[0] if classifier else None)
+    defaults = _default_picks(layers, classifier[0] if classifier else None, calls, feeds_classifier)
     logits_width = output.shape[1] if output is not None and output.ndim == 2 else None
     return Probe(
-        layers=tuple(LayerCall(**{**layer.__dict__, "default": layer.name in defaults}) for layer in layers),
+        layers=tuple(replace(layer, default=layer.name in defaults) for layer in layers),
         calls=dict(calls),
         classifier=classifier[0] if classifier else None,
         logits_width=logits_width,
@@ -131,14 +141,31 @@ def _is_linear_call(module: nn.Module, inputs: torch.Tensor | None, output: torc
     return weight is not None and weight.ndim == 2 and tuple(weight.shape) == (output.shape[1], inputs.shape[1])
 
 
+def _same_values(output: torch.Tensor, classifier_input: torch.Tensor) -> bool:
+    """The output *is* the classifier's input: the same memory seen whole (e.g. avgpool → flatten → fc)."""
+    return (
+        output.data_ptr() == classifier_input.data_ptr()
+        and output.numel() == classifier_input.numel()
+        and output.dtype == classifier_input.dtype
+        and output.is_contiguous()
+        and classifier_input.is_contiguous()
+    )
+
+
 def _named_call(layer: LayerCall, calls: Counter) -> LayerCall:
     if layer.pre_hook or calls[layer.module_name] == 1:
         return layer
-    return LayerCall(**{**layer.__dict__, "name": f"{layer.module_name}{CALL_MARK}{layer.call + 1}"})
+    return replace(layer, name=f"{layer.module_name}{CALL_MARK}{layer.call + 1}")
 
 
-def _default_picks(layers: list[LayerCall], classifier: str | None) -> set[str]:
-    """The top-level blocks (below single-child wrappers) that do not hold the classifier, and its input."""
+def _default_picks(
+    layers: list[LayerCall], classifier: str | None, calls: Counter, feeds_classifier: set[tuple[str, int]]
+) -> set[str]:
+    """The top-level blocks (below single-child wrappers) that do not hold the classifier, its input and its output.
+
+    A block whose output is the classifier's input itself is left to ``<classifier>:input`` (no duplicate rows);
+    the classifier's own output is the logits.
+    """
     ran = {layer.module_name for layer in layers if not layer.pre_hook}
     prefix = ""
     while True:
@@ -151,9 +178,19 @@ def _default_picks(layers: list[LayerCall], classifier: str | None) -> set[str]:
     picks = {
         layer.name
         for layer in layers
-        if layer.module_name in children and layer.module_name not in holds_classifier and layer.sample_shape is not None
+        if layer.module_name in children
+        and layer.module_name not in holds_classifier
+        and layer.sample_shape is not None
+        and (layer.module_name, layer.call) not in feeds_classifier
     }
-    return picks | ({classifier + INPUT_MARK} if classifier else set())
+    if classifier:
+        logits = next(
+            layer
+            for layer in layers
+            if layer.module_name == classifier and layer.call == calls[classifier] - 1 and not layer.pre_hook
+        )
+        picks |= {classifier + INPUT_MARK, logits.name}
+    return picks
 
 
 def _child_of(prefix: str, name: str) -> str | None:
@@ -217,9 +254,7 @@ def plan_layers(
                 f"layer '{layer.name}' flattens to {width} values per sample ({size}), above --max-dim {max_dim}; "
                 "use another pooling, fewer --layers, or raise --max-dim"
             )
-        plans.append(
-            LayerPlan(layer.name, layer.module_name, layer.call, order, shape, pooling, width, layer.pre_hook)
-        )
+        plans.append(LayerPlan(layer.name, layer.module_name, layer.call, order, shape, pooling, width, layer.pre_hook))
     return plans
 
 

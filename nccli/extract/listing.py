@@ -10,13 +10,13 @@ PROBE_BATCH = 2
 
 
 def list_layers(
-    model: str, options: ModelOptions = ModelOptions(), input_size: tuple[int, ...] | None = None
+    model: str, options: ModelOptions | None = None, input_size: tuple[int, ...] | None = None
 ) -> list[LayerCall]:
     """Layers in forward order, probed with random inputs of ``input_size`` (C, H, W).
 
     The default size is the weights' crop size when ``--weights`` is given, else 3×224×224.
     """
-    loaded = load_model(model, options)
+    loaded = load_model(model, options or ModelOptions())
     if input_size is None:
         crop = getattr(loaded.transforms, "crop_size", None)
         input_size = (3, crop[0], crop[0]) if crop else DEFAULT_INPUT_SIZE

@@ -9,7 +9,7 @@ while the next ones compute.
 import contextlib
 import queue
 import threading
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
@@ -54,6 +54,7 @@ def place_model(model: nn.Module, device: torch.device) -> tuple[nn.Module, bool
 
 
 def autocast(device: torch.device, precision: Precision):
+    """Autocast to ``bf16``/``fp16`` (CPU autocast too, where torch supports it); nothing for ``fp32``."""
     if precision == Precision.FP32:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
@@ -109,8 +110,9 @@ def to_host(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], 
         name: torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor, non_blocking=True)
         for name, tensor in tensors.items()
     }
+    device = next(tensor.device for tensor in tensors.values() if tensor.device.type == "cuda")
     event = torch.cuda.Event()
-    event.record()
+    event.record(torch.cuda.current_stream(device))  # the stream the copies were queued on, also for cuda:1
     return host, event
 
 
@@ -158,7 +160,13 @@ def progress_bar(enabled: bool, description: str, total: int, done: int) -> Iter
         return
     from rich.console import Console
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _ImagesPerSecond(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _ImagesPerSecond(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(description, total=total, completed=done)
         yield lambda n: progress.advance(task, n)

@@ -1,7 +1,7 @@
 """Pieces of one-line error messages: close-name suggestions and the first line of a library's error."""
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:

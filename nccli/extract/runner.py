@@ -11,7 +11,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import torch
@@ -48,20 +48,26 @@ class ExtractionInterrupted(KeyboardInterrupt):
 
     def __init__(self, partial: str, rows: int, total: int):
         self.partial, self.rows, self.total = partial, rows, total
-        super().__init__(f"kept {rows} of {total} rows in '{partial}'; rerun the same command with --resume to continue")
+        super().__init__(
+            f"kept {rows} of {total} rows in '{partial}'; rerun the same command with --resume to continue"
+        )
 
 
 def extract_features(config: ExtractConfig) -> list[ExtractResult]:
     """Write one feature file per model (``feature-file.md``); returns what was written."""
     sources = expand_model_args(config.models)
     if config.epoch is not None and len(sources) > 1:
-        raise UsageError("--epoch names the epoch of one checkpoint; with several, each file name or checkpoint gives its own")
+        raise UsageError(
+            "--epoch names the epoch of one checkpoint; with several, each file name or checkpoint gives its own"
+        )
     targets = output_paths(sources, config.out)
     for target in targets:
         check_output(target, config)
     data = open_data(config.data, config.root, config.split, config.download)
     indices = select_indices(data.labels, config.per_class, config.limit, config.seed)
-    return [_extract_one(source, target, data, indices, config) for source, target in zip(sources, targets)]
+    return [
+        _extract_one(source, target, data, indices, config) for source, target in zip(sources, targets, strict=True)
+    ]
 
 
 def output_paths(sources: list[str], out: str) -> list[str]:
@@ -83,7 +89,9 @@ def check_output(path: str, config: ExtractConfig) -> None:
     if os.path.exists(path) and not (config.overwrite or config.resume):
         raise OutputError(f"'{path}' already exists; pass --overwrite to replace it")
     if os.path.exists(partial) and not (config.overwrite or config.resume):
-        raise OutputError(f"'{partial}' holds an interrupted extraction; pass --resume to continue it or --overwrite to start over")
+        raise OutputError(
+            f"'{partial}' holds an interrupted extraction; pass --resume to continue it or --overwrite to start over"
+        )
     parent = os.path.dirname(path) or "."
     if os.path.exists(parent) and not os.path.isdir(parent):
         raise OutputError(f"cannot write '{path}': '{parent}' is not a directory")
@@ -103,11 +111,15 @@ class _Job:
     notes: tuple[str, ...]
 
 
-def _extract_one(source: str, target: str, data: ImageData, indices: np.ndarray, config: ExtractConfig) -> ExtractResult:
+def _extract_one(
+    source: str, target: str, data: ImageData, indices: np.ndarray, config: ExtractConfig
+) -> ExtractResult:
     started = time.perf_counter()
     loaded = load_model(source, config.model, config.epoch)
     device = loop.resolve_device(config.device)
-    transform = build_transform(data.channels, loaded.transforms, config.resize, config.mean, config.std, config.channels)
+    transform = build_transform(
+        data.channels, loaded.transforms, config.resize, config.mean, config.std, config.channels
+    )
     model, channels_last = loop.place_model(loaded.module, device)
     probe_rows = list(range(min(PROBE_SAMPLES, len(indices))))
     probe_images = SampleBatches(data, indices, transform).__getitems__(probe_rows)[0]
@@ -153,13 +165,23 @@ def _plan_job(loaded: LoadedModel, probe: Probe, plans: tuple[LayerPlan, ...], t
     notes, classifier, layer = [], {}, None
     logits = outputs == num_classes
     if outputs is not None and not logits:
-        notes.append(f"the model has {outputs} outputs but the data {num_classes} classes; /logits and /classifier are not written")
+        notes.append(
+            f"the model has {outputs} outputs but the data {num_classes} classes; "
+            "/logits and /classifier are not written"
+        )
     if logits and probe.classifier is not None:
         parameters = dict(dict(loaded.module.named_modules())[probe.classifier].named_parameters(recurse=False))
         layer = next((plan.name for plan in plans if plan.pre_hook), None)
         if layer is None:
-            notes.append(f"--layers leaves out the classifier input '{probe.classifier}{INPUT_MARK}'; /classifier is not written")
-        elif parameters["weight"].shape[0] == num_classes:
+            notes.append(
+                f"--layers leaves out the classifier input '{probe.classifier}{INPUT_MARK}'; /classifier is not written"
+            )
+        elif parameters["weight"].shape[0] != num_classes:
+            notes.append(
+                f"the last linear layer '{probe.classifier}' has {parameters['weight'].shape[0]} outputs, not the "
+                f"{num_classes} classes; /classifier is not written"
+            )
+        else:
             classifier = {schema.CLASSIFIER_WEIGHT: parameters["weight"].detach().float().cpu().numpy()}
             if parameters.get("bias") is not None:
                 classifier[schema.CLASSIFIER_BIAS] = parameters["bias"].detach().float().cpu().numpy()
@@ -224,18 +246,18 @@ def _root_attrs(config: ExtractConfig, job: _Job, data: ImageData) -> dict:
         schema.ATTR_SPLIT: str(config.split),
     }
     provenance = {
-        "model": loaded.name,
-        "weights": loaded.weights,
-        "checkpoint": loaded.checkpoint,
-        "checkpoint_sha256": loaded.checkpoint_sha256,
-        "dataset": data.description + selection,
-        "transform": job.transform,
-        "command": config.command or "nccli.extract_features (Python API)",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "nccli_version": __version__,
-        "torch_version": str(torch.__version__),
+        schema.ATTR_MODEL: loaded.name,
+        schema.ATTR_WEIGHTS: loaded.weights,
+        schema.ATTR_CHECKPOINT: loaded.checkpoint,
+        schema.ATTR_CHECKPOINT_SHA256: loaded.checkpoint_sha256,
+        schema.ATTR_DATASET: data.description + selection,
+        schema.ATTR_TRANSFORM: job.transform,
+        schema.ATTR_COMMAND: config.command or "nccli.extract_features (Python API)",
+        schema.ATTR_CREATED: datetime.now(UTC).isoformat(timespec="seconds"),
+        schema.ATTR_NCCLI_VERSION: __version__,
+        schema.ATTR_TORCH_VERSION: str(torch.__version__),
     }
-    attrs.update({name: provenance[name] for name in schema.PROVENANCE_ATTRS})
+    attrs.update(provenance)
     if loaded.epoch is not None:
         attrs[schema.ATTR_EPOCH] = loaded.epoch
     names = loaded.class_names or data.class_names

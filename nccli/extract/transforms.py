@@ -7,7 +7,7 @@ default, averaged for 1-channel images). With ``--weights`` the weights' own
 transforms replace all of that.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torchvision import transforms as T
@@ -55,11 +55,17 @@ def build_transform(
     steps.append(T.ConvertImageDtype(torch.float32))
     if resize:
         steps += [T.Resize(resize, antialias=True), T.CenterCrop(resize)]
-    steps.append(T.Normalize(_per_channel("--mean", mean, IMAGENET_MEAN, channels), _per_channel("--std", std, IMAGENET_STD, channels)))
+    steps.append(
+        T.Normalize(
+            _per_channel("--mean", mean, IMAGENET_MEAN, channels), _per_channel("--std", std, IMAGENET_STD, channels)
+        )
+    )
     return T.Compose(steps)
 
 
-def _per_channel(option: str, values: tuple[float, ...] | None, default: tuple[float, ...], channels: int) -> list[float]:
+def _per_channel(
+    option: str, values: tuple[float, ...] | None, default: tuple[float, ...], channels: int
+) -> list[float]:
     if values is None:
         if channels == 1:
             return [sum(default) / len(default)]

@@ -49,7 +49,9 @@ NUM_CLASSES = 10
 
 def cpu_name() -> str:
     with open("/proc/cpuinfo") as info:
-        return next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.processor())
+        return next(
+            (line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.processor()
+        )
 
 
 def forward_only(model, batches, device, precision) -> float:
@@ -121,7 +123,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="fp32", choices=[p.value for p in Precision])
-    parser.add_argument("--repeats", type=int, default=5, help="alternating timed runs of each")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating timed runs of each")
     args = parser.parse_args()
     device = resolve_device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
@@ -136,8 +138,10 @@ def main() -> None:
             rest = n - min(n, args.batch_size)
             forward = [n / t for t in times["forward"]]
             whole = [n / t for t in times["extract"]]
-            steady = [rest / (t - b) for t, b in zip(times["extract"], times["one batch"])] if rest else whole
-            best_steady = rest / (min(times["extract"]) - min(times["one batch"])) if rest else max(whole)
+            steady = (
+                [rest / (t - b) for t, b in zip(times["extract"], times["one batch"], strict=True)] if rest else whole
+            )
+            best_steady = max(steady)  # each repeat's own pair of runs, taken back to back
             print(
                 f"{size:4d} {n:6d}  {max(forward):12.1f}  {max(whole):18.1f}  {best_steady:14.1f}"
                 f"  {max(whole) / max(forward):9.2f} [{statistics.median(whole) / statistics.median(forward):.2f}]"
