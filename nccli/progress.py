@@ -5,8 +5,13 @@ from typing import Callable, Iterator
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool, description: str, total: int, unit: str = "rows") -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``; a no-op when ``enabled`` is False."""
+def progress_bar(
+    enabled: bool, description: str, total: int, unit: str = "rows", done: int = 0
+) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(n)``: a bar with count, rate (``unit``/s) and ETA; a no-op when ``enabled`` is False.
+
+    ``done`` starts the bar part-way (a resumed extraction).
+    """
     if not enabled:
         yield lambda n: None
         return
@@ -17,9 +22,14 @@ def progress_bar(enabled: bool, description: str, total: int, unit: str = "rows"
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn(unit),
+        TextColumn("{task.fields[rate]}", style="progress.data.speed"),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
+        task = progress.add_task(description, total=total, completed=done, rate="")
+
+        def advance(n: int) -> None:
+            speed = progress.tasks[0].speed
+            progress.update(task, advance=n, rate="" if speed is None else f"{speed:,.0f} {unit}/s")
+
+        yield advance

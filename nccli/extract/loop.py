@@ -12,8 +12,6 @@ import threading
 from collections.abc import Callable, Iterator
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-from rich.text import Text
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -145,28 +143,3 @@ class BackgroundWriter:
     def _raise_error(self) -> None:
         if self._error is not None:
             raise self._error
-
-
-class _ImagesPerSecond(ProgressColumn):
-    def render(self, task) -> Text:
-        return Text("" if task.speed is None else f"{task.speed:,.0f} images/s", style="progress.data.speed")
-
-
-@contextlib.contextmanager
-def progress_bar(enabled: bool, description: str, total: int, done: int) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``: a rich bar on stderr with images/s and ETA, or a no-op when not ``enabled``."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.console import Console
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _ImagesPerSecond(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task(description, total=total, completed=done)
-        yield lambda n: progress.advance(task, n)

@@ -25,6 +25,7 @@ from nccli.extract.hooks import INPUT_MARK, FeatureCapture, LayerPlan, Probe, pl
 from nccli.extract.models import LoadedModel, expand_model_args, load_model
 from nccli.extract.transforms import build_transform
 from nccli.io.writer import FeatureWriter, RowDataset, partial_path, stored_options
+from nccli.progress import progress_bar
 
 PROBE_SAMPLES = 2
 FEATURE_FILE_SUFFIX = ".h5"
@@ -282,7 +283,7 @@ def _run(writer: FeatureWriter, rest: SampleBatches, model, job: _Job, device, c
         with (
             FeatureCapture(model, list(job.plans)) as capture,
             torch.inference_mode(),
-            loop.progress_bar(config.progress, os.path.basename(writer.path), writer.rows, row) as advance,
+            progress_bar(config.progress, os.path.basename(writer.path), writer.rows, "images", row) as advance,
         ):
             for images, labels, indices in loop.batches(loader):
                 features, output = loop.run_batch(capture, images, device, config.precision, channels_last)
