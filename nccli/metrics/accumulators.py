@@ -57,8 +57,10 @@ class ClassMoments:
         scatter = xp.bincount(labels, num_classes, weights=xp.rowdot(residuals, residuals))
         norms = xp.sqrt(xp.rowdot(rows, rows))
         nonzero = norms > 0
-        unit_sum = xp.segment_sum(rows[nonzero] / norms[nonzero][:, None], labels[nonzero], num_classes)
-        unit_count = xp.bincount(labels[nonzero], num_classes)
+        if not bool(nonzero.all()):  # zero vectors leave the cosine view; copy only when there are some
+            rows, labels, norms = rows[nonzero], labels[nonzero], norms[nonzero]
+        unit_sum = xp.segment_sum(rows / norms[:, None], labels, num_classes)
+        unit_count = xp.bincount(labels, num_classes)
         within = residuals.T @ residuals if with_matrix else None
         return cls(xp, count, mean, scatter, unit_sum, unit_count, within)
 

@@ -60,25 +60,37 @@ def make_file(path: Path, n: int, d: int, k: int, layers: int = 1, seed: int = 0
     return path
 
 
-def _high_water_kib(pid: int) -> int | None:
+def _status_kib(pid: int, field: str) -> int:
     try:
         with open(f"/proc/{pid}/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return None
+            return next((int(line.split()[1]) for line in status if line.startswith(field)), 0)
+    except OSError:
+        return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            direct = [int(child) for child in children.read().split()]
+    except OSError:
+        return []
+    return direct + [grandchild for child in direct for grandchild in _descendants(child)]
 
 
 def measure(command: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one whole process.
+    """(wall seconds, peak RSS MiB) of one whole process and its workers.
 
-    Peak RSS is the child's own VmHWM, polled until it exits: ru_maxrss would
-    include this (large) parent's pages, which Linux counts at fork/exec.
+    Peak RSS is the larger of the process's own VmHWM and the most its process
+    tree held at once (VmRSS summed over descendants, sampled every 5 ms).
+    ru_maxrss would include this large parent's pages, which Linux counts at
+    fork/exec.
     """
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
     while True:
-        peak = max(peak, _high_water_kib(process.pid) or 0)
+        tree = sum(_status_kib(child, "VmRSS:") for child in _descendants(process.pid))
+        peak = max(peak, _status_kib(process.pid, "VmHWM:"), _status_kib(process.pid, "VmRSS:") + tree)
         reaped, status = os.waitpid(process.pid, os.WNOHANG)  # /proc/PID stays until it is reaped
         if reaped:
             process.returncode = os.waitstatus_to_exitcode(status)
