@@ -4,11 +4,14 @@ With ``jobs > 1`` each file's rows are cut into block-aligned ranges; each
 worker opens the file itself, accumulates its range, and returns its state
 (O(K·d) per layer). States merge exactly (``ClassMoments.merge``,
 ``Decisions.merge``), so the result equals a single pass to rounding. The same
-states could be saved and merged across machines.
+states could be saved and merged across machines. Each worker's BLAS gets
+its share of the cores (``cores // jobs`` threads): left at its default, every
+worker would start one thread per core and they would fight over them.
 """
 
 import concurrent.futures
 import multiprocessing
+import os
 from typing import Callable
 
 from nccli.io.reader import FeatureFile, LayerInfo, open_feature_file
@@ -16,6 +19,7 @@ from nccli.metrics.accumulators import ClassMoments, Decisions, Geometry
 from nccli.metrics.backend import Backend, NumpyBackend
 
 RANGES_PER_JOB = 4  # more ranges than workers evens out slow ones
+BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def row_ranges(n_samples: int, block_rows: int, parts: int) -> list[tuple[int, int]]:
@@ -66,13 +70,25 @@ class Scanner:
     def __init__(self, xp: Backend, jobs: int, block_rows: int | None, advance: Callable[[int], None]):
         self.xp, self.jobs, self.block_rows, self.advance = xp, jobs, block_rows, advance
         self._pool = None
+        self._variables_set: list[str] = []
         if jobs > 1:
+            self._share_cores(jobs)
             context = multiprocessing.get_context("spawn")  # no forked HDF5 handles
             self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+
+    def _share_cores(self, jobs: int) -> None:
+        """Workers inherit the environment when they start: give each BLAS ``cores // jobs`` threads."""
+        threads = str(max(1, len(os.sched_getaffinity(0)) // jobs))
+        for variable in BLAS_THREAD_VARIABLES:
+            if variable not in os.environ:  # the user's own setting wins
+                self._variables_set.append(variable)
+                os.environ[variable] = threads
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        for variable in self._variables_set:
+            os.environ.pop(variable, None)
 
     def moments(self, feature_file: FeatureFile, layers: tuple[LayerInfo, ...], matrix_layer: str | None):
         return self._run(moments_over, feature_file, layers, matrix_layer)
