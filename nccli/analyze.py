@@ -14,7 +14,7 @@ import numpy as np
 
 from nccli import schema
 from nccli.errors import DegenerateMetricWarning, FeatureFileError, UsageError
-from nccli.io.reader import FeatureFile, LayerInfo, open_feature_file
+from nccli.io.reader import FeatureFile, LayerInfo, memory_budget, open_feature_file
 from nccli.metrics import formulas
 from nccli.metrics.backend import Backend, select_backend
 from nccli.metrics.layer import ClassMeans, build_geometry, summarize_layer
@@ -141,12 +141,14 @@ def _check_state_size(feature_file: FeatureFile, layers: tuple[LayerInfo, ...]) 
     """Refuse before allocating when the declared class count would need absurd state (2 × C × d float64 per layer)."""
     info = feature_file.info
     needed = sum(2 * info.num_classes * layer.dim * 8 for layer in layers)
-    if needed > STATE_BYTES_MAX:
+    limit = min(STATE_BYTES_MAX, memory_budget())
+    if needed > limit:
         raise FeatureFileError(
             info.path,
             "",
             f"num_classes = {info.num_classes} would need {needed / 2**30:.0f} GiB of per-class state for the selected layers "
-            f"(limit {STATE_BYTES_MAX // 2**30} GiB); check the 'num_classes' attribute or select fewer layers",
+            f"(limit {limit / 2**30:.1f} GiB: half the memory available, at most {STATE_BYTES_MAX // 2**30} GiB); "
+            "check the 'num_classes' attribute or select fewer layers",
         )
 
 

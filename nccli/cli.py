@@ -66,7 +66,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except NcCliError as error:
-        _stderr(f"error: {error}")
+        if getattr(error, "echo", True):  # under torchrun, rank 0 prints the job's error once
+            _stderr(f"error: {error}")
         raise typer.Exit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt:
         _stderr("interrupted")
@@ -214,8 +215,10 @@ NumClassesOption = Annotated[
 TrustOption = Annotated[
     bool,
     typer.Option(
-        help="Allow checkpoints that hold pickled Python objects (a whole nn.Module). Unpickling can run "
-        "arbitrary code: use only for files you trust. Without it only tensors are loaded.",
+        help="Allow checkpoints that hold pickled Python objects (a whole nn.Module) and torch.export programs "
+        "(.pt2), which torch unpickles in part. Unpickling can run arbitrary code: use only for files you trust. "
+        "Without it only tensors are loaded (and, under torch < 2.10, whose weights_only mode has known bypasses, "
+        "only .safetensors).",
         rich_help_panel=_MODEL_PANEL,
     ),
 ]
@@ -246,7 +249,7 @@ def extract(
             metavar="MODEL",
             help="A torchvision model name (resnet18, vit_b_16, ...), or checkpoint files: a state_dict "
             "(.pt, .pth, .safetensors; with --arch), a torch.export program (.pt2), or a pickled nn.Module "
-            "(with --trust-checkpoint). Several checkpoints or a quoted glob ('ckpt/epoch_*.pt') write one "
+            "(both with --trust-checkpoint). Several checkpoints or a quoted glob ('ckpt/epoch_*.pt') write one "
             "file each into the --out directory.",
             show_default=False,
         ),
@@ -416,7 +419,8 @@ def extract(
         bool,
         typer.Option(
             help="Continue FILE.h5.partial left by an interrupted run (model, data and options must match); "
-            "skip files already complete. Starts afresh where there is nothing to continue.",
+            "skip files already complete. Starts afresh where there is nothing to continue. Under torchrun, each "
+            "process continues its own shard (with the same number of processes).",
             rich_help_panel=_OUTPUT_PANEL,
         ),
     ] = False,
@@ -431,6 +435,7 @@ def extract(
     with user_errors():
 
         from nccli.extract import ExtractConfig, ExtractionInterrupted, ModelOptions, extract_features
+        from nccli.extract.distributed import main_process
 
         config = ExtractConfig(
             models=tuple(models),
@@ -468,6 +473,8 @@ def extract(
         except ExtractionInterrupted as stop:
             _stderr(str(stop))
             raise
+        if not main_process():  # under torchrun, rank 0 reports for the job
+            return
         for result in results:
             for note in result.notes:
                 _stderr(f"note: '{result.path}': {note}")
@@ -608,12 +615,13 @@ def analyze(
 
         nccli analyze train.h5 test.h5 --means-from train.h5 --out report.parquet
     """
-    with user_errors():
+    with user_errors(), contextlib.ExitStack() as held:
         from nccli.analyze import AnalyzeConfig, analyze_features
         from nccli.report.formats import compact, to_rich
-        from nccli.report.parquet import check_writable, to_table, write_report
+        from nccli.report.parquet import check_writable, reserve_outputs, to_table, write_report
 
         targets = {option: check_writable(path, option) for option, path in (("--out", out), ("--classes", classes), ("--pairs", pairs)) if path}
+        held.enter_context(reserve_outputs(targets.values()))  # one writer per report; the second is refused
         config = AnalyzeConfig(
             files=tuple(files),
             layers=_split_list(layers),

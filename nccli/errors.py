@@ -39,5 +39,20 @@ class DataError(NcCliError):
     """A dataset that cannot be read or has invalid labels."""
 
 
+class DistributedError(NcCliError):
+    """A torchrun job whose processes cannot finish together: a rank failed or lost its peers.
+
+    ``echo`` is False on the ranks whose failure rank 0 reports for them, so that a job prints one
+    line, not one per process.
+    """
+
+    def __init__(self, message: str, echo: bool = True):
+        self.echo = echo
+        super().__init__(message)
+
+    def __reduce__(self):
+        return type(self), (str(self), self.echo)
+
+
 class DegenerateMetricWarning(UserWarning):
     """A metric undefined for this data (K < 2, coincident means, ...): reported as null."""

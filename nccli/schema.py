@@ -104,6 +104,7 @@ META_WARNINGS = "warnings"
 
 # --- feature file: written by `nccli extract`, ignored by readers ----------
 ATTR_EXTRACT_OPTIONS = "extract_options"  # JSON of what determines the rows; `--resume` must match it
+ATTR_PENDING_COMPRESSION = "pending_compression"  # FILE.partial only: the filter applied when the file is finished
 
 # --- input array files read by `nccli extract` (.h5 datasets; .npz keys) ---
 ARRAY_FILE_IMAGES = "images"
@@ -121,3 +122,11 @@ ATTR_COMMAND = "command"
 ATTR_CREATED = "created"
 ATTR_NCCLI_VERSION = "nccli_version"
 ATTR_TORCH_VERSION = "torch_version"
+
+# --- sharded extraction under torchrun: one shard file per rank, an index over them (README) ---
+SHARDS_FOLDER_SUFFIX = ".shards"  # FILE.h5 → FILE.shards/
+SHARD_FILE_NAME = "rank-{rank:05d}-of-{ranks:05d}.h5"
+SHARD_FILE_PATTERN = r"rank-(\d{5})-of-(\d{5})\.h5"  # matches SHARD_FILE_NAME
+ATTR_SHARDS = "shards"  # index root attribute: the shard files, relative to the index's folder, in rank order
+ATTR_SHARD_OFFSETS = "shard_offsets"  # index root attribute: first row of each shard in the index, then N
+EXTRACT_OPTION_SHARD = "shard"  # key of ATTR_EXTRACT_OPTIONS in a shard: [rank, ranks, first row, end row]

@@ -72,7 +72,7 @@ def test_exported_program_is_hooked_through_unflatten(setup):
     example = torch.zeros(2, 3, 16, 16)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
     torch.export.save(program, directory / "program.pt2")
-    stored = _features(directory, directory / "program.pt2", data)
+    stored = _features(directory, directory / "program.pt2", data, "--trust-checkpoint")
     assert stored.keys() == reference.keys()  # the same layers, classifier and logits
     for path, values in reference.items():
         np.testing.assert_allclose(stored[path], values, rtol=1e-5, atol=1e-6, err_msg=path)

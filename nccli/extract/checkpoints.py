@@ -3,6 +3,15 @@
 A checkpoint yields either a whole module (a ``.pt2`` program, unflattened so
 its submodules can be hooked, or a pickled ``nn.Module`` the user trusts) or a
 state_dict that :mod:`nccli.extract.models` loads into ``--arch``.
+
+Nothing in a file runs unless the user passes ``--trust-checkpoint``:
+``torch.load`` runs with ``weights_only=True`` (tensors and plain containers
+only); a ``.pt2`` program is refused, since ``torch.export.load`` unpickles
+parts of the archive with ``weights_only=False`` and plain ``pickle`` (its own
+documentation: never load one from an untrusted source); safetensors hold no
+code. ``weights_only`` itself had bypasses that ran code from a crafted file
+(CVE-2025-32434, fixed in torch 2.6; CVE-2026-24747, fixed in 2.10), so under
+an older torch pickle-based checkpoints are refused too, with the ways out.
 """
 
 import hashlib
@@ -14,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.torch_version import TorchVersion
 
 from nccli.errors import ModelError
 from nccli.extract.messages import first_line
@@ -21,6 +31,8 @@ from nccli.extract.messages import first_line
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".pt2")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 EPOCH_KEYS = ("epoch", "step", "global_step")
+SAFE_TORCH = (2, 10)  # the first torch without a known weights_only bypass
+KNOWN_BYPASSES = "CVE-2025-32434, fixed in torch 2.6; CVE-2026-24747, fixed in 2.10"
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,12 @@ def read_checkpoint(path: str, trust: bool) -> Checkpoint:
     """Load ``path`` without running untrusted code unless ``trust`` (``--trust-checkpoint``)."""
     digest = file_sha256(path)
     if path.endswith(".pt2"):
+        if not trust:
+            raise ModelError(
+                f"'{path}' is a torch.export program, and torch.export.load unpickles parts of it, which can run "
+                "arbitrary code; pass --trust-checkpoint if you trust where the file came from, or save "
+                "model.state_dict() (.pt or .safetensors) and use --arch"
+            )
         return Checkpoint(path, digest, module=_read_exported(path))
     if path.endswith(".safetensors"):
         state_dict, epoch = _read_safetensors(path)
@@ -76,7 +94,7 @@ def epoch_from_name(path: str) -> int | None:
 def _read_exported(path: str) -> nn.Module:
     try:
         program = torch.export.load(path)
-    except Exception as error:  # torch.export raises many types for a bad archive
+    except Exception as error:  # noqa: BLE001 - torch.export raises many types for a bad archive
         raise ModelError(f"cannot load '{path}' as a torch.export program: {first_line(error)}") from None
     return torch.export.unflatten(program)
 
@@ -91,7 +109,7 @@ def _read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], int | None]:
         state_dict = load_file(path)
         with safe_open(path, "pt") as handle:
             metadata = handle.metadata() or {}
-    except Exception as error:  # safetensors raises its own error types for bad headers
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for bad headers
         raise ModelError(f"cannot read '{path}' as safetensors: {first_line(error)}") from None
     epoch = metadata.get("epoch")
     return state_dict, int(epoch) if epoch is not None and epoch.isdigit() else None
@@ -104,7 +122,19 @@ def _is_torchscript(path: str) -> bool:
         return any(name.split("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
 
 
+def torch_is_safe() -> bool:
+    """Whether this torch has no known way for a file loaded with ``weights_only=True`` to run code."""
+    return TorchVersion(torch.__version__) >= SAFE_TORCH
+
+
 def _torch_load(path: str, trust: bool):
+    if not trust and not torch_is_safe():
+        raise ModelError(
+            f"'{path}' is a pickle-based checkpoint, and torch {torch.__version__} has known ways for such a file to "
+            f"run code even when loading only tensors ({KNOWN_BYPASSES}); upgrade torch to "
+            f"{'.'.join(map(str, SAFE_TORCH))} or later, convert the file to .safetensors, or pass "
+            "--trust-checkpoint if you trust where it came from"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError:

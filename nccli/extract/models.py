@@ -172,7 +172,8 @@ def _import_target(target: str, arch: str):
             raise ModelError(f"--arch '{arch}': cannot import '{target}': {error}") from None
     if not os.path.isfile(target):
         raise ModelError(f"--arch '{arch}': file '{target}' does not exist")
-    name = "nccli_arch_" + os.path.splitext(os.path.basename(target))[0]
+    stem = os.path.splitext(os.path.basename(target))[0]
+    name = f"nccli_arch_{stem}_{abs(hash(os.path.realpath(target))):x}"  # one module per file, not per file name
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, target)

@@ -6,6 +6,7 @@ previous ones. Ctrl-C writes what was computed and keeps the partial file;
 ``--resume`` continues it when model, data and options are the same.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,13 +19,14 @@ import torch
 
 from nccli import __version__, schema
 from nccli.errors import DataError, OutputError, UsageError
-from nccli.extract import loop
+from nccli.extract import distributed, loop
 from nccli.extract.config import ExtractConfig
 from nccli.extract.datasets import ImageData, SampleBatches, open_data, select_indices
 from nccli.extract.hooks import INPUT_MARK, FeatureCapture, LayerPlan, Probe, plan_layers, probe_model, select_layers
 from nccli.extract.models import LoadedModel, expand_model_args, load_model
 from nccli.extract.transforms import build_transform
-from nccli.io.writer import FeatureWriter, RowDataset, partial_path, stored_options
+from nccli.io import shards
+from nccli.io.writer import FeatureWriter, RowDataset, check_not_being_written, partial_path, stored_options
 from nccli.progress import progress_bar
 
 PROBE_SAMPLES = 2
@@ -55,20 +57,28 @@ class ExtractionInterrupted(KeyboardInterrupt):
 
 
 def extract_features(config: ExtractConfig) -> list[ExtractResult]:
-    """Write one feature file per model (``feature-file.md``); returns what was written."""
-    sources = expand_model_args(config.models)
-    if config.epoch is not None and len(sources) > 1:
-        raise UsageError(
-            "--epoch names the epoch of one checkpoint; with several, each file name or checkpoint gives its own"
-        )
-    targets = output_paths(sources, config.out)
-    for target in targets:
-        check_output(target, config)
-    data = open_data(config.data, config.root, config.split, config.download)
-    indices = select_indices(data.labels, config.per_class, config.limit, config.seed)
-    return [
-        _extract_one(source, target, data, indices, config) for source, target in zip(sources, targets, strict=True)
-    ]
+    """Write one feature file per model (``feature-file.md``); returns what was written.
+
+    Under torchrun, each process writes its shard and rank 0 an index over them (:mod:`.distributed`).
+    """
+    with distributed.session(config.device) as session:
+        if session is not None:  # this rank's GPU; a progress bar on rank 0 only
+            config = replace(config, device=session.device, progress=config.progress and session.rank == 0)
+        sources = expand_model_args(config.models)
+        if config.epoch is not None and len(sources) > 1:
+            raise UsageError(
+                "--epoch names the epoch of one checkpoint; with several, each file name or checkpoint gives its own"
+            )
+        targets = output_paths(sources, config.out)
+        for target in targets:
+            check_output(target, config, session.world if session else 1)
+        with session.rank0_first() if session and config.download else contextlib.nullcontext():
+            data = open_data(config.data, config.root, config.split, config.download)
+        indices = select_indices(data.labels, config.per_class, config.limit, config.seed)
+        return [
+            _extract_one(source, target, data, indices, config, session)
+            for source, target in zip(sources, targets, strict=True)
+        ]
 
 
 def output_paths(sources: list[str], out: str) -> list[str]:
@@ -82,13 +92,16 @@ def output_paths(sources: list[str], out: str) -> list[str]:
     return [os.path.join(out, name) for name in names]
 
 
-def check_output(path: str, config: ExtractConfig) -> None:
-    """Refuse, before any work, to replace a file or a partial file the user did not say to replace."""
+def check_output(path: str, config: ExtractConfig, ranks: int = 1) -> None:
+    """Refuse, before any work, to replace a file or a partial file the user did not say to replace
+    (and shards of a run with another number of processes than ``ranks``)."""
     partial = partial_path(path)
     if os.path.isdir(path):
         raise OutputError(f"'{path}' is a directory; --out names the feature file to write")
     if os.path.exists(path) and not (config.overwrite or config.resume):
         raise OutputError(f"'{path}' already exists; pass --overwrite to replace it")
+    if os.path.exists(partial):
+        check_not_being_written(path)  # a partial file another extract is filling is not an interrupted one
     if os.path.exists(partial) and not (config.overwrite or config.resume):
         raise OutputError(
             f"'{partial}' holds an interrupted extraction; pass --resume to continue it or --overwrite to start over"
@@ -96,6 +109,7 @@ def check_output(path: str, config: ExtractConfig) -> None:
     parent = os.path.dirname(path) or "."
     if os.path.exists(parent) and not os.path.isdir(parent):
         raise OutputError(f"cannot write '{path}': '{parent}' is not a directory")
+    shards.check_existing(path, ranks, config.resume, config.overwrite)
 
 
 @dataclass(frozen=True)
@@ -113,7 +127,12 @@ class _Job:
 
 
 def _extract_one(
-    source: str, target: str, data: ImageData, indices: np.ndarray, config: ExtractConfig
+    source: str,
+    target: str,
+    data: ImageData,
+    indices: np.ndarray,
+    config: ExtractConfig,
+    session: distributed.Session | None = None,
 ) -> ExtractResult:
     started = time.perf_counter()
     loaded = load_model(source, config.model, config.epoch)
@@ -130,26 +149,44 @@ def _extract_one(
     job = _plan_job(loaded, probe, tuple(plans), repr(transform), data)
     options = _options(config, job, data, indices)
     result = ExtractResult(target, len(indices), tuple(p.name for p in plans), loaded.epoch, notes=job.notes)
-    if config.resume and not os.path.exists(partial_path(target)) and os.path.exists(target):
-        if stored_options(target) != options:
-            raise UsageError(f"'{target}' exists and was written with other options; pass --overwrite to replace it")
-        return replace(result, skipped=True, notes=("already complete",))
-    if config.resume and os.path.exists(partial_path(target)):
-        writer = FeatureWriter.resume(target, options)
-    else:
-        writer = _create(target, config, job, data, len(indices), options)
-    rest = SampleBatches(data, indices[writer.rows_written :], transform)
-    try:
-        _run(writer, rest, model, job, device, channels_last, config)
-    except BaseException as error:
-        writer.close()
-        if writer.rows_written == 0:
-            writer.discard()  # nothing to keep, and nothing for the next run to trip over
+
+    def complete(path: str, wanted: dict) -> bool:
+        """``--resume`` skips a finished file written with the same options, and refuses one with others."""
+        if not (config.resume and not os.path.exists(partial_path(path)) and os.path.exists(path)):
+            return False
+        if stored_options(path) != wanted:
+            raise UsageError(f"'{path}' exists and was written with other options; pass --overwrite to replace it")
+        return True
+
+    def write(path: str, rows: np.ndarray, wanted: dict) -> None:
+        if config.resume and os.path.exists(partial_path(path)):
+            writer = FeatureWriter.resume(path, wanted)
+        else:
+            writer = _create(path, config, job, data, len(rows), wanted)
+        rest = SampleBatches(data, rows[writer.rows_written :], transform)
+        try:
+            _run(writer, rest, model, job, device, channels_last, config)
+        except BaseException as error:
+            writer.close()
+            if writer.rows_written == 0:
+                writer.discard()  # nothing to keep, and nothing for the next run to trip over
+                raise
+            if isinstance(error, KeyboardInterrupt):
+                raise ExtractionInterrupted(partial_path(path), writer.rows_written, len(rows)) from None
             raise
-        if isinstance(error, KeyboardInterrupt):
-            raise ExtractionInterrupted(partial_path(target), writer.rows_written, len(indices)) from None
-        raise
-    writer.finish()
+        writer.finish()
+
+    if session is not None:
+        written = distributed.extract_shards(session, target, indices, options, config.overwrite, complete, write)
+    elif not complete(target, options):
+        if config.overwrite:
+            shards.remove_stale(target)  # shards of an earlier torchrun run would outlive the file they made
+        write(target, indices, options)
+        written = True
+    else:
+        written = False
+    if not written:
+        return replace(result, skipped=True, notes=("already complete",))
     return replace(result, seconds=time.perf_counter() - started)
 
 

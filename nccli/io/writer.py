@@ -1,17 +1,40 @@
-"""Writing a feature file (``feature-file.md``) so that no finished row is ever lost.
+"""Writing a feature file (``feature-file.md``) so that no finished row is ever lost, even to SIGKILL.
 
 Rows go to ``FILE.partial`` with ``complete = False``. Every
 :data:`FLUSH_SECONDS` (and on close) the file is flushed and only then
 ``rows_written`` raised and flushed, so it never claims rows that are not on
 disk; a hard kill loses at most the last few seconds of rows, Ctrl-C none.
-Flushing per batch instead would rewrite (and recompress) every partly filled
-chunk each time, several times the cost of writing the rows; likewise rows are
-gathered into writes of about :data:`WRITE_BYTES`, one per dataset, since each
-h5py write has a fixed cost. :meth:`FeatureWriter.finish` sets ``complete = True`` and
-renames the partial file onto ``FILE`` in one step. Every row dataset is
-created at its full size with explicit chunks of about :data:`CHUNK_BYTES`
-(whole rows, full width), so a resumed file has the same layout and contents
-as one written in a single run.
+Flushing per batch instead would rewrite every partly filled chunk each time;
+likewise rows are gathered into writes of about :data:`WRITE_BYTES`, one per
+dataset, since each h5py write has a fixed cost.
+
+Crash consistency. HDF5 updates its own structures (chunk index, free space,
+end of file) in place and in no guaranteed order, so a process killed inside
+a flush can leave a file that no longer opens, or whose chunk index points at
+space since reused by another chunk (measured: compressed partial files
+killed mid-flush became unreadable; ``tests/benchmarks/RELIABILITY.md``).
+Hence the partial file is laid out so that, once created, writing rows never
+changes HDF5 metadata: every row dataset is uncompressed with all its chunks
+allocated at creation (``H5D_ALLOC_TIME_EARLY``; the file is sparse until
+written), rows land in place, and the only metadata a flush changes is the
+root object header block holding ``rows_written`` (one write of a few hundred
+bytes within a page, rewritten in place with ``attrs.modify``: assigning an
+attribute would delete and recreate it, moving header messages around). The file
+itself is built as ``FILE.partial.new`` and renamed once whole, so a kill
+while creating it leaves nothing half-made. When compression was asked for,
+:meth:`FeatureWriter.finish` writes the compressed file from the complete
+partial one (same chunks), so a resumed file and a single run's are laid out
+alike; then, as for uncompressed files, ``FILE`` appears in one rename.
+
+A full disk (or any failed write) stops the file where it failed: HDF5
+writes through a :class:`~nccli.io.guarded.GuardedFile`, which raises the
+first failure (an :class:`OutputError` naming the OS's reason and the rows
+kept) and drops every later write, so the partial file stays as of its last
+flush and resumes once space is back (``tests/test_reliability_writer.py``).
+
+Every row dataset has explicit chunks of about :data:`CHUNK_BYTES` (whole
+rows, full width). One writer per file: an :class:`~nccli.io.lock.OutputLock`
+on ``FILE`` is held from create or resume to finish, close or discard.
 """
 
 import contextlib
@@ -25,6 +48,8 @@ import numpy as np
 
 from nccli import schema
 from nccli.errors import OutputError, UsageError
+from nccli.io.guarded import GuardedHdf5, failure_of, words
+from nccli.io.lock import OutputLock
 
 CHUNK_BYTES = 2**20
 CHUNK_CACHE_BYTES = 4 * CHUNK_BYTES  # per dataset: a partly filled chunk stays in memory until flushed
@@ -32,6 +57,7 @@ CHUNK_CACHE_SLOTS = 1009
 FLUSH_SECONDS = 2.0
 WRITE_BYTES = 4 * 2**20
 PARTIAL_SUFFIX = ".partial"
+BUILDING_SUFFIX = ".new"  # FILE.partial.new: a file being created or compressed, renamed when whole
 GZIP_LEVEL = 4
 MAX_SHOWN_VALUE = 40
 
@@ -55,8 +81,30 @@ def chunk_rows(width: int, itemsize: int, rows: int) -> int:
     return max(1, min(rows, CHUNK_BYTES // (width * itemsize)))
 
 
-def _open(path: str, mode: str) -> h5py.File:
-    return h5py.File(path, mode, rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=CHUNK_CACHE_SLOTS)
+def _open(path: str, mode: str) -> GuardedHdf5:
+    return GuardedHdf5(path, mode, rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=CHUNK_CACHE_SLOTS)
+
+
+def _filters(compression: str) -> dict:
+    if compression == "none":
+        return {}
+    filters = {"compression": compression, "shuffle": True}
+    if compression == "gzip":
+        filters["compression_opts"] = GZIP_LEVEL
+    return filters
+
+
+def _preallocated() -> h5py.h5p.PropDCID:
+    """Dataset creation properties: every chunk allocated when the dataset is made, never filled."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return dcpl
+
+
+def check_not_being_written(path: str) -> None:
+    """Refuse at once, naming it, if another process is writing ``path`` (its partial file is not interrupted)."""
+    OutputLock(path).acquire().release()
 
 
 def stored_options(path: str) -> dict | None:
@@ -83,10 +131,10 @@ def describe_differences(stored: dict, wanted: dict) -> str:
 class FeatureWriter:
     """An open ``FILE.partial``; write rows in order, then :meth:`finish` or :meth:`close`."""
 
-    def __init__(self, handle: h5py.File, path: str, rows: int):
-        self._handle, self.path, self.rows = handle, path, rows
-        self.rows_written = int(handle.attrs[schema.ATTR_ROWS_WRITTEN])
-        self._rows_given = self.rows_written
+    def __init__(self, file: GuardedHdf5, path: str, rows: int, lock: OutputLock):
+        self._file, self._handle, self.path, self.rows, self._lock = (file, file.handle, path, rows, lock)
+        self.rows_written = int(self._handle.attrs[schema.ATTR_ROWS_WRITTEN])
+        self._rows_on_disk = self._rows_given = self.rows_written
         self._pending: list[dict[str, np.ndarray]] = []
         self._pending_bytes = 0
         self._datasets: dict[str, h5py.Dataset] = {}
@@ -106,55 +154,72 @@ class FeatureWriter:
     ) -> "FeatureWriter":
         """A new ``path.partial`` (replacing any old one) with every dataset at full size."""
         partial = partial_path(path)
+        building = partial + BUILDING_SUFFIX
+        lock, made = OutputLock(path).acquire(), None
         try:
-            handle = _open(partial, "w")
-        except OSError as error:
-            raise OutputError(f"cannot write '{partial}': {error}") from None
-        try:
-            for name, value in {**attrs, schema.ATTR_COMPLETE: False, schema.ATTR_ROWS_WRITTEN: 0}.items():
-                handle.attrs[name] = value
-            handle.attrs[schema.ATTR_EXTRACT_OPTIONS] = json.dumps(options, sort_keys=True)
-            filters = {} if compression == "none" else {"compression": compression, "shuffle": True}
-            if compression == "gzip":
-                filters["compression_opts"] = GZIP_LEVEL
-            for spec in datasets:
-                shape = (rows,) if spec.width is None else (rows, spec.width)
-                dtype = np.dtype(spec.dtype)
-                chunks = (chunk_rows(spec.width or 1, dtype.itemsize, rows), *shape[1:])
-                dataset = handle.create_dataset(spec.path, shape=shape, dtype=dtype, chunks=chunks, **filters)
-                for name, value in spec.attrs.items():
-                    dataset.attrs[name] = value
-            for dataset_path, values in (fixed or {}).items():
-                handle.create_dataset(dataset_path, data=values)
-            for group, values in (group_attrs or {}).items():
-                for name, value in values.items():
-                    handle[group].attrs[name] = value
-            handle.flush()
-        except OSError as error:
-            handle.close()
-            raise OutputError(f"cannot write '{partial}': {error}") from None
-        return cls(handle, path, rows)
+            made = _open(building, "w")
+            with made as handle:
+                # complete and rows_written first: they sit in the root header's first block, so raising
+                # rows_written rewrites a few hundred bytes in place
+                for name, value in {schema.ATTR_COMPLETE: False, schema.ATTR_ROWS_WRITTEN: 0, **attrs}.items():
+                    handle.attrs[name] = value
+                handle.attrs[schema.ATTR_EXTRACT_OPTIONS] = json.dumps(options, sort_keys=True)
+                if compression != "none":
+                    handle.attrs[schema.ATTR_PENDING_COMPRESSION] = compression
+                for spec in datasets:
+                    shape = (rows,) if spec.width is None else (rows, spec.width)
+                    dtype = np.dtype(spec.dtype)
+                    chunks = (chunk_rows(spec.width or 1, dtype.itemsize, rows), *shape[1:])
+                    dataset = handle.create_dataset(
+                        spec.path, shape=shape, dtype=dtype, chunks=chunks, dcpl=_preallocated()
+                    )
+                    for name, value in spec.attrs.items():
+                        dataset.attrs[name] = value
+                for dataset_path, values in (fixed or {}).items():
+                    handle.create_dataset(dataset_path, data=values)
+                for group, values in (group_attrs or {}).items():
+                    for name, value in values.items():
+                        handle[group].attrs[name] = value
+            if made.failure is not None:
+                raise made.failure
+            os.replace(building, partial)
+            file = _open(partial, "r+")
+        except (OSError, RuntimeError) as error:
+            lock.release()
+            failure = failure_of(error, made)
+            if failure is None:
+                raise
+            with contextlib.suppress(OSError):
+                os.remove(building)
+            raise OutputError(f"cannot write '{partial}': {words(failure)}") from None
+        except BaseException:
+            lock.release()
+            raise
+        return cls(file, path, rows, lock)
 
     @classmethod
     def resume(cls, path: str, options: dict) -> "FeatureWriter":
         """Reopen ``path.partial`` if it was started with the same ``options``; refuse clearly if not."""
         partial = partial_path(path)
+        lock = OutputLock(path).acquire()
         try:
-            handle = _open(partial, "r+")
+            file = _open(partial, "r+")
         except OSError as error:
+            lock.release()
             raise OutputError(
-                f"cannot resume '{partial}' (unreadable: {error}); pass --overwrite to start over"
+                f"cannot resume '{partial}' (unreadable: {words(error)}); pass --overwrite to start over"
             ) from None
-        stored = handle.attrs.get(schema.ATTR_EXTRACT_OPTIONS)
+        stored = file.handle.attrs.get(schema.ATTR_EXTRACT_OPTIONS)
         stored = None if stored is None else json.loads(stored)
         if stored != options:
-            handle.close()
+            file.close()
+            lock.release()
             found = "it has no record of its options" if stored is None else describe_differences(stored, options)
             raise UsageError(
                 f"cannot resume '{partial}': it was started with other options ({found}); rerun with the "
                 "original options, or pass --overwrite to start over"
             )
-        return cls(handle, path, handle[schema.LABELS].shape[0])
+        return cls(file, path, file.handle[schema.LABELS].shape[0], lock)
 
     def write(self, start: int, arrays: dict[str, np.ndarray]) -> None:
         """Take rows ``start …`` of each dataset; they reach the file within WRITE_BYTES or FLUSH_SECONDS."""
@@ -168,54 +233,133 @@ class FeatureWriter:
         if time.monotonic() - self._flushed_at >= FLUSH_SECONDS:
             self.flush()
 
+    @contextlib.contextmanager
+    def _writing(self):
+        """Turn a failed write (also one HDF5 swallowed) into an OutputError; once failed, always failed."""
+        try:
+            if self._file.failure is not None:
+                raise self._file.failure
+            yield
+            if self._file.failure is not None:
+                raise self._file.failure
+        except (OSError, RuntimeError) as error:
+            failure = failure_of(error, self._file)
+            if failure is None:
+                raise
+            raise OutputError(
+                f"writing '{partial_path(self.path)}' failed: {words(failure)}; its first {self._rows_on_disk} rows "
+                "are kept: free space or fix the cause, then rerun with --resume"
+            ) from None
+
     def _write_pending(self) -> None:
         if not self._pending:
             return
         start, stop = self.rows_written, self._rows_given
-        try:
+        with self._writing():
             for path in self._pending[0]:
                 dataset = self._datasets.get(path) or self._datasets.setdefault(path, self._handle[path])
                 values = np.concatenate([arrays[path] for arrays in self._pending])
                 dataset[start:stop] = values.astype(dataset.dtype, copy=False)
-        except OSError as error:
-            raise OutputError(f"writing '{partial_path(self.path)}' failed: {error}") from None
         self._pending, self._pending_bytes, self.rows_written = [], 0, stop
 
     def flush(self) -> None:
         """Put every row taken so far on disk, then record them in ``rows_written`` (on disk too)."""
         self._write_pending()
-        try:
+        with self._writing():
             self._handle.flush()
-            self._handle.attrs[schema.ATTR_ROWS_WRITTEN] = self.rows_written
+            self._handle.attrs.modify(schema.ATTR_ROWS_WRITTEN, self.rows_written)
             self._handle.flush()
-        except OSError as error:
-            raise OutputError(f"writing '{partial_path(self.path)}' failed: {error}") from None
-        self._flushed_at = time.monotonic()
+        self._rows_on_disk, self._flushed_at = self.rows_written, time.monotonic()
 
     def finish(self) -> None:
-        """Mark the file complete and rename it onto its final name (replacing an old file there)."""
-        self._write_pending()
-        if self.rows_written != self.rows:
-            raise ValueError(f"finish() after {self.rows_written} of {self.rows} rows")
+        """Mark the file complete and put it at its final name (replacing an old file there) in one rename."""
+        partial, building = (partial_path(self.path), partial_path(self.path) + BUILDING_SUFFIX)
+        compressed = None
         try:
-            self._handle.attrs[schema.ATTR_ROWS_WRITTEN] = self.rows_written
-            self._handle.attrs[schema.ATTR_COMPLETE] = True
-            self._handle.close()
-            os.replace(partial_path(self.path), self.path)
-        except OSError as error:
-            raise OutputError(f"cannot finish '{self.path}': {error}") from None
+            self.flush()
+            if self.rows_written != self.rows:
+                raise ValueError(f"finish() after {self.rows_written} of {self.rows} rows")
+            compression = self._handle.attrs.get(schema.ATTR_PENDING_COMPRESSION)
+            if compression is None:
+                self._handle.attrs.modify(schema.ATTR_COMPLETE, True)
+                self._file.close()
+            else:
+                compressed = _open(building, "w")
+                with compressed as target:
+                    _write_compressed(self._handle, target, _text(compression), self.rows_written)
+                self._file.close()  # before the checks: closing may still write (to a file about to go)
+            for file in (self._file, compressed):
+                if file is not None and file.failure is not None:
+                    raise file.failure
+            os.replace(partial if compressed is None else building, self.path)
+            if compressed is not None:
+                os.remove(partial)
+        except (OSError, RuntimeError) as error:
+            failure = failure_of(error, self._file, compressed)
+            if failure is None:
+                raise
+            with contextlib.suppress(OSError):
+                os.remove(building)
+            raise OutputError(
+                f"cannot finish '{self.path}': {words(failure)}; '{partial}' keeps its rows: free space or fix "
+                "the cause, then rerun with --resume"
+            ) from None
+        finally:
+            self._file.close()
+            self._lock.release()
 
     def close(self) -> None:
         """Flush, close and keep the partial file, resumable from ``rows_written``."""
-        if self._handle.id.valid:
-            try:
+        try:
+            if not self._file.closed and self._file.failure is None:
                 self.flush()
-            finally:
-                self._handle.close()
+        finally:
+            self._file.close()
+            self._lock.release()
+            self.rows_written = self._rows_on_disk
 
     def discard(self) -> None:
         """Close and delete the partial file (when it holds no rows worth resuming)."""
-        if self._handle.id.valid:
-            self._handle.close()
+        self._file.close()
         with contextlib.suppress(FileNotFoundError):
             os.remove(partial_path(self.path))
+        self._lock.release()
+
+
+def _write_compressed(source: h5py.File, target: h5py.File, compression: str, rows: int) -> None:
+    """Copy the complete partial ``source`` into the new file ``target``, row datasets compressed, chunks kept."""
+    first = {schema.ATTR_COMPLETE: True, schema.ATTR_ROWS_WRITTEN: rows}
+    _copy_attrs(source, target, first=first, skip=(schema.ATTR_PENDING_COMPRESSION,))
+
+    def copy(name: str, node) -> None:
+        if isinstance(node, h5py.Group):
+            _copy_attrs(node, target.require_group(name))
+        elif node.chunks is None:  # the writer makes only row datasets chunked
+            source.copy(node, target, name=name)
+        else:
+            copied = target.create_dataset(
+                name, shape=node.shape, dtype=node.dtype, chunks=node.chunks, **_filters(compression)
+            )
+            _copy_attrs(node, copied)
+            band = max(1, WRITE_BYTES // max(1, node.dtype.itemsize * int(np.prod(node.shape[1:]))))
+            band = max(node.chunks[0], band - band % node.chunks[0])
+            for start in range(0, node.shape[0], band):
+                copied[start : start + band] = node[start : start + band]
+            copied.flush()  # a failed write here raises; in the dataset's close it would wedge HDF5
+
+    source.visititems(copy)
+
+
+def _copy_attrs(source, target, first: dict | None = None, skip: tuple[str, ...] = ()) -> None:
+    """Every attribute with its stored type, ``first`` (overriding) before the rest, minus ``skip``."""
+    for name, value in (first or {}).items():
+        target.attrs[name] = value
+    for name in source.attrs:
+        if name in skip or name in (first or {}):
+            continue
+        stored = source.attrs.get_id(name)
+        target.attrs.create(name, source.attrs[name], shape=stored.shape, dtype=stored.dtype)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

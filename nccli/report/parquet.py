@@ -1,14 +1,20 @@
 """Writing and reading the Parquet report tables (``report.md``), atomically.
 
 Undefined metrics are written as Parquet nulls (pandas shows NaN, DuckDB
-NULL). Every output is first written to a temporary file beside its target
-and renamed only when all of them are complete, so a failed run leaves an
-earlier report untouched.
+NULL). Every output is first written to a temporary file beside its target,
+flushed to disk, and renamed only when all of them are complete, so a failed
+or killed run leaves an earlier report untouched, and a report is never seen
+half-written. :func:`reserve_outputs` holds the outputs' locks
+(:mod:`nccli.io.lock`) while a command runs, so a second writer of the same
+report is refused instead of racing the first; holding them, it also removes
+the temporary files a killed writer left behind.
 """
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +23,9 @@ import pyarrow.parquet as pq
 
 from nccli import __version__, schema
 from nccli.errors import OutputError, UsageError
+from nccli.io.lock import locked
+
+TEMPORARY_SUFFIX = ".tmp"
 
 _INT_COLUMNS = {schema.COL_EPOCH, schema.COL_LAYER_ORDER, schema.COL_N_SAMPLES, schema.COL_N_CLASSES, schema.COL_DIM}
 _INT_COLUMNS |= {schema.COL_EFFECTIVE_DEPTH, schema.COL_CLASS, schema.COL_CLASS_B, "n"}
@@ -49,7 +58,10 @@ def _null_if_nan(value):
 def to_table(rows: list[dict], columns: tuple[str, ...], metadata: dict[str, str]) -> pa.Table:
     """Rows → an Arrow table with the given column order, explicit types, and NaN as null."""
     fields = [pa.field(column, _arrow_type(column)) for column in columns]
-    arrays = [pa.array([_null_if_nan(row.get(column)) for row in rows], type=field.type) for column, field in zip(columns, fields)]
+    arrays = [
+        pa.array([_null_if_nan(row.get(column)) for row in rows], type=field.type)
+        for column, field in zip(columns, fields)
+    ]
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
 
 
@@ -66,23 +78,52 @@ def check_writable(path: str | os.PathLike, option: str) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def reserve_outputs(paths: Iterable[Path]) -> Iterator[None]:
+    """Be the only writer of ``paths`` for the block (another one is refused, named); clear a killed one's leftovers."""
+    paths = list(paths)
+    with locked(paths):
+        for path in paths:
+            for stale in Path(path).parent.glob(_temporary_prefix(Path(path)) + "*" + TEMPORARY_SUFFIX):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+        yield
+
+
+def _temporary_prefix(target: Path) -> str:
+    return f".{target.name}."
+
+
 def write_tables(outputs: dict[Path, pa.Table]) -> None:
-    """Write every table to a temporary file, then rename them all into place."""
+    """Write every table to a temporary file and flush it to disk, then rename them all into place."""
     staged: list[tuple[str, Path]] = []
     try:
         for target, table in outputs.items():
-            handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+            folder = target.parent or Path(".")
+            handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=TEMPORARY_SUFFIX, dir=folder)
             os.close(handle)
             staged.append((temporary, target))
             pq.write_table(table, temporary)
+            _sync(temporary)
         for temporary, target in staged:
             os.replace(temporary, target)
+        for folder in {target.parent or Path(".") for target in outputs}:
+            _sync(folder)
     except OSError as error:
         raise OutputError(f"cannot write '{error.filename or target}': {error.strerror or error}") from None
     finally:
         for temporary, _ in staged:
             if os.path.exists(temporary):
                 os.remove(temporary)
+
+
+def _sync(path: str | Path) -> None:
+    """Flush a file's (or a folder's renames') data to disk, so a rename never exposes an unwritten file."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def report_metadata(result, command: str) -> dict[str, str]:
@@ -96,7 +137,9 @@ def report_metadata(result, command: str) -> dict[str, str]:
     }
 
 
-def write_report(result, out: Path, command: str, classes_out: Path | None = None, pairs_out: Path | None = None) -> None:
+def write_report(
+    result, out: Path, command: str, classes_out: Path | None = None, pairs_out: Path | None = None
+) -> None:
     """The summary table at ``out`` and, if asked, the per-class and per-pair tables."""
     metadata = report_metadata(result, command)
     named = any(schema.COL_CLASS_NAME in row for row in result.classes)
