@@ -11,10 +11,13 @@ last complete flush is consistent and described by ``rows_written``
 and from then on accepts and drops every write, so that HDF5 closes the file
 cleanly and leaves the disk as it was. Writes are ``pwrite`` calls repeated
 until complete, so a short write is never taken for a whole one.
+:class:`GuardedHdf5` is the h5py file on such a disk, closed together.
 """
 
 import io
 import os
+
+import h5py
 
 
 class GuardedFile(io.RawIOBase):
@@ -92,8 +95,6 @@ class GuardedHdf5:
     """An h5py file written through a :class:`GuardedFile`; ``handle`` is the h5py file. Closes both."""
 
     def __init__(self, path: str, mode: str, **options):
-        import h5py  # kept out of module import: this module is also the plain file layer
-
         self.disk, self.closed = GuardedFile(path, mode), False
         try:
             self.handle = h5py.File(self.disk, mode, **options)

@@ -21,6 +21,7 @@ import socket
 import sys
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Self
 
 from nccli.errors import OutputError
@@ -34,7 +35,9 @@ def lock_path(path: str | os.PathLike) -> str:
 
 
 def _owner() -> str:
-    command = shlex.join(["nccli", *sys.argv[1:]]) if sys.argv else "?"
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("?")
+    is_nccli = program.name == "nccli" or program.parent.name == "nccli"  # the console script, python -m nccli
+    command = shlex.join(["nccli", *sys.argv[1:]]) if is_nccli else shlex.join(sys.argv) or "?"
     since = datetime.now().isoformat(sep=" ", timespec="seconds")
     text = f"pid {os.getpid()} on {socket.gethostname()} since {since}: {command}"
     return text[:MAX_OWNER_CHARS]
@@ -46,10 +49,6 @@ class OutputLock:
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
 
     def acquire(self) -> Self:
         name = lock_path(self.path)

@@ -121,6 +121,20 @@ class _Sources:
     vds_file: str
     opened: dict = field(default_factory=dict)
 
+    def open(self, name: str) -> tuple[str, h5py.File] | None:
+        """The file HDF5 would open for source ``name`` (the first candidate that opens), opened once."""
+        for candidate in source_candidates(name, self.vds_file):
+            if not os.path.isfile(candidate):
+                continue
+            resolved = os.path.realpath(candidate)
+            if resolved not in self.opened:
+                try:
+                    self.opened[resolved] = h5py.File(candidate, "r")
+                except OSError:
+                    continue
+            return resolved, self.opened[resolved]
+        return None
+
     def close(self) -> None:
         for handle in self.opened.values():
             handle.close()
@@ -159,17 +173,15 @@ def _check_source(mapping, mapped: int, dataset, file: str, path: str, depth: in
     if name == SAME_FILE:
         handle, source_file = dataset.file, file
     else:
-        source_file = locate_source(name.replace("%%", "%"), file)
-        if source_file is None:
+        found = sources.open(name.replace("%%", "%"))
+        if found is None:
             raise FeatureFileError(
                 file,
                 path,
                 f"{where}: the file is missing or cannot be opened (looked for it as HDF5 does: "
                 f"{', '.join(source_candidates(name, file))}); HDF5 would read its rows as fill values",
             )
-        handle = sources.opened.get(source_file)
-        if handle is None:
-            handle = sources.opened[source_file] = h5py.File(source_file, "r")
+        source_file, handle = found
     source = follow(handle, source_file, dset_name.replace("%%", "%"))
     if not isinstance(source, h5py.Dataset):
         raise FeatureFileError(file, path, f"{where}: no such dataset in '{source_file}'; HDF5 would read fill values")
@@ -251,15 +263,9 @@ def source_candidates(name: str, vds_file: str) -> list[str]:
 
 def locate_source(name: str, vds_file: str) -> str | None:
     """The file HDF5 would open for a VDS source name: the first candidate that opens as HDF5, else None."""
-    for candidate in source_candidates(name, vds_file):
-        if os.path.isfile(candidate) and _opens(candidate):
-            return os.path.realpath(candidate)
-    return None
-
-
-def _opens(path: str) -> bool:
+    sources = _Sources(vds_file)
     try:
-        with h5py.File(path, "r"):
-            return True
-    except OSError:
-        return False
+        found = sources.open(name)
+    finally:
+        sources.close()
+    return None if found is None else found[0]

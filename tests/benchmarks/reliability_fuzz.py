@@ -451,6 +451,12 @@ def _rename_data(path: Path) -> None:
         handle.move("data", "elsewhere")
 
 
+def _targets(change: str) -> set[str]:
+    """What a change alters: the word before its first '-', and what the num-classes ones remove besides."""
+    extra = {"classifier", "class"} if change in ("num-classes-huge", "num-classes-larger") else set()
+    return {change.split("-")[0], *extra}
+
+
 def _needs(change: str) -> str | None:
     return "classifier" if change.startswith("classifier-") else None
 
@@ -504,8 +510,11 @@ def recipes(count: int, seed: int) -> list[dict]:
     def recipe(draw):
         classifier = draw(st.booleans())
         allowed = [name for name in names if _needs(name) is None or classifier]
-        # at most one change per target (the word before the first '-'), so none undoes another
-        changes = draw(st.lists(st.sampled_from(allowed), max_size=2, unique_by=lambda name: name.split("-")[0]))
+        changes, touched = [], set()
+        for _ in range(draw(st.integers(0, 2))):  # no two changes to one target: one could undo the other
+            change = draw(st.sampled_from([name for name in allowed if not _targets(name) & touched]))
+            changes.append(change)
+            touched |= _targets(change)
         return {
             "seed": draw(st.integers(0, 2**16)),
             "n": draw(st.integers(4, 60)),
