@@ -673,13 +673,23 @@ def judge(path: str, expect: str) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _peak_rss_mb() -> int:
+    """This process's peak RSS. Not ``ru_maxrss``: Linux keeps that across ``execve``, so a worker started by a
+    large parent (pytest after the extract tests) would report the parent's peak."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
 def worker() -> None:
     """Judge the files named on stdin (JSON lines), one JSON verdict per line on stdout."""
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
     for line in sys.stdin:
         case = json.loads(line)
         verdict = judge(case["path"], case["expect"])
-        verdict["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        verdict["rss_mb"] = _peak_rss_mb()
         print(json.dumps(verdict), flush=True)
 
 
