@@ -135,3 +135,29 @@ def read_datasets(path: Path) -> dict[str, np.ndarray]:
 
 def files_in(directory: Path) -> set[str]:
     return {str(path.relative_to(directory)) for path in directory.rglob("*")}
+
+
+def datasets_of(path) -> dict:
+    """Every dataset's values, dtype, chunks and filters."""
+    found = {}
+
+    def visit(name, node):
+        if isinstance(node, h5py.Dataset):
+            found[name] = (node[()], node.dtype, node.chunks, node.compression, node.shuffle)
+
+    with h5py.File(path, "r") as handle:
+        handle.visititems(visit)
+    return found
+
+
+def differences(path, reference) -> list[str]:
+    """Dataset paths whose values or layout differ from the reference file ([] when identical)."""
+    left, right = datasets_of(path), datasets_of(reference)
+    if left.keys() != right.keys():
+        return [f"dataset sets differ: {sorted(set(left) ^ set(right))}"]
+    found = []
+    for name in left:
+        same_values = left[name][0].tobytes() == right[name][0].tobytes()
+        if not same_values or left[name][1:] != right[name][1:]:
+            found.append(name)
+    return found

@@ -54,6 +54,22 @@ def resnet(tmp_path_factory):
     return model, images, labels, out, directory
 
 
+def _extract_resnet(directory, out, *options):
+    """``nccli extract`` of the fixture's ResNet-18 checkpoint over its data, in the test process."""
+    return run(
+        "extract",
+        directory / "resnet18.pt",
+        directory / "data.npz",
+        "--arch",
+        "resnet18",
+        "--out",
+        out,
+        *options,
+        "--workers",
+        0,
+    )
+
+
 def test_resnet18_default_layers_equal_an_independent_forward_pass(resnet):
     model, images, labels, out, _ = resnet
     outputs, inputs_of, logits = reference_outputs(model, reference_inputs(images), RESNET_BLOCKS, ["fc"])
@@ -88,7 +104,9 @@ def test_resnet18_file_follows_the_feature_file_spec(resnet):
         assert handle.attrs[schema.ATTR_MODEL] == "resnet18"
         assert handle.attrs[schema.ATTR_CHECKPOINT] == str(directory / "resnet18.pt")
         assert len(handle.attrs[schema.ATTR_CHECKPOINT_SHA256]) == 64
-        orders = [handle[schema.layer_path(name)].attrs[schema.ATTR_ORDER] for name in RESNET_BLOCKS + ["fc:input", "fc"]]
+        orders = [
+            handle[schema.layer_path(name)].attrs[schema.ATTR_ORDER] for name in RESNET_BLOCKS + ["fc:input", "fc"]
+        ]
         assert orders == list(range(len(orders)))
         layer1 = handle[schema.layer_path("layer1")]
         assert list(layer1.attrs[schema.ATTR_SAMPLE_SHAPE]) == [64, 8, 8]
@@ -101,21 +119,7 @@ def test_in_place_relu_does_not_change_captured_outputs(resnet, tmp_path):
     """layer1.0.bn1's output is overwritten by the block's in-place ReLU right after the hook runs."""
     model, images, _, _, directory = resnet
     out = tmp_path / "f.h5"
-    result = run(
-        "extract",
-        directory / "resnet18.pt",
-        directory / "data.npz",
-        "--arch",
-        "resnet18",
-        "--out",
-        out,
-        "--layers",
-        "layer1.0.bn1,layer1.0.relu#2",
-        "--pool",
-        "flatten",
-        "--workers",
-        0,
-    )
+    result = _extract_resnet(directory, out, "--layers", "layer1.0.bn1,layer1.0.relu#2", "--pool", "flatten")
     assert result.exit_code == 0, result.stderr
     outputs, _, _ = reference_outputs(model, reference_inputs(images), ["layer1.0.bn1", "layer1.0.relu"])
     stored = read_datasets(out)
@@ -128,19 +132,7 @@ def test_in_place_relu_does_not_change_captured_outputs(resnet, tmp_path):
 
 def test_module_run_twice_is_refused_by_bare_name_with_its_call_names(resnet, tmp_path):
     _, _, _, _, directory = resnet
-    result = run(
-        "extract",
-        directory / "resnet18.pt",
-        directory / "data.npz",
-        "--arch",
-        "resnet18",
-        "--out",
-        tmp_path / "f.h5",
-        "--layers",
-        "layer1.0.relu",
-        "--workers",
-        0,
-    )
+    result = _extract_resnet(directory, tmp_path / "f.h5", "--layers", "layer1.0.relu")
     assert_user_error(result, "'layer1.0.relu' runs 2 times", "layer1.0.relu#1", "layer1.0.relu#2", "layer1.0.relu#*")
     assert list(tmp_path.iterdir()) == []
 
@@ -148,21 +140,7 @@ def test_module_run_twice_is_refused_by_bare_name_with_its_call_names(resnet, tm
 def test_globs_and_max_pooling(resnet, tmp_path):
     model, images, _, _, directory = resnet
     out = tmp_path / "f.h5"
-    result = run(
-        "extract",
-        directory / "resnet18.pt",
-        directory / "data.npz",
-        "--arch",
-        "resnet18",
-        "--out",
-        out,
-        "--layers",
-        "layer4.1.relu#*,layer3",
-        "--pool",
-        "max",
-        "--workers",
-        0,
-    )
+    result = _extract_resnet(directory, out, "--layers", "layer4.1.relu#*,layer3", "--pool", "max")
     assert result.exit_code == 0, result.stderr
     with h5py.File(out, "r") as handle:
         assert sorted(handle[schema.LAYERS]) == ["layer3", "layer4.1.relu#1", "layer4.1.relu#2"]
@@ -176,21 +154,7 @@ def test_globs_and_max_pooling(resnet, tmp_path):
 
 def test_flatten_above_max_dim_is_refused_with_the_layer_size(resnet, tmp_path):
     _, _, _, _, directory = resnet
-    result = run(
-        "extract",
-        directory / "resnet18.pt",
-        directory / "data.npz",
-        "--arch",
-        "resnet18",
-        "--out",
-        tmp_path / "f.h5",
-        "--pool",
-        "flatten",
-        "--max-dim",
-        1000,
-        "--workers",
-        0,
-    )
+    result = _extract_resnet(directory, tmp_path / "f.h5", "--pool", "flatten", "--max-dim", 1000)
     assert_user_error(result, "'conv1'", "16384 values", "64×16×16", "--max-dim 1000")
     assert list(tmp_path.iterdir()) == []
 

@@ -1,10 +1,9 @@
 """Never lose finished work: interrupt, crash, resume, and refuse to replace files unasked."""
 
 import h5py
-import numpy as np
 import pytest
 import torch
-from extract_helpers import assert_user_error, files_in, random_images, run, tiny_cnn, write_npz
+from extract_helpers import assert_user_error, differences, files_in, random_images, run, tiny_cnn, write_npz
 
 from nccli import schema
 from nccli.extract import loop
@@ -51,25 +50,8 @@ def _fail_at_batch(monkeypatch, error: BaseException):
     monkeypatch.setattr(loop, "run_batch", failing)
 
 
-def _layout(path):
-    """Every dataset's values, dtype, chunks and filters."""
-    found = {}
-
-    def visit(name, node):
-        if isinstance(node, h5py.Dataset):
-            found[name] = (node[()], node.dtype, node.chunks, node.compression, node.shuffle)
-
-    with h5py.File(path, "r") as handle:
-        handle.visititems(visit)
-    return found
-
-
 def _assert_identical(a, b):
-    left, right = _layout(a), _layout(b)
-    assert left.keys() == right.keys()
-    for name in left:
-        np.testing.assert_array_equal(left[name][0], right[name][0], err_msg=name)
-        assert left[name][1:] == right[name][1:], name
+    assert differences(a, b) == []
 
 
 @pytest.mark.parametrize("storage", [(), ("--dtype", "float16", "--compression", "gzip"), ("--compression", "lzf")])

@@ -38,8 +38,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the helpers the test suite uses too
+from extract_helpers import differences  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "sample_data"
@@ -238,32 +240,6 @@ def plan_kills(count: int, rows: int, rng: random.Random) -> list[KillPoint]:
             row = int(1000 * rng.uniform(0.0, 1.0))  # start-up (model, probe, partial file) or early rows
         points.append(KillPoint(kind, row, random.Random(rng.random())))
     return points
-
-
-def datasets_of(path: Path) -> dict:
-    """Every dataset's values, dtype, chunks and filters."""
-    found = {}
-
-    def visit(name, node):
-        if isinstance(node, h5py.Dataset):
-            found[name] = (node[()], node.dtype, node.chunks, node.compression, node.shuffle)
-
-    with h5py.File(path, "r") as handle:
-        handle.visititems(visit)
-    return found
-
-
-def differences(path: Path, reference: Path) -> list[str]:
-    """Dataset paths whose values or layout differ from the reference file ([] when identical)."""
-    left, right = datasets_of(path), datasets_of(reference)
-    if left.keys() != right.keys():
-        return [f"dataset sets differ: {sorted(set(left) ^ set(right))}"]
-    found = []
-    for name in left:
-        same_values = left[name][0].tobytes() == right[name][0].tobytes()
-        if not same_values or left[name][1:] != right[name][1:]:
-            found.append(name)
-    return found
 
 
 @dataclass
