@@ -59,7 +59,7 @@ def decisions_over(xp, feature_file, layers, geometries, block_rows, start, stop
 
 def _in_worker(pass_function, path: str, layer_names: tuple[str, ...], *args):
     """A worker's task: open the file, run one pass over one row range."""
-    with open_feature_file(path) as feature_file:
+    with open_feature_file(path, probed=True) as feature_file:  # the parent opened it first
         layers = tuple(feature_file.info.layer(name) for name in layer_names)
         return pass_function(NumpyBackend(), feature_file, layers, *args, lambda n: None)
 

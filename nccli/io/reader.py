@@ -113,14 +113,16 @@ class FeatureFile:
 
 
 @contextlib.contextmanager
-def open_feature_file(path: str | os.PathLike) -> Iterator[FeatureFile]:
-    """Open and validate a feature file; the handle closes on exit."""
+def open_feature_file(path: str | os.PathLike, probed: bool = False) -> Iterator[FeatureFile]:
+    """Open and validate a feature file; the handle closes on exit. ``probed``: this process's parent has
+    just run :func:`probe` on it (analyze's workers), so it is not forked over again."""
     name = str(path)
     if not os.path.exists(path):
         raise FeatureFileError(name, "", "no such file")
     if os.path.isdir(path):
         raise FeatureFileError(name, "", "is a directory, not a feature file")
-    probe(name)
+    if not probed:
+        probe(name)
     try:
         handle = h5py.File(path, "r")
     except READ_ERRORS as error:
