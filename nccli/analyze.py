@@ -20,6 +20,7 @@ from nccli.metrics.backend import Backend, select_backend
 from nccli.metrics.layer import ClassMeans, build_geometry, summarize_layer
 from nccli.metrics.mse import MSE_MAX_DIM, mse_decomposition
 from nccli.progress import progress_bar
+from nccli.report.tables import LayerPairs, PairSink, check_pairs_size, class_table
 from nccli.scan import Scanner
 
 
@@ -32,7 +33,10 @@ class AnalyzeConfig:
     ``mse``: add the MSE decomposition with weight decay ``weight_decay``;
     ``depth_epsilon``: ε of ``ncc_effective_depth``; ``block_rows``: rows per
     block (None = about 16 MiB of the widest layer, chunk-aligned); ``jobs``:
-    worker processes that share each file's rows (CPU only).
+    worker processes that share each file's rows (CPU only); ``pairs_top``:
+    per layer, send only the N pairs with the largest cdnv to the pair sink;
+    ``tile``: classes per side of the pair tiles (None = from
+    ``pairs.TILE_BYTES``).
     """
 
     files: tuple[str, ...]
@@ -45,23 +49,30 @@ class AnalyzeConfig:
     block_rows: int | None = None
     jobs: int = 1
     show_progress: bool = False
+    pairs_top: int | None = None
+    tile: int | None = None
 
 
 @dataclass
 class AnalysisResult:
-    """Rows of the summary, per-class and per-pair tables, and the report's metadata."""
+    """Rows of the summary table, the per-class table (one Arrow table per file and layer:
+    ``pyarrow.concat_tables(result.classes)``), and the report's metadata."""
 
     summary: list[dict] = field(default_factory=list)
-    classes: list[dict] = field(default_factory=list)
-    pairs: list[dict] = field(default_factory=list)
+    classes: list = field(default_factory=list)
     provenance: dict[str, dict] = field(default_factory=dict)
     conventions: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 
-def analyze_features(config: AnalyzeConfig) -> AnalysisResult:
-    """Compute the metrics of ``metrics.md`` for every selected layer of every file."""
-    _check_config(config)
+def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None) -> AnalysisResult:
+    """Compute the metrics of ``metrics.md`` for every selected layer of every file.
+
+    ``pairs``, if given, receives the per-pair table as Arrow record batches
+    while it is computed (never gathered here); without ``config.pairs_top``
+    a table above ``tables.PAIRS_ROWS_MAX`` rows is refused before any row is read.
+    """
+    _check_config(config, pairs is not None)
     xp = select_backend("cpu" if config.jobs > 1 else config.device)
     result = AnalysisResult()
     with contextlib.ExitStack() as stack:
@@ -74,6 +85,9 @@ def analyze_features(config: AnalyzeConfig) -> AnalysisResult:
             _check_mse_width(files, selections)
         for feature_file, layers in zip(files, selections):
             _check_state_size(feature_file, layers)
+        if pairs is not None and config.pairs_top is None:
+            check_pairs_size([f.info.num_classes for f, layers in zip(files, selections) for _ in layers])
+        named = any(f.info.class_names is not None for f in files)
         total = sum(2 * f.info.n_samples for f in files)
         if reference is not None:
             total += reference.info.n_samples
@@ -87,14 +101,20 @@ def analyze_features(config: AnalyzeConfig) -> AnalysisResult:
             moments = scanner.moments(reference, layers, None)
             reference_means = {name: ClassMeans.of(state) for name, state in moments.items()}
         for feature_file, layers in zip(files, selections):
-            _analyze_file(xp, scanner, feature_file, layers, reference_means, config, result)
+            _analyze_file(xp, scanner, feature_file, layers, reference_means, config, result, _PairOutput(pairs, named, config.pairs_top))
     result.conventions = _conventions(config, xp, result)
     return result
 
 
-def _check_config(config: AnalyzeConfig) -> None:
+def _check_config(config: AnalyzeConfig, with_pairs: bool) -> None:
     if not config.files:
         raise UsageError("no feature files given")
+    if config.pairs_top is not None and not with_pairs:
+        raise UsageError("--pairs-top selects rows of the per-pair table; add --pairs FILE")
+    if config.pairs_top is not None and config.pairs_top < 1:
+        raise UsageError(f"--pairs-top must be ≥ 1, got {config.pairs_top}")
+    if config.tile is not None and config.tile < 1:
+        raise UsageError(f"tile must be ≥ 1, got {config.tile}")
     if config.weight_decay < 0:
         raise UsageError(f"--weight-decay must be ≥ 0, got {config.weight_decay}")
     if config.weight_decay and not config.mse:
@@ -171,6 +191,7 @@ def _analyze_file(
     reference_means,
     config: AnalyzeConfig,
     result: AnalysisResult,
+    pair_output: "_PairOutput",
 ) -> None:
     info = feature_file.info
     classifier_layer = info.classifier_layer if feature_file.classifier is not None else None
@@ -190,13 +211,18 @@ def _analyze_file(
     file_rows = []
     for layer in layers:
         classifier = feature_file.classifier if layer.name == classifier_layer else None
+        layer_pairs = pair_output.layer(info, layer.name)
         metrics = summarize_layer(
             moments[layer.name],
             spectra[layer.name],
             decisions[layer.name],
             classifier,
             lambda message, name=layer.name: _warn(result, info.path, name, message),
+            layer_pairs.add if layer_pairs is not None else None,
+            config.tile,
         )
+        if layer_pairs is not None:
+            layer_pairs.close()
         if classifier is not None and config.mse:
             metrics.summary.update(mse_decomposition(moments[layer.name], classifier, config.weight_decay))
         keys = {schema.COL_FILE: info.path, schema.COL_LAYER: layer.name}
@@ -214,8 +240,7 @@ def _analyze_file(
                 "_sigma_b_rank": metrics.sigma_b_rank,
             }
         )
-        result.classes.extend(_with_names({**keys, **row}, info.class_names) for row in metrics.classes)
-        result.pairs.extend(_with_names({**keys, **row}, info.class_names) for row in metrics.pairs)
+        result.classes.append(class_table(info.path, layer.name, metrics.classes, info.class_names, pair_output.named))
 
     depth = effective_depth(file_rows, config.depth_epsilon)
     for row in file_rows:
@@ -233,13 +258,16 @@ def effective_depth(rows: list[dict], epsilon: float) -> int:
     return ordered[-1][schema.COL_LAYER_ORDER]
 
 
-def _with_names(row: dict, class_names: tuple[str, ...] | None) -> dict:
-    if class_names is None:
-        return row
-    row[schema.COL_CLASS_NAME] = class_names[row[schema.COL_CLASS]]
-    if schema.COL_CLASS_B in row:
-        row[schema.COL_CLASS_NAME_B] = class_names[row[schema.COL_CLASS_B]]
-    return row
+@dataclass(frozen=True)
+class _PairOutput:
+    """Where per-pair rows go: ``sink`` (None = nowhere), with class-name columns if any file has names."""
+
+    sink: PairSink | None
+    named: bool
+    top: int | None
+
+    def layer(self, info, layer: str) -> LayerPairs | None:
+        return None if self.sink is None else LayerPairs(self.sink, info.path, layer, info.class_names, self.named, self.top)
 
 
 def _warn(result: AnalysisResult, file: str, layer: str | None, message: str) -> None:

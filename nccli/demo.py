@@ -59,7 +59,7 @@ def _bundled_checkpoints(folder: Path, epochs: tuple[int, ...] | None) -> dict[i
 def run_demo(config: DemoConfig) -> DemoResult:
     """Extract, analyze, report and plot; return the report, figures and summary rows."""
     from nccli.extract import ExtractConfig, ModelOptions, extract_features
-    from nccli.report.parquet import write_report
+    from nccli.report.outputs import write_report
     from nccli.report.plots import plot_report
 
     data = Path(config.sample_data)
@@ -106,7 +106,6 @@ def _extend(result: AnalysisResult, other: AnalysisResult) -> None:
     """Append another analysis (same conventions, another reference file) to ``result``."""
     result.summary.extend(other.summary)
     result.classes.extend(other.classes)
-    result.pairs.extend(other.pairs)
     result.provenance.update(other.provenance)
     result.warnings.extend(other.warnings)
     for file, ranks in other.conventions["sigma_b_rank"].items():
