@@ -33,9 +33,9 @@ CANCELLATION_RATIO = 1.0 / 16.0
 LISTED_PAIRS = 10
 
 
-def tile_classes(budget: int = TILE_BYTES) -> int:
-    """T, the classes per tile side, so that one tile's working set fits ``budget`` bytes."""
-    return max(1, math.isqrt(budget // (8 * _TILE_ARRAYS)))
+def tile_classes(budget: int | None = None) -> int:
+    """T, the classes per tile side, so that one tile's working set fits ``budget`` bytes (``TILE_BYTES``)."""
+    return max(1, math.isqrt((TILE_BYTES if budget is None else budget) // (8 * _TILE_ARRAYS)))
 
 
 def blocks(k: int, tile: int) -> list[tuple[int, int]]:
