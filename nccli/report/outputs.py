@@ -166,7 +166,8 @@ class _ParquetStream:
     def write(self, batch: pa.RecordBatch) -> None:
         try:
             if self.writer is None:
-                self.writer = pq.ParquetWriter(self.path, batch.schema.remove_metadata())
+                # no stored Arrow schema, so that the metadata added at close is what readers see
+                self.writer = pq.ParquetWriter(self.path, batch.schema.remove_metadata(), store_schema=False)
             self.writer.write_batch(batch)
         except OSError as error:
             raise _cannot_write(error, self.path) from None
