@@ -14,7 +14,7 @@ from nccli import schema
 from nccli.metrics import formulas as f
 from nccli.metrics.accumulators import ClassMoments, Decisions, Geometry
 from nccli.metrics.backend import Backend
-from nccli.metrics.pairs import PairInputs, PairStats, PairTile, blocks, etf_distance, tile_classes, tile_sq_distances
+from nccli.metrics.pairs import CentredMeans, PairInputs, PairStats, PairTile, blocks, etf_distance, tile_classes
 
 
 @dataclass(frozen=True)
@@ -51,23 +51,17 @@ class ClassMeans:
         """Coincident means replaced by the lowest id's, so NCC ties go to the lowest class id exactly.
 
         Class c gets the mean of the lowest c' ≤ c within the coincidence
-        distance (explicit differences, :func:`pairs.tile_sq_distances`),
-        found over tiles of ``tile`` classes: no K × K matrix.
+        distance (explicit differences, :class:`pairs.CentredMeans`), found
+        over tiles of ``tile`` classes: no K × K matrix.
         """
-        k = len(self.ids)
-        tolerance = f.COINCIDENCE_TOLERANCE * self.scale
-        centred = self.centred
-        sqnorms = np.einsum("ij,ij->i", centred, centred)
-        representative = np.arange(k)
-        ranges = blocks(k, tile or tile_classes())
+        geometry = CentredMeans(self.means, f.COINCIDENCE_TOLERANCE * self.scale)
+        representative = np.arange(len(self.ids))
+        ranges = blocks(len(self.ids), tile or tile_classes())
         for index, rows in enumerate(ranges):
             for cols in ranges[index:]:
-                sq, _ = tile_sq_distances(self.means, centred, sqnorms, rows, cols, tolerance)
-                close = np.sqrt(sq) <= tolerance
-                if rows == cols:
-                    close &= np.triu(np.ones(close.shape, dtype=bool), k=1)
-                a, b = np.nonzero(close)
-                np.minimum.at(representative, b + cols[0], a + rows[0])
+                _, _, i, j, sq = geometry.block(rows, cols)
+                close = np.sqrt(sq) <= geometry.tolerance
+                np.minimum.at(representative, j[close] + cols[0], i[close] + rows[0])
         return ClassMeans(self.ids, self.means[representative])
 
 
@@ -139,24 +133,21 @@ def summarize_layer(
     ids, k = present.ids, len(present.ids)
     tile = tile or tile_classes()
     n = float(moments.count.sum())
-    centred = present.centred
-    tolerance = f.COINCIDENCE_TOLERANCE * present.scale
+    geometry = CentredMeans(present.means, f.COINCIDENCE_TOLERANCE * present.scale)
+    centred, norms = geometry.centred, geometry.norms
     counts = moments.count[ids]
     variances = moments.scatter[ids] / counts
-    norms = np.linalg.norm(centred, axis=1)
     intra = f.intra_cosines(moments.unit_sum[ids], moments.unit_count[ids])
     weight = classifier.weight[ids] if classifier is not None else None
 
-    all_coincide = k >= 2 and norms.max() <= tolerance
-    at_global_mean = norms <= tolerance
-    some_at_global_mean = k >= 2 and bool(at_global_mean.any())
+    all_coincide = k >= 2 and bool(geometry.at_centre.all())
+    some_at_global_mean = k >= 2 and bool(geometry.at_centre.any())
 
-    inputs = PairInputs(ids, present.means, centred, norms, variances, moments.unit_sum[ids], moments.unit_count[ids], tolerance)
     stats = PairStats(k)
-    for pair_tile in inputs.tiles(tile):
+    for pair_tile in PairInputs(ids, geometry, variances, moments.unit_sum[ids], moments.unit_count[ids]).tiles(tile):
         stats.add(pair_tile)
         if pairs is not None:
-            pairs(pair_tile)
+            pairs(pair_tile.pairs())
 
     tr_sw = float(moments.scatter.sum() / n)
     tr_sb = float(np.sum(centred**2) / k)
@@ -170,7 +161,7 @@ def summarize_layer(
         nc2_equinorm=np.nan if all_coincide or k < 2 else f.equinorm(norms),
         nc2_equiangular=stats.equiangular if not some_at_global_mean else np.nan,
         nc2_maxangle=stats.max_angle if not some_at_global_mean else np.nan,
-        nc2_etf=np.nan if some_at_global_mean or k < 2 else etf_distance(unit_rows(centred, norms), unit_rows(centred, norms), tile),
+        nc2_etf=np.nan if some_at_global_mean or k < 2 else _nc2_etf(centred, norms, tile),
         ncc_accuracy=float(decisions.ncc_correct.sum() / n),
         intra_cos_min=f.strict_min(intra),
         intra_cos_mean=f.strict_mean(intra),
@@ -187,7 +178,7 @@ def summarize_layer(
             margin_mean=decisions.margin_sum / n if k >= 2 else np.nan,
         )
 
-    _warn_degenerate(warn, moments, ids, k, all_coincide, some_at_global_mean, stats, at_global_mean, classifier)
+    _warn_degenerate(warn, moments, ids, k, all_coincide, some_at_global_mean, stats, geometry.at_centre, classifier)
 
     undefined = np.full(k, np.nan)
     classes = {
@@ -203,9 +194,10 @@ def summarize_layer(
     return LayerMetrics(values, classes, spectrum.rank)
 
 
-def unit_rows(rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
-    """M̂: each row divided by its (non-zero) norm."""
-    return rows / norms[:, None]
+def _nc2_etf(centred: np.ndarray, norms: np.ndarray, tile: int) -> float:
+    """‖Ĝ/‖Ĝ‖_F − P/√(K−1)‖_F with Ĝ = M̂M̂ᵀ, M̂ the centred means scaled to unit norm (review eq. 7)."""
+    unit = centred / norms[:, None]
+    return etf_distance(unit, unit, tile)
 
 
 def _warn_degenerate(warn, moments, ids, k, all_coincide, some_at_global_mean, stats: PairStats, at_global_mean, classifier):

@@ -43,28 +43,56 @@ def blocks(k: int, tile: int) -> list[tuple[int, int]]:
     return [(start, min(start + tile, k)) for start in range(0, k, tile)]
 
 
-def tile_sq_distances(means, centred, sqnorms, rows: tuple[int, int], cols: tuple[int, int], tolerance: float):
-    """‖μ_c − μ_c'‖² for a block of rows × cols (positions), and the Gram block of the centred means.
+class CentredMeans:
+    """Class means for tiled distances: ``means`` (K, d) and the same centred at their mean.
 
-    The Gram form is exact to rounding where d² is not small next to the
-    norms; elsewhere (and wherever the pair could be coincident) the distance
-    is recomputed from explicit differences, in chunks that fit a tile.
+    ``block(rows, cols)`` gives the Gram block of the centred means, their
+    cosines, and the pairs where the Gram form of d² = ‖m_c‖² + ‖m_c'‖² − 2 m_c·m_c'
+    may lose digits (d² ≤ ``CANCELLATION_RATIO`` (‖m_c‖² + ‖m_c'‖²) + 4 tol²),
+    with d² recomputed there from explicit differences of the uncentred means.
+    Those pairs are found from the cosines: for classes with ‖m_c‖ > r = 2 tol/√τ
+    (τ = ``CANCELLATION_RATIO``), the condition implies cos ≥ 1 − 3τ/2, so the
+    candidates are the pairs with cos ≥ 1 − 2τ and every pair of a class with
+    ‖m_c‖ ≤ r; they are all recomputed (a superset costs time, not accuracy).
     """
-    (r0, r1), (c0, c1) = rows, cols
-    gram = centred[r0:r1] @ centred[c0:c1].T
-    scale = sqnorms[r0:r1, None] + sqnorms[None, c0:c1]
-    sq = scale - 2.0 * gram
-    suspect = sq <= CANCELLATION_RATIO * scale + 4.0 * tolerance**2
-    if r0 == c0:  # a diagonal tile: only pairs above the diagonal are wanted
-        suspect &= np.triu(np.ones(suspect.shape, dtype=bool), k=1)
-    i, j = np.nonzero(suspect)
-    chunk = max(1, TILE_BYTES // (8 * _TILE_ARRAYS * max(1, means.shape[1])))
-    for start in range(0, len(i), chunk):
-        a, b = i[start : start + chunk], j[start : start + chunk]
-        diff = means[c0 + b] - means[r0 + a]
-        sq[a, b] = np.einsum("ij,ij->i", diff, diff)
-    np.maximum(sq, 0.0, out=sq)  # only the unused entries below a diagonal tile's diagonal can be < 0
-    return sq, gram
+
+    def __init__(self, means: np.ndarray, tolerance: float):
+        self.means = means
+        self.centred = means - means.mean(axis=0) if len(means) else means
+        self.sqnorms = np.einsum("ij,ij->i", self.centred, self.centred)
+        self.norms = np.linalg.norm(self.centred, axis=1)
+        self.tolerance = tolerance
+        self.at_centre = self.norms <= tolerance  # cosines undefined
+        with np.errstate(divide="ignore"):
+            self.inverse_norms = np.where(self.at_centre, np.nan, 1.0 / self.norms)
+        self.small = self.norms <= 2.0 * tolerance / math.sqrt(CANCELLATION_RATIO)
+
+    def block(self, rows: tuple[int, int], cols: tuple[int, int]):
+        """(gram, cos, i, j, sq): the rows × cols blocks, and d² at positions (i, j) from explicit differences.
+
+        In a diagonal block (rows == cols) only positions above the diagonal are returned in (i, j).
+        """
+        (r0, r1), (c0, c1) = rows, cols
+        gram = self.centred[r0:r1] @ self.centred[c0:c1].T
+        cos = gram * self.inverse_norms[r0:r1, None]
+        cos *= self.inverse_norms[None, c0:c1]
+        candidates = cos >= 1.0 - 2.0 * CANCELLATION_RATIO
+        candidates[self.small[r0:r1], :] = True
+        candidates[:, self.small[c0:c1]] = True
+        if rows == cols:
+            candidates &= _upper(r1 - r0)
+        i, j = np.nonzero(candidates)
+        sq = np.empty(len(i))
+        chunk = max(1, TILE_BYTES // (8 * _TILE_ARRAYS * max(1, self.means.shape[1])))
+        for start in range(0, len(i), chunk):
+            end = start + chunk
+            diff = self.means[c0 + j[start:end]] - self.means[r0 + i[start:end]]
+            sq[start:end] = np.einsum("ij,ij->i", diff, diff)
+        return gram, cos, i, j, sq
+
+
+def _upper(size: int) -> np.ndarray:
+    return np.triu(np.ones((size, size), dtype=bool), k=1)
 
 
 @dataclass
@@ -77,7 +105,6 @@ class PairTile:
     mean_cos: np.ndarray
     inter_cos: np.ndarray
     mean_dist: np.ndarray
-    coincident: np.ndarray
 
     def __len__(self) -> int:
         return len(self.class_a)
@@ -90,91 +117,113 @@ class PairTile:
         return cls(*(np.concatenate([getattr(t, item.name) for t in tiles]) for item in fields(cls)))
 
 
+@dataclass
+class Tile:
+    """One rows × cols block of pairs as 2-d arrays; in a diagonal block only entries above the diagonal count."""
+
+    row_ids: np.ndarray
+    col_ids: np.ndarray
+    upper: np.ndarray | None  # mask of the counted entries; None: all of them
+    sq: np.ndarray  # ‖μ_c − μ_c'‖²
+    cdnv: np.ndarray
+    mean_cos: np.ndarray
+    inter_cos: np.ndarray
+    coincident: tuple[np.ndarray, np.ndarray]  # class ids (c, c') of the coincident pairs
+
+    def select(self, block: np.ndarray) -> np.ndarray:
+        """The counted entries, row by row (a view when every entry counts)."""
+        return block.ravel() if self.upper is None else block[self.upper]
+
+    def __len__(self) -> int:
+        return self.sq.size if self.upper is None else int(self.upper.sum())
+
+    def pairs(self) -> PairTile:
+        shape = self.sq.shape
+        grid = np.broadcast_to(self.row_ids[:, None], shape), np.broadcast_to(self.col_ids[None, :], shape)
+        a, b, cdnv, mean_cos, inter_cos, sq = (self.select(np.ascontiguousarray(x)) for x in (*grid, self.cdnv, self.mean_cos, self.inter_cos, self.sq))
+        return PairTile(a, b, cdnv, mean_cos, inter_cos, np.sqrt(sq))
+
+
 @dataclass(frozen=True)
 class PairInputs:
     """Per-class inputs of the pair statistics (rows = present classes in id order)."""
 
     ids: np.ndarray
-    means: np.ndarray  # μ_c
-    centred: np.ndarray  # μ_c − μ_G
-    norms: np.ndarray  # ‖μ_c − μ_G‖
+    means: CentredMeans
     variances: np.ndarray  # V_c
     unit_sum: np.ndarray
     unit_count: np.ndarray
-    tolerance: float  # coincidence distance
 
-    def tiles(self, tile: int) -> Iterator[PairTile]:
+    def tiles(self, tile: int) -> Iterator[Tile]:
         """Every pair c < c' once, tile by tile (row tile, then column tiles to its right)."""
-        sqnorms = np.einsum("ij,ij->i", self.centred, self.centred)
-        at_centre = self.norms <= self.tolerance
+        half_variances = self.variances / 2.0
+        with np.errstate(divide="ignore"):
+            inverse_counts = 1.0 / self.unit_count  # inf for a class of zero vectors: 0 · inf = NaN, undefined
         ranges = blocks(len(self.ids), tile)
         for index, rows in enumerate(ranges):
             for cols in ranges[index:]:
-                yield self._tile(rows, cols, sqnorms, at_centre)
+                yield self._tile(rows, cols, half_variances, inverse_counts)
 
-    def _tile(self, rows, cols, sqnorms, at_centre) -> PairTile:
+    def _tile(self, rows, cols, half_variances, inverse_counts) -> Tile:
         (r0, r1), (c0, c1) = rows, cols
-        sq, gram = tile_sq_distances(self.means, self.centred, sqnorms, rows, cols, self.tolerance)
-        if r0 == c0:
-            a, b = np.triu_indices(r1 - r0, k=1)
-        else:
-            a, b = (grid.ravel() for grid in np.indices((r1 - r0, c1 - c0)))
-        sq = sq[a, b]
-        a_pos, b_pos = a + r0, b + c0
-        coincident = np.sqrt(sq) <= self.tolerance
+        gram, cos, i, j, explicit = self.means.block(rows, cols)
+        sq = self.means.sqnorms[r0:r1, None] + self.means.sqnorms[None, c0:c1]
+        sq -= gram
+        sq -= gram
+        sq[i, j] = explicit
+        close = np.sqrt(explicit) <= self.means.tolerance
         with np.errstate(invalid="ignore", divide="ignore"):
-            cdnv = (self.variances[a_pos] + self.variances[b_pos]) / (2.0 * sq)
-            mean_cos = gram[a, b] / (self.norms[a_pos] * self.norms[b_pos])
+            cdnv = half_variances[r0:r1, None] + half_variances[None, c0:c1]
+            cdnv /= sq
             inter = self.unit_sum[r0:r1] @ self.unit_sum[c0:c1].T
-            inter_cos = inter[a, b] / (self.unit_count[a_pos] * self.unit_count[b_pos])
-        cdnv[coincident] = np.nan
-        mean_cos[at_centre[a_pos] | at_centre[b_pos]] = np.nan
-        return PairTile(self.ids[a_pos], self.ids[b_pos], cdnv, mean_cos, inter_cos, np.sqrt(sq), coincident)
+            inter *= inverse_counts[r0:r1, None]
+            inter *= inverse_counts[None, c0:c1]
+        cdnv[i[close], j[close]] = np.nan
+        upper = _upper(r1 - r0) if rows == cols else None
+        row_ids, col_ids = self.ids[r0:r1], self.ids[c0:c1]
+        return Tile(row_ids, col_ids, upper, sq, cdnv, cos, inter, (row_ids[i[close]], col_ids[j[close]]))
 
 
 @dataclass
 class PairStats:
     """Running pair summaries over tiles; each equals the statistic over all K(K−1)/2 pairs at once.
 
-    Strict semantics as ``formulas.strict_*``: a NaN anywhere makes the summary NaN.
+    Strict like ``formulas.strict_*``: a NaN pair value makes its summary NaN
+    (NaN propagates through the sums, the Chan merge and ``np.maximum``).
     """
 
     k: int
     pairs: int = 0
     cdnv_sum: float = 0.0
-    cdnv_nan: bool = False
     cos_mean: float = 0.0
     cos_m2: float = 0.0  # Σ (cos − mean)², merged Chan-style
     cos_deviation_sum: float = 0.0  # Σ |cos + 1/(K − 1)|
-    cos_nan: bool = False
     inter_max: float = -np.inf
     inter_sum: float = 0.0
-    inter_nan: bool = False
     coincident_count: int = 0
     coincident_first: tuple[tuple[int, int], ...] = ()
 
-    def add(self, tile: PairTile) -> None:
+    def add(self, tile: Tile) -> None:
         n = len(tile)
         if n == 0:
             return
-        self.cdnv_nan |= bool(np.isnan(tile.cdnv).any())
-        self.cdnv_sum += float(tile.cdnv.sum())
-        self.cos_nan |= bool(np.isnan(tile.mean_cos).any())
-        if not self.cos_nan:
-            mean = float(tile.mean_cos.mean())
-            m2 = float(np.sum((tile.mean_cos - mean) ** 2))
-            total = self.pairs + n
-            delta = mean - self.cos_mean
-            self.cos_mean += delta * n / total
-            self.cos_m2 += m2 + delta * delta * self.pairs * n / total
-            self.cos_deviation_sum += float(np.abs(tile.mean_cos + 1.0 / (self.k - 1)).sum())
-        self.inter_nan |= bool(np.isnan(tile.inter_cos).any())
-        if not self.inter_nan:
-            self.inter_max = max(self.inter_max, float(tile.inter_cos.max()))
-            self.inter_sum += float(tile.inter_cos.sum())
-        self.pairs += n
-        if tile.coincident.any():
-            self._add_coincident(tile.class_a[tile.coincident], tile.class_b[tile.coincident])
+        self.cdnv_sum += float(tile.select(tile.cdnv).sum())
+        cos = tile.select(tile.mean_cos)
+        mean = float(cos.sum()) / n
+        scratch = cos - mean
+        m2 = float(np.dot(scratch, scratch))
+        total = self.pairs + n
+        delta = mean - self.cos_mean
+        self.cos_mean += delta * n / total
+        self.cos_m2 += m2 + delta * delta * self.pairs * n / total
+        np.add(cos, 1.0 / (self.k - 1), out=scratch)
+        self.cos_deviation_sum += float(np.abs(scratch, out=scratch).sum())
+        inter = tile.select(tile.inter_cos)
+        self.inter_max = float(np.maximum(self.inter_max, inter.max()))
+        self.inter_sum += float(inter.sum())
+        self.pairs = total
+        if len(tile.coincident[0]):
+            self._add_coincident(*tile.coincident)
 
     def _add_coincident(self, a: np.ndarray, b: np.ndarray) -> None:
         """Count them; keep the first few in (class, class_b) order, as a full matrix would list them."""
@@ -184,29 +233,29 @@ class PairStats:
         order = np.lexsort((b, a))[:LISTED_PAIRS]
         self.coincident_first = tuple((int(a[i]), int(b[i])) for i in order)
 
-    def _strict(self, value: float, undefined: bool) -> float:
-        return np.nan if undefined or self.pairs == 0 else value
+    def _mean(self, total: float) -> float:
+        return total / self.pairs if self.pairs else np.nan
 
     @property
     def cdnv(self) -> float:
-        return self._strict(self.cdnv_sum / max(self.pairs, 1), self.cdnv_nan)
+        return self._mean(self.cdnv_sum)
 
     @property
     def equiangular(self) -> float:
         """Population std of the cosines of centred means over pairs."""
-        return self._strict(math.sqrt(self.cos_m2 / max(self.pairs, 1)), self.cos_nan)
+        return math.sqrt(self._mean(self.cos_m2))
 
     @property
     def max_angle(self) -> float:
-        return self._strict(self.cos_deviation_sum / max(self.pairs, 1), self.cos_nan)
+        return self._mean(self.cos_deviation_sum)
 
     @property
     def inter_cos_max(self) -> float:
-        return self._strict(self.inter_max, self.inter_nan)
+        return self.inter_max if self.pairs else np.nan
 
     @property
     def inter_cos_mean(self) -> float:
-        return self._strict(self.inter_sum / max(self.pairs, 1), self.inter_nan)
+        return self._mean(self.inter_sum)
 
 
 class TopPairs:

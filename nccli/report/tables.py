@@ -117,4 +117,4 @@ class LayerPairs:
 
 def _no_pairs() -> PairTile:
     ints, floats = np.zeros(0, dtype=np.int64), np.zeros(0)
-    return PairTile(ints, ints, floats, floats, floats, floats, np.zeros(0, dtype=bool))
+    return PairTile(ints, ints, floats, floats, floats, floats)
