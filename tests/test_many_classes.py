@@ -135,17 +135,23 @@ def test_coincident_pairs_are_listed_first_ten_then_counted():
     assert listed == [f"coincident class means for pairs {shown} and 57 more: cdnv reported as null"]
 
 
-@pytest.mark.parametrize("tile", [1, 3, 7, 50])
-def test_ncc_ties_without_a_k_by_k_matrix(tile):
+@pytest.mark.parametrize("budget", [None, 8 * 16 * 3 * 2])  # chunks of 2 candidate pairs
+def test_ncc_ties_without_a_k_by_k_matrix(monkeypatch, budget):
+    if budget:
+        monkeypatch.setattr(pair_module, "TILE_BYTES", budget)
     rng = np.random.default_rng(11)
-    means = rng.normal(size=(20, 3)) + 50.0
-    means[[5, 11]] = means[2]  # a group of three
+    means = rng.normal(size=(40, 3)) + 50.0
+    means[[5, 11, 30]] = means[2]  # a group of four
     means[8] = means[7] + 1e-14 * 50  # within the coincidence distance
     means[14] = means[13] + 1e-9 * 50  # outside it
-    ids = np.arange(20) * 3
-    tied = ClassMeans(ids, means).with_ties_exact(tile)
+    means[20:26] = means[19]  # a run of equal means: many candidates in one window
+    means[31] = means[32] * (1 + 1e-15)  # the lower id second
+    ids = np.arange(40) * 3
+    tied = ClassMeans(ids, means).with_ties_exact()
     np.testing.assert_array_equal(tied.means, dense_ties(means))
     np.testing.assert_array_equal(tied.ids, ids)
+    zeros = np.zeros((5, 3))  # tolerance 0: exactly equal means only
+    np.testing.assert_array_equal(ClassMeans(ids[:5], zeros).with_ties_exact().means, dense_ties(zeros))
 
 
 def test_tiled_etf_distance_takes_both_branches_exactly():

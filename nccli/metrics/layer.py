@@ -14,7 +14,7 @@ from nccli import schema
 from nccli.metrics import formulas as f
 from nccli.metrics.accumulators import ClassMoments, Decisions, Geometry
 from nccli.metrics.backend import Backend
-from nccli.metrics.pairs import CentredMeans, PairInputs, PairStats, PairTile, blocks, etf_distance, tile_classes
+from nccli.metrics.pairs import CentredMeans, PairInputs, PairStats, PairTile, etf_distance, lowest_coincident, tile_classes
 
 
 @dataclass(frozen=True)
@@ -47,21 +47,13 @@ class ClassMeans:
         """Largest ‖μ_c‖: the size of rounding errors in differences of means."""
         return float(np.linalg.norm(self.means, axis=1).max()) if len(self.ids) else 0.0
 
-    def with_ties_exact(self, tile: int | None = None) -> "ClassMeans":
+    def with_ties_exact(self) -> "ClassMeans":
         """Coincident means replaced by the lowest id's, so NCC ties go to the lowest class id exactly.
 
         Class c gets the mean of the lowest c' ≤ c within the coincidence
-        distance (explicit differences, :class:`pairs.CentredMeans`), found
-        over tiles of ``tile`` classes: no K × K matrix.
+        distance (:func:`pairs.lowest_coincident`: no K × K matrix).
         """
-        geometry = CentredMeans(self.means, f.COINCIDENCE_TOLERANCE * self.scale)
-        representative = np.arange(len(self.ids))
-        ranges = blocks(len(self.ids), tile or tile_classes())
-        for index, rows in enumerate(ranges):
-            for cols in ranges[index:]:
-                _, _, i, j, sq = geometry.block(rows, cols)
-                close = np.sqrt(sq) <= geometry.tolerance
-                np.minimum.at(representative, j[close] + cols[0], i[close] + rows[0])
+        representative = lowest_coincident(self.means, f.COINCIDENCE_TOLERANCE * self.scale)
         return ClassMeans(self.ids, self.means[representative])
 
 

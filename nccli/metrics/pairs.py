@@ -95,6 +95,41 @@ def _upper(size: int) -> np.ndarray:
     return np.triu(np.ones((size, size), dtype=bool), k=1)
 
 
+def lowest_coincident(means: np.ndarray, tolerance: float) -> np.ndarray:
+    """For each row c of ``means``, the lowest c' ≤ c with ‖μ_c − μ_c'‖ ≤ ``tolerance`` (explicit differences).
+
+    Sort and sweep along a fixed unit direction u: |u·(μ_c − μ_c')| ≤ ‖μ_c − μ_c'‖,
+    so only pairs whose projections differ by at most the tolerance (plus
+    their rounding, ≤ d·ε·max‖μ‖ each) can coincide; those are checked from
+    explicit differences, in chunks of at most a tile's memory. Time
+    O(K log K + candidates·d), no K × K matrix; the same result as checking
+    every pair.
+    """
+    k, d = means.shape
+    representative = np.arange(k)
+    if k < 2:
+        return representative
+    direction = np.random.default_rng(0).standard_normal(d)  # fixed: the result never depends on it
+    direction /= np.linalg.norm(direction)
+    projection = means @ direction
+    scale = float(np.linalg.norm(means, axis=1).max())
+    window = tolerance + 2.0 * (d + 1) * np.finfo(np.float64).eps * scale
+    order = np.argsort(projection, kind="stable")
+    ordered = projection[order]
+    counts = np.searchsorted(ordered, ordered + window, side="right") - np.arange(k) - 1
+    ends = np.cumsum(counts)  # candidates (s, t), s < t in sorted order, numbered flat
+    chunk = max(1, TILE_BYTES // (8 * _TILE_ARRAYS * max(1, d)))
+    for first in range(0, int(ends[-1]), chunk):
+        flat = np.arange(first, min(first + chunk, int(ends[-1])))
+        s = np.searchsorted(ends, flat, side="right")
+        t = s + 1 + flat - (ends[s] - counts[s])
+        a, b = order[s], order[t]
+        diff = means[b] - means[a]
+        close = np.sqrt(np.einsum("ij,ij->i", diff, diff)) <= tolerance
+        np.minimum.at(representative, np.maximum(a, b)[close], np.minimum(a, b)[close])
+    return representative
+
+
 @dataclass
 class PairTile:
     """Pairs c < c' of one tile, flattened: class ids and per-pair values (NaN where undefined)."""
@@ -296,7 +331,11 @@ def etf_distance(x: np.ndarray, y: np.ndarray, tile: int) -> float:
     if k < 2:
         return np.nan
     root = math.sqrt(k - 1)
-    norm_sq = float(np.vdot(x.T @ x, y.T @ y)) if d <= k else _product_sq_norm(x, y, tile)
+    if d <= k:
+        x_gram = x.T @ x
+        norm_sq = float(np.vdot(x_gram, x_gram if y is x else y.T @ y))
+    else:
+        norm_sq = _product_sq_norm(x, y, tile)
     norm = math.sqrt(norm_sq) if norm_sq > 0 else 0.0
     if not norm > 0 or not np.isfinite(norm):
         return np.nan
