@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dense import dense_pairs, dense_ties
-from nccli.metrics import pairs as pair_module
+from nccli.metrics import tiles
 from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import select_backend
 from nccli.metrics.formulas import Spectrum
@@ -138,7 +138,7 @@ def test_coincident_pairs_are_listed_first_ten_then_counted():
 @pytest.mark.parametrize("budget", [None, 8 * 16 * 3 * 2])  # chunks of 2 candidate pairs
 def test_ncc_ties_without_a_k_by_k_matrix(monkeypatch, budget):
     if budget:
-        monkeypatch.setattr(pair_module, "TILE_BYTES", budget)
+        monkeypatch.setattr(tiles, "TILE_BYTES", budget)
     rng = np.random.default_rng(11)
     means = rng.normal(size=(40, 3)) + 50.0
     means[[5, 11, 30]] = means[2]  # a group of four
@@ -164,7 +164,7 @@ def test_tiled_etf_distance_takes_both_branches_exactly():
         centring = np.eye(k) - 1.0 / k
         expected = np.linalg.norm(gram / np.linalg.norm(gram) - centring / np.sqrt(k - 1))
         for tile in (1, 3, 64):
-            assert pair_module.etf_distance(x, y, tile) == pytest.approx(expected, rel=RTOL), (k, d, tile)
+            assert tiles.etf_distance(x, y, tile) == pytest.approx(expected, rel=RTOL), (k, d, tile)
 
 
 def test_memory_stays_at_one_tile_not_k_by_k():

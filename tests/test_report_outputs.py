@@ -17,7 +17,7 @@ from h5files import write_feature_file
 from nccli import __version__, schema
 from nccli.analyze import AnalyzeConfig
 from nccli.errors import NcCliError
-from nccli.metrics import pairs as pair_module
+from nccli.metrics import tiles
 from nccli.report import tables
 from nccli.report.outputs import write_analysis
 

@@ -14,7 +14,8 @@ from nccli import schema
 from nccli.metrics import formulas as f
 from nccli.metrics.accumulators import ClassMoments, Decisions, Geometry
 from nccli.metrics.backend import Backend
-from nccli.metrics.pairs import CentredMeans, PairInputs, PairStats, PairTile, etf_distance, lowest_coincident, tile_classes
+from nccli.metrics.pairs import PairInputs, PairStats, PairTile
+from nccli.metrics.tiles import CentredMeans, etf_distance, lowest_coincident, tile_classes
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class ClassMeans:
         """Coincident means replaced by the lowest id's, so NCC ties go to the lowest class id exactly.
 
         Class c gets the mean of the lowest c' ≤ c within the coincidence
-        distance (:func:`pairs.lowest_coincident`: no K × K matrix).
+        distance (:func:`tiles.lowest_coincident`: no K × K matrix).
         """
         representative = lowest_coincident(self.means, f.COINCIDENCE_TOLERANCE * self.scale)
         return ClassMeans(self.ids, self.means[representative])
