@@ -53,7 +53,7 @@ def test_a_forced_small_tile_budget_gives_the_same_report_and_streams_row_groups
     names = {}
     for label, budget in (("whole", None), ("small", 8 * 16 * 4**2)):  # tiles of 4 classes
         if budget:
-            monkeypatch.setattr(pair_module, "TILE_BYTES", budget)
+            monkeypatch.setattr(tiles, "TILE_BYTES", budget)
         outputs = [tmp_path / f"{label}-{name}.parquet" for name in ("r", "c", "p")]
         assert invoke("analyze", path, "--out", outputs[0], "--classes", outputs[1], "--pairs", outputs[2]).exit_code == 0
         names[label] = outputs
@@ -77,7 +77,7 @@ def test_a_forced_small_tile_budget_gives_the_same_report_and_streams_row_groups
 
 @pytest.mark.parametrize("top", [1, 5, 40, 1000])
 def test_pairs_top_equals_the_top_of_the_full_table(tmp_path, monkeypatch, top):
-    monkeypatch.setattr(pair_module, "TILE_BYTES", 8 * 16 * 5**2)  # selection across tiles of 5
+    monkeypatch.setattr(tiles, "TILE_BYTES", 8 * 16 * 5**2)  # selection across tiles of 5
     path = many_classes_file(tmp_path / "f.h5")
     full, best = tmp_path / "full.parquet", tmp_path / "top.parquet"
     assert invoke("analyze", path, "--out", tmp_path / "r.parquet", "--pairs", full).exit_code == 0
