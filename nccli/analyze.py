@@ -297,5 +297,8 @@ def _conventions(config: AnalyzeConfig, xp: Backend, result: AnalysisResult) -> 
         if config.mse
         else None,
         "ncc_effective_depth_epsilon": config.depth_epsilon,
+        "pair_table": "every pair c < c'"
+        if config.pairs_top is None
+        else f"per layer, the {config.pairs_top} pairs with the largest cdnv (coincident pairs, cdnv null, first; ties by class ids)",
         "device": xp.name,
     }

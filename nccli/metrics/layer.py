@@ -36,7 +36,7 @@ class ClassMeans:
     @classmethod
     def of(cls, moments: ClassMoments) -> "ClassMeans":
         ids = np.flatnonzero(moments.count > 0)
-        return cls(ids, moments.mean[ids])
+        return cls(ids, present_rows(moments.mean, ids))
 
     @property
     def centred(self) -> np.ndarray:
@@ -119,7 +119,7 @@ def summarize_layer(
 
     Memory O(K·d) plus one tile: pair statistics are folded tile by tile
     (:mod:`nccli.metrics.pairs`, tiles of ``tile`` classes, default from
-    ``pairs.TILE_BYTES``); each tile of per-pair rows is handed to ``pairs``
+    ``tiles.TILE_BYTES``); each tile of per-pair rows is handed to ``pairs``
     if given, and dropped.
     """
     present = ClassMeans.of(moments)
@@ -128,16 +128,17 @@ def summarize_layer(
     n = float(moments.count.sum())
     geometry = CentredMeans(present.means, f.COINCIDENCE_TOLERANCE * present.scale)
     centred, norms = geometry.centred, geometry.norms
-    counts = moments.count[ids]
-    variances = moments.scatter[ids] / counts
-    intra = f.intra_cosines(moments.unit_sum[ids], moments.unit_count[ids])
-    weight = classifier.weight[ids] if classifier is not None else None
+    counts = present_rows(moments.count, ids)
+    variances = present_rows(moments.scatter, ids) / counts
+    unit_sum, unit_count = present_rows(moments.unit_sum, ids), present_rows(moments.unit_count, ids)
+    intra = f.intra_cosines(unit_sum, unit_count)
+    weight = present_rows(classifier.weight, ids) if classifier is not None else None
 
     all_coincide = k >= 2 and bool(geometry.at_centre.all())
     some_at_global_mean = k >= 2 and bool(geometry.at_centre.any())
 
     stats = PairStats(k)
-    for pair_tile in PairInputs(ids, geometry, variances, moments.unit_sum[ids], moments.unit_count[ids]).tiles(tile):
+    for pair_tile in PairInputs(ids, geometry, variances, unit_sum, unit_count).tiles(tile):
         stats.add(pair_tile)
         if pairs is not None:
             pairs(pair_tile.pairs())
@@ -185,6 +186,11 @@ def summarize_layer(
         "duality_cos": f.row_cosines(weight, centred) if classifier is not None else undefined,
     }
     return LayerMetrics(values, classes, spectrum.rank)
+
+
+def present_rows(array: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``array[ids]``, without an O(K·d) copy when every class is present (ids = 0..C−1)."""
+    return array if len(ids) == len(array) else array[ids]
 
 
 def _nc2_etf(centred: np.ndarray, norms: np.ndarray, tile: int) -> float:
