@@ -36,7 +36,7 @@ class AnalyzeConfig:
     worker processes that share each file's rows (CPU only); ``pairs_top``:
     per layer, send only the N pairs with the largest cdnv to the pair sink;
     ``tile``: classes per side of the pair tiles (None = from
-    ``pairs.TILE_BYTES``).
+    ``tiles.TILE_BYTES``).
     """
 
     files: tuple[str, ...]
@@ -87,7 +87,7 @@ def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None) -> An
             _check_state_size(feature_file, layers)
         if pairs is not None and config.pairs_top is None:
             check_pairs_size([f.info.num_classes for f, layers in zip(files, selections) for _ in layers])
-        named = any(f.info.class_names is not None for f in files)
+        pair_output = _PairOutput(pairs, any(f.info.class_names is not None for f in files), config.pairs_top)
         total = sum(2 * f.info.n_samples for f in files)
         if reference is not None:
             total += reference.info.n_samples
@@ -101,7 +101,7 @@ def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None) -> An
             moments = scanner.moments(reference, layers, None)
             reference_means = {name: ClassMeans.of(state) for name, state in moments.items()}
         for feature_file, layers in zip(files, selections):
-            _analyze_file(xp, scanner, feature_file, layers, reference_means, config, result, _PairOutput(pairs, named, config.pairs_top))
+            _analyze_file(xp, scanner, feature_file, layers, reference_means, config, result, pair_output)
     result.conventions = _conventions(config, xp, result)
     return result
 
