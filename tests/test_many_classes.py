@@ -11,13 +11,13 @@ import tracemalloc
 
 import numpy as np
 import pytest
-
 from dense import dense_pairs, dense_ties
+
 from nccli.metrics import tiles
 from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import select_backend
 from nccli.metrics.formulas import Spectrum
-from nccli.metrics.layer import ClassMeans, Classifier, summarize_layer
+from nccli.metrics.layer import Classifier, ClassMeans, summarize_layer
 
 XP = select_backend("cpu")
 RTOL, ATOL = 1e-12, 1e-15

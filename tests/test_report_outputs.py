@@ -10,10 +10,10 @@ import stat
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_analyze_cli import assert_clean_failure, good_file, invoke
-
 from analysis_helpers import table_rows
 from h5files import write_feature_file
+from test_analyze_cli import assert_clean_failure, good_file, invoke
+
 from nccli import __version__, schema
 from nccli.analyze import AnalyzeConfig
 from nccli.errors import NcCliError

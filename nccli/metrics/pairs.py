@@ -75,7 +75,8 @@ class Tile:
     def pairs(self) -> PairTile:
         shape = self.sq.shape
         grid = np.broadcast_to(self.row_ids[:, None], shape), np.broadcast_to(self.col_ids[None, :], shape)
-        a, b, cdnv, mean_cos, inter_cos, sq = (self.select(np.ascontiguousarray(x)) for x in (*grid, self.cdnv, self.mean_cos, self.inter_cos, self.sq))
+        columns = (*grid, self.cdnv, self.mean_cos, self.inter_cos, self.sq)
+        a, b, cdnv, mean_cos, inter_cos, sq = (self.select(np.ascontiguousarray(x)) for x in columns)
         return PairTile(a, b, cdnv, mean_cos, inter_cos, np.sqrt(sq))
 
 

@@ -17,6 +17,7 @@ _TILE_ARRAYS = 16
 # ~12 significant digits (rounding of the dot product ~ √d·ε·(‖m_c‖² + ‖m_c'‖²)).
 CANCELLATION_RATIO = 1.0 / 16.0
 
+
 def tile_classes(budget: int | None = None) -> int:
     """T, the classes per tile side, so that one tile's working set fits ``budget`` bytes (``TILE_BYTES``)."""
     return max(1, math.isqrt((TILE_BYTES if budget is None else budget) // (8 * _TILE_ARRAYS)))
@@ -32,7 +33,8 @@ class CentredMeans:
 
     ``block(rows, cols)`` gives the Gram block of the centred means, their
     cosines, and the pairs where the Gram form of d² = ‖m_c‖² + ‖m_c'‖² − 2 m_c·m_c'
-    may lose digits (d² ≤ ``CANCELLATION_RATIO`` (‖m_c‖² + ‖m_c'‖²) + 4 tol²),
+    may lose digits (d² ≤ ``CANCELLATION_RATIO`` (‖m_c‖² + ‖m_c'‖²) + 4 tol², tol
+    the coincidence distance),
     with d² recomputed there from explicit differences of the uncentred means.
     Those pairs are found from the cosines: for classes with ‖m_c‖ > r = 2 tol/√τ
     (τ = ``CANCELLATION_RATIO``), the condition implies cos ≥ 1 − 3τ/2, so the

@@ -16,6 +16,7 @@ import os
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -86,7 +87,9 @@ def check_apart(outputs: dict[str, Path], inputs: Iterable[PathLike]) -> None:
                 raise UsageError(f"{other} and {option} both name '{path}'; give each table its own file")
         for source in inputs:
             if _same_file(path, Path(source)):
-                raise UsageError(f"{option} '{path}' is the input file '{source}': writing the report would replace it; choose another file")
+                raise UsageError(
+                    f"{option} '{path}' is the input file '{source}': writing the report would replace it; choose another file"
+                )
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -111,7 +114,7 @@ class _Staged:
         self.targets = list(targets)
         self.temporary: dict[Path, Path] = {}
 
-    def __enter__(self) -> "_Staged":
+    def __enter__(self) -> Self:
         for target in self.targets:
             self.temporary[target] = self._create(target)
         return self
