@@ -37,7 +37,7 @@ def summarize(moments, weight=None, tile=None):
         moments, Spectrum(np.zeros((d, 0)), np.zeros(0)), Decisions.empty(XP, num_classes, 0), classifier, warnings.append, tiles.append, tile
     )
     rows = {}
-    for t in tiles:
+    for t in (tile.pairs() for tile in tiles):
         for index, pair in enumerate(zip(t.class_a.tolist(), t.class_b.tolist())):
             assert pair not in rows, f"pair {pair} in two tiles"
             rows[pair] = {name: getattr(t, name)[index] for name in PAIR_METRICS}

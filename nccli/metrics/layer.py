@@ -14,7 +14,7 @@ from nccli import schema
 from nccli.metrics import formulas as f
 from nccli.metrics.accumulators import ClassMoments, Decisions, Geometry
 from nccli.metrics.backend import Backend
-from nccli.metrics.pairs import PairInputs, PairStats, PairTile
+from nccli.metrics.pairs import PairInputs, PairStats, Tile
 from nccli.metrics.tiles import CentredMeans, etf_distance, lowest_coincident, tile_classes
 
 
@@ -112,15 +112,15 @@ def summarize_layer(
     decisions: Decisions,
     classifier: Classifier | None,
     warn: Callable[[str], None],
-    pairs: Callable[[PairTile], None] | None = None,
+    pairs: Callable[[Tile], None] | None = None,
     tile: int | None = None,
 ) -> LayerMetrics:
     """Every summary metric of ``metrics.md`` for one layer (MSE columns left NaN), and the per-class table.
 
     Memory O(K·d) plus one tile: pair statistics are folded tile by tile
     (:mod:`nccli.metrics.pairs`, tiles of ``tile`` classes, default from
-    ``tiles.TILE_BYTES``); each tile of per-pair rows is handed to ``pairs``
-    if given, and dropped.
+    ``tiles.TILE_BYTES``); each tile (:class:`pairs.Tile`, per-pair values of
+    a block of classes) is handed to ``pairs`` if given, and dropped.
     """
     present = ClassMeans.of(moments)
     ids, k = present.ids, len(present.ids)
@@ -141,7 +141,7 @@ def summarize_layer(
     for pair_tile in PairInputs(ids, geometry, variances, unit_sum, unit_count).tiles(tile):
         stats.add(pair_tile)
         if pairs is not None:
-            pairs(pair_tile.pairs())
+            pairs(pair_tile)
 
     tr_sw = float(moments.scatter.sum() / n)
     tr_sb = float(np.sum(centred**2) / k)

@@ -72,11 +72,16 @@ class Tile:
     def __len__(self) -> int:
         return self.sq.size if self.upper is None else int(self.upper.sum())
 
-    def pairs(self) -> PairTile:
+    def pairs(self, where: np.ndarray | None = None) -> PairTile:
+        """The counted pairs as flat columns, row by row; only those ``where`` is true, if given."""
         shape = self.sq.shape
         grid = np.broadcast_to(self.row_ids[:, None], shape), np.broadcast_to(self.col_ids[None, :], shape)
         columns = (*grid, self.cdnv, self.mean_cos, self.inter_cos, self.sq)
-        a, b, cdnv, mean_cos, inter_cos, sq = (self.select(np.ascontiguousarray(x)) for x in columns)
+        if where is None:
+            a, b, cdnv, mean_cos, inter_cos, sq = (self.select(np.ascontiguousarray(x)) for x in columns)
+        else:
+            keep = where if self.upper is None else where & self.upper
+            a, b, cdnv, mean_cos, inter_cos, sq = (x[keep] for x in columns)
         return PairTile(a, b, cdnv, mean_cos, inter_cos, np.sqrt(sq))
 
 
@@ -203,15 +208,16 @@ class TopPairs:
         self.kept: PairTile | None = None
 
     @staticmethod
-    def _key(tile: PairTile) -> np.ndarray:
-        return np.where(np.isnan(tile.cdnv), np.inf, tile.cdnv)
+    def _key(cdnv: np.ndarray) -> np.ndarray:
+        return np.where(np.isnan(cdnv), np.inf, cdnv)
 
-    def add(self, tile: PairTile) -> None:
+    def add(self, tile: Tile) -> None:
+        where = None
         if self.kept is not None and len(self.kept) == self.n:
-            floor = self._key(self.kept)[-1]
-            tile = tile.take(self._key(tile) >= floor)  # only these can enter (≥: ties break by ids)
-        merged = tile if self.kept is None else PairTile.concat([self.kept, tile])
-        order = np.lexsort((merged.class_b, merged.class_a, -self._key(merged)))[: self.n]
+            where = self._key(tile.cdnv) >= self._key(self.kept.cdnv)[-1]  # only these can enter (≥: ties by ids)
+        candidates = tile.pairs(where)
+        merged = candidates if self.kept is None else PairTile.concat([self.kept, candidates])
+        order = np.lexsort((merged.class_b, merged.class_a, -self._key(merged.cdnv)))[: self.n]
         self.kept = merged.take(order)
 
     def result(self) -> PairTile | None:
