@@ -130,3 +130,11 @@ SHARD_FILE_PATTERN = r"rank-(\d{5})-of-(\d{5})\.h5"  # matches SHARD_FILE_NAME
 ATTR_SHARDS = "shards"  # index root attribute: the shard files, relative to the index's folder, in rank order
 ATTR_SHARD_OFFSETS = "shard_offsets"  # index root attribute: first row of each shard in the index, then N
 EXTRACT_OPTION_SHARD = "shard"  # key of ATTR_EXTRACT_OPTIONS in a shard: [rank, ranks, first row, end row]
+
+# --- `nccli convert`: the keys it looks for when not told (first present wins), and what it records ---
+CONVERT_FEATURES_KEYS = ("features", "feats", "x")
+CONVERT_LABELS_KEYS = ("labels", "targets", "y")
+CONVERT_WEIGHT_KEYS = ("weight", "W")
+CONVERT_BIAS_KEYS = ("bias", "b")
+CONVERT_LOGITS_KEYS = ("logits",)
+ATTR_SOURCES = "sources"  # root attribute of a converted file: JSON list of the source files, as given
