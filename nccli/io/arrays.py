@@ -63,25 +63,27 @@ class SourceArray:
 
 
 def conversion_hint(path: str) -> str | None:
-    """For ``analyze``: a one-line pointer to ``nccli convert`` when ``path`` is one of its input formats."""
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix not in SUFFIXES:
+    """For ``analyze``, given a file that is not HDF5: a one-line pointer to ``nccli convert`` when the file is
+    one of its input formats, by suffix or else by its first bytes."""
+    stem, suffix = os.path.splitext(path)
+    command = f"`nccli convert {path} --out {os.path.basename(stem)}.h5`"
+    if suffix.lower() not in SUFFIXES:
         try:
             with open(path, "rb") as file:
                 head = file.read(9)
         except OSError:
             return None
         if head.startswith(NPY_MAGIC):
-            suffix = ".npy"
+            kind = ".npy"
         elif head.startswith(ZIP_MAGIC):
-            suffix = ".npz or .pt"
-        elif len(head) == 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then JSON
-            suffix = ".safetensors"
+            kind = ".npz or .pt"
+        elif len(head) == 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then its JSON header
+            kind = ".safetensors"
         else:
             return None
-    stem = os.path.splitext(os.path.basename(path))[0]
+        suffix, command = kind, f"`nccli convert` after renaming it to {kind}"
     return (
-        f"this is a {suffix} file, not an HDF5 feature file; convert it first: `nccli convert {path} --out {stem}.h5` "
+        f"this is {suffix} data, not an HDF5 feature file; convert it first: {command} "
         "(add --features KEY --labels KEY unless its keys are the usual ones; see `nccli convert --help`)"
     )
 

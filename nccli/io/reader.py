@@ -30,6 +30,7 @@ from h5py._objects import phil
 
 from nccli import schema
 from nccli.errors import FeatureFileError
+from nccli.io.arrays import conversion_hint
 from nccli.io.validate import (
     READ_ERRORS,
     FeatureFileInfo,
@@ -121,6 +122,9 @@ def open_feature_file(path: str | os.PathLike, probed: bool = False) -> Iterator
         raise FeatureFileError(name, "", "no such file")
     if os.path.isdir(path):
         raise FeatureFileError(name, "", "is a directory, not a feature file")
+    hint = None if _is_hdf5(path) else conversion_hint(name)
+    if hint is not None:
+        raise FeatureFileError(name, "", hint)
     if not probed:
         probe(name)
     try:
