@@ -87,7 +87,7 @@ def analyze_features(config: AnalyzeConfig) -> AnalysisResult:
             moments = scanner.moments(reference, layers, None)
             reference_means = {name: ClassMeans.of(state) for name, state in moments.items()}
         for feature_file, layers in zip(files, selections):
-            _analyze_file(xp, scanner, feature_file, layers, reference_means, config, result)
+            analyze_file(xp, scanner, feature_file, layers, reference_means, config, result)
     result.conventions = _conventions(config, xp, result)
     return result
 
@@ -163,7 +163,7 @@ def _check_mse_width(files: list[FeatureFile], selections) -> None:
                 )
 
 
-def _analyze_file(
+def analyze_file(
     xp: Backend,
     scanner: Scanner,
     feature_file: FeatureFile,
@@ -172,6 +172,7 @@ def _analyze_file(
     config: AnalyzeConfig,
     result: AnalysisResult,
 ) -> None:
+    """One file's two passes, its rows appended to ``result``; ``measure_collapse`` runs it on batches in memory."""
     info = feature_file.info
     classifier_layer = info.classifier_layer if feature_file.classifier is not None else None
     moments = scanner.moments(feature_file, layers, classifier_layer if config.mse else None)
