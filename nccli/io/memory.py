@@ -28,7 +28,6 @@ from nccli.errors import DataError, UsageError
 from nccli.io import checks
 from nccli.io.validate import FeatureFileInfo, LayerInfo
 from nccli.metrics.backend import NumpyBackend, TorchBackend, select_backend
-from nccli.metrics.layer import Classifier
 
 SOURCE_NAME = "(batches)"  # the report's `file` for rows that came from memory
 DEFAULT_LAYER = "features"  # the layer of batches whose features are one array, not a dict
@@ -52,13 +51,18 @@ def _is_tensor(value) -> bool:
     return type(value).__module__.startswith("torch") and hasattr(value, "detach")
 
 
+def _as_array(value):
+    """Tensors as they are (on their device); anything else as a numpy array."""
+    return value if _is_tensor(value) else np.asarray(value)
+
+
 def _dtype(value) -> np.dtype:
     """The numpy dtype of an array or tensor's values as analyze would read them (bfloat16 → float32)."""
     if _is_tensor(value):
         import torch
 
         return np.dtype(np.float32) if value.dtype == torch.bfloat16 else torch.empty(0, dtype=value.dtype).numpy().dtype
-    return np.asarray(value).dtype if not hasattr(value, "dtype") else np.dtype(value.dtype)
+    return value.dtype
 
 
 def _to_host(value) -> np.ndarray:
@@ -105,6 +109,8 @@ class BatchRows:
         if first is None:
             raise DataError("batches gave no batch")
         features, _ = self._split(first, 0)
+        if not features:
+            raise DataError("batch 0: the features dict holds no layer")
         self._first_pass: Iterator | None = itertools.chain([first], iterator)
         widths = {}
         for name, value in features.items():
@@ -165,7 +171,7 @@ class BatchRows:
         features, labels = batch
         if not isinstance(features, dict):
             features = {DEFAULT_LAYER: features}
-        return features, labels
+        return {name: _as_array(value) for name, value in features.items()}, _as_array(labels)
 
     def _on_backend(self, value):
         """What the backend takes: numpy on the host, or the tensor itself for torch (moved there once)."""
@@ -173,8 +179,6 @@ class BatchRows:
 
     def _check_labels(self, labels, index: int):
         where = f"batch {index}: labels"
-        if not _is_tensor(labels) and not isinstance(labels, np.ndarray):
-            labels = np.asarray(labels)
         if len(labels.shape) != 1 or _dtype(labels).kind not in "iu":
             checks.check_labels(tuple(labels.shape), _dtype(labels), where)
         if len(labels):
