@@ -27,7 +27,7 @@ from nccli import __version__, schema
 from nccli.errors import DataError, OutputError, UsageError
 from nccli.extract.config import MapPooling
 from nccli.io import checks
-from nccli.io.arrays import SourceArray, open_sources
+from nccli.io.arrays import KeySpace, SourceArray, open_sources
 from nccli.io.writer import FeatureWriter, RowDataset, check_not_being_written, partial_path
 from nccli.progress import progress_bar
 
@@ -88,56 +88,80 @@ class _Layer:
     array: SourceArray
     pooling: str
     width: int
-    dtype: np.dtype
+    dtype: np.dtype  # as stored: the source's for (N, d) rows, float32 for pooled maps
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything checked, nothing written yet."""
+
+    labels: SourceArray
+    layers: list[_Layer]
+    logits: SourceArray | None
+    classifier_layer: str | None
+    classifier: dict[str, np.ndarray]  # /classifier datasets
+    num_classes: int
+    class_names: list[str] | None
+    block_rows: int
 
 
 def convert_features(config: ConvertConfig) -> ConvertResult:
     """Write ``config.out`` from the sources; refuse, before creating it, anything analyze would refuse."""
     _check_output(config)
     with contextlib.ExitStack() as stack:
-        keys = _Keys(open_sources(config.sources, stack))
-        labels = keys.pick("--labels", config.labels, schema.CONVERT_LABELS_KEYS)
-        checks.check_labels(labels.shape, labels.dtype, labels.where)
-        n = labels.shape[0]
-        layers = _plan_layers(keys, config, labels)
-        weight = keys.optional("--weight", config.weight, schema.CONVERT_WEIGHT_KEYS)
-        bias = keys.optional("--bias", config.bias, schema.CONVERT_BIAS_KEYS) if weight is not None else None
-        logits = keys.optional("--logits", config.logits, schema.CONVERT_LOGITS_KEYS)
-        streamed = [labels, *(layer.array for layer in layers), *([logits] if logits is not None else [])]
-        widest = max(int(np.prod(a.shape[1:], dtype=np.int64)) * a.dtype.itemsize for a in streamed)
-        block_rows = max(1, BLOCK_BYTES // widest)
-        num_classes = _num_classes(labels, weight, config, block_rows)
-        classifier, fixed = _classifier(weight, bias, config, layers, num_classes)
-        if logits is not None:
-            if logits.dtype.kind != "f" or len(logits.shape) != 2 or logits.shape[1] != num_classes:
-                raise DataError(
-                    f"{logits.where}: logits must be float (N, {num_classes}), found shape {logits.shape} dtype {logits.dtype}"
-                )
-            checks.check_rows(logits.shape, n, labels.where, logits.where)
-        names = _class_names(config.class_names, num_classes)
+        keys = open_sources(config.sources, stack)
+        plan = _plan(keys, config)
+        _write(plan, keys, config)
+    layers = tuple(layer.name for layer in plan.layers)
+    return ConvertResult(config.out, plan.labels.shape[0], plan.num_classes, layers, plan.classifier_layer)
 
-        datasets = [RowDataset(schema.LABELS, None, "int64")]
-        for order, layer in enumerate(layers):
-            attrs = {
-                schema.ATTR_ORDER: order,
-                schema.ATTR_SAMPLE_SHAPE: np.array(layer.array.shape[1:], dtype=np.int64),
-                schema.ATTR_POOLING: layer.pooling,
-            }
-            datasets.append(RowDataset(schema.layer_path(layer.name), layer.width, layer.dtype.str, attrs))
-        if logits is not None:
-            datasets.append(RowDataset(schema.LOGITS, num_classes, logits.dtype.str))
-        group_attrs = {schema.CLASSIFIER: {schema.ATTR_CLASSIFIER_LAYER: classifier}} if classifier else {}
-        options = {"convert": {"sources": list(config.sources), "keys": keys.used, "pool": str(config.pool)}}
-        attrs = _root_attrs(config, num_classes, names)
-        writer = FeatureWriter.create(config.out, n, datasets, attrs, options, fixed=fixed, group_attrs=group_attrs)
-        try:
-            with progress_bar(config.show_progress, os.path.basename(config.out), n) as advance:
-                _copy_rows(writer, labels, layers, logits, block_rows, advance)
-        except BaseException:
-            writer.discard()
-            raise
-        writer.finish()
-    return ConvertResult(config.out, n, num_classes, tuple(layer.name for layer in layers), classifier)
+
+def _plan(keys: KeySpace, config: ConvertConfig) -> _Plan:
+    labels = keys.pick("--labels", config.labels, schema.CONVERT_LABELS_KEYS)
+    checks.check_labels(labels.shape, labels.dtype, labels.where)
+    layers = _plan_layers(keys, config, labels)
+    weight = keys.optional("--weight", config.weight, schema.CONVERT_WEIGHT_KEYS)
+    bias = keys.optional("--bias", config.bias, schema.CONVERT_BIAS_KEYS) if weight is not None else None
+    logits = keys.optional("--logits", config.logits, schema.CONVERT_LOGITS_KEYS)
+    streamed = [labels, *(layer.array for layer in layers), *([logits] if logits is not None else [])]
+    widest = max(int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize for array in streamed)
+    block_rows = max(1, BLOCK_BYTES // widest)
+    num_classes = _num_classes(labels, weight, config, block_rows)
+    classifier_layer, classifier = _classifier(weight, bias, config, layers, num_classes)
+    if logits is not None:
+        if logits.dtype.kind != "f" or len(logits.shape) != 2 or logits.shape[1] != num_classes:
+            raise DataError(
+                f"{logits.where}: logits must be float (N, {num_classes}), found shape {logits.shape} dtype {logits.dtype}"
+            )
+        checks.check_rows(logits.shape, labels.shape[0], labels.where, logits.where)
+    names = _class_names(config.class_names, num_classes)
+    return _Plan(labels, layers, logits, classifier_layer, classifier, num_classes, names, block_rows)
+
+
+def _write(plan: _Plan, keys: KeySpace, config: ConvertConfig) -> None:
+    """The file, through ``FILE.partial``; deleted again if a row cannot be written (NaN, Ctrl-C, a full disk)."""
+    datasets = [RowDataset(schema.LABELS, None, "int64")]
+    for order, layer in enumerate(plan.layers):
+        attrs = {
+            schema.ATTR_ORDER: order,
+            schema.ATTR_SAMPLE_SHAPE: np.array(layer.array.shape[1:], dtype=np.int64),
+            schema.ATTR_POOLING: layer.pooling,
+        }
+        datasets.append(RowDataset(schema.layer_path(layer.name), layer.width, layer.dtype.str, attrs))
+    if plan.logits is not None:
+        datasets.append(RowDataset(schema.LOGITS, plan.num_classes, plan.logits.dtype.str))
+    layer_attr = {schema.CLASSIFIER: {schema.ATTR_CLASSIFIER_LAYER: plan.classifier_layer}} if plan.classifier else {}
+    options = {"convert": {"sources": list(config.sources), "keys": keys.used, "pool": str(config.pool)}}
+    n = plan.labels.shape[0]
+    attrs = _root_attrs(config, plan.num_classes, plan.class_names)
+    writer = FeatureWriter.create(config.out, n, datasets, attrs, options, fixed=plan.classifier, group_attrs=layer_attr)
+    try:
+        with progress_bar(config.show_progress, os.path.basename(config.out), n) as advance:
+            _copy_rows(writer, plan, advance)
+    except BaseException:
+        writer.discard()
+        raise
+    writer.finish()
 
 
 def _check_output(config: ConvertConfig) -> None:
@@ -157,44 +181,7 @@ def _check_output(config: ConvertConfig) -> None:
         raise OutputError(f"cannot write '{out}': the directory '{parent}' does not exist")
 
 
-class _Keys:
-    """Looks keys up in the sources; remembers which option took each, so that none is used twice."""
-
-    def __init__(self, arrays: dict[str, SourceArray]):
-        self.arrays: dict[str, SourceArray] = arrays
-        self.used: dict[str, str] = {}
-
-    def take(self, option: str, key: str) -> SourceArray:
-        if key not in self.arrays:
-            raise UsageError(f"{option} '{key}': no such key in the sources; keys are: {', '.join(self.arrays) or 'none'}")
-        if key in self.used:
-            raise UsageError(f"{option} '{key}': the key is already used by {self.used[key]}")
-        self.used[key] = option
-        return self.arrays[key]
-
-    def default(self, defaults: tuple[str, ...]) -> str | None:
-        """The first of ``defaults`` present in the sources and not used yet."""
-        return next((name for name in defaults if name in self.arrays and name not in self.used), None)
-
-    def optional(self, option: str, key: str | None, defaults: tuple[str, ...]) -> SourceArray | None:
-        """``key`` when given, else the first default present, else None."""
-        key = key if key is not None else self.default(defaults)
-        return None if key is None else self.take(option, key)
-
-    def pick(self, option: str, key: str | None, defaults: tuple[str, ...]) -> SourceArray:
-        return self.take(option, key if key is not None else self.required_default(option, defaults))
-
-    def required_default(self, option: str, defaults: tuple[str, ...]) -> str:
-        found = self.default(defaults)
-        if found is None:
-            raise UsageError(
-                f"no {option.removeprefix('--')} key: none of {', '.join(defaults)} is in the sources; "
-                f"pass {option} KEY (keys are: {', '.join(self.arrays) or 'none'})"
-            )
-        return found
-
-
-def _plan_layers(keys: _Keys, config: ConvertConfig, labels: SourceArray) -> list[_Layer]:
+def _plan_layers(keys: KeySpace, config: ConvertConfig, labels: SourceArray) -> list[_Layer]:
     """Each ``--features KEY[=LAYER]`` checked; maps pooled per ``--pool``."""
     wanted = [spec.partition("=")[::2] for spec in config.features]
     if not wanted:
@@ -237,7 +224,7 @@ def _num_classes(labels: SourceArray, weight: SourceArray | None, config: Conver
     return num_classes
 
 
-def _classifier(weight, bias, config: ConvertConfig, layers: list[_Layer], num_classes: int):
+def _classifier(weight, bias, config: ConvertConfig, layers: list[_Layer], num_classes: int) -> tuple[str | None, dict]:
     """The layer W consumes and the /classifier datasets, checked as analyze checks them; (None, {}) without W."""
     if weight is None:
         for option, value in (("--bias", config.bias), ("--classifier-layer", config.classifier_layer)):
@@ -290,21 +277,20 @@ def _root_attrs(config: ConvertConfig, num_classes: int, names: list[str] | None
     return attrs
 
 
-def _copy_rows(writer: FeatureWriter, labels, layers: list[_Layer], logits, block_rows: int, advance) -> None:
+def _copy_rows(writer: FeatureWriter, plan: _Plan, advance) -> None:
     """Every source's blocks in step; maps pooled, features checked for NaN/Inf, rows handed to the writer."""
-    pool_rows = None
-    if any(layer.pooling != UNPOOLED for layer in layers):
-        import torch
+    if any(layer.pooling != UNPOOLED for layer in plan.layers):
+        import torch  # only for maps: pool_rows is extract's, on tensors
 
         from nccli.extract.hooks import pool_rows
-    streams = {schema.LABELS: labels.blocks(block_rows)}
-    streams.update({schema.layer_path(layer.name): layer.array.blocks(block_rows) for layer in layers})
-    if logits is not None:
-        streams[schema.LOGITS] = logits.blocks(block_rows)
+    streams = {schema.LABELS: plan.labels.blocks(plan.block_rows)}
+    streams.update({schema.layer_path(layer.name): layer.array.blocks(plan.block_rows) for layer in plan.layers})
+    if plan.logits is not None:
+        streams[schema.LOGITS] = plan.logits.blocks(plan.block_rows)
     start = 0
     for blocks in zip(*streams.values(), strict=True):
         arrays = dict(zip(streams, blocks))
-        for layer in layers:
+        for layer in plan.layers:
             path = schema.layer_path(layer.name)
             if layer.pooling != UNPOOLED:
                 arrays[path] = pool_rows(torch.from_numpy(np.array(arrays[path])), layer.pooling).numpy()

@@ -88,7 +88,44 @@ def conversion_hint(path: str) -> str | None:
     )
 
 
-def open_sources(paths: tuple[str, ...], stack: contextlib.ExitStack) -> dict[str, SourceArray]:
+class KeySpace:
+    """The arrays of all sources by key; remembers which option took each key, so that none is used twice."""
+
+    def __init__(self, arrays: dict[str, SourceArray]):
+        self.arrays: dict[str, SourceArray] = arrays
+        self.used: dict[str, str] = {}
+
+    def take(self, option: str, key: str) -> SourceArray:
+        if key not in self.arrays:
+            raise UsageError(f"{option} '{key}': no such key in the sources; keys are: {', '.join(self.arrays) or 'none'}")
+        if key in self.used:
+            raise UsageError(f"{option} '{key}': the key is already used by {self.used[key]}")
+        self.used[key] = option
+        return self.arrays[key]
+
+    def default(self, defaults: tuple[str, ...]) -> str | None:
+        """The first of ``defaults`` present in the sources and not used yet."""
+        return next((name for name in defaults if name in self.arrays and name not in self.used), None)
+
+    def optional(self, option: str, key: str | None, defaults: tuple[str, ...]) -> SourceArray | None:
+        """``key`` when given, else the first default present, else None."""
+        key = key if key is not None else self.default(defaults)
+        return None if key is None else self.take(option, key)
+
+    def pick(self, option: str, key: str | None, defaults: tuple[str, ...]) -> SourceArray:
+        return self.take(option, key if key is not None else self.required_default(option, defaults))
+
+    def required_default(self, option: str, defaults: tuple[str, ...]) -> str:
+        found = self.default(defaults)
+        if found is None:
+            raise UsageError(
+                f"no {option.removeprefix('--')} key: none of {', '.join(defaults)} is in the sources; "
+                f"pass {option} KEY (keys are: {', '.join(self.arrays) or 'none'})"
+            )
+        return found
+
+
+def open_sources(paths: tuple[str, ...], stack: contextlib.ExitStack) -> KeySpace:
     """Every array of every file, by key; a key found in two files is refused. Handles close with ``stack``."""
     arrays: dict[str, SourceArray] = {}
     for path in paths:
@@ -105,7 +142,7 @@ def open_sources(paths: tuple[str, ...], stack: contextlib.ExitStack) -> dict[st
                     "each key must name one array (convert them separately or rename one)"
                 )
             arrays[array.key] = array
-    return arrays
+    return KeySpace(arrays)
 
 
 def _numeric(dtype: np.dtype, where: str) -> np.dtype:
