@@ -91,7 +91,7 @@ def save_npy(folder, data):
 
 
 def save_npz(folder, data):
-    np.savez(folder / "run.npz", **data)
+    np.savez(folder / "run.npz", **data, note=np.array(["keys not asked for may hold anything"]))
     return [folder / "run.npz"]
 
 
@@ -238,6 +238,8 @@ def test_an_existing_file_is_replaced_only_with_overwrite(tmp_path):
     out.write_bytes(b"keep me")
     assert_clean_failure(invoke("convert", tmp_path / "run.npz", "--out", out), "already exists", "--overwrite")
     assert out.read_bytes() == b"keep me"
+    assert_clean_failure(invoke("convert", tmp_path / "run.npz", "--out", out, "--overwrite", "--labels", "x"), "labels must be")
+    assert out.read_bytes() == b"keep me"
     assert invoke("convert", tmp_path / "run.npz", "--out", out, "--overwrite").exit_code == 0
     assert h5py.is_hdf5(out)
 
@@ -251,3 +253,15 @@ def test_analyze_points_these_formats_to_convert(tmp_path, suffix):
     result = invoke("analyze", path, "--out", tmp_path / "r.parquet")
     assert_clean_failure(result, "not an HDF5 feature file", f"nccli convert {path} --out feats.h5")
     assert not (tmp_path / "r.parquet").exists()
+
+
+def test_a_damaged_npz_member_gives_one_line_and_no_file(tmp_path):
+    rng = np.random.default_rng(3)
+    source = tmp_path / "run.npz"
+    np.savez_compressed(source, x=rng.normal(size=(2000, 8)), y=np.arange(2000) % K)
+    damaged = bytearray(source.read_bytes())
+    damaged[len(damaged) // 3 : len(damaged) // 3 + 64] = bytes(64)  # inside x's deflate stream
+    source.write_bytes(bytes(damaged))
+    result = invoke("convert", source, "--out", tmp_path / "out.h5")
+    assert_clean_failure(result, "key 'x' of", "cannot be read")
+    assert os.listdir(tmp_path) == ["run.npz"]

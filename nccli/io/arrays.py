@@ -25,6 +25,7 @@ import contextlib
 import os
 import pickle
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -100,8 +101,11 @@ class KeySpace:
             raise UsageError(f"{option} '{key}': no such key in the sources; keys are: {', '.join(self.arrays) or 'none'}")
         if key in self.used:
             raise UsageError(f"{option} '{key}': the key is already used by {self.used[key]}")
+        array = self.arrays[key]
+        if array.dtype.kind not in "biuf":  # checked only here: other keys of a file may hold anything
+            raise DataError(f"{array.where}: dtype {array.dtype} is not numeric; nccli reads integer labels and float arrays")
         self.used[key] = option
-        return self.arrays[key]
+        return array
 
     def default(self, defaults: tuple[str, ...]) -> str | None:
         """The first of ``defaults`` present in the sources and not used yet."""
@@ -145,12 +149,6 @@ def open_sources(paths: tuple[str, ...], stack: contextlib.ExitStack) -> KeySpac
     return KeySpace(arrays)
 
 
-def _numeric(dtype: np.dtype, where: str) -> np.dtype:
-    if dtype.kind not in "biuf":
-        raise DataError(f"{where}: dtype {dtype} is not numeric; nccli reads integer labels and float features")
-    return dtype
-
-
 def _sliced(array, convert=np.asarray):
     """Row blocks of anything that slices by rows (memory maps, tensors, safetensors slices)."""
 
@@ -168,8 +166,7 @@ def _open_npy(path: str, stack: contextlib.ExitStack) -> list[SourceArray]:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         raise DataError(f"'{path}' cannot be read as a .npy file: {shown(error)}") from None
-    where = f"key '{key}' of '{path}'"
-    return [SourceArray(path, key, array.shape, _numeric(array.dtype, where), _sliced(array))]
+    return [SourceArray(path, key, array.shape, array.dtype, _sliced(array))]
 
 
 def _open_npz(path: str, stack: contextlib.ExitStack) -> list[SourceArray]:
@@ -187,25 +184,25 @@ def _npz_member(path: str, archive: zipfile.ZipFile, name: str) -> SourceArray:
     where = f"key '{key}' of '{path}'"
     with archive.open(name) as stream:
         shape, fortran, dtype = _npy_header(stream)
-    if dtype.hasobject:
-        raise DataError(f"{where}: holds Python objects (dtype {dtype}); nccli reads only numeric arrays")
-    _numeric(dtype, where)
     row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
 
     def read_rows(block_rows: int) -> Iterator[np.ndarray]:
-        with archive.open(name) as stream:
-            _npy_header(stream)
-            if fortran and len(shape) > 1:  # a row's values are not contiguous: read it whole
-                count = int(np.prod(shape, dtype=np.int64))
-                whole = np.frombuffer(stream.read(count * dtype.itemsize), dtype=dtype).reshape(shape, order="F")
-                yield from _sliced(whole)(block_rows)
-                return
-            for start in range(0, shape[0], block_rows):
-                count = min(block_rows, shape[0] - start)
-                data = stream.read(count * row_bytes)
-                if len(data) != count * row_bytes:
-                    raise DataError(f"{where}: truncated: the archive ends inside row {start + len(data) // max(row_bytes, 1)}")
-                yield np.frombuffer(data, dtype=dtype).reshape((count, *shape[1:]))
+        try:
+            with archive.open(name) as stream:
+                _npy_header(stream)
+                if fortran and len(shape) > 1:  # a row's values are not contiguous: read it whole
+                    count = int(np.prod(shape, dtype=np.int64))
+                    whole = np.frombuffer(stream.read(count * dtype.itemsize), dtype=dtype).reshape(shape, order="F")
+                    yield from _sliced(whole)(block_rows)
+                    return
+                for start in range(0, shape[0], block_rows):
+                    count = min(block_rows, shape[0] - start)
+                    data = stream.read(count * row_bytes)
+                    if len(data) != count * row_bytes:
+                        raise EOFError(f"the member ends inside row {start + len(data) // max(row_bytes, 1)}")
+                    yield np.frombuffer(data, dtype=dtype).reshape((count, *shape[1:]))
+        except (zipfile.BadZipFile, EOFError, ValueError, OSError, zlib.error) as error:
+            raise DataError(f"{where}: cannot be read (a damaged archive?): {shown(error)}") from None
 
     return SourceArray(path, key, shape, dtype, read_rows)
 
@@ -231,10 +228,10 @@ def _tensor_to_numpy(tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy()
 
 
-def _torch_dtype(tensor, where: str) -> np.dtype:
+def _torch_dtype(tensor) -> np.dtype:
     """The numpy dtype of the rows a tensor (or safetensors slice) gives, read from an empty slice of it."""
     empty = tensor.reshape(-1)[:0] if hasattr(tensor, "reshape") else tensor[:0]
-    return _numeric(_tensor_to_numpy(empty).dtype, where)
+    return _tensor_to_numpy(empty).dtype
 
 
 def _safe_numpy_globals() -> list:
@@ -262,11 +259,10 @@ def _open_torch(path: str, stack: contextlib.ExitStack) -> list[SourceArray]:
         raise DataError(f"'{path}' holds a {type(loaded).__name__}; nccli convert reads a dict of tensors or arrays")
     arrays = []
     for key, value in loaded.items():
-        where = f"key '{key}' of '{path}'"
         if isinstance(value, torch.Tensor):
-            arrays.append(SourceArray(path, str(key), tuple(value.shape), _torch_dtype(value, where), _sliced(value, _tensor_to_numpy)))
+            arrays.append(SourceArray(path, str(key), tuple(value.shape), _torch_dtype(value), _sliced(value, _tensor_to_numpy)))
         elif isinstance(value, np.ndarray):
-            arrays.append(SourceArray(path, str(key), value.shape, _numeric(value.dtype, where), _sliced(value)))
+            arrays.append(SourceArray(path, str(key), value.shape, value.dtype, _sliced(value)))
     return arrays
 
 
@@ -278,8 +274,7 @@ def _open_safetensors(path: str, stack: contextlib.ExitStack) -> list[SourceArra
         arrays = []
         for key in handle.keys():
             tensor = handle.get_slice(key)
-            where = f"key '{key}' of '{path}'"
-            dtype = _torch_dtype(tensor if tensor.get_shape() else handle.get_tensor(key), where)
+            dtype = _torch_dtype(tensor if tensor.get_shape() else handle.get_tensor(key))
             arrays.append(SourceArray(path, key, tuple(tensor.get_shape()), dtype, _sliced(tensor, _tensor_to_numpy)))
     except (SafetensorError, OSError, ValueError, TypeError) as error:
         raise DataError(f"'{path}' cannot be read as a .safetensors file: {shown(error)}") from None
