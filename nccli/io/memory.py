@@ -91,8 +91,9 @@ def _iterations(batches):
 
 
 def pick_backend(device: str, first_layer):
-    """``auto``: torch on the device of CUDA tensors, else as analyze picks; ``cuda``: torch taking tensors."""
-    if device == "auto" and _is_tensor(first_layer) and first_layer.device.type == "cuda":
+    """``auto`` or ``cuda``: torch on the device of CUDA tensors (no copy between devices); otherwise as analyze
+    picks, the torch backend taking tensors as they are."""
+    if device in ("auto", "cuda") and _is_tensor(first_layer) and first_layer.device.type == "cuda":
         return TensorBackend(str(first_layer.device))
     xp = select_backend(device)
     return xp if isinstance(xp, NumpyBackend) else TensorBackend(xp.name)
