@@ -13,6 +13,8 @@ Checks, in order (a failing check does not stop the others; the exit code is the
   mantissa bits).
 * ``analyze-cuda``: ``analyze --device cuda`` equals ``--device cpu`` to 1e-10 relative on every
   metric (both accumulate in float64).
+* ``measure-cuda``: ``measure_collapse`` on CUDA tensors (the rows of the CPU extraction, in batches, with
+  the classifier) equals ``analyze --device cpu`` of the file to 1e-10 relative.
 * ``torchrun-extract``, ``torchrun-analyze``: one process per GPU with NCCL; the sharded index's rows
   equal the single-process GPU rows, and analyze under torchrun equals one process to 1e-10.
 * ``bench-extract``: ResNet-50 224×224 bf16 images/s and the ratio to a forward-only loop
@@ -140,6 +142,23 @@ def main() -> int:
             return difference <= ANALYZE_RTOL, f"worst relative difference {difference:.1e} (tolerance {ANALYZE_RTOL:g})"
 
         checks.run("analyze-cuda", analyze_check)
+
+        def measure_check():
+            from nccli import measure_collapse
+
+            with h5py.File(reference, "r") as handle:
+                labels = torch.from_numpy(handle["labels"][()]).cuda()
+                layers = {name: torch.from_numpy(handle["layers"][name][()]).cuda() for name in handle["layers"]}
+                classifier = tuple(torch.from_numpy(handle[path][()]).cuda() for path in ("classifier/weight", "classifier/bias"))
+                classifier_layer = handle["classifier"].attrs["layer"]
+            batches = [({name: rows[i : i + 500] for name, rows in layers.items()}, labels[i : i + 500]) for i in range(0, n, 500)]
+            rows = measure_collapse(batches, num_classes=10, classifier=classifier, classifier_layer=classifier_layer)
+            on_cpu = work / "cpu-plain.parquet"
+            nccli("analyze", reference, "--device", "cpu", "--out", on_cpu)
+            difference = worst_metric_difference({row["layer"]: row for row in rows}, metrics_of(on_cpu))
+            return difference <= ANALYZE_RTOL, f"tensors on {labels.device}; worst relative difference {difference:.1e} (tolerance {ANALYZE_RTOL:g})"
+
+        checks.run("measure-cuda", measure_check)
 
         def torchrun_extract_check():
             index = work / "sharded" / "features.h5"
