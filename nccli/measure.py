@@ -9,6 +9,8 @@ accumulators, the same formulas, so its numbers equal ``analyze`` on the same
 rows written to a file (to rounding: the blocks differ).
 """
 
+import numbers
+
 from nccli import schema
 from nccli.analyze import AnalysisResult, AnalyzeConfig, analyze_file
 from nccli.errors import FeatureFileError, UsageError
@@ -34,7 +36,8 @@ def measure_collapse(
     ``features``: a (B, d) float tensor or array (the layer ``features``), or a dict ``{layer: (B, d)}``,
     the same layers in every batch, in forward order; ``labels``: (B,) integers in ``[0, num_classes)``.
     Tensors may be on a CUDA device. Every batch is checked as analyze checks a file (shapes, label range,
-    NaN/Inf), and the second pass must give the same rows as the first (any order): no random augmentation.
+    NaN/Inf), and the second pass must give the same rows as the first, in any order (a shuffling
+    DataLoader is fine; random augmentation or sampling is not).
 
     ``classifier``: ``(W, b)``, W (num_classes, d), b (num_classes,) or None; it applies to
     ``classifier_layer``, by default the only layer of width d. ``means_from``: a feature file (usually of
@@ -44,9 +47,9 @@ def measure_collapse(
 
     The rows convert to a table with ``pandas.DataFrame(rows)``; ``file`` is ``(batches)``.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
         raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
-    rows = BatchRows(batches, num_classes, device, classifier, classifier_layer)
+    rows = BatchRows(batches, int(num_classes), device, classifier, classifier_layer)
     config = AnalyzeConfig(files=(rows.info.path,), means_from=means_from, device=device)
     scanner = Scanner(rows.xp, 1, None, lambda n: None)
     result = AnalysisResult()

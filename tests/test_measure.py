@@ -102,15 +102,15 @@ def test_arrays_from_a_callable_equal_analyze(tmp_path):
         for i in range(0, N, 10):
             yield d["fc_in"][i : i + 10], d["labels"][i : i + 10]
 
-    assert_equal_rows(measure_collapse(batches, num_classes=K, device="cpu"), expected)
+    assert_equal_rows(measure_collapse(batches, num_classes=np.int64(K), device="cpu"), expected)
 
 
-def test_a_dataloader_and_means_from_equal_analyze(tmp_path):
+def test_a_shuffling_dataloader_and_means_from_equal_analyze(tmp_path):
     train, test = data(2), data(3)
     reference = write_feature_file(tmp_path / "train.h5", train["labels"], {"features": train["fc_in"]})
     expected = analyzed(tmp_path, {"features": test["fc_in"]}, test["labels"], means_from=str(reference))
     dataset = torch.utils.data.TensorDataset(torch.from_numpy(test["fc_in"]), torch.from_numpy(test["labels"]))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=16)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=True)  # each pass in another order
     rows = measure_collapse(loader, num_classes=K, means_from=str(reference))
     assert_equal_rows(rows, expected)
 
