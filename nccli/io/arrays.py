@@ -26,7 +26,7 @@ import os
 import pickle
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +47,7 @@ class SourceArray:
     key: str
     shape: tuple[int, ...]
     dtype: np.dtype  # the dtype of the rows yielded (bfloat16 is widened to float32)
-    read_rows: object  # callable: block_rows → iterator of row blocks from row 0
+    read_rows: Callable[[int], Iterator[np.ndarray]]  # block_rows → row blocks from row 0
 
     @property
     def where(self) -> str:
@@ -58,9 +58,9 @@ class SourceArray:
         return self.read_rows(block_rows)
 
     def read(self) -> np.ndarray:
-        """The whole array: for the small ones (classifier weights, labels' range is read in blocks)."""
-        blocks = list(self.blocks(max(1, self.shape[0] if self.shape else 1)))
-        return np.concatenate(blocks) if len(blocks) != 1 else blocks[0]
+        """The whole array, for small ones only (the classifier's W and b)."""
+        blocks = list(self.blocks(max(1, self.shape[0])))
+        return blocks[0] if len(blocks) == 1 else np.empty(self.shape, self.dtype)  # one block, or no rows
 
 
 def conversion_hint(path: str) -> str | None:
@@ -143,7 +143,7 @@ def open_sources(paths: tuple[str, ...], stack: contextlib.ExitStack) -> KeySpac
             if array.key in arrays:
                 raise UsageError(
                     f"key '{array.key}' is in both '{arrays[array.key].source}' and '{path}'; "
-                    "each key must name one array (convert them separately or rename one)"
+                    "each key must name one array: rename one of them"
                 )
             arrays[array.key] = array
     return KeySpace(arrays)
