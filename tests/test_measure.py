@@ -97,12 +97,15 @@ def test_dict_of_tensor_layers_with_a_classifier_equals_analyze(tmp_path):
 def test_arrays_from_a_callable_equal_analyze(tmp_path):
     d = data(1)
     expected = analyzed(tmp_path, {"features": d["fc_in"]}, d["labels"])
+    calls = []
 
     def batches():
+        calls.append(None)
         for i in range(0, N, 10):
             yield d["fc_in"][i : i + 10], d["labels"][i : i + 10]
 
     assert_equal_rows(measure_collapse(batches, num_classes=np.int64(K), device="cpu"), expected)
+    assert len(calls) == 2  # two passes; the first batch, read to learn the layers, is not read again
 
 
 def test_a_shuffling_dataloader_and_means_from_equal_analyze(tmp_path):
