@@ -9,6 +9,7 @@ code 2; anything else is a bug and keeps its traceback.
 
 import contextlib
 import enum
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -640,7 +641,10 @@ def analyze(
             from rich.console import Console
 
             summary = to_table(result.summary, schema.SUMMARY_COLUMNS, {})
-            Console(stderr=True).print(to_rich(compact(summary), title=f"neural collapse → {out}"))
+            console = Console(stderr=True)
+            shown, left_out = to_rich(compact(summary), title=f"neural collapse → {out}", width=console.width)
+            console.print(shown)
+            _note_left_out(left_out, console.width, f"`nccli report {out} --columns ...`")
         typer.echo(out)
 
 
@@ -680,8 +684,11 @@ def report(
         elif fmt is ReportFormat.TABLE:
             from rich.console import Console
 
-            # On a terminal, fit its width; into a file or pipe, never fold cells.
-            Console(width=None if sys.stdout.isatty() else 10_000).print(to_rich(table, title=path))
+            # On a terminal (or under COLUMNS), fit its width; into a file or pipe, keep every column.
+            console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 10_000)
+            shown, left_out = to_rich(table, title=path, width=console.width)
+            console.print(shown)
+            _note_left_out(left_out, console.width, "--columns")
         else:
             sys.stdout.write(render(table, fmt))
 
@@ -718,12 +725,20 @@ def demo(
         table = to_table(penultimate_rows(result.summary), columns, {})
         from rich.console import Console
 
-        Console(width=None if sys.stdout.isatty() else 10_000).print(
-            to_rich(table, title="penultimate layer over training (test uses the train means)")
-        )
+        console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 10_000)
+        title = "penultimate layer over training (test uses the train means)"
+        shown, left_out = to_rich(table, title=title, width=console.width)
+        console.print(shown)
+        _note_left_out(left_out, console.width, f"`nccli report {result.report} --columns ...`")
         typer.echo(f"report:  {result.report}")
         for path in result.figures:
             typer.echo(f"figure:  {path}")
+
+
+def _note_left_out(columns: list[str], width: int, how: str) -> None:
+    """One line on stderr naming the columns a table left out to fit the terminal, and how to see them."""
+    if columns:
+        _stderr(f"note: {len(columns)} columns left out to fit {width} characters: {', '.join(columns)}; choose columns with {how}")
 
 
 def _split_list(text: str | None) -> tuple[str, ...] | None:
