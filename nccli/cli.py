@@ -644,7 +644,7 @@ def analyze(
             console = Console(stderr=True)
             shown, left_out = to_rich(compact(summary), title=f"neural collapse → {out}", width=console.width)
             console.print(shown)
-            _note_left_out(left_out, console.width, f"`nccli report {out} --columns ...`")
+            _note_left_out(left_out, console.width, f"choose columns with `nccli report {out} --columns ...`")
         typer.echo(out)
 
 
@@ -688,7 +688,7 @@ def report(
             console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 10_000)
             shown, left_out = to_rich(table, title=path, width=console.width)
             console.print(shown)
-            _note_left_out(left_out, console.width, "--columns")
+            _note_left_out(left_out, console.width, "choose columns with --columns")
         else:
             sys.stdout.write(render(table, fmt))
 
@@ -729,16 +729,56 @@ def demo(
         title = "penultimate layer over training (test uses the train means)"
         shown, left_out = to_rich(table, title=title, width=console.width)
         console.print(shown)
-        _note_left_out(left_out, console.width, f"`nccli report {result.report} --columns ...`")
+        _note_left_out(left_out, console.width, f"choose columns with `nccli report {result.report} --columns ...`")
         typer.echo(f"report:  {result.report}")
         for path in result.figures:
             typer.echo(f"figure:  {path}")
 
 
-def _note_left_out(columns: list[str], width: int, how: str) -> None:
+class InfoFormat(enum.StrEnum):
+    """Output formats of ``nccli info``."""
+
+    TABLE = "table"
+    JSON = "json"
+
+
+@app.command()
+def info(
+    files: Annotated[list[str], typer.Argument(help="Feature files (HDF5) to describe.", show_default=False)],
+    fmt: Annotated[
+        InfoFormat, typer.Option("--format", "-f", help="table for people; json (a list, one record per file) for scripts.")
+    ] = InfoFormat.TABLE,
+) -> None:
+    """Show what feature files hold: samples, classes, split, epoch, model, provenance and every layer.
+
+    Per layer its name, forward order, width, stored dtype, pooling and per-sample shape; and whether
+    the file has the classifier and the logits. Files are validated as `nccli analyze` would.
+    """
+    with user_errors():
+        import json
+
+        from nccli.io.info import as_records, describe
+
+        descriptions = [describe(path) for path in files]
+        if fmt is InfoFormat.JSON:
+            typer.echo(json.dumps(as_records(descriptions), indent=1, ensure_ascii=False))
+            return
+        from rich.console import Console
+
+        from nccli.report.formats import describe_rich
+
+        console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 10_000)
+        for description in descriptions:
+            grid, layers, left_out = describe_rich(description, console.width)
+            console.print(description.path, style="bold", markup=False, highlight=False)
+            console.print(grid, layers)
+            _note_left_out(left_out, console.width, "see every column with --format json")
+
+
+def _note_left_out(columns: list[str], width: int, advice: str) -> None:
     """One line on stderr naming the columns a table left out to fit the terminal, and how to see them."""
     if columns:
-        _stderr(f"note: {len(columns)} columns left out to fit {width} characters: {', '.join(columns)}; choose columns with {how}")
+        _stderr(f"note: {len(columns)} columns left out to fit {width} characters: {', '.join(columns)}; {advice}")
 
 
 def _split_list(text: str | None) -> tuple[str, ...] | None:

@@ -31,10 +31,12 @@ from h5py._objects import phil
 from nccli import schema
 from nccli.errors import FeatureFileError
 from nccli.io.validate import (
+    LABEL_BLOCK_ROWS,
     READ_ERRORS,
     FeatureFileInfo,
     LayerInfo,
     memory_budget,
+    read_attribute,
     shown,
     validate,
 )
@@ -107,6 +109,30 @@ class FeatureFile:
             raise self._fail(
                 path, f"cannot read rows {start}–{stop - 1} (truncated or corrupt file?): {shown(error)}"
             ) from None
+
+    def attribute(self, path: str, name: str):
+        """Optional attribute ``name`` of the object at ``path`` ('' = the root) as stored; None when absent."""
+        try:
+            node = self._handle[path] if path else self._handle
+        except READ_ERRORS as error:
+            raise self._fail(path, f"cannot read (truncated or corrupt file?): {shown(error)}") from None
+        return read_attribute(self.info.path, node, name, path)
+
+    def stored(self, path: str) -> tuple[tuple[int, ...], str] | None:
+        """Shape and dtype of the dataset at ``path``; None when the file has none there."""
+        try:
+            node = self._handle.get(path)
+            return (tuple(node.shape), str(node.dtype)) if isinstance(node, h5py.Dataset) else None
+        except READ_ERRORS as error:
+            raise self._fail(path, f"cannot read (truncated or corrupt file?): {shown(error)}") from None
+
+    def present_classes(self) -> np.ndarray:
+        """The class ids that have at least one sample, read in blocks of labels."""
+        present = np.zeros(0, dtype=np.int64)
+        for start in range(0, self.info.n_samples, LABEL_BLOCK_ROWS):
+            stop = min(start + LABEL_BLOCK_ROWS, self.info.n_samples)
+            present = np.union1d(present, np.unique(self._read(schema.LABELS, start, stop)))
+        return present
 
     def close(self) -> None:
         self._handle.close()

@@ -1,5 +1,8 @@
 """Report tables as text for pipes (csv, tsv, json, markdown), a workbook, or a rich table for people.
 
+Tables for people never break a number across lines (:func:`fit_table`); ``nccli info``'s description
+of a feature file is drawn with the same rules (:func:`describe_rich`).
+
 Machine formats keep every column and full float precision (``repr``);
 nulls are empty cells in csv/tsv/markdown and ``null`` in json.
 """
@@ -18,6 +21,8 @@ from nccli.errors import UsageError
 
 if TYPE_CHECKING:  # pyarrow loads only when a report is read, so `nccli --help` stays instant
     import pyarrow as pa
+
+    from nccli.io.info import FileDescription
 
 
 class ReportFormat(StrEnum):
@@ -169,6 +174,46 @@ def _broken_header(name: str, width: int) -> str:
             lines.append("")
         lines[-1] += part
     return "\n".join(lines)
+
+
+INFO_LAYER_COLUMNS = ("layer", "order", "width", "dtype", "pooling", "sample shape")
+
+
+def describe_rich(description: FileDescription, width: int | None = None):
+    """A feature file's description (:func:`nccli.io.info.describe`) for a terminal: a grid of its attributes
+    and a table of its layers that fits ``width``. Returns ``(grid, layers_table, left_out_columns)``."""
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    present = description.classes_present
+    facts = {
+        "samples": str(description.n_samples),
+        "classes": f"{description.num_classes}" + ("" if present == description.num_classes else f" ({present} present)"),
+        "split": description.split,
+        "epoch": _human(description.epoch),
+        "model": _human(description.model),
+        "classifier": "none" if description.classifier_layer is None else f"on layer '{description.classifier_layer}'",
+        "logits": "yes" if description.logits else "no",
+    }
+    facts.update((name, value) for name, value in description.provenance.items() if name not in facts)
+    for name, value in facts.items():
+        grid.add_row(name, value)
+    rows = [
+        [
+            layer.name,
+            str(layer.order),
+            str(layer.width),
+            layer.dtype,
+            _human(layer.pooling),
+            "×".join(map(str, layer.sample_shape)) if layer.sample_shape else "–",
+        ]
+        for layer in description.layers
+    ]
+    numeric = [False, True, True, False, False, False]
+    layers, left_out = fit_table(list(INFO_LAYER_COLUMNS), numeric, rows, width=width)
+    return grid, layers, left_out
 
 
 def write_xlsx(table: pa.Table, path: str) -> None:
