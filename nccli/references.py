@@ -42,8 +42,10 @@ def pair_references(
     paths, is_set = reference_paths(spec)
     references = [read_info(path) for path in paths]
     paired = []
+    if not is_set:
+        _check_single(spec, references[0], infos)
     for info, layers in zip(infos, selections):
-        reference = _pick(spec, info, references) if is_set else _single(spec, info, references[0])
+        reference = _pick(spec, info, references) if is_set else references[0]
         if reference.model is not None and info.model is not None and reference.model != info.model:
             raise UsageError(
                 f"--means-from '{reference.path}' comes from model '{reference.model}' but '{info.path}' from "
@@ -54,15 +56,24 @@ def pair_references(
     return paired
 
 
-def _single(spec: str, info: FeatureFileInfo, reference: FeatureFileInfo) -> FeatureFileInfo:
-    if reference.epoch is not None and info.epoch is not None and reference.epoch != info.epoch:
-        folder = os.path.dirname(spec) or "."
+def _check_single(spec: str, reference: FeatureFileInfo, infos: list[FeatureFileInfo]) -> None:
+    """One reference file serves files of its own epoch (or without one), never several checkpoints silently."""
+    folder = os.path.dirname(spec) or "."
+    how = (
+        f"to pair each file with the reference of its own epoch, pass the folder (--means-from {folder}/) "
+        f"or a quoted glob (--means-from '{os.path.join(folder, FEATURE_FILE_GLOB)}')"
+    )
+    for info in infos:
+        if reference.epoch is not None and info.epoch is not None and reference.epoch != info.epoch:
+            raise UsageError(
+                f"--means-from '{spec}' is from epoch {reference.epoch} but '{info.path}' is from epoch {info.epoch}; {how}"
+            )
+    epochs = sorted({info.epoch for info in infos if info.epoch is not None})
+    if reference.epoch is None and len(epochs) > 1:
         raise UsageError(
-            f"--means-from '{spec}' is from epoch {reference.epoch} but '{info.path}' is from epoch {info.epoch}; "
-            f"to pair each file with the reference of its own epoch, pass the folder (--means-from {folder}/) "
-            f"or a quoted glob (--means-from '{os.path.join(folder, FEATURE_FILE_GLOB)}')"
+            f"--means-from '{spec}' has no epoch but the files are from epochs {', '.join(map(str, epochs))}; "
+            f"one reference for several checkpoints is refused: {how}"
         )
-    return reference
 
 
 def _pick(spec: str, info: FeatureFileInfo, references: list[FeatureFileInfo]) -> FeatureFileInfo:

@@ -110,3 +110,20 @@ def test_a_worker_that_dies_at_start_fails_in_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: --jobs 2: cannot start the worker processes"), lines
     assert "Traceback" not in outcome["output"]
     assert snapshot(tmp_path) == before
+
+
+def test_a_file_that_changed_since_its_validation_is_refused(tmp_path):
+    """Inputs are validated at the start and read later: a file replaced in between is not read as the old one."""
+    import dataclasses
+
+    from nccli.errors import FeatureFileError
+    from nccli.io.reader import open_feature_file, read_info
+
+    path = good_file(tmp_path / "a.h5")
+    validated = read_info(path)
+    good_file(path, n=44)  # rewritten with more rows
+    with pytest.raises(FeatureFileError, match="changed since it was validated"):
+        with open_feature_file(path, probed=True, expected=validated):
+            pass
+    with open_feature_file(path, probed=True, expected=dataclasses.replace(validated, n_samples=44)) as feature_file:
+        assert feature_file.info.n_samples == 44

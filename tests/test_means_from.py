@@ -91,6 +91,14 @@ def test_a_single_reference_is_not_applied_to_other_epochs(tmp_path):
     assert invoke("analyze", tmp_path / "test" / "epoch_30.h5", "--means-from", last, "--out", tmp_path / "ok.parquet").exit_code == 0
 
 
+def test_a_single_reference_without_an_epoch_is_not_applied_to_several_epochs(tmp_path):
+    checkpoints(tmp_path)
+    reference = good_file(tmp_path / "reference.h5", model="mlp")
+    tests = [tmp_path / "test" / "epoch_1.h5", tmp_path / "test" / "epoch_5.h5"]
+    assert_clean_failure(refused(tmp_path, *tests, "--means-from", reference), str(reference), "no epoch", "epochs 1, 5", "--means-from")
+    assert invoke("analyze", tests[0], "--means-from", reference, "--out", tmp_path / "ok.parquet").exit_code == 0
+
+
 def test_a_file_without_a_reference_of_its_epoch_is_refused(tmp_path):
     checkpoints(tmp_path)
     lone = good_file(tmp_path / "epoch_7.h5", epoch=7, model="mlp")
