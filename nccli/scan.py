@@ -19,7 +19,6 @@ import time
 from typing import Callable
 
 from nccli.errors import UsageError
-
 from nccli.io.reader import FeatureFile, LayerInfo, open_feature_file
 from nccli.io.validate import shown
 from nccli.metrics.accumulators import ClassMoments, Decisions, Geometry

@@ -2,6 +2,7 @@
 name); what cannot be paired, a single reference for other epochs, and a reference of another model are refused."""
 
 import json
+import math
 
 import pyarrow.parquet as pq
 import pytest
@@ -29,7 +30,7 @@ def summary(files, means_from):
 
 def null(value):
     """NaN in the library's rows is null in the report."""
-    return None if value != value else value
+    return None if math.isnan(value) else value
 
 
 @pytest.mark.parametrize("form", ["folder", "glob"])
