@@ -13,10 +13,11 @@ import numbers
 
 from nccli import schema
 from nccli.analyze import AnalysisResult, AnalyzeConfig, analyze_file
-from nccli.errors import FeatureFileError, UsageError
+from nccli.errors import UsageError
 from nccli.io.memory import BatchRows
 from nccli.io.reader import open_feature_file
 from nccli.metrics.layer import ClassMeans
+from nccli.references import check_reference
 from nccli.scan import Scanner
 
 
@@ -61,22 +62,10 @@ def measure_collapse(
 
 
 def _reference_means(scanner: Scanner, path: str, rows: BatchRows) -> dict[str, ClassMeans]:
-    """Class means of the layers of ``rows`` in the feature file ``path`` (pass 1 over it)."""
+    """Class means of the layers of ``rows`` in the feature file ``path`` (pass 1 over it), checked as analyze
+    checks a --means-from file."""
     with open_feature_file(path) as reference:
-        info = reference.info
-        if info.num_classes != rows.num_classes:
-            raise FeatureFileError(path, "", f"means_from file has {info.num_classes} classes but num_classes is {rows.num_classes}")
-        available = {layer.name: layer for layer in info.layers}
-        for layer in rows.info.layers:
-            if layer.name not in available:
-                raise FeatureFileError(
-                    path, schema.LAYERS, f"means_from file has no layer '{layer.name}'; its layers are: {', '.join(available)}"
-                )
-            if available[layer.name].dim != layer.dim:
-                raise FeatureFileError(
-                    path,
-                    schema.layer_path(layer.name),
-                    f"means_from layer has width {available[layer.name].dim} but the batches' has {layer.dim}",
-                )
-        moments = scanner.moments(reference, tuple(available[layer.name] for layer in rows.info.layers), None)
+        check_reference(reference.info, rows.info, rows.info.layers)
+        layers = tuple(reference.info.layer(layer.name) for layer in rows.info.layers)
+        moments = scanner.moments(reference, layers, None)
     return {name: ClassMeans.of(state) for name, state in moments.items()}

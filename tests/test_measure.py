@@ -198,3 +198,10 @@ def test_the_readme_example_runs(capsys):
 def test_the_readme_shows_the_example_that_runs():
     blocks = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
     assert README_EXAMPLE in blocks
+
+
+def test_a_means_from_file_without_the_layer_is_refused_in_one_line(tmp_path):
+    d = data()
+    reference = write_feature_file(tmp_path / "train.h5", d["labels"], {"other": d["fc_in"]})
+    message = one_line_error(lambda: measure_collapse(batched(d, 8), num_classes=K, means_from=str(reference)))
+    assert "has no layer 'block'" in message and "train.h5" in message

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from nccli import __version__
-from nccli.cli import analyze, convert, demo, extract, layers, plot, report
+from nccli.cli import analyze, convert, demo, extract, info, layers, plot, report
 
 app = typer.Typer(
     name="nccli",
@@ -47,6 +47,7 @@ app.command("convert", help=convert.HELP)(convert.convert)
 app.command("report")(report.report)
 app.command("plot")(plot.plot)
 app.command("demo")(demo.demo)
+app.command("info")(info.info)
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from nccli import schema
-from nccli.cli.common import command_line, split_list, stderr_is_terminal, user_errors
+from nccli.cli.common import command_line, print_table, split_list, stderr_is_terminal, user_errors
 
 
 def analyze(
@@ -27,7 +27,9 @@ def analyze(
         str | None,
         typer.Option(
             help="A reference feature file (usually the train split) whose class means the nearest-class-centre "
-            "metrics (ncc_accuracy, nc4_ncc_mismatch) use: the train-vs-test 'test collapse' setting.",
+            "metrics (ncc_accuracy, nc4_ncc_mismatch) use: the train-vs-test 'test collapse' setting. A folder or "
+            "quoted glob of them ('train/*.h5') pairs each file with the reference of its epoch, else of its file "
+            "name. Refused: a reference of another epoch or model, and files that cannot be paired.",
         ),
     ] = None,
     mse: Annotated[
@@ -61,7 +63,7 @@ def analyze(
     """
     with user_errors(), contextlib.ExitStack() as held:
         from nccli.analyze import AnalyzeConfig, analyze_features
-        from nccli.report.formats import compact, to_rich
+        from nccli.report.formats import compact
         from nccli.report.parquet import check_writable, reserve_outputs, to_table, write_report
 
         targets = {option: check_writable(path, option) for option, path in (("--out", out), ("--classes", classes), ("--pairs", pairs)) if path}
@@ -81,8 +83,7 @@ def analyze(
         result = analyze_features(config)
         write_report(result, targets["--out"], command_line(context), targets.get("--classes"), targets.get("--pairs"))
         if stderr_is_terminal():
-            from rich.console import Console
-
             summary = to_table(result.summary, schema.SUMMARY_COLUMNS, {})
-            Console(stderr=True).print(to_rich(compact(summary), title=f"neural collapse → {out}"))
+            advice = f"choose columns with `nccli report {out} --columns ...`"
+            print_table(compact(summary), title=f"neural collapse → {out}", advice=advice, stderr=True)
         typer.echo(out)

@@ -5,6 +5,7 @@ stderr and exit code 2; anything else is a bug and keeps its traceback.
 """
 
 import contextlib
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -89,10 +90,27 @@ def split_list(text: str | None) -> tuple[str, ...] | None:
     return items or None
 
 
-def print_table(table, title: str) -> None:
-    """A report table for a person on stdout: fit a terminal's width; into a file or pipe, never fold cells."""
+def table_console(stderr: bool = False):
+    """A rich console for people: a terminal's width (or ``COLUMNS``); into a file or pipe, room for every column."""
     from rich.console import Console
 
+    if stderr:
+        return Console(stderr=True)
+    return Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 10_000)
+
+
+def print_table(table, title: str, advice: str, stderr: bool = False) -> None:
+    """A report table for a person that fits the console without breaking a number; columns left out to fit are
+    named in a one-line note on stderr, with ``advice`` on how to choose them."""
     from nccli.report.formats import to_rich
 
-    Console(width=None if sys.stdout.isatty() else 10_000).print(to_rich(table, title=title))
+    console = table_console(stderr)
+    shown, left_out = to_rich(table, title=title, width=console.width)
+    console.print(shown)
+    note_left_out(left_out, console.width, advice)
+
+
+def note_left_out(columns: list[str], width: int, advice: str) -> None:
+    """One line on stderr naming the columns a table left out to fit the terminal, and how to see them."""
+    if columns:
+        echo_error(f"note: {len(columns)} columns left out to fit {width} characters: {', '.join(columns)}; {advice}")

@@ -36,7 +36,8 @@ def demo(
         result = run_demo(config)
         columns = (schema.COL_SPLIT, schema.COL_EPOCH, "nc1", "nc2_etf", "nc3_duality", "nc4_ncc_mismatch", "ncc_accuracy", "clf_accuracy")
         table = to_table(penultimate_rows(result.summary), columns, {})
-        print_table(table, title="penultimate layer over training (test uses the train means)")
+        title = "penultimate layer over training (test uses the train means)"
+        print_table(table, title=title, advice=f"choose columns with `nccli report {result.report} --columns ...`")
         typer.echo(f"report:  {result.report}")
         for path in result.figures:
             typer.echo(f"figure:  {path}")

@@ -43,6 +43,6 @@ def report(
         elif output is not None:
             raise UsageError("--output is only for --format xlsx; other formats go to stdout")
         elif fmt is ReportFormat.TABLE:
-            print_table(table, title=path)
+            print_table(table, title=path, advice="choose columns with --columns")
         else:
             sys.stdout.write(render(table, fmt))

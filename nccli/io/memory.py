@@ -123,7 +123,16 @@ class BatchRows:
         self.classifier, layer = self._classifier(classifier, classifier_layer, widths)
         layers = tuple(LayerInfo(name, order, width, None) for order, (name, width) in enumerate(widths.items()))
         self._info = FeatureFileInfo(
-            SOURCE_NAME, 0, num_classes, schema.DEFAULT_SPLIT, None, None, None, layers, layer, {}
+            path=SOURCE_NAME,
+            n_samples=0,
+            num_classes=num_classes,
+            split=schema.DEFAULT_SPLIT,
+            epoch=None,
+            model=None,
+            class_names=None,
+            layers=layers,
+            classifier_layer=layer,
+            provenance={},
         )
         self._passes: list[np.ndarray] = []  # rows of each class, per pass
 
