@@ -112,11 +112,11 @@ METRICS: tuple[Column, ...] = (
     Column("intra_cos_mean", "cosine", ANY_LAYER, "Within-class cosine, mean", r"mean of intra$_c$", "mean cosine between samples of a class, averaged over classes (Pan)", "1"),
     Column("inter_cos_max", "cosine", ANY_LAYER, "Between-class cosine, worst pair", r"$\max_{c<c'}$ inter$_{cc'}$", "largest mean cosine between samples of two classes (Pan)", "−1/(K−1)"),
     Column("inter_cos_mean", "cosine", ANY_LAYER, "Between-class cosine, mean", r"mean of inter$_{cc'}$", "mean cosine between samples of two classes, over pairs (Pan)", "−1/(K−1)"),
-    Column("mse_loss", "mse", CLASSIFIER_LAYER, "MSE loss", r"$L(\tilde W)$", "MSE loss of the classifier (--mse)", "mse_ls"),
-    Column("mse_ls", "mse", CLASSIFIER_LAYER, "MSE of the least-squares classifier", r"$L(\tilde W_{LS})$", "MSE loss of the least-squares classifier (--mse)", "mse_nc23"),
-    Column("mse_perp", "mse", CLASSIFIER_LAYER, "MSE: distance to the central path", r"$L^{\perp}_{LS}$", "mse_loss − mse_ls (--mse)", "0"),
-    Column("mse_nc1", "mse", CLASSIFIER_LAYER, "MSE: NC1 term", r"$L_{NC1}$", "within-class part of mse_ls (--mse)", "0"),
-    Column("mse_nc23", "mse", CLASSIFIER_LAYER, "MSE: NC2/3 term", r"$L_{NC2/3}$", "between-class part of mse_ls (--mse)", "—"),
+    Column("mse_loss", "mse", CLASSIFIER_LAYER, "MSE loss", r"$L(\tilde W)$", "MSE loss of the classifier, --mse (Han, Papyan & Donoho): mse_ls + mse_perp", "→ mse_ls"),
+    Column("mse_ls", "mse", CLASSIFIER_LAYER, "MSE of the least-squares classifier", r"$L(\tilde W_{LS})$", "MSE loss of the least-squares classifier: mse_nc1 + mse_nc23", "→ mse_nc23"),
+    Column("mse_perp", "mse", CLASSIFIER_LAYER, "MSE: distance to the central path", r"$L^{\perp}_{LS}$", "how far the classifier is from the least-squares one: mse_loss − mse_ls", "0"),
+    Column("mse_nc1", "mse", CLASSIFIER_LAYER, "MSE: NC1 term", r"$L_{NC1}$", "within-class (NC1) part of mse_ls", "0"),
+    Column("mse_nc23", "mse", CLASSIFIER_LAYER, "MSE: NC2/3 term", r"$L_{NC2/3}$", "between-class (NC2/3) part of mse_ls", "—"),
 )
 METRIC_BY_NAME = {column.name: column for column in METRICS}
 CLASS_COLUMNS: tuple[Column, ...] = (
