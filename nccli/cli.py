@@ -279,6 +279,14 @@ def extract(
     weights: WeightsOption = None,
     num_classes: NumClassesOption = None,
     trust_checkpoint: TrustOption = False,
+    init_seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of the random initialisation of a torchvision MODEL built without --weights (recorded in "
+            "the file), so the same command, --resume and every torchrun process build the same network.",
+            rich_help_panel=_MODEL_PANEL,
+        ),
+    ] = 0,
     epoch: Annotated[
         int | None,
         typer.Option(
@@ -354,6 +362,14 @@ def extract(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the --per-class draw.", rich_help_panel=_DATA_PANEL)] = 0,
+    skip_unreadable: Annotated[
+        bool,
+        typer.Option(
+            help="Leave out images that cannot be decoded (truncated, empty, not an image) instead of stopping at "
+            "the first; the file lists their dataset indices in /skipped_index.",
+            rich_help_panel=_DATA_PANEL,
+        ),
+    ] = False,
     layers: Annotated[
         str | None,
         typer.Option(
@@ -441,7 +457,13 @@ def extract(
             models=tuple(models),
             data=data,
             out=out,
-            model=ModelOptions(arch=arch, weights=weights, num_classes=num_classes, trust_checkpoint=trust_checkpoint),
+            model=ModelOptions(
+                arch=arch,
+                weights=weights,
+                num_classes=num_classes,
+                trust_checkpoint=trust_checkpoint,
+                init_seed=init_seed,
+            ),
             epoch=epoch,
             root=root,
             split=split,
@@ -453,6 +475,7 @@ def extract(
             per_class=per_class,
             limit=limit,
             seed=seed,
+            skip_unreadable=skip_unreadable,
             layers=None if layers is None else tuple(name.strip() for name in layers.split(",") if name.strip()),
             pool=pool,
             token_pool=token_pool,

@@ -9,6 +9,17 @@ captured by a forward *pre*-hook as the layer ``<classifier>:input``, so
 ``/classifier/weight`` and that layer always agree in width. Outputs are
 pooled inside the hook, at the moment they exist: later in-place operations
 cannot change what was captured, and views are copied.
+
+A module name may hold ``/`` (an ``nn.ModuleDict`` key), which a layer name in
+the feature file cannot (HDF5 would make it nested groups, ``feature-file.md``):
+such a layer is stored with each ``/`` written ``%2F`` (``blocks/a`` →
+``blocks%2Fa``), the name to use with ``nccli analyze --layers``, and extract
+says so; ``--layers`` takes the model's own name.
+
+After the probe, a model that fails, or whose layer gives another per-sample
+shape than in the probe, is the user's model failing: a one-line
+:class:`ModelError`; an error of the hooks themselves is a bug and keeps its
+traceback.
 """
 
 import fnmatch
@@ -25,6 +36,7 @@ from nccli.extract.messages import did_you_mean, first_line
 
 CALL_MARK = "#"
 INPUT_MARK = ":input"
+SLASH_STORED_AS = "%2F"
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,7 @@ class LayerPlan:
     pooling: str
     width: int
     pre_hook: bool = False
+    model_name: str = ""  # the layer's name in the model, when ``name`` (as stored) differs from it
 
 
 def first_tensor(value) -> torch.Tensor | None:
@@ -102,9 +115,7 @@ def probe_model(model: nn.Module, batch: torch.Tensor) -> Probe:
         with torch.inference_mode():
             output = first_tensor(model(batch))
     except Exception as error:  # the user's model may raise anything on a wrong input
-        raise ModelError(
-            f"the model failed on a batch of shape {list(batch.shape)}: {type(error).__name__}: {first_line(error)}"
-        ) from None
+        raise ModelError(model_failure(error, batch)) from None
     finally:
         for handle in handles:
             handle.remove()
@@ -129,6 +140,12 @@ def probe_model(model: nn.Module, batch: torch.Tensor) -> Probe:
         logits_width=logits_width,
         has_class_token=any(name.split(".")[-1] == "class_token" for name, _ in model.named_parameters()),
     )
+
+
+def model_failure(error: Exception, batch: torch.Tensor) -> str:
+    """One line for the user's model raising ``error`` on ``batch``; out of memory points at --batch-size."""
+    hint = "; pass a smaller --batch-size" if isinstance(error, torch.cuda.OutOfMemoryError) else ""
+    return f"the model failed on a batch of shape {list(batch.shape)}: {type(error).__name__}: {first_line(error)}{hint}"
 
 
 def _is_linear_call(module: nn.Module, inputs: torch.Tensor | None, output: torch.Tensor | None) -> bool:
@@ -243,7 +260,7 @@ def plan_layers(
     """Pooling and width of each chosen layer; flattening above ``max_dim`` values is refused."""
     if token_pool == TokenPooling.AUTO:
         token_pool = TokenPooling.CLS if probe.has_class_token else TokenPooling.MEAN
-    plans = []
+    plans, stored = [], {}
     for order, layer in enumerate(layers):
         shape = layer.sample_shape
         pooling = "none" if len(shape) <= 1 else str(token_pool) if len(shape) == 2 else str(pool)
@@ -254,7 +271,17 @@ def plan_layers(
                 f"layer '{layer.name}' flattens to {width} values per sample ({size}), above --max-dim {max_dim}; "
                 "use another pooling, fewer --layers, or raise --max-dim"
             )
-        plans.append(LayerPlan(layer.name, layer.module_name, layer.call, order, shape, pooling, width, layer.pre_hook))
+        name = layer.name.replace("/", SLASH_STORED_AS)
+        if name in stored:
+            raise UsageError(
+                f"layers '{stored[name]}' and '{layer.name}' would both be stored as '{name}' ('/' is stored as "
+                f"'{SLASH_STORED_AS}'); leave one out of --layers"
+            )
+        stored[name] = layer.name
+        renamed = layer.name if name != layer.name else ""
+        plans.append(
+            LayerPlan(name, layer.module_name, layer.call, order, shape, pooling, width, layer.pre_hook, renamed)
+        )
     return plans
 
 
@@ -285,6 +312,7 @@ class FeatureCapture:
         self.features: dict[str, torch.Tensor] = {}
         self._calls: Counter = Counter()
         self._handles = []
+        self._hook_error: BaseException | None = None  # raised in a hook: passes through the model untranslated
 
     def __enter__(self) -> "FeatureCapture":
         modules = dict(self.model.named_modules())
@@ -303,7 +331,11 @@ class FeatureCapture:
             self._calls[key] += 1
             plan = wanted.get(call)
             if plan is not None:
-                self.features[plan.name] = pool_rows(first_tensor(args if pre_hook else output), plan.pooling)
+                try:
+                    self.features[plan.name] = self._rows(plan, first_tensor(args if pre_hook else output))
+                except BaseException as error:
+                    self._hook_error = error
+                    raise
 
         return module.register_forward_pre_hook(capture) if pre_hook else module.register_forward_hook(capture)
 
@@ -312,10 +344,25 @@ class FeatureCapture:
             handle.remove()
         self._handles.clear()
 
+    def _rows(self, plan: LayerPlan, tensor: torch.Tensor | None) -> torch.Tensor:
+        """The pooled rows of one layer's output, which must have the per-sample shape the probe saw."""
+        if tensor is None or tuple(tensor.shape[1:]) != plan.sample_shape:
+            found = "no tensor" if tensor is None else "×".join(map(str, tensor.shape[1:])) + " per sample"
+            raise ModelError(
+                f"layer '{plan.model_name or plan.name}' gave {found} for a batch, not the "
+                f"{'×'.join(map(str, plan.sample_shape))} of the probe batch (a forward pass that depends on the data?)"
+            )
+        return pool_rows(tensor, plan.pooling)
+
     def run(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """Forward ``batch``; return the pooled rows of each planned layer and the model's output."""
-        self.features, self._calls = {}, Counter()
-        output = first_tensor(self.model(batch))
+        self.features, self._calls, self._hook_error = {}, Counter(), None
+        try:
+            output = first_tensor(self.model(batch))
+        except Exception as error:
+            if error is self._hook_error:  # a wrong layer shape (one line) or a bug of the hooks (traceback)
+                raise
+            raise ModelError(model_failure(error, batch)) from None  # the user's model failing on this batch
         missing = [plan.name for plan in self.plans if plan.name not in self.features]
         if missing:
             raise ModelError(f"layer(s) {', '.join(missing)} did not run for this batch (data-dependent forward pass?)")

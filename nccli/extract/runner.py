@@ -3,7 +3,17 @@
 For each model: load it, probe one batch to plan the layers, open (or resume)
 ``FILE.partial``, then compute batches while a background thread writes the
 previous ones. Ctrl-C writes what was computed and keeps the partial file;
-``--resume`` continues it when model, data and options are the same.
+``--resume`` continues it when model, data and options are the same, the
+model down to the hash of its weights (:mod:`.fingerprint`).
+
+What analyze would refuse is refused before it is written: a non-finite
+feature or logit stops the run at its batch, naming the layer and the sample.
+A failure of the user's model or data after rows were written says which
+partial file keeps them. Under ``--skip-unreadable`` a sample that cannot be
+decoded gets a placeholder row (zeros, ``sample_index`` -1) in the partial
+file, so positions and ``rows_written`` stay aligned for ``--resume``; the
+finished file leaves those rows out and lists the samples in
+``/skipped_index``.
 """
 
 import contextlib
@@ -18,10 +28,11 @@ import numpy as np
 import torch
 
 from nccli import __version__, schema
-from nccli.errors import DataError, OutputError, UsageError
+from nccli.errors import DataError, ModelError, OutputError, UsageError
 from nccli.extract import distributed, loop
-from nccli.extract.config import ExtractConfig
+from nccli.extract.config import ExtractConfig, Precision
 from nccli.extract.datasets import ImageData, SampleBatches, open_data, select_indices
+from nccli.extract.fingerprint import model_fingerprint, refuse_other_network
 from nccli.extract.hooks import INPUT_MARK, FeatureCapture, LayerPlan, Probe, plan_layers, probe_model, select_layers
 from nccli.extract.models import LoadedModel, expand_model_args, load_model
 from nccli.extract.transforms import build_transform
@@ -31,6 +42,7 @@ from nccli.progress import progress_bar
 
 PROBE_SAMPLES = 2
 FEATURE_FILE_SUFFIX = ".h5"
+MAX_SHOWN_SKIPPED = 5
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,8 @@ def extract_features(config: ExtractConfig) -> list[ExtractResult]:
         for target in targets:
             check_output(target, config, session.world if session else 1)
         with session.rank0_first() if session and config.download else contextlib.nullcontext():
-            data = open_data(config.data, config.root, config.split, config.download)
+            own_scale = config.mean is not None and config.std is not None and not config.model.weights
+            data = open_data(config.data, config.root, config.split, config.download, own_scale)
         indices = select_indices(data.labels, config.per_class, config.limit, config.seed)
         return [
             _extract_one(source, target, data, indices, config, session)
@@ -124,6 +137,7 @@ class _Job:
     classifier: dict[str, np.ndarray]  # /classifier datasets; empty when not written
     classifier_layer: str | None
     notes: tuple[str, ...]
+    network: str  # model_fingerprint of the loaded model
 
 
 def _extract_one(
@@ -136,19 +150,20 @@ def _extract_one(
 ) -> ExtractResult:
     started = time.perf_counter()
     loaded = load_model(source, config.model, config.epoch)
+    network = model_fingerprint(loaded.module)
     device = loop.resolve_device(config.device)
     transform = build_transform(
         data.channels, loaded.transforms, config.resize, config.mean, config.std, config.channels
     )
     model, channels_last = loop.place_model(loaded.module, device)
-    probe_rows = list(range(min(PROBE_SAMPLES, len(indices))))
-    probe_images = SampleBatches(data, indices, transform).__getitems__(probe_rows)[0]
+    probe_images = _probe_images(SampleBatches(data, indices, transform, None, config.skip_unreadable), data)
     with loop.autocast(device, config.precision):
         probe = probe_model(model, loop.to_device(probe_images, device, channels_last))
     plans = plan_layers(probe, select_layers(probe, config.layers), config.pool, config.token_pool, config.max_dim)
-    job = _plan_job(loaded, probe, tuple(plans), repr(transform), data)
+    job = _plan_job(loaded, probe, tuple(plans), repr(transform), data, network)
     options = _options(config, job, data, indices)
     result = ExtractResult(target, len(indices), tuple(p.name for p in plans), loaded.epoch, notes=job.notes)
+    skipped_notes: list[str] = []
 
     def complete(path: str, wanted: dict) -> bool:
         """``--resume`` skips a finished file written with the same options, and refuses one with others."""
@@ -159,22 +174,43 @@ def _extract_one(
         return True
 
     def write(path: str, rows: np.ndarray, wanted: dict) -> None:
-        if config.resume and os.path.exists(partial_path(path)):
+        partial = partial_path(path)
+        if config.resume and os.path.exists(partial):
+            refuse_other_network(partial, stored_options(partial), wanted)
             writer = FeatureWriter.resume(path, wanted)
         else:
             writer = _create(path, config, job, data, len(rows), wanted)
-        rest = SampleBatches(data, rows[writer.rows_written :], transform)
+        rest = SampleBatches(
+            data, rows[writer.rows_written :], transform, tuple(probe_images.shape[1:]), config.skip_unreadable
+        )
         try:
             _run(writer, rest, model, job, device, channels_last, config)
+            skipped = np.flatnonzero(writer.written(schema.SAMPLE_INDEX) < 0)
+            if len(skipped) == len(rows):
+                raise DataError(f"no selected sample of {data.description} could be read; nothing to write")
         except BaseException as error:
             writer.close()
             if writer.rows_written == 0:
                 writer.discard()  # nothing to keep, and nothing for the next run to trip over
                 raise
             if isinstance(error, KeyboardInterrupt):
-                raise ExtractionInterrupted(partial_path(path), writer.rows_written, len(rows)) from None
+                raise ExtractionInterrupted(partial, writer.rows_written, len(rows)) from None
+            if isinstance(error, (DataError, ModelError)):  # the user's data or model: say what is kept
+                kept = f"'{partial}' keeps the first {writer.rows_written} of {len(rows)} rows: rerun with --resume"
+                raise type(error)(f"{error}; {kept} once it is fixed") from None
             raise
-        writer.finish()
+        if len(skipped):
+            keep = np.ones(len(rows), dtype=bool)
+            keep[skipped] = False
+            writer.finish(keep, {schema.SKIPPED_INDEX: rows[skipped]})
+            shown = ", ".join(map(str, rows[skipped][:MAX_SHOWN_SKIPPED])) + (
+                ", ..." if len(skipped) > MAX_SHOWN_SKIPPED else ""
+            )
+            skipped_notes.append(
+                f"left out {len(skipped)} unreadable sample(s) ({shown}); /{schema.SKIPPED_INDEX} lists them"
+            )
+        else:
+            writer.finish()
 
     if session is not None:
         written = distributed.extract_shards(session, target, indices, options, config.overwrite, complete, write)
@@ -187,10 +223,21 @@ def _extract_one(
         written = False
     if not written:
         return replace(result, skipped=True, notes=("already complete",))
-    return replace(result, seconds=time.perf_counter() - started)
+    return replace(result, seconds=time.perf_counter() - started, notes=result.notes + tuple(skipped_notes))
 
 
-def _plan_job(loaded: LoadedModel, probe: Probe, plans: tuple[LayerPlan, ...], transform: str, data: ImageData) -> _Job:
+def _probe_images(batches: SampleBatches, data: ImageData) -> torch.Tensor:
+    """The first PROBE_SAMPLES samples' images (under --skip-unreadable, the first readable ones)."""
+    for start in range(0, len(batches), PROBE_SAMPLES):
+        images = batches.__getitems__(list(range(start, min(start + PROBE_SAMPLES, len(batches)))))[0]
+        if len(images):
+            return images
+    raise DataError(f"no selected sample of {data.description} could be read; nothing to write")
+
+
+def _plan_job(
+    loaded: LoadedModel, probe: Probe, plans: tuple[LayerPlan, ...], transform: str, data: ImageData, network: str
+) -> _Job:
     """num_classes, and whether /logits and /classifier fit it: the model's outputs must be the classes."""
     span = int(data.labels.max()) + 1
     outputs = probe.logits_width
@@ -201,6 +248,9 @@ def _plan_job(loaded: LoadedModel, probe: Probe, plans: tuple[LayerPlan, ...], t
     else:
         num_classes = max(span, outputs or 0)
     notes, classifier, layer = [], {}, None
+    for plan in plans:
+        if plan.model_name:
+            notes.append(f"layer '{plan.model_name}' is stored as '{plan.name}': a layer name in the file cannot hold '/'")
     logits = outputs == num_classes
     if outputs is not None and not logits:
         notes.append(
@@ -223,7 +273,14 @@ def _plan_job(loaded: LoadedModel, probe: Probe, plans: tuple[LayerPlan, ...], t
             classifier = {schema.CLASSIFIER_WEIGHT: parameters["weight"].detach().float().cpu().numpy()}
             if parameters.get("bias") is not None:
                 classifier[schema.CLASSIFIER_BIAS] = parameters["bias"].detach().float().cpu().numpy()
-    return _Job(loaded, plans, transform, num_classes, logits, classifier, layer if classifier else None, tuple(notes))
+    for values in classifier.values():
+        if not np.isfinite(values).all():
+            raise ModelError(
+                f"the last linear layer '{probe.classifier}' holds a non-finite weight (NaN or Inf), which analyze "
+                "refuses; check the checkpoint (did training diverge?)"
+            )
+    classifier_layer = layer if classifier else None
+    return _Job(loaded, plans, transform, num_classes, logits, classifier, classifier_layer, tuple(notes), network)
 
 
 def _options(config: ExtractConfig, job: _Job, data: ImageData, indices: np.ndarray) -> dict:
@@ -244,7 +301,9 @@ def _options(config: ExtractConfig, job: _Job, data: ImageData, indices: np.ndar
         "precision": str(config.precision),
         "dtype": str(config.dtype),
         "compression": str(config.compression),
-    }
+        "init_seed": job.loaded.init_seed,
+        schema.EXTRACT_OPTION_NETWORK: job.network,
+    }  # not --skip-unreadable: rows of readable samples are the same with it or without
     return json.loads(json.dumps(options))
 
 
@@ -298,6 +357,8 @@ def _root_attrs(config: ExtractConfig, job: _Job, data: ImageData) -> dict:
     attrs.update(provenance)
     if loaded.epoch is not None:
         attrs[schema.ATTR_EPOCH] = loaded.epoch
+    if loaded.init_seed is not None:
+        attrs[schema.ATTR_INIT_SEED] = loaded.init_seed
     names = loaded.class_names or data.class_names
     if names and len(names) == job.num_classes:
         attrs[schema.ATTR_CLASS_NAMES] = np.array(names, dtype=object)
@@ -312,10 +373,15 @@ def _run(writer: FeatureWriter, rest: SampleBatches, model, job: _Job, device, c
         start, arrays, event = item
         if event is not None:
             event.synchronize()
-        writer.write(start, {path: tensor.numpy() for path, tensor in arrays.items()})
+        arrays = {path: tensor.numpy() for path, tensor in arrays.items()}
+        _check_finite(arrays, config.precision)
+        writer.write(start, arrays)
 
     background = loop.BackgroundWriter(write)
     row = writer.rows_written
+    widths = {schema.layer_path(plan.name): plan.width for plan in job.plans}
+    if job.logits:
+        widths[schema.LOGITS] = job.num_classes
     try:
         with (
             FeatureCapture(model, list(job.plans)) as capture,
@@ -323,10 +389,14 @@ def _run(writer: FeatureWriter, rest: SampleBatches, model, job: _Job, device, c
             progress_bar(config.progress, os.path.basename(writer.path), writer.rows, "images", row) as advance,
         ):
             for images, labels, indices in loop.batches(loader):
-                features, output = loop.run_batch(capture, images, device, config.precision, channels_last)
-                arrays = {schema.layer_path(name): rows for name, rows in features.items()}
-                if job.logits:
-                    arrays[schema.LOGITS] = output.float()
+                arrays = {}
+                if len(images):
+                    features, output = loop.run_batch(capture, images, device, config.precision, channels_last)
+                    arrays = {schema.layer_path(name): rows for name, rows in features.items()}
+                    if job.logits:
+                        arrays[schema.LOGITS] = _logits(output, len(images), job.num_classes)
+                if len(images) < len(labels):  # samples left out by --skip-unreadable: placeholder rows
+                    arrays = _with_placeholders(arrays, indices >= 0, widths, device)
                 arrays, event = loop.to_host(arrays)
                 arrays.update({schema.LABELS: labels, schema.SAMPLE_INDEX: indices})
                 background.put((row, arrays, event))
@@ -334,3 +404,40 @@ def _run(writer: FeatureWriter, rest: SampleBatches, model, job: _Job, device, c
                 advance(len(labels))
     finally:
         background.close()
+
+
+def _logits(output: torch.Tensor | None, batch: int, classes: int) -> torch.Tensor:
+    """The model's output as /logits rows: one row of ``classes`` values per image, as in the probe."""
+    if output is None or tuple(output.shape) != (batch, classes):
+        found = "no tensor" if output is None else f"shape {list(output.shape)}"
+        raise ModelError(
+            f"the model gave {found} for a batch of {batch} images, not [{batch}, {classes}] as in the probe batch "
+            "(a forward pass that depends on the data?)"
+        )
+    return output.float()
+
+
+def _with_placeholders(arrays: dict, kept: torch.Tensor, widths: dict[str, int], device) -> dict:
+    """Each row dataset's rows at their batch positions, zeros where a sample was left out."""
+    kept = kept.to(device)
+    full = {}
+    for path, width in widths.items():
+        rows = torch.zeros((len(kept), width), dtype=torch.float32, device=device)
+        if path in arrays:
+            rows[kept] = arrays[path]
+        full[path] = rows
+    return full
+
+
+def _check_finite(arrays: dict[str, np.ndarray], precision: Precision) -> None:
+    """Refuse a batch with a NaN or Inf feature or logit (analyze refuses such files), before it is written."""
+    for path, values in arrays.items():
+        if values.dtype.kind != "f" or np.isfinite(values).all():
+            continue
+        row = int(np.flatnonzero(~np.isfinite(values).reshape(len(values), -1).all(axis=1))[0])
+        what = "the model's output" if path == schema.LOGITS else f"layer '{path.removeprefix(schema.LAYERS + '/')}'"
+        hint = "; fp16 overflows above 65504: try --precision bf16 or fp32" if precision == Precision.FP16 else ""
+        raise ModelError(
+            f"{what} is not finite (NaN or Inf) for sample {int(arrays[schema.SAMPLE_INDEX][row])}, and analyze "
+            f"refuses non-finite features; check the model and its input{hint}"
+        )
