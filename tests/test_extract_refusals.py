@@ -128,6 +128,18 @@ def test_the_model_failing_after_the_probe_is_one_line_and_keeps_the_rows_before
     assert _snapshot(setup) == before
 
 
+def test_features_beyond_float16_are_refused_under_dtype_float16(setup, tmp_path):
+    images, labels = random_images(n=ROWS, size=16, classes=4)
+    data = write_npz(tmp_path / "huge.npz", images.astype(np.float32) / 255, labels)
+    before = _snapshot(tmp_path)
+    result = run(
+        "extract", setup / "tiny.pt", data, "--arch", "extract_helpers:tiny_cnn", "--out", tmp_path / "f.h5",
+        "--workers", 0, "--mean", "0", "--std", "1e-6", "--dtype", "float16",
+    )  # fmt: skip
+    assert_user_error(result, "is not finite (NaN or Inf) for sample 0 as stored", "exceeds 65504", "--dtype float32")
+    assert _snapshot(tmp_path) == before
+
+
 def test_a_layer_named_with_a_slash_is_stored_with_it_escaped_and_analyze_reads_it(setup, tmp_path):
     out = tmp_path / "f.h5"
     result = _extract(setup, "slashed", out)

@@ -1,4 +1,4 @@
-"""Capturing per-layer features with forward hooks: probe the model once, choose layers, pool each batch.
+"""Probing a model once with forward hooks, choosing its layers and planning how each is pooled.
 
 A probe forward pass records every module call in the order its output is
 ready (0 = closest to the input). A module that runs k > 1 times per forward
@@ -6,20 +6,14 @@ pass (torchvision's ResNet reuses one in-place ReLU per block) is offered as
 its calls ``name#1`` … ``name#k``; naming it bare is refused, never mixed.
 The classifier is the last linear layer run on (N, d) inputs; its input is
 captured by a forward *pre*-hook as the layer ``<classifier>:input``, so
-``/classifier/weight`` and that layer always agree in width. Outputs are
-pooled inside the hook, at the moment they exist: later in-place operations
-cannot change what was captured, and views are copied.
+``/classifier/weight`` and that layer always agree in width. Each batch is
+captured by :mod:`~nccli.extract.capture`.
 
 A module name may hold ``/`` (an ``nn.ModuleDict`` key), which a layer name in
 the feature file cannot (HDF5 would make it nested groups, ``feature-file.md``):
 such a layer is stored with each ``/`` written ``%2F`` (``blocks/a`` →
 ``blocks%2Fa``), the name to use with ``nccli analyze --layers``, and extract
 says so; ``--layers`` takes the model's own name.
-
-After the probe, a model that fails, or whose layer gives another per-sample
-shape than in the probe, is the user's model failing: a one-line
-:class:`ModelError`; an error of the hooks themselves is a bug and keeps its
-traceback.
 """
 
 import fnmatch
@@ -145,7 +139,8 @@ def probe_model(model: nn.Module, batch: torch.Tensor) -> Probe:
 def model_failure(error: Exception, batch: torch.Tensor) -> str:
     """One line for the user's model raising ``error`` on ``batch``; out of memory points at --batch-size."""
     hint = "; pass a smaller --batch-size" if isinstance(error, torch.cuda.OutOfMemoryError) else ""
-    return f"the model failed on a batch of shape {list(batch.shape)}: {type(error).__name__}: {first_line(error)}{hint}"
+    shape = list(batch.shape)
+    return f"the model failed on a batch of shape {shape}: {type(error).__name__}: {first_line(error)}{hint}"
 
 
 def _is_linear_call(module: nn.Module, inputs: torch.Tensor | None, output: torch.Tensor | None) -> bool:
@@ -289,81 +284,3 @@ def _pooled_width(shape: tuple[int, ...], pooling: str) -> int:
     if pooling in ("none", "flatten"):
         return max(1, math.prod(shape))
     return shape[-1] if len(shape) == 2 else shape[0]
-
-
-def pool_rows(output: torch.Tensor, pooling: str) -> torch.Tensor:
-    """(N, ...) → (N, d) float32, a new tensor that no later in-place operation can touch."""
-    tokens = output.ndim == 3
-    dims = (1,) if tokens else tuple(range(2, output.ndim))
-    if pooling in ("avg", "mean"):
-        return output.mean(dim=dims, dtype=torch.float32)
-    if pooling == "max":
-        return output.amax(dim=dims).to(torch.float32)
-    if pooling == "cls":
-        return output[:, 0].to(torch.float32, copy=True)
-    return output.reshape(len(output), -1).to(torch.float32, copy=True)
-
-
-class FeatureCapture:
-    """Hooks that fill ``features`` with the pooled rows of every planned layer during one forward pass."""
-
-    def __init__(self, model: nn.Module, plans: list[LayerPlan]):
-        self.model, self.plans = model, plans
-        self.features: dict[str, torch.Tensor] = {}
-        self._calls: Counter = Counter()
-        self._handles = []
-        self._hook_error: BaseException | None = None  # raised in a hook: passes through the model untranslated
-
-    def __enter__(self) -> "FeatureCapture":
-        modules = dict(self.model.named_modules())
-        for module_name in {plan.module_name for plan in self.plans}:
-            for pre_hook in (False, True):
-                wanted = {p.call: p for p in self.plans if p.module_name == module_name and p.pre_hook == pre_hook}
-                if wanted:
-                    self._handles.append(self._register(modules[module_name], module_name, pre_hook, wanted))
-        return self
-
-    def _register(self, module: nn.Module, module_name: str, pre_hook: bool, wanted: dict[int, LayerPlan]):
-        key = (module_name, pre_hook)
-
-        def capture(_module, args, output=None):
-            call = self._calls[key]
-            self._calls[key] += 1
-            plan = wanted.get(call)
-            if plan is not None:
-                try:
-                    self.features[plan.name] = self._rows(plan, first_tensor(args if pre_hook else output))
-                except BaseException as error:
-                    self._hook_error = error
-                    raise
-
-        return module.register_forward_pre_hook(capture) if pre_hook else module.register_forward_hook(capture)
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def _rows(self, plan: LayerPlan, tensor: torch.Tensor | None) -> torch.Tensor:
-        """The pooled rows of one layer's output, which must have the per-sample shape the probe saw."""
-        if tensor is None or tuple(tensor.shape[1:]) != plan.sample_shape:
-            found = "no tensor" if tensor is None else "×".join(map(str, tensor.shape[1:])) + " per sample"
-            raise ModelError(
-                f"layer '{plan.model_name or plan.name}' gave {found} for a batch, not the "
-                f"{'×'.join(map(str, plan.sample_shape))} of the probe batch (a forward pass that depends on the data?)"
-            )
-        return pool_rows(tensor, plan.pooling)
-
-    def run(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """Forward ``batch``; return the pooled rows of each planned layer and the model's output."""
-        self.features, self._calls, self._hook_error = {}, Counter(), None
-        try:
-            output = first_tensor(self.model(batch))
-        except Exception as error:
-            if error is self._hook_error:  # a wrong layer shape (one line) or a bug of the hooks (traceback)
-                raise
-            raise ModelError(model_failure(error, batch)) from None  # the user's model failing on this batch
-        missing = [plan.name for plan in self.plans if plan.name not in self.features]
-        if missing:
-            raise ModelError(f"layer(s) {', '.join(missing)} did not run for this batch (data-dependent forward pass?)")
-        return self.features, output
