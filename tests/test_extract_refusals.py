@@ -112,9 +112,13 @@ def _assert_kept_partial(out, rows: int) -> None:
         (
             "raising_model",
             ("--mean", "0", "--std", "1"),
-            ("the model failed on a batch of shape [2, 3, 16, 16]: RuntimeError: cannot handle a flat image",),
+            ("samples 4–5: the model failed on a batch of shape [2, 3, 16, 16]: RuntimeError: cannot handle a flat",),
         ),
-        ("narrowing_model", ("--mean", "0", "--std", "1"), ("layer 'conv' gave 8×4×4 per sample", "not the 8×16×16")),
+        (
+            "narrowing_model",
+            ("--mean", "0", "--std", "1"),
+            ("samples 4–5: layer 'conv' gave 8×4×4 per sample", "not the 8×16×16"),
+        ),
     ],
 )
 def test_the_model_failing_after_the_probe_is_one_line_and_keeps_the_rows_before(

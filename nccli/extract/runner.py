@@ -147,7 +147,7 @@ def _extract_one(
     job = plan_job(loaded, probe, tuple(plans), repr(transform), data, network)
     options = extract_options(config, job, data, indices)
     result = ExtractResult(target, len(indices), tuple(p.name for p in plans), loaded.epoch, notes=job.notes)
-    skipped_notes: list[str] = []
+    skipped_notes, skipped_rows = [], []
 
     def complete(path: str, wanted: dict) -> bool:
         """``--resume`` skips a finished file written with the same options, and refuses one with others."""
@@ -193,6 +193,7 @@ def _extract_one(
             skipped_notes.append(
                 f"left out {len(skipped)} unreadable sample(s) ({shown}); /{schema.SKIPPED_INDEX} lists them"
             )
+            skipped_rows.append(len(skipped))
         else:
             writer.finish()
 
@@ -207,7 +208,12 @@ def _extract_one(
         written = False
     if not written:
         return replace(result, skipped=True, notes=("already complete",))
-    return replace(result, seconds=time.perf_counter() - started, notes=result.notes + tuple(skipped_notes))
+    return replace(
+        result,
+        rows=result.rows - sum(skipped_rows),
+        seconds=time.perf_counter() - started,
+        notes=result.notes + tuple(skipped_notes),
+    )
 
 
 def _probe_images(batches: SampleBatches, data: ImageData) -> torch.Tensor:
@@ -245,10 +251,14 @@ def _run(writer: FeatureWriter, rest: SampleBatches, model, job: Job, device, ch
             for images, labels, indices in loop.batches(loader):
                 arrays = {}
                 if len(images):
-                    features, output = loop.run_batch(capture, images, device, config.precision, channels_last)
-                    arrays = {schema.layer_path(name): rows for name, rows in features.items()}
-                    if job.logits:
-                        arrays[schema.LOGITS] = loop.logits_rows(output, len(images), job.num_classes)
+                    try:
+                        features, output = loop.run_batch(capture, images, device, config.precision, channels_last)
+                        arrays = {schema.layer_path(name): rows for name, rows in features.items()}
+                        if job.logits:
+                            arrays[schema.LOGITS] = loop.logits_rows(output, len(images), job.num_classes)
+                    except ModelError as error:  # the user's model failed on this batch: say which samples
+                        found = indices[indices >= 0]
+                        raise ModelError(f"samples {int(found[0])}–{int(found[-1])}: {error}") from None
                 if len(images) < len(labels):  # samples left out by --skip-unreadable: placeholder rows
                     arrays = loop.with_placeholders(arrays, indices >= 0, widths, device)
                 arrays, event = loop.to_host(arrays)
