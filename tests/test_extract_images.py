@@ -130,3 +130,30 @@ def test_an_odd_image_size_is_named_wherever_it_sits(tmp_path, batch_size):
         assert f"keeps the first {kept} of {ROWS} rows" in result.stderr
         before[str(tmp_path / "f.h5.partial")] = (tmp_path / "f.h5.partial").read_bytes()
     assert _snapshot(tmp_path) == before
+
+
+def test_the_shard_index_lists_the_skipped_samples_of_every_shard(tmp_path):
+    """Under torchrun each rank leaves out its own unreadable samples; the index over the shards lists them all."""
+    import json
+
+    from h5files import write_feature_file
+
+    from nccli.io import shards
+
+    target = str(tmp_path / "f.h5")
+    options = {"dataset": "folder"}
+    (tmp_path / "f.shards").mkdir()
+    for rank, skipped in enumerate(([1], [6, 7])):
+        path = shards.shard_path(target, rank, 2)
+        shard_options = json.dumps({**options, schema.EXTRACT_OPTION_SHARD: [rank, 2, 4 * rank, 4 * rank + 4]})
+        write_feature_file(
+            path,
+            np.zeros(3, dtype=np.int64),
+            {"fc:input": np.ones((3, 2), dtype=np.float32)},
+            complete=True,
+            extra_root_attrs={schema.ATTR_EXTRACT_OPTIONS: shard_options},
+        )
+        with h5py.File(path, "a") as handle:
+            handle[schema.SKIPPED_INDEX] = np.array(skipped, dtype=np.int64)
+    shards.write_index(target, 2, options)
+    assert read_datasets(tmp_path / "f.h5")[schema.SKIPPED_INDEX].tolist() == [1, 6, 7]
