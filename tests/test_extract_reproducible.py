@@ -91,20 +91,29 @@ def test_a_killed_random_init_run_resumes_to_the_uninterrupted_file(data, tmp_pa
     """SIGKILL in a child process at the fourth batch; the resumed file equals the uninterrupted one, row by row."""
     child = textwrap.dedent(
         """
-        import os, signal, sys
+        import os, signal, sys, time
         from nccli.cli import app
         from nccli.extract import loop
         from nccli.io import writer
 
-        writer.FLUSH_SECONDS = 0.0  # every batch reaches the disk before the next, so the kill leaves rows
+        writer.FLUSH_SECONDS = 0.0  # every batch the writer thread takes reaches the disk at once
         real, calls = loop.run_batch, []
+        real_flush, flushed = writer.FeatureWriter.flush, []
+
+        def flush(self):
+            real_flush(self)
+            flushed.append(self.rows_written)
 
         def killed(*args, **kwargs):
             calls.append(1)
             if len(calls) == 4:
+                deadline = time.monotonic() + 60
+                while not any(flushed) and time.monotonic() < deadline:  # rows on disk, however busy the machine
+                    time.sleep(0.01)
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(*args, **kwargs)
 
+        writer.FeatureWriter.flush = flush
         loop.run_batch = killed
         app([str(arg) for arg in sys.argv[1:]], prog_name="nccli")
         """
