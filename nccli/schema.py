@@ -179,6 +179,9 @@ META_WARNINGS = "warnings"
 # --- feature file: written by `nccli extract`, ignored by readers ----------
 ATTR_EXTRACT_OPTIONS = "extract_options"  # JSON of what determines the rows; `--resume` must match it
 ATTR_PENDING_COMPRESSION = "pending_compression"  # FILE.partial only: the filter applied when the file is finished
+ATTR_INIT_SEED = "init_seed"  # the seed a model built without weights was initialised from (`--init-seed`)
+EXTRACT_OPTION_NETWORK = "network_sha256"  # key of ATTR_EXTRACT_OPTIONS: hash of the model's parameters and buffers
+SKIPPED_INDEX = "skipped_index"  # int (S,): source-dataset indices of samples `--skip-unreadable` left out
 
 # --- input array files read by `nccli extract` (.h5 datasets; .npz keys) ---
 ARRAY_FILE_IMAGES = "images"

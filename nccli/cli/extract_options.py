@@ -114,6 +114,14 @@ LimitOption = Annotated[
         ),
     ]
 SeedOption = Annotated[int, typer.Option(help="Seed of the --per-class draw.", rich_help_panel=DATA_PANEL)]
+SkipUnreadableOption = Annotated[
+    bool,
+    typer.Option(
+        help="Leave out images that cannot be decoded (truncated, empty, not an image) instead of stopping at the "
+        "first; the file lists their dataset indices in /skipped_index.",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
 LayersOption = Annotated[
         str | None,
         typer.Option(

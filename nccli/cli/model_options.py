@@ -56,8 +56,22 @@ TrustOption = Annotated[
 ]
 
 
-def model_options(arch: str | None, weights: str | None, num_classes: int | None, trust_checkpoint: bool):
+InitSeedOption = Annotated[
+    int,
+    typer.Option(
+        help="Seed of the random initialisation of a torchvision MODEL built without --weights (recorded in the "
+        "file), so the same command, --resume and every torchrun process build the same network.",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+
+
+def model_options(
+    arch: str | None, weights: str | None, num_classes: int | None, trust_checkpoint: bool, init_seed: int = 0
+):
     """The library's ModelOptions from the shared options (imported late: it pulls in torch)."""
     from nccli.extract import ModelOptions
 
-    return ModelOptions(arch=arch, weights=weights, num_classes=num_classes, trust_checkpoint=trust_checkpoint)
+    return ModelOptions(
+        arch=arch, weights=weights, num_classes=num_classes, trust_checkpoint=trust_checkpoint, init_seed=init_seed
+    )
