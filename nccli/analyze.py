@@ -14,13 +14,14 @@ import numpy as np
 
 from nccli import schema
 from nccli.errors import DegenerateMetricWarning, FeatureFileError, UsageError
-from nccli.io.reader import FeatureFile, LayerInfo, memory_budget, open_feature_file
+from nccli.io.reader import FeatureFile, FeatureFileInfo, LayerInfo, memory_budget, open_feature_file, read_info
 from nccli.metrics import formulas
 from nccli.metrics.backend import Backend, select_backend
 from nccli.metrics.layer import ClassMeans, build_geometry, summarize_layer
 from nccli.metrics.mse import MSE_MAX_DIM, mse_decomposition
 from nccli.progress import progress_bar
 from nccli.report.tables import LayerPairs, PairSink, check_pairs_size, class_table
+from nccli.references import pair_references
 from nccli.scan import Scanner
 
 
@@ -29,7 +30,9 @@ class AnalyzeConfig:
     """What to analyze and how.
 
     ``layers``: names or globs (None = all); ``means_from``: a reference
-    feature file whose class means the nearest-class-centre metrics use;
+    feature file whose class means the nearest-class-centre metrics use, or a
+    folder or glob of them, paired with each file by epoch, else file name
+    (:mod:`nccli.references`);
     ``mse``: add the MSE decomposition with weight decay ``weight_decay``;
     ``depth_epsilon``: ε of ``ncc_effective_depth``; ``block_rows``: rows per
     block (None = about 16 MiB of the widest layer, chunk-aligned); ``jobs``:
@@ -68,42 +71,64 @@ class AnalysisResult:
 def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None) -> AnalysisResult:
     """Compute the metrics of ``metrics.md`` for every selected layer of every file.
 
-    ``pairs``, if given, receives the per-pair table as Arrow record batches
-    while it is computed (never gathered here); without ``config.pairs_top``
-    a table above ``tables.PAIRS_ROWS_MAX`` rows is refused before any row is read.
+    Every input is validated first (opened, checked and closed again); then each file is opened only
+    while its rows are read, so any number of files fits under the open-file limit. ``pairs``, if
+    given, receives the per-pair table as Arrow record batches while it is computed (never gathered
+    here); without ``config.pairs_top`` a table above ``tables.PAIRS_ROWS_MAX`` rows is refused
+    before any row is read.
     """
     _check_config(config, pairs is not None)
     xp = select_backend("cpu" if config.jobs > 1 else config.device)
+    infos = [read_info(path) for path in config.files]
+    selections = [info.select_layers(config.layers) for info in infos]
+    references = (
+        pair_references(config.means_from, infos, selections) if config.means_from else [None] * len(infos)
+    )
+    if config.mse:
+        _check_mse_width(infos, selections)
+    for info, layers in zip(infos, selections):
+        _check_state_size(info, layers)
+    if pairs is not None and config.pairs_top is None:
+        check_pairs_size([info.num_classes for info, layers in zip(infos, selections) for _ in layers])
+    pair_output = _PairOutput(pairs, any(info.class_names is not None for info in infos), config.pairs_top)
+    needed = _reference_layers(references, selections)
+    total = sum(2 * info.n_samples for info in infos) + sum(reference.n_samples for reference, _ in needed.values())
     result = AnalysisResult()
     with contextlib.ExitStack() as stack:
-        files = [stack.enter_context(open_feature_file(path)) for path in config.files]
-        selections = [feature_file.info.select_layers(config.layers) for feature_file in files]
-        reference = stack.enter_context(open_feature_file(config.means_from)) if config.means_from else None
-        if reference is not None:
-            _check_reference(reference, files, selections)
-        if config.mse:
-            _check_mse_width(files, selections)
-        for feature_file, layers in zip(files, selections):
-            _check_state_size(feature_file, layers)
-        if pairs is not None and config.pairs_top is None:
-            check_pairs_size([f.info.num_classes for f, layers in zip(files, selections) for _ in layers])
-        pair_output = _PairOutput(pairs, any(f.info.class_names is not None for f in files), config.pairs_top)
-        total = sum(2 * f.info.n_samples for f in files)
-        if reference is not None:
-            total += reference.info.n_samples
         advance = stack.enter_context(progress_bar(config.show_progress, "analyze", total))
         scanner = Scanner(xp, config.jobs, config.block_rows, advance)
         stack.callback(scanner.close)
-        reference_means = None
-        if reference is not None:
-            names = {layer.name for selection in selections for layer in selection}
-            layers = tuple(layer for layer in reference.info.layers if layer.name in names)
-            moments = scanner.moments(reference, layers, None)
-            reference_means = {name: ClassMeans.of(state) for name, state in moments.items()}
-        for feature_file, layers in zip(files, selections):
-            _analyze_file(xp, scanner, feature_file, layers, reference_means, config, result, pair_output)
-    result.conventions = _conventions(config, xp, result)
+        means: dict[str, dict[str, ClassMeans]] = {}
+        for index, (info, layers, reference) in enumerate(zip(infos, selections, references)):
+            if reference is not None and reference.path not in means:
+                means[reference.path] = _reference_means(scanner, reference, needed[reference.path][1])
+            with open_feature_file(info.path, probed=True, expected=info) as feature_file:
+                reference_means = None if reference is None else means[reference.path]
+                analyze_file(xp, scanner, feature_file, layers, reference_means, config, result, pair_output)
+            if reference is not None and all(later is not reference for later in references[index + 1 :]):
+                del means[reference.path]  # a reference's means are kept only while a later file uses them
+    result.conventions = _conventions(config, xp, result, dict(zip(config.files, references)))
     return result
+
+
+def _reference_layers(references, selections) -> dict[str, tuple[FeatureFileInfo, tuple[LayerInfo, ...]]]:
+    """Per reference file, its layers that the files paired with it select."""
+    names: dict[str, set[str]] = {}
+    for reference, layers in zip(references, selections):
+        if reference is not None:
+            names.setdefault(reference.path, set()).update(layer.name for layer in layers)
+    found = {reference.path: reference for reference in references if reference is not None}
+    return {
+        path: (found[path], tuple(layer for layer in found[path].layers if layer.name in chosen))
+        for path, chosen in names.items()
+    }
+
+
+def _reference_means(scanner: Scanner, reference: FeatureFileInfo, layers: tuple[LayerInfo, ...]) -> dict[str, ClassMeans]:
+    """The class means of ``layers`` in a --means-from file: one pass over its rows, once per run."""
+    with open_feature_file(reference.path, probed=True, expected=reference) as feature_file:
+        moments = scanner.moments(feature_file, layers, None)
+    return {name: ClassMeans.of(state) for name, state in moments.items()}
 
 
 def _check_config(config: AnalyzeConfig, with_pairs: bool) -> None:
@@ -129,37 +154,11 @@ def _check_config(config: AnalyzeConfig, with_pairs: bool) -> None:
         raise UsageError(f"--jobs {config.jobs} spreads rows over CPU processes; it does not combine with --device {config.device}")
 
 
-def _check_reference(reference: FeatureFile, files: list[FeatureFile], selections) -> None:
-    ref = reference.info
-    available = {layer.name: layer for layer in ref.layers}
-    for feature_file, layers in zip(files, selections):
-        info = feature_file.info
-        if info.num_classes != ref.num_classes:
-            raise FeatureFileError(
-                ref.path, "", f"--means-from file has {ref.num_classes} classes but '{info.path}' has {info.num_classes}"
-            )
-        for layer in layers:
-            if layer.name not in available:
-                raise FeatureFileError(
-                    ref.path,
-                    schema.LAYERS,
-                    f"--means-from file has no layer '{layer.name}' (needed by '{info.path}'); "
-                    f"its layers are: {', '.join(available)}",
-                )
-            if available[layer.name].dim != layer.dim:
-                raise FeatureFileError(
-                    ref.path,
-                    schema.layer_path(layer.name),
-                    f"--means-from layer has width {available[layer.name].dim} but '{info.path}' has {layer.dim}",
-                )
-
-
 STATE_BYTES_MAX = 16 * 2**30
 
 
-def _check_state_size(feature_file: FeatureFile, layers: tuple[LayerInfo, ...]) -> None:
+def _check_state_size(info: FeatureFileInfo, layers: tuple[LayerInfo, ...]) -> None:
     """Refuse before allocating when the declared class count would need absurd state (2 × C × d float64 per layer)."""
-    info = feature_file.info
     needed = sum(2 * info.num_classes * layer.dim * 8 for layer in layers)
     limit = min(STATE_BYTES_MAX, memory_budget())
     if needed > limit:
@@ -172,18 +171,18 @@ def _check_state_size(feature_file: FeatureFile, layers: tuple[LayerInfo, ...]) 
         )
 
 
-def _check_mse_width(files: list[FeatureFile], selections) -> None:
-    for feature_file, layers in zip(files, selections):
-        name = feature_file.info.classifier_layer
+def _check_mse_width(infos: list[FeatureFileInfo], selections) -> None:
+    for info, layers in zip(infos, selections):
+        name = info.classifier_layer
         for layer in layers:
             if layer.name == name and layer.dim > MSE_MAX_DIM:
                 raise UsageError(
-                    f"--mse needs a (d+1)² matrix; layer '{name}' of '{feature_file.info.path}' has d = {layer.dim}, "
+                    f"--mse needs a (d+1)² matrix; layer '{name}' of '{info.path}' has d = {layer.dim}, "
                     f"above the limit of {MSE_MAX_DIM}; drop --mse for this file"
                 )
 
 
-def _analyze_file(
+def analyze_file(
     xp: Backend,
     scanner: Scanner,
     feature_file: FeatureFile,
@@ -191,9 +190,11 @@ def _analyze_file(
     reference_means,
     config: AnalyzeConfig,
     result: AnalysisResult,
-    pair_output: "_PairOutput",
+    pair_output: "_PairOutput | None" = None,
 ) -> None:
+    """One file's two passes, its rows appended to ``result``; ``measure_collapse`` runs it on batches in memory."""
     info = feature_file.info
+    pair_output = pair_output or _PairOutput(None, info.class_names is not None, None)
     classifier_layer = info.classifier_layer if feature_file.classifier is not None else None
     moments = scanner.moments(feature_file, layers, classifier_layer if config.mse else None)
 
@@ -277,7 +278,7 @@ def _warn(result: AnalysisResult, file: str, layer: str | None, message: str) ->
     warnings.warn(DegenerateMetricWarning(text), stacklevel=2)
 
 
-def _conventions(config: AnalyzeConfig, xp: Backend, result: AnalysisResult) -> dict:
+def _conventions(config: AnalyzeConfig, xp: Backend, result: AnalysisResult, references: dict) -> dict:
     """The choices other tools make differently, so a number can be compared (``report.md``)."""
     ranks: dict[str, dict[str, int]] = {}
     for row in result.summary:
@@ -291,7 +292,12 @@ def _conventions(config: AnalyzeConfig, xp: Backend, result: AnalysisResult) -> 
         "sigma_b_rank": ranks,
         "coincident_means": f"two class means closer than {formulas.COINCIDENCE_TOLERANCE:g} × max_c ‖μ_c‖ coincide",
         "cosine_view": "raw (uncentred) features; pairs i = j included; all-zero vectors left out",
-        "ncc_means": f"class means of '{config.means_from}' (--means-from)" if config.means_from else "each file's own class means",
+        "ncc_means": f"class means of the --means-from '{config.means_from}' file paired with each file (ncc_means_from)"
+        if config.means_from
+        else "each file's own class means",
+        "ncc_means_from": {file: file if reference is None else reference.path for file, reference in references.items()}
+        if config.means_from
+        else None,
         "ties": "argmin / argmax over present classes; ties go to the lowest class id",
         "mse": {"weight_decay": config.weight_decay, "extended_features": "h̃ = [h; 1], W̃ = [W, b] over all classes"}
         if config.mse

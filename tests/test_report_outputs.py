@@ -114,7 +114,10 @@ def overlapping(tmp_path):
     (tmp_path / "link.parquet").symlink_to(data)
     os.link(data, tmp_path / "hard.parquet")
     common = [data, "--means-from", reference]
-    return [data, reference], [
+    (tmp_path / "refs").mkdir()
+    in_folder = good_file(tmp_path / "refs" / "in.h5", seed=2)
+    return [data, reference, in_folder], [
+        ([data, "--means-from", tmp_path / "refs", "--out", in_folder], "is the input file"),  # --means-from a folder
         (common + ["--out", data], "--out"),
         (common + ["--out", tmp_path / "r.parquet", "--classes", data], "--classes"),
         (common + ["--out", tmp_path / "r.parquet", "--pairs", tmp_path / "sub" / ".." / "in.h5"], "--pairs"),

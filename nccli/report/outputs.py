@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from nccli import schema
 from nccli.analyze import AnalysisResult, AnalyzeConfig, analyze_features
 from nccli.errors import OutputError, UsageError
+from nccli.references import reference_paths
 from nccli.report.parquet import (
     TEMPORARY_SUFFIX,
     check_writable,
@@ -55,7 +56,7 @@ def write_analysis(
     """
     requested = {"--out": out, "--classes": classes, "--pairs": pairs}
     targets = {option: check_writable(path, option) for option, path in requested.items() if path is not None}
-    check_apart(targets, [*config.files, *([config.means_from] if config.means_from else [])])
+    check_apart(targets, [*config.files, *(reference_paths(config.means_from)[0] if config.means_from else [])])
     with reserve_outputs(targets.values()), _Staged(targets.values()) as staged:
         stream = _ParquetStream(staged.path(targets["--pairs"])) if pairs is not None else None
         result = analyze_features(config, pairs=stream.write if stream is not None else None)
