@@ -18,7 +18,7 @@ from nccli.metrics.pairs import PairTile, Tile, TopPairs
 from nccli.report.parquet import arrow_type, class_columns, pair_columns
 
 # The full per-pair table of one run is refused above this many rows (about
-# 2.5 GB of Parquet, a K = 10 000 layer holds 50 million pairs): beyond it, the
+# 1.75 GB of Parquet; one K = 10 000 layer holds 50 million pairs): beyond it, the
 # table is unusable in a dataframe and --pairs-top N says what a person wants.
 PAIRS_ROWS_MAX = 50_000_000
 # Parquet bytes per pair row without class names (measured: 1.66 GB for 48 million rows), for the estimate.
@@ -28,7 +28,7 @@ PairSink = Callable[[pa.RecordBatch], None]
 
 
 def check_pairs_size(class_counts: Sequence[int]) -> None:
-    """Refuse, before any row is read, a full per-pair table above ``PAIRS_ROWS_MAX`` rows.
+    """Refuse, before any row is read, a full per-pair table above ``PAIRS_ROWS_MAX`` (50 million) rows.
 
     ``class_counts``: the declared number of classes of every (file, layer)
     analysed; the estimate K(K−1)/2 per layer is an upper bound (absent classes
