@@ -20,8 +20,8 @@ from nccli.metrics.backend import Backend, select_backend
 from nccli.metrics.layer import ClassMeans, build_geometry, summarize_layer
 from nccli.metrics.mse import MSE_MAX_DIM, mse_decomposition
 from nccli.progress import progress_bar
-from nccli.report.tables import LayerPairs, PairSink, check_pairs_size, class_table
 from nccli.references import pair_references
+from nccli.report.tables import LayerPairs, PairSink, check_pairs_size, class_table
 from nccli.scan import Scanner
 
 
