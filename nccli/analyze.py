@@ -192,7 +192,10 @@ def analyze_file(
     result: AnalysisResult,
     pair_output: "_PairOutput | None" = None,
 ) -> None:
-    """One file's two passes, its rows appended to ``result``; ``measure_collapse`` runs it on batches in memory."""
+    """One file's two passes, its rows appended to ``result``; ``measure_collapse`` runs it on batches in memory.
+
+    ``pair_output``: where the per-pair rows go (default: nowhere; the pair summaries are computed all the same).
+    """
     info = feature_file.info
     pair_output = pair_output or _PairOutput(None, info.class_names is not None, None)
     classifier_layer = info.classifier_layer if feature_file.classifier is not None else None
