@@ -14,11 +14,13 @@ import numpy as np
 
 from nccli import schema
 from nccli.errors import DegenerateMetricWarning, FeatureFileError, UsageError
-from nccli.io.reader import FeatureFile, LayerInfo, memory_budget, open_feature_file
+from nccli.io.reader import FeatureFile, LayerInfo, open_feature_file
 from nccli.metrics import formulas
 from nccli.metrics.backend import Backend, select_backend
-from nccli.metrics.layer import ClassMeans, build_geometry, summarize_layer
+from nccli.metrics.geometry import build_geometry
+from nccli.metrics.layer import ClassMeans, summarize_layer
 from nccli.metrics.mse import MSE_MAX_DIM, mse_decomposition
+from nccli.plan import layer_groups, state_budget
 from nccli.progress import progress_bar
 from nccli.scan import Scanner
 
@@ -72,22 +74,28 @@ def analyze_features(config: AnalyzeConfig) -> AnalysisResult:
             _check_reference(reference, files, selections)
         if config.mse:
             _check_mse_width(files, selections)
-        for feature_file, layers in zip(files, selections):
-            _check_state_size(feature_file, layers)
-        total = sum(2 * f.info.n_samples for f in files)
+        budget = state_budget(xp)
+        reference_groups = []
         if reference is not None:
-            total += reference.info.n_samples
+            names = {layer.name for selection in selections for layer in selection}
+            reference_layers = tuple(layer for layer in reference.info.layers if layer.name in names)
+            budget -= sum(8 * reference.info.num_classes * layer.dim for layer in reference_layers)  # the means kept
+            reference_groups = layer_groups(xp, reference, reference_layers, config, budget)
+        plans = [layer_groups(xp, f, layers, config, budget) for f, layers in zip(files, selections)]
+        total = sum(2 * f.info.n_samples * len(groups) for f, groups in zip(files, plans))
+        if reference is not None:
+            total += reference.info.n_samples * len(reference_groups)
         advance = stack.enter_context(progress_bar(config.show_progress, "analyze", total))
         scanner = Scanner(xp, config.jobs, config.block_rows, advance)
         stack.callback(scanner.close)
         reference_means = None
         if reference is not None:
-            names = {layer.name for selection in selections for layer in selection}
-            layers = tuple(layer for layer in reference.info.layers if layer.name in names)
-            moments = scanner.moments(reference, layers, None)
-            reference_means = {name: ClassMeans.of(state) for name, state in moments.items()}
-        for feature_file, layers in zip(files, selections):
-            _analyze_file(xp, scanner, feature_file, layers, reference_means, config, result)
+            reference_means = {}
+            for layers in reference_groups:
+                moments = scanner.moments(reference, layers, None)
+                reference_means.update((name, ClassMeans.of(state)) for name, state in moments.items())
+        for feature_file, groups in zip(files, plans):
+            _analyze_file(xp, scanner, feature_file, groups, reference_means, config, result)
     result.conventions = _conventions(config, xp, result)
     return result
 
@@ -134,24 +142,6 @@ def _check_reference(reference: FeatureFile, files: list[FeatureFile], selection
                 )
 
 
-STATE_BYTES_MAX = 16 * 2**30
-
-
-def _check_state_size(feature_file: FeatureFile, layers: tuple[LayerInfo, ...]) -> None:
-    """Refuse before allocating when the declared class count would need absurd state (2 × C × d float64 per layer)."""
-    info = feature_file.info
-    needed = sum(2 * info.num_classes * layer.dim * 8 for layer in layers)
-    limit = min(STATE_BYTES_MAX, memory_budget())
-    if needed > limit:
-        raise FeatureFileError(
-            info.path,
-            "",
-            f"num_classes = {info.num_classes} would need {needed / 2**30:.0f} GiB of per-class state for the selected layers "
-            f"(limit {limit / 2**30:.1f} GiB: half the memory available, at most {STATE_BYTES_MAX // 2**30} GiB); "
-            "check the 'num_classes' attribute or select fewer layers",
-        )
-
-
 def _check_mse_width(files: list[FeatureFile], selections) -> None:
     for feature_file, layers in zip(files, selections):
         name = feature_file.info.classifier_layer
@@ -167,11 +157,35 @@ def _analyze_file(
     xp: Backend,
     scanner: Scanner,
     feature_file: FeatureFile,
-    layers: tuple[LayerInfo, ...],
+    groups: list[tuple[LayerInfo, ...]],
     reference_means,
     config: AnalyzeConfig,
     result: AnalysisResult,
 ) -> None:
+    """Both passes for each group of layers in turn (one group when all fit in memory together)."""
+    info = feature_file.info
+    if config.mse and feature_file.classifier is None:
+        _warn(result, info.path, None, "no /classifier/weight: mse_* reported as null")
+    file_rows = []
+    for layers in groups:
+        file_rows.extend(_analyze_layers(xp, scanner, feature_file, layers, reference_means, config, result))
+    depth = effective_depth(file_rows, config.depth_epsilon)
+    for row in file_rows:
+        row[schema.COL_EFFECTIVE_DEPTH] = depth
+    result.summary.extend(file_rows)
+    result.provenance[info.path] = info.provenance
+
+
+def _analyze_layers(
+    xp: Backend,
+    scanner: Scanner,
+    feature_file: FeatureFile,
+    layers: tuple[LayerInfo, ...],
+    reference_means,
+    config: AnalyzeConfig,
+    result: AnalysisResult,
+) -> list[dict]:
+    """Pass 1, geometry, pass 2 and the summaries of ``layers``: their summary rows."""
     info = feature_file.info
     classifier_layer = info.classifier_layer if feature_file.classifier is not None else None
     moments = scanner.moments(feature_file, layers, classifier_layer if config.mse else None)
@@ -184,9 +198,8 @@ def _analyze_file(
         classifier = feature_file.classifier if layer.name == classifier_layer else None
         geometries[layer.name] = build_geometry(xp, host, spectra[layer.name], ncc_reference, classifier)
     decisions = scanner.decisions(feature_file, layers, geometries)
+    del geometries  # (K, d) arrays per layer that the summaries no longer need
 
-    if config.mse and classifier_layer is None:
-        _warn(result, info.path, None, "no /classifier/weight: mse_* reported as null")
     file_rows = []
     for layer in layers:
         classifier = feature_file.classifier if layer.name == classifier_layer else None
@@ -216,12 +229,7 @@ def _analyze_file(
         )
         result.classes.extend(_with_names({**keys, **row}, info.class_names) for row in metrics.classes)
         result.pairs.extend(_with_names({**keys, **row}, info.class_names) for row in metrics.pairs)
-
-    depth = effective_depth(file_rows, config.depth_epsilon)
-    for row in file_rows:
-        row[schema.COL_EFFECTIVE_DEPTH] = depth
-    result.summary.extend(file_rows)
-    result.provenance[info.path] = info.provenance
+    return file_rows
 
 
 def effective_depth(rows: list[dict], epsilon: float) -> int:
