@@ -152,7 +152,7 @@ class Decisions:
         clf_pred, own, other = geometry.classify(xp, centred, labels)
         state.clf_correct = xp.bincount(labels, num_classes, weights=1.0 * (clf_pred == labels))
         state.mismatch = xp.scalar((clf_pred != ncc_pred).sum())
-        if len(geometry.present_ids) > 1 and len(labels):
+        if len(geometry.own_centres) > 1 and len(labels):
             margins = own - other
             state.margin_min = xp.scalar(margins.min())
             state.margin_sum = xp.scalar(margins.sum())
