@@ -34,6 +34,7 @@ class NumpyBackend:
 
     name = "cpu"
     tile_bytes = 32 * 2**20  # pass 2's block × class-tile products (metrics/geometry.py)
+    single_unit = 2.0**-24  # unit roundoff of its float32 products
 
     def features(self, block: np.ndarray):
         return np.asarray(block, dtype=np.float64)
@@ -122,6 +123,32 @@ class NumpyBackend:
     def row_max(self, a):
         return np.max(a, axis=1)
 
+    def row_min(self, a):
+        return np.min(a, axis=1)
+
+    def single(self, a):
+        return a.astype(np.float32)
+
+    def full(self, n: int, value: float):
+        return np.full(n, value)
+
+    def pairs(self, mask):
+        """(rows, columns) of the True entries of a 2-D mask, row by row, columns ascending."""
+        return np.nonzero(mask)
+
+    def count_row(self, mask):
+        return np.count_nonzero(mask, axis=1)
+
+    def concatenate(self, a, b):
+        return np.concatenate([a, b])
+
+    def first_per_row(self, rows, keys):
+        """For pairs sorted by row: the position of the smallest key of each row present, the first
+        pair (lowest column) on ties."""
+        order = np.lexsort((keys, rows))  # stable: equal keys keep the pairs' order
+        grouped = rows[order]
+        return order[np.r_[True, grouped[1:] != grouped[:-1]]] if len(order) else order
+
     def all_finite(self, a) -> bool:
         return bool(np.isfinite(a).all())
 
@@ -149,6 +176,8 @@ class TorchBackend:
         self.device = torch.device(device)
         self.name = str(self.device)
         self.tile_bytes = 256 * 2**20  # larger products keep a GPU busy; device memory is larger than caches
+        # float32 matmuls may run in TF32 or bfloat16 unless the precision is "highest"
+        self.single_unit = 2.0**-24 if torch.get_float32_matmul_precision() == "highest" else 2.0**-8
 
     def features(self, block: np.ndarray):
         # Move the stored width (often float32) and widen on the device: half the transfer.
@@ -205,6 +234,32 @@ class TorchBackend:
 
     def row_max(self, a):
         return self.torch.max(a, dim=1).values
+
+    def row_min(self, a):
+        return self.torch.min(a, dim=1).values
+
+    def single(self, a):
+        return a.float()
+
+    def full(self, n: int, value: float):
+        return self.torch.full((n,), value, dtype=self.torch.float64, device=self.device)
+
+    def pairs(self, mask):
+        return self.torch.nonzero(mask, as_tuple=True)
+
+    def count_row(self, mask):
+        return mask.sum(dim=1)
+
+    def concatenate(self, a, b):
+        return self.torch.cat([a, b])
+
+    def first_per_row(self, rows, keys):
+        order = self.torch.sort(keys, stable=True).indices
+        order = order[self.torch.sort(rows[order], stable=True).indices]
+        grouped = rows[order]
+        first = self.torch.ones(len(order), dtype=self.torch.bool, device=self.device)
+        first[1:] = grouped[1:] != grouped[:-1]
+        return order[first]
 
     def all_finite(self, a) -> bool:
         return bool(self.torch.isfinite(a).all())

@@ -1,20 +1,26 @@
 """What pass 2 needs from pass 1, and its products with a block of rows, tile by tile over classes.
 
 Pass 2 compares every row with every class: NCC distances ‖h_i − μ_c‖² and
-classifier logits w_cᵀh_i + b_c. At K = 100 000 a block × K product would
-not fit in memory, so both run over tiles of classes whose block × tile
-product stays within the backend's ``tile_bytes``, keeping per row a running
-argmin (NCC), argmax (classifier), the own-class logit and the best other
-logit. Later tiles replace the running best only when strictly better, and
-within a tile argmin/argmax return the first extreme, so equal values go to
-the lowest class id (the rule of ``metrics.md``).
+classifier logits w_cᵀh_i + b_c, O(N·K·d), the bulk of analyze's work at
+large K. At K = 100 000 a block × K product would not fit in memory, so both
+run over tiles of classes whose block × tile product stays within the
+backend's ``tile_bytes``.
+
+Each tile is screened in float32 (half the bytes, twice the BLAS rate) and
+decided in float64. A float32 value is within δ_i of the exact one (the
+bound of :meth:`Geometry.nearest`); every class whose float32 value is
+within 2δ_i of the row's float32 best is a candidate, so the exact best is
+always among them, and only the candidates (a handful per row) are
+recomputed in float64 as explicit dot products. Per row a running best
+(value, class) goes across tiles, replaced only when strictly better; within
+a tile the first (lowest-id) candidate wins equal values. The exact value of
+a (row, class) pair does not depend on the tiling, so neither do the
+decisions: ties go to the lowest class id (the rule of ``metrics.md``).
 
 Exact ties come from classes with identical centres (coincident means made
 identical by ``ClassMeans.with_ties_exact``) or identical classifier rows
-(w_c, b_c). A BLAS product need not give identical columns the same
-rounding when they fall in differently shaped tiles, so only the first
-(lowest-id) class of each set of identical rows is a candidate: the tie rule
-then holds whatever the tiling.
+(w_c, b_c). Only the first (lowest-id) class of a set of identical rows is a
+candidate, so they never depend on rounding either.
 """
 
 from dataclasses import dataclass
@@ -48,72 +54,118 @@ class Geometry:
     own_centres: object
     column_of_class: object
     ncc_centres: object
+    ncc_single: object
     ncc_sqnorms: object
     ncc_ids: object
     weight: object = None
+    weight_single: object = None
     bias: object = None
     clf_ids: object = None
     clf_column: object = None
     clf_shared: object = None
     tile_bytes: int = 32 * 2**20
     tile_classes: int | None = None
+    single_unit: float = 2.0**-24
 
     @property
     def rank(self) -> int:
         return self.basis.shape[1]
 
     def _tiles(self, classes: int, rows: int) -> list[tuple[int, int]]:
-        width = self.tile_classes or max(1, self.tile_bytes // (8 * max(rows, 1)))
+        width = self.tile_classes or max(1, self.tile_bytes // (4 * max(rows, 1)))
         return [(start, min(start + width, classes)) for start in range(0, classes, width)]
 
-    def nearest(self, xp: Backend, centred):
-        """NCC decision of each row of ``centred`` (h_i − origin): argmin_c ‖μ_c − origin‖² − 2(h_i − origin)ᵀ(μ_c − origin),
-        which is ‖h_i − μ_c‖² less a per-row constant."""
+    def _slack(self, xp: Backend, centred, norm_max: float, offset_max: float):
+        """2δ_i: twice the bound on |float32 − exact| of (h_i − origin)·v + a over rows v of norm ≤
+        ``norm_max`` and offsets |a| ≤ ``offset_max``: (d + 4)·u·‖h_i − origin‖·norm_max + 2u·offset_max
+        (float32 casts, a d-term sum, the offset's addition; Higham, Thm. 3.5), doubled for safety."""
+        d, u = centred.shape[1], self.single_unit
+        return 4.0 * u * ((d + 4) * xp.sqrt(xp.rowdot(centred, centred)) * norm_max + 2.0 * offset_max)
+
+    def _exact_best(self, xp, centred, approx, slack, start, exact, lowest: bool):
+        """Per row, the exact best (value, column) among this tile's screened candidates; rows with
+        none (all masked out) keep (±inf, 0).
+
+        Most rows have one candidate, the float32 best: only the rows with
+        more are searched for theirs.
+        """
         rows = xp.arange(len(centred))
+        column = xp.argmin(approx) if lowest else xp.argmax(approx)
+        extreme = approx[rows, column]
+        within = approx <= (extreme + slack)[:, None] if lowest else approx >= (extreme - slack)[:, None]
+        counts = xp.count_row(within)
+        several = xp.flatnonzero(counts > 1)
+        more_rows, more_columns = xp.pairs(within[several])
+        more_rows = several[more_rows]
+        single = xp.flatnonzero(counts == 1)
+        rows = xp.concatenate(single, more_rows)
+        columns = xp.concatenate(column[single], more_columns)
+        keep = xp.flatnonzero(approx[rows, columns] > -np.inf)  # the own logit, masked out
+        rows, columns = rows[keep], columns[keep] + start
+        values = exact(centred[rows], columns)
+        first = xp.first_per_row(rows, values if lowest else -values)
+        best = xp.full(len(centred), np.inf if lowest else -np.inf)
+        best_column = xp.labels(np.zeros(len(centred), dtype=np.int64))
+        best[rows[first]], best_column[rows[first]] = values[first], columns[first]
+        return best, best_column
+
+    def nearest(self, xp: Backend, centred):
+        """NCC decision of each row of ``centred`` (h_i − origin): argmin_c ‖c‖² − 2(h_i − origin)·c over
+        c = μ_c − origin, which is ‖h_i − μ_c‖² less a per-row constant."""
+        single = xp.single(centred)
+        norm_max = xp.scalar(self.ncc_sqnorms.max()) ** 0.5
+        slack = xp.single(2.0 * self._slack(xp, centred, norm_max, norm_max**2))
+
+        def exact(rows, columns):
+            return self.ncc_sqnorms[columns] - 2.0 * xp.rowdot(rows, self.ncc_centres[columns])
+
         best = best_column = None
         for start, stop in self._tiles(len(self.ncc_ids), len(centred)):
-            distances = centred @ self.ncc_centres[start:stop].T
-            distances *= -2.0
-            distances += self.ncc_sqnorms[start:stop]
-            column = xp.argmin(distances)
-            value = distances[rows, column]
+            approx = single @ self.ncc_single[start:stop].T
+            approx *= -2.0
+            approx += xp.single(self.ncc_sqnorms[start:stop])
+            value, column = self._exact_best(xp, centred, approx, slack, start, exact, lowest=True)
             if best is None:
-                best, best_column = value, column + start
+                best, best_column = value, column
             else:
                 better = value < best
-                best, best_column = xp.where(better, value, best), xp.where(better, column + start, best_column)
+                best, best_column = xp.where(better, value, best), xp.where(better, column, best_column)
         return self.ncc_ids[best_column]
 
     def classify(self, xp: Backend, centred, labels):
-        """Classifier decision, own-class logit and best other logit of each row.
+        """Classifier decision, own-class logit and best other logit of each row, exact in float64.
 
         Logits z_ic = w_cᵀ(h_i − origin) + (b_c + w_cᵀorigin) = w_cᵀh_i + b_c.
         The best other logit max_{c ≠ y_i} z_ic (−inf when K = 1) leaves out
         y_i's candidate unless another class shares its row (then it counts, as
-        that class's logit).
+        that class's logit). The decision is y_i's class when its logit beats
+        the best other, or equals it with a lower id.
         """
-        rows = xp.arange(len(labels))
         columns = self.clf_column[labels]
-        own = xp.zeros(len(labels))
-        best = best_column = other = None
+        own = xp.rowdot(centred, self.weight[columns]) + self.bias[columns]
+        single = xp.single(centred)
+        norm_max = xp.scalar(xp.rowdot(self.weight, self.weight).max()) ** 0.5
+        bias_max = xp.scalar(abs(self.bias).max())
+        slack = xp.single(self._slack(xp, centred, norm_max, bias_max))
+        alone = xp.flatnonzero(~self.clf_shared[columns])
+
+        def exact(rows, candidates):
+            return xp.rowdot(rows, self.weight[candidates]) + self.bias[candidates]
+
+        other = other_column = None
         for start, stop in self._tiles(len(self.clf_ids), len(labels)):
-            logits = centred @ self.weight[start:stop].T
-            logits += self.bias[start:stop]
-            column = xp.argmax(logits)
-            value = logits[rows, column]
-            inside = xp.flatnonzero((columns >= start) & (columns < stop))
-            local = columns[inside] - start
-            own[inside] = logits[inside, local]
-            alone = xp.flatnonzero(~self.clf_shared[columns[inside]])
-            logits[inside[alone], local[alone]] = -np.inf
-            tile_other = xp.row_max(logits)
-            if best is None:
-                best, best_column, other = value, column + start, tile_other
+            approx = single @ self.weight_single[start:stop].T
+            approx += xp.single(self.bias[start:stop])
+            inside = alone[(columns[alone] >= start) & (columns[alone] < stop)]
+            approx[inside, columns[inside] - start] = -np.inf
+            value, column = self._exact_best(xp, centred, approx, slack, start, exact, lowest=False)
+            if other is None:
+                other, other_column = value, column
             else:
-                better = value > best
-                best, best_column = xp.where(better, value, best), xp.where(better, column + start, best_column)
-                other = xp.where(tile_other > other, tile_other, other)
-        return self.clf_ids[best_column], own, other
+                better = value > other
+                other, other_column = xp.where(better, value, other), xp.where(better, column, other_column)
+        wins = (own > other) | ((own == other) & (columns <= other_column))
+        return self.clf_ids[xp.where(wins, columns, other_column)], own, other
 
 
 def distinct_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,6 +200,7 @@ def build_geometry(
     first, _ = distinct_rows(ncc.means)
     shared = np.array_equal(ncc.ids[first], present.ids) and np.array_equal(ncc.means, present.means)
     ncc_centres = own if shared else ncc.means[first] - origin
+    ncc_device = own_centres if shared else xp.constant(ncc_centres)
     column_of_class = np.zeros(len(moments.count), dtype=np.int64)
     column_of_class[present.ids] = np.arange(len(present.ids))
     parts = {}
@@ -159,6 +212,7 @@ def build_geometry(
         clf_column[present.ids] = group
         parts = dict(
             weight=xp.constant(weight),
+            weight_single=xp.single(xp.constant(weight)),
             bias=xp.constant(rows[first_row, -1] + weight @ origin),
             clf_ids=xp.labels(present.ids[first_row]),
             clf_column=xp.labels(clf_column),
@@ -169,11 +223,13 @@ def build_geometry(
         basis=xp.constant(spectrum.basis),
         own_centres=own_centres,
         column_of_class=xp.labels(column_of_class),
-        ncc_centres=own_centres if shared else xp.constant(ncc_centres),
+        ncc_centres=ncc_device,
+        ncc_single=xp.single(ncc_device),
         ncc_sqnorms=xp.constant(np.einsum("ij,ij->i", ncc_centres, ncc_centres)),
         ncc_ids=xp.labels(ncc.ids[first]),
         tile_bytes=xp.tile_bytes,
         tile_classes=tile_classes,
+        single_unit=xp.single_unit,
         **parts,
     )
 
