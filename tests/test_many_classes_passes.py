@@ -149,6 +149,39 @@ def test_pass_two_tiled_over_classes_equals_one_tile_and_the_oracle(tile_classes
         np.testing.assert_allclose(tiled.projected_sq, whole.projected_sq, rtol=1e-12)
 
 
+def test_near_ties_below_float32_resolution_are_decided_in_float64():
+    """Rows 1e-10 (relative) nearer one of two classes than the other: float32 cannot tell them
+    apart, float64 can. With w_c = μ_c and b_c = −‖μ_c‖²/2 the logits are −‖h − μ_c‖²/2 + const,
+    so the classifier has the same near-ties. Expected: explicit float64 distances."""
+    rng = np.random.default_rng(8)
+    k, d = 12, 6
+    means = rng.normal(size=(k, d)) * 3
+    a, b = rng.integers(0, k, 400), rng.integers(0, k, 400)
+    a, b = a[a != b], b[a != b]
+    side = rng.choice([-1.0, 1.0], len(a))
+    features = (means[a] + means[b]) / 2 + 1e-10 * side[:, None] * (means[a] - means[b])
+    labels = np.where(rng.random(len(a)) < 0.5, a, b)
+    distances = ((features[:, None, :] - means[None, :, :]) ** 2).sum(axis=2)
+    expected = distances.argmin(axis=1)
+    classifier = Classifier(means, -0.5 * (means**2).sum(axis=1))
+    geometry_means = ClassMeans(np.arange(k), means)
+    for xp in backends():
+        for tile_classes in (1, 5, None):
+            moments = ClassMoments.empty(xp, k, d)
+            moments.update(xp.features(features), xp.labels(labels))
+            moments = moments.host()
+            spectrum = formulas.between_class_spectrum(ClassMeans.of(moments).centred)
+            geometry = build_geometry(xp, moments, spectrum, geometry_means, classifier, tile_classes)
+            centred = xp.features(features) - geometry.origin
+            ncc = xp.host(geometry.nearest(xp, centred))
+            clf, own, other = (xp.host(v) for v in geometry.classify(xp, centred, xp.labels(labels)))
+            np.testing.assert_array_equal(ncc, expected)
+            np.testing.assert_array_equal(clf, expected)
+            logits = features @ means.T + classifier.bias
+            best_other = np.where(np.arange(k)[None, :] == labels[:, None], -np.inf, logits).max(axis=1)
+            np.testing.assert_allclose(own - other, logits[np.arange(len(labels)), labels] - best_other, atol=1e-12)
+
+
 def test_coincident_means_go_to_the_lowest_class_id_in_every_tile():
     features, labels, classifier = pass_two_data()
     state, _ = decisions(NumpyBackend(), features, labels, classifier, tile_classes=2)
