@@ -136,11 +136,8 @@ class NumpyBackend:
         """(rows, columns) of the True entries of a 2-D mask, row by row, columns ascending."""
         return np.nonzero(mask)
 
-    def count_row(self, mask):
-        return np.count_nonzero(mask, axis=1)
-
-    def concatenate(self, a, b):
-        return np.concatenate([a, b])
+    def concatenate(self, *arrays):
+        return np.concatenate(arrays)
 
     def first_per_row(self, rows, keys):
         """For pairs sorted by row: the position of the smallest key of each row present, the first
@@ -247,11 +244,8 @@ class TorchBackend:
     def pairs(self, mask):
         return self.torch.nonzero(mask, as_tuple=True)
 
-    def count_row(self, mask):
-        return mask.sum(dim=1)
-
-    def concatenate(self, a, b):
-        return self.torch.cat([a, b])
+    def concatenate(self, *arrays):
+        return self.torch.cat(arrays)
 
     def first_per_row(self, rows, keys):
         order = self.torch.sort(keys, stable=True).indices

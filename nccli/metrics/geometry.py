@@ -82,30 +82,39 @@ class Geometry:
         d, u = centred.shape[1], self.single_unit
         return 4.0 * u * ((d + 4) * xp.sqrt(xp.rowdot(centred, centred)) * norm_max + 2.0 * offset_max)
 
-    def _exact_best(self, xp, centred, approx, slack, start, exact, lowest: bool):
-        """Per row, the exact best (value, column) among this tile's screened candidates; rows with
-        none (all masked out) keep (±inf, 0).
+    def _lowest(self, xp: Backend, centred, count: int, tile, slack, exact):
+        """Per row, the exact smallest value and its column among ``count`` columns: (value, column),
+        (+inf, 0) for a row whose every entry is +inf (masked out).
 
-        Most rows have one candidate, the float32 best: only the rows with
-        more are searched for theirs.
+        ``tile(start, stop)`` gives the float32 values of a tile of columns,
+        ``exact(rows, columns)`` the float64 ones of given pairs. Screening keeps
+        every entry within ``slack`` (2δ_i) of its tile's smallest, a superset
+        of those within 2δ_i of the row's smallest overall; those are then
+        decided in float64 once per block. Most rows have one candidate per
+        tile, the float32 smallest; only rows whose second smallest is within
+        the slack are searched for more.
         """
-        rows = xp.arange(len(centred))
-        column = xp.argmin(approx) if lowest else xp.argmax(approx)
-        extreme = approx[rows, column]
-        within = approx <= (extreme + slack)[:, None] if lowest else approx >= (extreme - slack)[:, None]
-        counts = xp.count_row(within)
-        several = xp.flatnonzero(counts > 1)
-        more_rows, more_columns = xp.pairs(within[several])
-        more_rows = several[more_rows]
-        single = xp.flatnonzero(counts == 1)
-        rows = xp.concatenate(single, more_rows)
-        columns = xp.concatenate(column[single], more_columns)
-        keep = xp.flatnonzero(approx[rows, columns] > -np.inf)  # the own logit, masked out
-        rows, columns = rows[keep], columns[keep] + start
+        n = len(centred)
+        everyone = xp.arange(n)
+        found, low = [], None
+        for start, stop in self._tiles(count, n):
+            approx = tile(start, stop)
+            column = xp.argmin(approx)
+            smallest = approx[everyone, column]
+            approx[everyone, column] = np.inf
+            bound = smallest + slack
+            several = xp.flatnonzero(xp.row_min(approx) <= bound)
+            more_rows, more_columns = xp.pairs(approx[several] <= bound[several][:, None])
+            found.append((everyone, column + start, smallest))
+            found.append((several[more_rows], more_columns + start, approx[several[more_rows], more_columns]))
+            low = smallest if low is None else xp.where(smallest < low, smallest, low)
+        rows, columns, values = (xp.concatenate(*parts) for parts in zip(*found))
+        keep = xp.flatnonzero((values <= low[rows] + slack[rows]) & (values < np.inf))  # +inf: masked out
+        rows, columns = rows[keep], columns[keep]
         values = exact(centred[rows], columns)
-        first = xp.first_per_row(rows, values if lowest else -values)
-        best = xp.full(len(centred), np.inf if lowest else -np.inf)
-        best_column = xp.labels(np.zeros(len(centred), dtype=np.int64))
+        first = xp.first_per_row(rows, values)
+        best = xp.full(n, np.inf)
+        best_column = xp.labels(np.zeros(n, dtype=np.int64))
         best[rows[first]], best_column[rows[first]] = values[first], columns[first]
         return best, best_column
 
@@ -116,30 +125,27 @@ class Geometry:
         norm_max = xp.scalar(self.ncc_sqnorms.max()) ** 0.5
         slack = xp.single(2.0 * self._slack(xp, centred, norm_max, norm_max**2))
 
-        def exact(rows, columns):
-            return self.ncc_sqnorms[columns] - 2.0 * xp.rowdot(rows, self.ncc_centres[columns])
-
-        best = best_column = None
-        for start, stop in self._tiles(len(self.ncc_ids), len(centred)):
+        def tile(start, stop):
             approx = single @ self.ncc_single[start:stop].T
             approx *= -2.0
             approx += xp.single(self.ncc_sqnorms[start:stop])
-            value, column = self._exact_best(xp, centred, approx, slack, start, exact, lowest=True)
-            if best is None:
-                best, best_column = value, column
-            else:
-                better = value < best
-                best, best_column = xp.where(better, value, best), xp.where(better, column, best_column)
-        return self.ncc_ids[best_column]
+            return approx
+
+        def exact(rows, columns):
+            return self.ncc_sqnorms[columns] - 2.0 * xp.rowdot(rows, self.ncc_centres[columns])
+
+        _, column = self._lowest(xp, centred, len(self.ncc_ids), tile, slack, exact)
+        return self.ncc_ids[column]
 
     def classify(self, xp: Backend, centred, labels):
         """Classifier decision, own-class logit and best other logit of each row, exact in float64.
 
-        Logits z_ic = w_cᵀ(h_i − origin) + (b_c + w_cᵀorigin) = w_cᵀh_i + b_c.
-        The best other logit max_{c ≠ y_i} z_ic (−inf when K = 1) leaves out
-        y_i's candidate unless another class shares its row (then it counts, as
-        that class's logit). The decision is y_i's class when its logit beats
-        the best other, or equals it with a lower id.
+        Logits z_ic = w_cᵀ(h_i − origin) + (b_c + w_cᵀorigin) = w_cᵀh_i + b_c,
+        screened as −z (the smallest −z is the largest logit). The best other
+        logit max_{c ≠ y_i} z_ic (−inf when K = 1) leaves out y_i's candidate
+        unless another class shares its row (then it counts, as that class's
+        logit). The decision is y_i's class when its logit beats the best
+        other, or equals it with a lower id.
         """
         columns = self.clf_column[labels]
         own = xp.rowdot(centred, self.weight[columns]) + self.bias[columns]
@@ -149,21 +155,18 @@ class Geometry:
         slack = xp.single(self._slack(xp, centred, norm_max, bias_max))
         alone = xp.flatnonzero(~self.clf_shared[columns])
 
-        def exact(rows, candidates):
-            return xp.rowdot(rows, self.weight[candidates]) + self.bias[candidates]
-
-        other = other_column = None
-        for start, stop in self._tiles(len(self.clf_ids), len(labels)):
-            approx = single @ self.weight_single[start:stop].T
-            approx += xp.single(self.bias[start:stop])
+        def tile(start, stop):
+            approx = single @ self.weight_single[start:stop].T  # −W in float32
+            approx -= xp.single(self.bias[start:stop])
             inside = alone[(columns[alone] >= start) & (columns[alone] < stop)]
-            approx[inside, columns[inside] - start] = -np.inf
-            value, column = self._exact_best(xp, centred, approx, slack, start, exact, lowest=False)
-            if other is None:
-                other, other_column = value, column
-            else:
-                better = value > other
-                other, other_column = xp.where(better, value, other), xp.where(better, column, other_column)
+            approx[inside, columns[inside] - start] = np.inf
+            return approx
+
+        def exact(rows, candidates):
+            return -(xp.rowdot(rows, self.weight[candidates]) + self.bias[candidates])
+
+        lowest, other_column = self._lowest(xp, centred, len(self.clf_ids), tile, slack, exact)
+        other = -lowest
         wins = (own > other) | ((own == other) & (columns <= other_column))
         return self.clf_ids[xp.where(wins, columns, other_column)], own, other
 
@@ -212,7 +215,7 @@ def build_geometry(
         clf_column[present.ids] = group
         parts = dict(
             weight=xp.constant(weight),
-            weight_single=xp.single(xp.constant(weight)),
+            weight_single=xp.single(xp.constant(-weight)),
             bias=xp.constant(rows[first_row, -1] + weight @ origin),
             clf_ids=xp.labels(present.ids[first_row]),
             clf_column=xp.labels(clf_column),
