@@ -126,8 +126,7 @@ class Geometry:
         slack = xp.single(2.0 * self._slack(xp, centred, norm_max, norm_max**2))
 
         def tile(start, stop):
-            approx = single @ self.ncc_single[start:stop].T
-            approx *= -2.0
+            approx = single @ self.ncc_single[start:stop].T  # −2(μ_c − origin) in float32: × −2 is exact
             approx += xp.single(self.ncc_sqnorms[start:stop])
             return approx
 
@@ -227,7 +226,7 @@ def build_geometry(
         own_centres=own_centres,
         column_of_class=xp.labels(column_of_class),
         ncc_centres=ncc_device,
-        ncc_single=xp.single(ncc_device),
+        ncc_single=xp.single(-2.0 * ncc_device),
         ncc_sqnorms=xp.constant(np.einsum("ij,ij->i", ncc_centres, ncc_centres)),
         ncc_ids=xp.labels(ncc.ids[first]),
         tile_bytes=xp.tile_bytes,
