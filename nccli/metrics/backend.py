@@ -139,10 +139,9 @@ class NumpyBackend:
     def concatenate(self, *arrays):
         return np.concatenate(arrays)
 
-    def first_per_row(self, rows, keys):
-        """For pairs sorted by row: the position of the smallest key of each row present, the first
-        pair (lowest column) on ties."""
-        order = np.lexsort((keys, rows))  # stable: equal keys keep the pairs' order
+    def first_per_row(self, rows, keys, columns):
+        """Position of the pair with the smallest key of each row present, the lowest column on ties."""
+        order = np.lexsort((columns, keys, rows))
         grouped = rows[order]
         return order[np.r_[True, grouped[1:] != grouped[:-1]]] if len(order) else order
 
@@ -247,9 +246,10 @@ class TorchBackend:
     def concatenate(self, *arrays):
         return self.torch.cat(arrays)
 
-    def first_per_row(self, rows, keys):
-        order = self.torch.sort(keys, stable=True).indices
-        order = order[self.torch.sort(rows[order], stable=True).indices]
+    def first_per_row(self, rows, keys, columns):
+        order = self.torch.sort(columns, stable=True).indices
+        for key in (keys, rows):  # stable sorts, least significant key first, as np.lexsort
+            order = order[self.torch.sort(key[order], stable=True).indices]
         grouped = rows[order]
         first = self.torch.ones(len(order), dtype=self.torch.bool, device=self.device)
         first[1:] = grouped[1:] != grouped[:-1]

@@ -45,8 +45,10 @@ class Geometry:
     (``--means-from``). Classifier candidates (None without a classifier):
     rows ``weight`` and ``bias`` (b + W·origin) of classes ``clf_ids``; class c
     has the logit of candidate ``clf_column[c]``, which ``clf_shared`` marks
-    when another class has the same row. ``tile_classes`` fixes the tile
-    width (tests); None sizes tiles by ``tile_bytes``.
+    when another class has the same row. ``ncc_single`` (−2·``ncc_centres``)
+    and ``weight_single`` (−``weight``) are the float32 copies the screening
+    multiplies, with unit roundoff ``single_unit``. ``tile_classes`` fixes the
+    tile width (tests); None sizes float32 tiles by ``tile_bytes``.
     """
 
     origin: object
@@ -78,7 +80,8 @@ class Geometry:
     def _slack(self, xp: Backend, centred, norm_max: float, offset_max: float):
         """2δ_i: twice the bound on |float32 − exact| of (h_i − origin)·v + a over rows v of norm ≤
         ``norm_max`` and offsets |a| ≤ ``offset_max``: (d + 4)·u·‖h_i − origin‖·norm_max + 2u·offset_max
-        (float32 casts, a d-term sum, the offset's addition; Higham, Thm. 3.5), doubled for safety."""
+        (float32 casts, a d-term sum, |fl(xᵀy) − xᵀy| ≤ γ_d|x|ᵀ|y| (Higham 2002, §3.1), the offset's
+        addition), doubled for safety."""
         d, u = centred.shape[1], self.single_unit
         return 4.0 * u * ((d + 4) * xp.sqrt(xp.rowdot(centred, centred)) * norm_max + 2.0 * offset_max)
 
@@ -112,7 +115,7 @@ class Geometry:
         keep = xp.flatnonzero((values <= low[rows] + slack[rows]) & (values < np.inf))  # +inf: masked out
         rows, columns = rows[keep], columns[keep]
         values = exact(centred[rows], columns)
-        first = xp.first_per_row(rows, values)
+        first = xp.first_per_row(rows, values, columns)
         best = xp.full(n, np.inf)
         best_column = xp.labels(np.zeros(n, dtype=np.int64))
         best[rows[first]], best_column[rows[first]] = values[first], columns[first]
