@@ -172,9 +172,9 @@ def test_near_ties_below_float32_resolution_are_decided_in_float64():
             moments = moments.host()
             spectrum = formulas.between_class_spectrum(ClassMeans.of(moments).centred)
             geometry = build_geometry(xp, moments, spectrum, geometry_means, classifier, tile_classes)
-            centred = xp.features(features) - geometry.origin
-            ncc = xp.host(geometry.nearest(xp, centred))
-            clf, own, other = (xp.host(v) for v in geometry.classify(xp, centred, xp.labels(labels)))
+            block = geometry.block(xp, xp.features(features))
+            ncc = xp.host(geometry.nearest(xp, block))
+            clf, own, other = (xp.host(v) for v in geometry.classify(xp, block, xp.labels(labels)))
             np.testing.assert_array_equal(ncc, expected)
             np.testing.assert_array_equal(clf, expected)
             logits = features @ means.T + classifier.bias

@@ -137,10 +137,10 @@ class Decisions:
 
     @classmethod
     def of_block(cls, xp: Backend, geometry: "Geometry", rows, labels, num_classes: int) -> "Decisions":
-        centred = rows - geometry.origin
-        residuals = centred - geometry.own_centres[geometry.column_of_class[labels]]
+        block = geometry.block(xp, rows)
+        residuals = block.centred - geometry.own_centres[geometry.column_of_class[labels]]
         projected = residuals @ geometry.basis
-        ncc_pred = geometry.nearest(xp, centred)
+        ncc_pred = geometry.nearest(xp, block)
         state = cls(
             xp,
             (projected * projected).sum(0),
@@ -149,7 +149,7 @@ class Decisions:
         )
         if geometry.weight is None:
             return state
-        clf_pred, own, other = geometry.classify(xp, centred, labels)
+        clf_pred, own, other = geometry.classify(xp, block, labels)
         state.clf_correct = xp.bincount(labels, num_classes, weights=1.0 * (clf_pred == labels))
         state.mismatch = xp.scalar((clf_pred != ncc_pred).sum())
         if len(geometry.own_centres) > 1 and len(labels):

@@ -77,16 +77,21 @@ class Geometry:
         width = self.tile_classes or max(1, self.tile_bytes // (4 * max(rows, 1)))
         return [(start, min(start + width, classes)) for start in range(0, classes, width)]
 
-    def _slack(self, xp: Backend, centred, norm_max: float, offset_max: float):
+    def block(self, xp: Backend, rows) -> "Block":
+        """What both decisions need of a block of float64 rows, computed once."""
+        centred = rows - self.origin
+        return Block(centred, xp.single(centred), xp.sqrt(xp.rowdot(centred, centred)))
+
+    def _slack(self, block: "Block", norm_max: float, offset_max: float):
         """2δ_i: twice the bound on |float32 − exact| of (h_i − origin)·v + a over rows v of norm ≤
         ``norm_max`` and offsets |a| ≤ ``offset_max``: (d + 4)·u·‖h_i − origin‖·norm_max + 2u·offset_max
         (float32 casts, a d-term sum, |fl(xᵀy) − xᵀy| ≤ γ_d|x|ᵀ|y| (Higham 2002, §3.1), the offset's
         addition), doubled for safety."""
-        d, u = centred.shape[1], self.single_unit
-        return 4.0 * u * ((d + 4) * xp.sqrt(xp.rowdot(centred, centred)) * norm_max + 2.0 * offset_max)
+        d, u = block.centred.shape[1], self.single_unit
+        return 4.0 * u * ((d + 4) * block.norms * norm_max + 2.0 * offset_max)
 
-    def _lowest(self, xp: Backend, centred, count: int, tile, slack, exact):
-        """Per row, the exact smallest value and its column among ``count`` columns: (value, column),
+    def _lowest(self, xp: Backend, block: "Block", count: int, tile, slack, exact, values: bool):
+        """Per row, the exact smallest value (if ``values``) and its column among ``count`` columns;
         (+inf, 0) for a row whose every entry is +inf (masked out).
 
         ``tile(start, stop)`` gives the float32 values of a tile of columns,
@@ -95,9 +100,10 @@ class Geometry:
         of those within 2δ_i of the row's smallest overall; those are then
         decided in float64 once per block. Most rows have one candidate per
         tile, the float32 smallest; only rows whose second smallest is within
-        the slack are searched for more.
+        the slack are searched for more, and a row left with one candidate
+        needs no float64 product unless its value is asked for.
         """
-        n = len(centred)
+        n = len(block.centred)
         everyone = xp.arange(n)
         found, low = [], None
         for start, stop in self._tiles(count, n):
@@ -111,35 +117,39 @@ class Geometry:
             found.append((everyone, column + start, smallest))
             found.append((several[more_rows], more_columns + start, approx[several[more_rows], more_columns]))
             low = smallest if low is None else xp.where(smallest < low, smallest, low)
-        rows, columns, values = (xp.concatenate(*parts) for parts in zip(*found))
-        keep = xp.flatnonzero((values <= low[rows] + slack[rows]) & (values < np.inf))  # +inf: masked out
+        rows, columns, approx_values = (xp.concatenate(*parts) for parts in zip(*found))
+        keep = xp.flatnonzero((approx_values <= low[rows] + slack[rows]) & (approx_values < np.inf))  # +inf: masked
         rows, columns = rows[keep], columns[keep]
-        values = exact(centred[rows], columns)
-        first = xp.first_per_row(rows, values, columns)
         best = xp.full(n, np.inf)
         best_column = xp.labels(np.zeros(n, dtype=np.int64))
-        best[rows[first]], best_column[rows[first]] = values[first], columns[first]
+        if not values:
+            alone = xp.flatnonzero(xp.bincount(rows, n)[rows] == 1)
+            best_column[rows[alone]] = columns[alone]
+            contested = xp.flatnonzero(xp.bincount(rows, n)[rows] > 1)
+            rows, columns = rows[contested], columns[contested]
+        exact_values = exact(block.centred[rows], columns)
+        first = xp.first_per_row(rows, exact_values, columns)
+        best[rows[first]], best_column[rows[first]] = exact_values[first], columns[first]
         return best, best_column
 
-    def nearest(self, xp: Backend, centred):
-        """NCC decision of each row of ``centred`` (h_i − origin): argmin_c ‖c‖² − 2(h_i − origin)·c over
-        c = μ_c − origin, which is ‖h_i − μ_c‖² less a per-row constant."""
-        single = xp.single(centred)
+    def nearest(self, xp: Backend, block: "Block"):
+        """NCC decision of each row: argmin_c ‖c‖² − 2(h_i − origin)·c over c = μ_c − origin, which is
+        ‖h_i − μ_c‖² less a per-row constant."""
         norm_max = xp.scalar(self.ncc_sqnorms.max()) ** 0.5
-        slack = xp.single(2.0 * self._slack(xp, centred, norm_max, norm_max**2))
+        slack = xp.single(2.0 * self._slack(block, norm_max, norm_max**2))
 
         def tile(start, stop):
-            approx = single @ self.ncc_single[start:stop].T  # −2(μ_c − origin) in float32: × −2 is exact
+            approx = block.single @ self.ncc_single[start:stop].T  # −2(μ_c − origin) in float32: × −2 is exact
             approx += xp.single(self.ncc_sqnorms[start:stop])
             return approx
 
         def exact(rows, columns):
             return self.ncc_sqnorms[columns] - 2.0 * xp.rowdot(rows, self.ncc_centres[columns])
 
-        _, column = self._lowest(xp, centred, len(self.ncc_ids), tile, slack, exact)
+        _, column = self._lowest(xp, block, len(self.ncc_ids), tile, slack, exact, values=False)
         return self.ncc_ids[column]
 
-    def classify(self, xp: Backend, centred, labels):
+    def classify(self, xp: Backend, block: "Block", labels):
         """Classifier decision, own-class logit and best other logit of each row, exact in float64.
 
         Logits z_ic = w_cᵀ(h_i − origin) + (b_c + w_cᵀorigin) = w_cᵀh_i + b_c,
@@ -150,15 +160,14 @@ class Geometry:
         other, or equals it with a lower id.
         """
         columns = self.clf_column[labels]
-        own = xp.rowdot(centred, self.weight[columns]) + self.bias[columns]
-        single = xp.single(centred)
+        own = xp.rowdot(block.centred, self.weight[columns]) + self.bias[columns]
         norm_max = xp.scalar(xp.rowdot(self.weight, self.weight).max()) ** 0.5
         bias_max = xp.scalar(abs(self.bias).max())
-        slack = xp.single(self._slack(xp, centred, norm_max, bias_max))
+        slack = xp.single(self._slack(block, norm_max, bias_max))
         alone = xp.flatnonzero(~self.clf_shared[columns])
 
         def tile(start, stop):
-            approx = single @ self.weight_single[start:stop].T  # −W in float32
+            approx = block.single @ self.weight_single[start:stop].T  # −W in float32
             approx -= xp.single(self.bias[start:stop])
             inside = alone[(columns[alone] >= start) & (columns[alone] < stop)]
             approx[inside, columns[inside] - start] = np.inf
@@ -167,10 +176,19 @@ class Geometry:
         def exact(rows, candidates):
             return -(xp.rowdot(rows, self.weight[candidates]) + self.bias[candidates])
 
-        lowest, other_column = self._lowest(xp, centred, len(self.clf_ids), tile, slack, exact)
+        lowest, other_column = self._lowest(xp, block, len(self.clf_ids), tile, slack, exact, values=True)
         other = -lowest
         wins = (own > other) | ((own == other) & (columns <= other_column))
         return self.clf_ids[xp.where(wins, columns, other_column)], own, other
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of rows for pass 2: h_i − origin in float64 and float32, and ‖h_i − origin‖."""
+
+    centred: object
+    single: object
+    norms: object
 
 
 def distinct_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
