@@ -2,8 +2,9 @@
 
 Per file, two passes over the rows serve all selected layers at once
 (pass 1: class moments; pass 2: projections on the between-class span and the
-NCC / classifier decisions). Everything is validated before the first row is
-read, so a bad input fails in seconds, not after an hour.
+NCC / classifier decisions), or each group of layers in turn when their state
+does not fit in memory together (``plan.py``). Everything is validated before
+the first row is read, so a bad input fails in seconds, not after an hour.
 """
 
 import contextlib
