@@ -103,12 +103,11 @@ def nccli_command(path: Path, out: Path, passes: bool) -> list[str]:
     return [PYTHON, "-m", "nccli", "analyze", str(path), "--out", str(out), "--device", "cpu"]
 
 
-def reference_values(python: str, path: Path) -> tuple[float, float, dict]:
-    """(wall, peak RSS MiB, values) of the library as a whole process; values from a second, unmeasured run."""
-    command = [python, str(HERE / "reference_neural_collapse.py"), str(path)]
-    wall, rss = measure(command)
-    values = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
-    return wall, rss, values
+def reference_values(python: str, path: Path, work: Path) -> tuple[float, float, dict]:
+    """(wall, peak RSS MiB, values) of the library as a whole process."""
+    values = work / "reference_values.json"
+    wall, rss = measure([python, str(HERE / "reference_neural_collapse.py"), str(path), str(values)])
+    return wall, rss, json.loads(values.read_text())
 
 
 def nccli_values(out: Path) -> dict:
@@ -146,7 +145,7 @@ def side_by_side(label: str, path: Path, out: Path, python: str | None, passes: 
     ours_wall, ours_rss = measure(nccli_command(path, out, passes))
     line = f"  {label:<28} nccli {ours_wall:8.1f} s {ours_rss:7.0f} MiB"
     if python is not None and run_reference:
-        wall, rss, values = reference_values(python, path)
+        wall, rss, values = reference_values(python, path, out.parent)
         line += f" | library {wall:8.1f} s {rss:7.0f} MiB | ratio {ours_wall / wall:.3f}× time, {ours_rss / rss:.3f}× RSS"
         if not passes:
             line += f"\n  {'':<28} relative gaps: {compare(nccli_values(out), values)}"

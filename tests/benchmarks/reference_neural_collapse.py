@@ -5,9 +5,9 @@ and that library installed; never part of nccli). It follows the library's
 README: a MeanAccumulator pass, a VarNormAccumulator + CovarAccumulator pass
 with the means, a DecAccumulator pass with the means and the classifier, then
 its measurements, on the CPU, reading the file's rows in batches with h5py.
-Prints one JSON object of values.
+Writes one JSON object of values to VALUES.json.
 
-    REFERENCE_PYTHON reference_neural_collapse.py FILE.h5 [--dtype float32] [--batch 1024] [--tile 1024]
+    REFERENCE_PYTHON reference_neural_collapse.py FILE.h5 VALUES.json [--dtype float32] [--batch 1024] [--tile 1024]
 """
 
 import argparse
@@ -39,6 +39,7 @@ def batches(handle, layer: str, batch: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path")
+    parser.add_argument("values", help="Where the JSON values go.")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="The library's accumulator dtype (its default: float32).")
     parser.add_argument("--batch", type=int, default=1024, help="Rows per accumulate call.")
     parser.add_argument("--tile", type=int, default=1024, help="tile_size of its K × K kernels.")
@@ -75,7 +76,8 @@ def main() -> None:
         "nc3_uniform_duality_ddof1": similarities(weight, means, mean_g, cos=True).var().item(),
         "clf_ncc_agreement": clf_ncc_agreement(dec_accum),
     }
-    print(json.dumps(values))
+    with open(args.values, "w") as out:
+        json.dump(values, out)
 
 
 if __name__ == "__main__":
