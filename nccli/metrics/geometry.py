@@ -258,7 +258,9 @@ def build_geometry(
 
 
 def geometry_bytes(num_classes: int, dim: int, classifier: bool, shared_ncc: bool) -> int:
-    """Bytes of a :class:`Geometry` at C classes, all present: (C, d) centres (again when the NCC
-    means are another file's), the classifier's rows, V of rank ≤ min(C − 1, d) and a few (C,) vectors."""
+    """Bytes of a :class:`Geometry` at C classes, all present: (C, d) float64 centres (again when the
+    NCC means are another file's) and classifier rows, their float32 copies for the screening, V of
+    rank ≤ min(C − 1, d) and a few (C,) vectors."""
     rank = min(max(num_classes - 1, 0), dim)
-    return 8 * (num_classes * dim * (1 + (not shared_ncc) + classifier) + dim * rank + 8 * num_classes)
+    matrices = num_classes * dim * (8 * (1 + (not shared_ncc) + classifier) + 4 * (1 + classifier))
+    return matrices + 8 * (dim * rank + 8 * num_classes)
