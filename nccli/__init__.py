@@ -4,6 +4,8 @@ The library API (the command line is a thin layer over it)::
 
     from nccli import analyze_features, AnalyzeConfig
     from nccli import extract_features, ExtractConfig
+    from nccli import convert_features, ConvertConfig
+    from nccli import measure_collapse  # metrics of batches in hand, e.g. in an evaluation loop
 
 Heavy modules (torch, h5py, pyarrow) load on first use, so ``import nccli``
 stays cheap.
@@ -17,6 +19,9 @@ _LAZY_EXPORTS = {
     "AnalyzeConfig": "nccli.analyze",
     "AnalysisResult": "nccli.analyze",
     "analyze_features": "nccli.analyze",
+    "ConvertConfig": "nccli.convert",
+    "convert_features": "nccli.convert",
+    "measure_collapse": "nccli.measure",
     "ExtractConfig": "nccli.extract",
     "extract_features": "nccli.extract",
     "list_layers": "nccli.extract",

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nccli import schema
-from nccli.errors import DegenerateMetricWarning, FeatureFileError, UsageError
-from nccli.io.reader import FeatureFile, LayerInfo, open_feature_file
+from nccli.errors import DegenerateMetricWarning, UsageError
+from nccli.io.reader import FeatureFile, FeatureFileInfo, LayerInfo, open_feature_file, read_info
 from nccli.metrics import formulas
 from nccli.metrics.backend import Backend, select_backend
 from nccli.metrics.geometry import build_geometry
@@ -23,6 +23,7 @@ from nccli.metrics.layer import ClassMeans, summarize_layer
 from nccli.metrics.mse import MSE_MAX_DIM, mse_decomposition
 from nccli.plan import layer_groups, state_budget
 from nccli.progress import progress_bar
+from nccli.references import pair_references
 from nccli.scan import Scanner
 
 
@@ -31,7 +32,9 @@ class AnalyzeConfig:
     """What to analyze and how.
 
     ``layers``: names or globs (None = all); ``means_from``: a reference
-    feature file whose class means the nearest-class-centre metrics use;
+    feature file whose class means the nearest-class-centre metrics use, or a
+    folder or glob of them, paired with each file by epoch, else file name
+    (:mod:`nccli.references`);
     ``mse``: add the MSE decomposition with weight decay ``weight_decay``;
     ``depth_epsilon``: ε of ``ncc_effective_depth``; ``block_rows``: rows per
     block (None = about 16 MiB of the widest layer, chunk-aligned); ``jobs``:
@@ -63,42 +66,68 @@ class AnalysisResult:
 
 
 def analyze_features(config: AnalyzeConfig) -> AnalysisResult:
-    """Compute the metrics of ``metrics.md`` for every selected layer of every file."""
+    """Compute the metrics of ``metrics.md`` for every selected layer of every file.
+
+    Every input is validated first (opened, checked and closed again); then each file is opened only
+    while its rows are read, so any number of files fits under the open-file limit.
+    """
     _check_config(config)
     xp = select_backend("cpu" if config.jobs > 1 else config.device)
+    infos = [read_info(path) for path in config.files]
+    selections = [info.select_layers(config.layers) for info in infos]
+    references = (
+        pair_references(config.means_from, infos, selections) if config.means_from else [None] * len(infos)
+    )
+    if config.mse:
+        _check_mse_width(infos, selections)
+    needed = _reference_layers(references, selections)
+    budget = state_budget(xp) - sum(  # the reference means kept while files use them
+        8 * reference.num_classes * layer.dim for reference, layers in needed.values() for layer in layers
+    )
+    plans = [layer_groups(xp, info, layers, config, budget) for info, layers in zip(infos, selections)]
+    reference_plans = {path: layer_groups(xp, reference, layers, config, budget) for path, (reference, layers) in needed.items()}
+    total = sum(2 * info.n_samples * len(groups) for info, groups in zip(infos, plans))
+    total += sum(reference.n_samples * len(reference_plans[path]) for path, (reference, _) in needed.items())
     result = AnalysisResult()
     with contextlib.ExitStack() as stack:
-        files = [stack.enter_context(open_feature_file(path)) for path in config.files]
-        selections = [feature_file.info.select_layers(config.layers) for feature_file in files]
-        reference = stack.enter_context(open_feature_file(config.means_from)) if config.means_from else None
-        if reference is not None:
-            _check_reference(reference, files, selections)
-        if config.mse:
-            _check_mse_width(files, selections)
-        budget = state_budget(xp)
-        reference_groups = []
-        if reference is not None:
-            names = {layer.name for selection in selections for layer in selection}
-            reference_layers = tuple(layer for layer in reference.info.layers if layer.name in names)
-            budget -= sum(8 * reference.info.num_classes * layer.dim for layer in reference_layers)  # the means kept
-            reference_groups = layer_groups(xp, reference, reference_layers, config, budget)
-        plans = [layer_groups(xp, f, layers, config, budget) for f, layers in zip(files, selections)]
-        total = sum(2 * f.info.n_samples * len(groups) for f, groups in zip(files, plans))
-        if reference is not None:
-            total += reference.info.n_samples * len(reference_groups)
         advance = stack.enter_context(progress_bar(config.show_progress, "analyze", total))
         scanner = Scanner(xp, config.jobs, config.block_rows, advance)
         stack.callback(scanner.close)
-        reference_means = None
-        if reference is not None:
-            reference_means = {}
-            for layers in reference_groups:
-                moments = scanner.moments(reference, layers, None)
-                reference_means.update((name, ClassMeans.of(state)) for name, state in moments.items())
-        for feature_file, groups in zip(files, plans):
-            _analyze_file(xp, scanner, feature_file, groups, reference_means, config, result)
-    result.conventions = _conventions(config, xp, result)
+        means: dict[str, dict[str, ClassMeans]] = {}
+        for index, (info, layers, groups, reference) in enumerate(zip(infos, selections, plans, references)):
+            if reference is not None and reference.path not in means:
+                means[reference.path] = _reference_means(scanner, reference, reference_plans[reference.path])
+            with open_feature_file(info.path, probed=True, expected=info) as feature_file:
+                reference_means = None if reference is None else means[reference.path]
+                analyze_file(xp, scanner, feature_file, layers, reference_means, config, result, groups)
+            if reference is not None and all(later is not reference for later in references[index + 1 :]):
+                del means[reference.path]  # a reference's means are kept only while a later file uses them
+    result.conventions = _conventions(config, xp, result, dict(zip(config.files, references)))
     return result
+
+
+def _reference_layers(references, selections) -> dict[str, tuple[FeatureFileInfo, tuple[LayerInfo, ...]]]:
+    """Per reference file, its layers that the files paired with it select."""
+    names: dict[str, set[str]] = {}
+    for reference, layers in zip(references, selections):
+        if reference is not None:
+            names.setdefault(reference.path, set()).update(layer.name for layer in layers)
+    found = {reference.path: reference for reference in references if reference is not None}
+    return {
+        path: (found[path], tuple(layer for layer in found[path].layers if layer.name in chosen))
+        for path, chosen in names.items()
+    }
+
+
+def _reference_means(scanner: Scanner, reference: FeatureFileInfo, groups: list[tuple[LayerInfo, ...]]) -> dict[str, ClassMeans]:
+    """The class means of the layers in ``groups`` in a --means-from file: one pass over its rows per group,
+    once per run."""
+    means = {}
+    with open_feature_file(reference.path, probed=True, expected=reference) as feature_file:
+        for layers in groups:
+            moments = scanner.moments(feature_file, layers, None)
+            means.update((name, ClassMeans.of(state)) for name, state in moments.items())
+    return means
 
 
 def _check_config(config: AnalyzeConfig) -> None:
@@ -118,58 +147,38 @@ def _check_config(config: AnalyzeConfig) -> None:
         raise UsageError(f"--jobs {config.jobs} spreads rows over CPU processes; it does not combine with --device {config.device}")
 
 
-def _check_reference(reference: FeatureFile, files: list[FeatureFile], selections) -> None:
-    ref = reference.info
-    available = {layer.name: layer for layer in ref.layers}
-    for feature_file, layers in zip(files, selections):
-        info = feature_file.info
-        if info.num_classes != ref.num_classes:
-            raise FeatureFileError(
-                ref.path, "", f"--means-from file has {ref.num_classes} classes but '{info.path}' has {info.num_classes}"
-            )
-        for layer in layers:
-            if layer.name not in available:
-                raise FeatureFileError(
-                    ref.path,
-                    schema.LAYERS,
-                    f"--means-from file has no layer '{layer.name}' (needed by '{info.path}'); "
-                    f"its layers are: {', '.join(available)}",
-                )
-            if available[layer.name].dim != layer.dim:
-                raise FeatureFileError(
-                    ref.path,
-                    schema.layer_path(layer.name),
-                    f"--means-from layer has width {available[layer.name].dim} but '{info.path}' has {layer.dim}",
-                )
-
-
-def _check_mse_width(files: list[FeatureFile], selections) -> None:
-    for feature_file, layers in zip(files, selections):
-        name = feature_file.info.classifier_layer
+def _check_mse_width(infos: list[FeatureFileInfo], selections) -> None:
+    for info, layers in zip(infos, selections):
+        name = info.classifier_layer
         for layer in layers:
             if layer.name == name and layer.dim > MSE_MAX_DIM:
                 raise UsageError(
-                    f"--mse needs a (d+1)² matrix; layer '{name}' of '{feature_file.info.path}' has d = {layer.dim}, "
+                    f"--mse needs a (d+1)² matrix; layer '{name}' of '{info.path}' has d = {layer.dim}, "
                     f"above the limit of {MSE_MAX_DIM}; drop --mse for this file"
                 )
 
 
-def _analyze_file(
+def analyze_file(
     xp: Backend,
     scanner: Scanner,
     feature_file: FeatureFile,
-    groups: list[tuple[LayerInfo, ...]],
+    layers: tuple[LayerInfo, ...],
     reference_means,
     config: AnalyzeConfig,
     result: AnalysisResult,
+    groups: list[tuple[LayerInfo, ...]] | None = None,
 ) -> None:
-    """Both passes for each group of layers in turn (one group when all fit in memory together)."""
+    """One file's passes, its rows appended to ``result``; ``measure_collapse`` runs it on batches in memory.
+
+    ``groups``: ``layers`` cut into groups that fit in memory together (``plan.layer_groups``), two passes
+    each; None = one group.
+    """
     info = feature_file.info
     if config.mse and feature_file.classifier is None:
         _warn(result, info.path, None, "no /classifier/weight: mse_* reported as null")
     file_rows = []
-    for layers in groups:
-        file_rows.extend(_analyze_layers(xp, scanner, feature_file, layers, reference_means, config, result))
+    for group in groups or [layers]:
+        file_rows.extend(_analyze_layers(xp, scanner, feature_file, group, reference_means, config, result))
     depth = effective_depth(file_rows, config.depth_epsilon)
     for row in file_rows:
         row[schema.COL_EFFECTIVE_DEPTH] = depth
@@ -258,7 +267,7 @@ def _warn(result: AnalysisResult, file: str, layer: str | None, message: str) ->
     warnings.warn(DegenerateMetricWarning(text), stacklevel=2)
 
 
-def _conventions(config: AnalyzeConfig, xp: Backend, result: AnalysisResult) -> dict:
+def _conventions(config: AnalyzeConfig, xp: Backend, result: AnalysisResult, references: dict) -> dict:
     """The choices other tools make differently, so a number can be compared (``report.md``)."""
     ranks: dict[str, dict[str, int]] = {}
     for row in result.summary:
@@ -272,7 +281,12 @@ def _conventions(config: AnalyzeConfig, xp: Backend, result: AnalysisResult) -> 
         "sigma_b_rank": ranks,
         "coincident_means": f"two class means closer than {formulas.COINCIDENCE_TOLERANCE:g} × max_c ‖μ_c‖ coincide",
         "cosine_view": "raw (uncentred) features; pairs i = j included; all-zero vectors left out",
-        "ncc_means": f"class means of '{config.means_from}' (--means-from)" if config.means_from else "each file's own class means",
+        "ncc_means": f"class means of the --means-from '{config.means_from}' file paired with each file (ncc_means_from)"
+        if config.means_from
+        else "each file's own class means",
+        "ncc_means_from": {file: file if reference is None else reference.path for file, reference in references.items()}
+        if config.means_from
+        else None,
         "ties": "argmin / argmax over present classes; ties go to the lowest class id",
         "mse": {"weight_decay": config.weight_decay, "extended_features": "h̃ = [h; 1], W̃ = [W, b] over all classes"}
         if config.mse

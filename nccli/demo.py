@@ -3,7 +3,7 @@
 The same code paths a user runs: :func:`nccli.extract.extract_features` for
 the train and test splits of every bundled checkpoint, :func:`analyze_features`
 (each test file with the class means of the train file of its epoch — the
-"test collapse" setting), one Parquet report and the figures of
+"test collapse" setting — paired by ``--means-from`` over the train files), one Parquet report and the figures of
 :mod:`nccli.report.plots`.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nccli import schema
-from nccli.analyze import AnalysisResult, AnalyzeConfig, analyze_features
+from nccli.analyze import AnalyzeConfig, analyze_features
 from nccli.errors import UsageError
 
 SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data"
@@ -90,28 +90,18 @@ def run_demo(config: DemoConfig) -> DemoResult:
         )
         files[split] = [result.path for result in results]
 
-    analysis = analyze_features(AnalyzeConfig(files=tuple(files["train"]), device=config.device, show_progress=config.show_progress))
-    for train_file, test_file in zip(files["train"], files["test"]):
-        _extend(
-            analysis,
-            analyze_features(AnalyzeConfig(files=(test_file,), means_from=train_file, device=config.device)),
+    analysis = analyze_features(
+        AnalyzeConfig(
+            files=tuple(files["train"] + files["test"]),
+            means_from=str(out / "features" / "train"),  # each test file gets the train file of its epoch
+            device=config.device,
+            show_progress=config.show_progress,
         )
+    )
     report = out / "report.parquet"
     write_report(analysis, report, "nccli demo")
     figures = plot_report(report, config.figures or out / "figures")
     return DemoResult(report, figures, analysis.summary)
-
-
-def _extend(result: AnalysisResult, other: AnalysisResult) -> None:
-    """Append another analysis (same conventions, another reference file) to ``result``."""
-    result.summary.extend(other.summary)
-    result.classes.extend(other.classes)
-    result.pairs.extend(other.pairs)
-    result.provenance.update(other.provenance)
-    result.warnings.extend(other.warnings)
-    for file, ranks in other.conventions["sigma_b_rank"].items():
-        result.conventions["sigma_b_rank"][file] = ranks
-    result.conventions["ncc_means"] = "train files: their own class means; test files: the train file of the same epoch"
 
 
 def penultimate_rows(summary: list[dict]) -> list[dict]:

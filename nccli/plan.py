@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from nccli import schema
 from nccli.errors import FeatureFileError
-from nccli.io.reader import FeatureFile, LayerInfo, memory_budget
+from nccli.io.reader import BLOCK_BYTES, FeatureFileInfo, LayerInfo, memory_budget
 from nccli.metrics.accumulators import ClassMoments
 from nccli.metrics.backend import Backend
 from nccli.metrics.geometry import geometry_bytes
@@ -27,7 +27,7 @@ def state_budget(xp: Backend) -> int:
     return memory_budget() if device is None else min(memory_budget(), device)
 
 
-def layer_bytes(xp: Backend, feature_file: FeatureFile, layer: LayerInfo, config: "AnalyzeConfig") -> tuple[int, int]:
+def layer_bytes(xp: Backend, info: FeatureFileInfo, layer: LayerInfo, config: "AnalyzeConfig") -> tuple[int, int]:
     """(resident, working) bytes of one layer, bounds at C = num_classes classes all present.
 
     Resident while its group of layers is scanned: the pass-1 state, the
@@ -36,10 +36,9 @@ def layer_bytes(xp: Backend, feature_file: FeatureFile, layer: LayerInfo, config
     building the geometry or summarizing (four (C, d) float64 arrays), one
     block's float64 copies (six) and pass 2's three class-tile products.
     """
-    info = feature_file.info
     classes, dim = info.num_classes, layer.dim
-    classifier = feature_file.classifier is not None and layer.name == info.classifier_layer
-    block = 8 * dim * feature_file.block_rows((layer,), config.block_rows)
+    classifier = layer.name == info.classifier_layer
+    block = 8 * dim * min(config.block_rows or max(1, BLOCK_BYTES // (8 * dim)), max(info.n_samples, 1))
     resident = (
         ClassMoments.state_bytes(classes, dim, config.mse and classifier)
         + geometry_bytes(classes, dim, classifier, shared_ncc=config.means_from is None)
@@ -52,14 +51,13 @@ def layer_bytes(xp: Backend, feature_file: FeatureFile, layer: LayerInfo, config
 
 
 def layer_groups(
-    xp: Backend, feature_file: FeatureFile, layers: tuple[LayerInfo, ...], config: "AnalyzeConfig", budget: int
+    xp: Backend, info: FeatureFileInfo, layers: tuple[LayerInfo, ...], config: "AnalyzeConfig", budget: int
 ) -> list[tuple[LayerInfo, ...]]:
     """``layers`` cut into consecutive groups whose states fit ``budget`` together: each group is one
     pair of passes over the file. A layer that cannot fit alone is refused here, before any row is read."""
-    info = feature_file.info
     groups, current, resident_sum, working_max = [], [], 0, 0
     for layer in layers:
-        resident, working = layer_bytes(xp, feature_file, layer, config)
+        resident, working = layer_bytes(xp, info, layer, config)
         if resident + working > budget:
             raise FeatureFileError(
                 info.path,

@@ -10,16 +10,23 @@ worker would start one thread per core and they would fight over them.
 """
 
 import concurrent.futures
+import concurrent.futures.process
 import multiprocessing
 import os
+import resource
+import threading
+import time
 from typing import Callable
 
+from nccli.errors import UsageError
 from nccli.io.reader import FeatureFile, LayerInfo, open_feature_file
+from nccli.io.validate import shown
 from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import Backend, NumpyBackend
 from nccli.metrics.geometry import Geometry
 
 RANGES_PER_JOB = 4  # more ranges than workers evens out slow ones
+POOL_START_SECONDS = 120.0  # spawned workers import numpy and h5py: seconds on a loaded machine
 BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -65,6 +72,62 @@ def _in_worker(pass_function, path: str, layer_names: tuple[str, ...], *args):
         return pass_function(NumpyBackend(), feature_file, layers, *args, lambda n: None)
 
 
+def _ready() -> int:
+    """A worker's first task: it has started and imported what the passes need."""
+    return os.getpid()
+
+
+def _start_pool(jobs: int) -> concurrent.futures.ProcessPoolExecutor:
+    """A pool whose ``jobs`` workers have all answered once, or a one-line error.
+
+    Under a memory limit (``ulimit -v``) a worker, or a thread the pool needs in this process, may fail to
+    start. A thread that cannot start kills the pool's manager thread, after which no task ever finishes:
+    the pool would wait forever. So each worker runs :func:`_ready` first, and the threads' own errors are
+    caught while they start.
+    """
+    context = multiprocessing.get_context("spawn")  # no forked HDF5 handles
+    failures: list[BaseException] = []
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda hooked: failures.append(hooked.exc_value)
+    pool = None
+    try:
+        pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+        futures = [pool.submit(_ready) for _ in range(jobs)]
+        deadline = time.monotonic() + POOL_START_SECONDS
+        while not failures and time.monotonic() < deadline:
+            if not concurrent.futures.wait(futures, timeout=0.05).not_done:
+                break
+        if failures:
+            raise failures[0]
+        for future in futures:
+            future.result(timeout=0)
+    except (OSError, RuntimeError, ImportError, MemoryError, concurrent.futures.process.BrokenProcessPool) as error:
+        if pool is not None:
+            _abandon(pool)
+        timed_out = isinstance(error, TimeoutError)
+        reason = f"they did not answer within {POOL_START_SECONDS:.0f} s" if timed_out else shown(error)
+        raise UsageError(
+            f"--jobs {jobs}: cannot start the worker processes ({reason}){_memory_limit()}; "
+            "use --jobs 1, or raise the limit"
+        ) from None
+    finally:
+        threading.excepthook = previous_hook
+    return pool
+
+
+def _abandon(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Stop a pool that never started properly without waiting on it (its manager thread may be dead)."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):  # not public: the workers started
+        process.kill()  # before the pool's queues and locks go, which a starting worker would miss (a traceback)
+        process.join()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _memory_limit() -> str:
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return "" if limit == resource.RLIM_INFINITY else f" under a memory limit of {limit / 2**20:.0f} MiB (ulimit -v)"
+
+
 class Scanner:
     """Runs passes over files, on ``jobs`` worker processes when ``jobs > 1``, and merges the states."""
 
@@ -74,8 +137,11 @@ class Scanner:
         self._variables_set: list[str] = []
         if jobs > 1:
             self._share_cores(jobs)
-            context = multiprocessing.get_context("spawn")  # no forked HDF5 handles
-            self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+            try:
+                self._pool = _start_pool(jobs)
+            except BaseException:
+                self.close()
+                raise
 
     def _share_cores(self, jobs: int) -> None:
         """Workers inherit the environment when they start: give each BLAS ``cores // jobs`` threads."""
@@ -88,6 +154,7 @@ class Scanner:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         for variable in self._variables_set:
             os.environ.pop(variable, None)
 

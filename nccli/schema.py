@@ -5,6 +5,8 @@ the Parquet report (``report.md``, ``metrics.md``). No other module spells
 these strings.
 """
 
+from dataclasses import dataclass
+
 # --- feature file: identity -------------------------------------------------
 FORMAT_NAME = "nccli.features"
 FORMAT_VERSION = 1
@@ -66,13 +68,85 @@ COL_N_CLASSES = "n_classes"
 COL_DIM = "dim"
 COL_EFFECTIVE_DEPTH = "ncc_effective_depth"
 
-NC1_METRICS = ("tr_sw", "tr_sb", "nc1", "nc1_tilde", "cdnv")
-NC2_METRICS = ("nc2_equinorm", "nc2_equiangular", "nc2_maxangle", "nc2_etf")
-NC3_METRICS = ("nc3_duality", "nc3_etf")
-NCC_METRICS = ("ncc_accuracy", "clf_accuracy", "nc4_ncc_mismatch", "margin_min", "margin_mean")
-COSINE_METRICS = ("intra_cos_min", "intra_cos_mean", "inter_cos_max", "inter_cos_mean")
-MSE_METRICS = ("mse_loss", "mse_ls", "mse_perp", "mse_nc1", "mse_nc23")
-METRIC_COLUMNS = NC1_METRICS + NC2_METRICS + NC3_METRICS + NCC_METRICS + COSINE_METRICS + MSE_METRICS
+# --- report: the column registry ---------------------------------------------
+# Every metric column, once: its table, Arrow type, family, where it applies, the
+# plot's panel title and y label, a one-line meaning and its value at exact collapse.
+# The tuples below, Parquet types, plot labels and the README check derive from it.
+TABLE_SUMMARY, TABLE_CLASS, TABLE_PAIR = "summary", "class", "pair"
+ANY_LAYER, CLASSIFIER_LAYER = "any layer", "classifier layer"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One report column: where it lives, its type and how people read it."""
+
+    name: str
+    family: str
+    applies_to: str
+    title: str
+    ylabel: str
+    meaning: str
+    collapsed: str
+    table: str = TABLE_SUMMARY
+    arrow_type: str = "float64"
+
+
+METRICS: tuple[Column, ...] = (
+    Column("tr_sw", "nc1", ANY_LAYER, "Within-class variability", r"$\mathrm{tr}(\Sigma_W)$", "trace of Σ_W (scale-dependent)", "0"),
+    Column("tr_sb", "nc1", ANY_LAYER, "Between-class variability", r"$\mathrm{tr}(\Sigma_B)$", "trace of Σ_B (scale-dependent)", "> 0"),
+    Column("nc1", "nc1", ANY_LAYER, "NC1: within / between variability", r"$\mathrm{tr}(\Sigma_W \Sigma_B^{+}) / K$", "(1/K) tr(Σ_W Σ_B⁺): within- vs between-class variability (Papyan et al.)", "0"),
+    Column("nc1_tilde", "nc1", ANY_LAYER, "NC1 (Tirer): within / between", r"$\mathrm{tr}(\Sigma_W) / \mathrm{tr}(\Sigma_B)$", "tr Σ_W / tr Σ_B (Tirer et al.)", "0"),
+    Column("cdnv", "nc1", ANY_LAYER, "CDNV: variance / class distance", r"mean of $(V_c + V_{c'}) / (2\Vert\mu_c - \mu_{c'}\Vert^2)$", "mean over class pairs of (V_c + V_c′)/(2‖μ_c − μ_c′‖²) (Galanti et al.)", "0"),
+    Column("nc2_equinorm", "nc2", ANY_LAYER, "NC2: equinorm of class means", r"std / mean of $\Vert\mu_c - \mu_G\Vert$", "coefficient of variation of ‖μ_c − μ_G‖", "0"),
+    Column("nc2_equiangular", "nc2", ANY_LAYER, "NC2: equiangularity of class means", r"std of $\cos(\mu_c - \mu_G, \mu_{c'} - \mu_G)$", "std of the cosines between centred means", "0"),
+    Column("nc2_maxangle", "nc2", ANY_LAYER, "NC2: angles vs the simplex ETF", r"mean of $|\cos + 1/(K-1)|$", "mean |cos + 1/(K−1)| over pairs of centred means", "0"),
+    Column("nc2_etf", "nc2", ANY_LAYER, "NC2: distance to the simplex ETF", r"$\Vert G/\Vert G\Vert_F - P/\sqrt{K-1}\Vert_F$", "distance of the normalised Gram of centred means to the simplex ETF", "0"),
+    Column("nc3_duality", "nc3", CLASSIFIER_LAYER, "NC3: self-duality, classifier vs means", r"$\Vert W/\Vert W\Vert_F - M/\Vert M\Vert_F\Vert_F$", "‖W/‖W‖ − M/‖M‖‖_F, classifier vs centred means (not squared)", "0"),
+    Column("nc3_etf", "nc3", CLASSIFIER_LAYER, "NC3: $WM^T$ vs the simplex ETF", r"$\Vert WM^T/\Vert WM^T\Vert_F - P/\sqrt{K-1}\Vert_F$", "distance of W Mᵀ to the simplex ETF", "0"),
+    Column("ncc_accuracy", "ncc", ANY_LAYER, "NCC error (nearest class mean)", "error = 1 − NCC accuracy", "accuracy of the nearest-class-centre rule", "1 on train"),
+    Column("clf_accuracy", "ncc", CLASSIFIER_LAYER, "Classifier error", "error = 1 − classifier accuracy", "accuracy of argmax(Wh + b)", "1 on train"),
+    Column("nc4_ncc_mismatch", "ncc", CLASSIFIER_LAYER, "NC4: classifier vs NCC disagreement", "fraction of samples", "fraction where classifier and NCC disagree", "0"),
+    Column("margin_min", "ncc", CLASSIFIER_LAYER, "Smallest logit margin", r"$\min_i q_i$", "smallest logit margin of the true class over the best other", "> 0"),
+    Column("margin_mean", "ncc", CLASSIFIER_LAYER, "Mean logit margin", r"mean of $q_i$", "mean logit margin of the true class over the best other", "> 0"),
+    Column("intra_cos_min", "cosine", ANY_LAYER, "Within-class cosine, worst class", r"$\min_c$ intra$_c$", "smallest mean cosine between samples of a class (Pan)", "1"),
+    Column("intra_cos_mean", "cosine", ANY_LAYER, "Within-class cosine, mean", r"mean of intra$_c$", "mean cosine between samples of a class, averaged over classes (Pan)", "1"),
+    Column("inter_cos_max", "cosine", ANY_LAYER, "Between-class cosine, worst pair", r"$\max_{c<c'}$ inter$_{cc'}$", "largest mean cosine between samples of two classes (Pan)", "−1/(K−1)"),
+    Column("inter_cos_mean", "cosine", ANY_LAYER, "Between-class cosine, mean", r"mean of inter$_{cc'}$", "mean cosine between samples of two classes, over pairs (Pan)", "−1/(K−1)"),
+    Column("mse_loss", "mse", CLASSIFIER_LAYER, "MSE loss", r"$L(\tilde W)$", "MSE loss of the classifier, --mse (Han, Papyan & Donoho): mse_ls + mse_perp", "→ mse_ls"),
+    Column("mse_ls", "mse", CLASSIFIER_LAYER, "MSE of the least-squares classifier", r"$L(\tilde W_{LS})$", "MSE loss of the least-squares classifier: mse_nc1 + mse_nc23", "→ mse_nc23"),
+    Column("mse_perp", "mse", CLASSIFIER_LAYER, "MSE: distance to the central path", r"$L^{\perp}_{LS}$", "how far the classifier is from the least-squares one: mse_loss − mse_ls", "0"),
+    Column("mse_nc1", "mse", CLASSIFIER_LAYER, "MSE: NC1 term", r"$L_{NC1}$", "within-class (NC1) part of mse_ls", "0"),
+    Column("mse_nc23", "mse", CLASSIFIER_LAYER, "MSE: NC2/3 term", r"$L_{NC2/3}$", "between-class (NC2/3) part of mse_ls", "—"),
+)
+METRIC_BY_NAME = {column.name: column for column in METRICS}
+CLASS_COLUMNS: tuple[Column, ...] = (
+    Column("n", "class", ANY_LAYER, "", "", "samples of the class", "—", TABLE_CLASS, "int64"),
+    Column("var", "class", ANY_LAYER, "", "", "V_c: mean squared distance of the class's features to its mean", "0", TABLE_CLASS),
+    Column("mean_norm", "class", ANY_LAYER, "", "", "‖μ_c − μ_G‖", "equal", TABLE_CLASS),
+    Column("intra_cos", "class", ANY_LAYER, "", "", "mean cosine between the class's samples", "1", TABLE_CLASS),
+    Column("ncc_recall", "class", ANY_LAYER, "", "", "fraction of the class the NCC rule gets right", "1 on train", TABLE_CLASS),
+    Column("clf_recall", "class", CLASSIFIER_LAYER, "", "", "fraction of the class the classifier gets right", "1 on train", TABLE_CLASS),
+    Column("duality_cos", "class", CLASSIFIER_LAYER, "", "", "cos(w_c, μ_c − μ_G)", "1", TABLE_CLASS),
+)
+PAIR_COLUMNS: tuple[Column, ...] = (
+    Column("cdnv", "pair", ANY_LAYER, "", "", "(V_c + V_c′)/(2‖μ_c − μ_c′‖²)", "0", TABLE_PAIR),
+    Column("mean_cos", "pair", ANY_LAYER, "", "", "cos(μ_c − μ_G, μ_c′ − μ_G)", "−1/(K−1)", TABLE_PAIR),
+    Column("inter_cos", "pair", ANY_LAYER, "", "", "mean cosine between samples of the two classes", "−1/(K−1)", TABLE_PAIR),
+    Column("mean_dist", "pair", ANY_LAYER, "", "", "‖μ_c − μ_c′‖", "equal", TABLE_PAIR),
+)
+
+
+def _family(name: str) -> tuple[str, ...]:
+    return tuple(column.name for column in METRICS if column.family == name)
+
+
+NC1_METRICS = _family("nc1")
+NC2_METRICS = _family("nc2")
+NC3_METRICS = _family("nc3")
+NCC_METRICS = _family("ncc")
+COSINE_METRICS = _family("cosine")
+MSE_METRICS = _family("mse")
+METRIC_COLUMNS = tuple(column.name for column in METRICS)
 
 SUMMARY_KEY_COLUMNS = (
     COL_FILE,
@@ -92,8 +166,8 @@ COL_CLASS = "class"
 COL_CLASS_B = "class_b"
 COL_CLASS_NAME = "class_name"
 COL_CLASS_NAME_B = "class_name_b"
-CLASS_METRICS = ("n", "var", "mean_norm", "intra_cos", "ncc_recall", "clf_recall", "duality_cos")
-PAIR_METRICS = ("cdnv", "mean_cos", "inter_cos", "mean_dist")
+CLASS_METRICS = tuple(column.name for column in CLASS_COLUMNS)
+PAIR_METRICS = tuple(column.name for column in PAIR_COLUMNS)
 
 # --- report: Parquet key-value metadata -------------------------------------
 META_VERSION = "nccli_version"
@@ -105,6 +179,9 @@ META_WARNINGS = "warnings"
 # --- feature file: written by `nccli extract`, ignored by readers ----------
 ATTR_EXTRACT_OPTIONS = "extract_options"  # JSON of what determines the rows; `--resume` must match it
 ATTR_PENDING_COMPRESSION = "pending_compression"  # FILE.partial only: the filter applied when the file is finished
+ATTR_INIT_SEED = "init_seed"  # the seed a model built without weights was initialised from (`--init-seed`)
+EXTRACT_OPTION_NETWORK = "network_sha256"  # key of ATTR_EXTRACT_OPTIONS: hash of the model's parameters and buffers
+SKIPPED_INDEX = "skipped_index"  # int (S,): source-dataset indices of samples `--skip-unreadable` left out
 
 # --- input array files read by `nccli extract` (.h5 datasets; .npz keys) ---
 ARRAY_FILE_IMAGES = "images"
@@ -130,3 +207,11 @@ SHARD_FILE_PATTERN = r"rank-(\d{5})-of-(\d{5})\.h5"  # matches SHARD_FILE_NAME
 ATTR_SHARDS = "shards"  # index root attribute: the shard files, relative to the index's folder, in rank order
 ATTR_SHARD_OFFSETS = "shard_offsets"  # index root attribute: first row of each shard in the index, then N
 EXTRACT_OPTION_SHARD = "shard"  # key of ATTR_EXTRACT_OPTIONS in a shard: [rank, ranks, first row, end row]
+
+# --- `nccli convert`: the keys it looks for when not told (first present wins), and what it records ---
+CONVERT_FEATURES_KEYS = ("features", "feats", "x")
+CONVERT_LABELS_KEYS = ("labels", "targets", "y")
+CONVERT_WEIGHT_KEYS = ("weight", "W")
+CONVERT_BIAS_KEYS = ("bias", "b")
+CONVERT_LOGITS_KEYS = ("logits",)
+ATTR_SOURCES = "sources"  # root attribute of a converted file: JSON list of the source files, as given

@@ -243,7 +243,7 @@ def test_files_written_by_other_tools_with_odd_layouts(tmp_path):
 
 
 def test_every_command_has_help():
-    for command in ("analyze", "report", "extract", "layers", "plot"):
+    for command in ("analyze", "report", "extract", "layers", "plot", "info"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Usage" in result.stdout, command
     assert invoke("--version").stdout.strip() == f"nccli {__version__}"

@@ -106,7 +106,7 @@ def test_image_folder_with_mixed_sizes_needs_resize(setup, tmp_path):
     Image.fromarray(images[0]).save(folder / "a" / "small.png")
     Image.fromarray(np.zeros((20, 24, 3), dtype=np.uint8)).save(folder / "a" / "wide.png")
     result = run("extract", directory / "model.pt", folder, *ARCH, "--out", tmp_path / "f.h5", "--workers", 1)
-    assert_user_error(result, "differ in size", "3×16×16 and 3×20×24", "--resize")
+    assert_user_error(result, f"image '{folder / 'a' / 'wide.png'}'", "is 3×20×24", "are 3×16×16", "--resize")
     assert not (tmp_path / "f.h5.partial").exists()  # the first batch failed: no rows to keep
     stored = _extract(directory, folder, tmp_path / "resized.h5", "--resize", 12)
     assert stored[schema.LABELS].tolist() == [0, 0]

@@ -10,7 +10,7 @@ import nccli.plan
 from h5files import write_feature_file
 from nccli.analyze import AnalyzeConfig, analyze_features
 from nccli.cli import app
-from nccli.io.reader import FeatureFile, open_feature_file
+from nccli.io.reader import FeatureFile, read_info
 from nccli.metrics import formulas
 from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import LONG_RUN, NumpyBackend, TorchBackend
@@ -243,8 +243,8 @@ def test_a_small_memory_budget_gives_the_same_report_in_more_passes(tmp_path, mo
     reads = []
     original = FeatureFile.blocks
     monkeypatch.setattr(FeatureFile, "blocks", lambda self, layers, *a: reads.append(len(layers)) or original(self, layers, *a))
-    with open_feature_file(path) as feature_file:  # a budget that one layer fits, but no two
-        needs = [nccli.plan.layer_bytes(NumpyBackend(), feature_file, layer, config) for layer in feature_file.info.layers]
+    info = read_info(path)  # a budget that one layer fits, but no two
+    needs = [nccli.plan.layer_bytes(NumpyBackend(), info, layer, config) for layer in info.layers]
     monkeypatch.setattr(nccli.plan, "memory_budget", lambda: max(resident + working for resident, working in needs))
     grouped = analyze_features(config)
     assert reads == [1] * 6  # two passes for each of three groups

@@ -2,9 +2,13 @@
 
 Data flow: :mod:`~nccli.extract.models` and :mod:`~nccli.extract.checkpoints`
 give an ``nn.Module``; :mod:`~nccli.extract.datasets` and
-:mod:`~nccli.extract.transforms` give image batches; :mod:`~nccli.extract.hooks`
-captures and pools layers; :mod:`~nccli.extract.loop` keeps the device busy;
-:mod:`~nccli.extract.runner` ties them to :mod:`nccli.io.writer`.
+:mod:`~nccli.extract.transforms` give image batches (:mod:`~nccli.extract.samples`
+decodes and checks single images); :mod:`~nccli.extract.hooks` probes the
+model and plans its layers, :mod:`~nccli.extract.capture` captures and pools
+them; :mod:`~nccli.extract.planning` decides what the file holds;
+:mod:`~nccli.extract.loop` keeps the device busy and checks each batch's rows;
+:mod:`~nccli.extract.runner` ties them to :mod:`nccli.io.writer`, and
+:mod:`~nccli.extract.fingerprint` makes sure a resumed file has one network.
 
 Exports load lazily, so the CLI can read :mod:`~nccli.extract.config`'s
 choices without importing torch.

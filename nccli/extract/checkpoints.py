@@ -135,11 +135,16 @@ def _torch_load(path: str, trust: bool):
             f"{'.'.join(map(str, SAFE_TORCH))} or later, convert the file to .safetensors, or pass "
             "--trust-checkpoint if you trust where it came from"
         )
+    if trust:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:  # noqa: BLE001 - unpickling a trusted file runs its code, which may raise anything
+            raise ModelError(
+                f"cannot read '{path}' as a PyTorch checkpoint: {type(error).__name__}: {first_line(error)}"
+            ) from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        if trust:
-            raise
         raise ModelError(
             f"'{path}' holds pickled Python objects (such as a whole nn.Module), and unpickling can run arbitrary "
             "code, so nccli loads only tensors by default; pass --trust-checkpoint if you trust where the file "
@@ -155,6 +160,12 @@ def _unwrap(loaded, path: str) -> tuple[nn.Module | None, dict[str, torch.Tensor
         return loaded, None
     if isinstance(loaded, dict):
         if loaded and all(isinstance(value, torch.Tensor) for value in loaded.values()):
+            odd = next((key for key in loaded if not isinstance(key, str)), None)
+            if odd is not None:
+                raise ModelError(
+                    f"the state_dict in '{path}' has a {type(odd).__name__} key ({odd!r}); a state_dict maps "
+                    "parameter names (strings) to tensors: save model.state_dict()"
+                )
             return None, dict(loaded)
         for key in WRAPPER_KEYS:
             if isinstance(loaded.get(key), (dict, nn.Module)):

@@ -71,15 +71,22 @@ class Compression(enum.StrEnum):
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """How to turn a MODEL argument into an ``nn.Module``."""
+    """How to turn a MODEL argument into an ``nn.Module``.
+
+    ``init_seed`` seeds the random initialisation of a torchvision model built without ``weights``, so that
+    the same command (and ``--resume``, and every torchrun process) builds the same network.
+    """
 
     arch: str | None = None
     weights: str | None = None
     num_classes: int | None = None
     trust_checkpoint: bool = False
+    init_seed: int = 0
 
     def __post_init__(self):
         _check_positive("--num-classes", self.num_classes)
+        if self.init_seed < 0:
+            raise UsageError(f"--init-seed must be 0 or more, got {self.init_seed}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,8 @@ class ExtractConfig:
     checkpoints make ``out`` a directory); ``mean``/``std`` of ``None`` mean
     ImageNet's (averaged for 1-channel images); ``layers`` of ``None`` means
     the default picks (top-level blocks and the classifier input).
+    ``skip_unreadable`` leaves out samples whose image cannot be decoded and
+    records their indices in the file, instead of stopping at the first.
     """
 
     models: tuple[str, ...]
@@ -117,6 +126,7 @@ class ExtractConfig:
     workers: int = DEFAULT_WORKERS
     dtype: StorageDtype = StorageDtype.FLOAT32
     compression: Compression = Compression.NONE
+    skip_unreadable: bool = False
     resume: bool = False
     overwrite: bool = False
     progress: bool = False

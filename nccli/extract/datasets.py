@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision.transforms import functional as F
 
 from nccli import schema
 from nccli.errors import DataError, UsageError
 from nccli.extract.config import Split
 from nccli.extract.messages import did_you_mean, first_line
+from nccli.extract.samples import PerImage, UnreadableSample, channels_of
 
 NAMED_DATASETS = ("cifar10", "cifar100", "mnist", "fashionmnist", "svhn", "stl10", "imagenet")
 FAKE_PREFIX = "fake:"
@@ -30,7 +30,7 @@ FAKE_CLASSES = 10
 class ImageData:
     """An opened dataset: its labels, class names and a way to fetch transformed image batches."""
 
-    fetch: Callable[[np.ndarray, Callable], torch.Tensor]  # (sorted indices, transform) → (B, C, H, W)
+    fetch: Callable[..., torch.Tensor]  # (sorted indices, transform, expected C×H×W or None) → (B, C, H, W)
     labels: np.ndarray
     channels: int
     description: str
@@ -39,10 +39,23 @@ class ImageData:
 
 
 class SampleBatches(Dataset):
-    """The selected samples, fetched a batch at a time: the DataLoader calls ``__getitems__``."""
+    """The selected samples, fetched a batch at a time: the DataLoader calls ``__getitems__``.
 
-    def __init__(self, data: ImageData, indices: np.ndarray, transform: Callable):
+    ``expected`` is the shape every preprocessed image must have (that of the first, once known). With
+    ``skip_unreadable``, a sample whose image cannot be decoded is left out of the images and its index is
+    given as -1; labels keep one entry per position.
+    """
+
+    def __init__(
+        self,
+        data: ImageData,
+        indices: np.ndarray,
+        transform: Callable,
+        expected: tuple[int, ...] | None = None,
+        skip_unreadable: bool = False,
+    ):
         self.data, self.indices, self.transform = data, indices, transform
+        self.expected, self.skip_unreadable = expected, skip_unreadable
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -53,8 +66,19 @@ class SampleBatches(Dataset):
 
     def __getitems__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         indices = self.indices[positions]
-        images = self.data.fetch(indices, self.transform)
-        return images, torch.from_numpy(self.data.labels[indices]), torch.from_numpy(indices)
+        kept = np.ones(len(indices), dtype=bool)
+        while kept.any():
+            try:
+                images = self.data.fetch(indices[kept], self.transform, self.expected)
+                break
+            except UnreadableSample as error:
+                if not self.skip_unreadable:
+                    raise
+                kept &= indices != error.index  # fetch again without it: unreadable samples are rare
+        else:
+            images = torch.empty((0, *(self.expected or ())))
+        found = np.where(kept, indices, -1)
+        return images, torch.from_numpy(self.data.labels[indices]), torch.from_numpy(found)
 
 
 def already_batched(batch):
@@ -62,8 +86,12 @@ def already_batched(batch):
     return batch
 
 
-def open_data(spec: str, root: str, split: Split, download: bool) -> ImageData:
-    """Open DATA: ``fake:N``, a dataset name, an image folder, or a .npz/.h5 array file."""
+def open_data(spec: str, root: str, split: Split, download: bool, any_float_range: bool = False) -> ImageData:
+    """Open DATA: ``fake:N``, a dataset name, an image folder, or a .npz/.h5 array file.
+
+    Float images in array files are read as [0, 1], and values outside refused (0–255 floats would otherwise
+    pass unnoticed), unless ``any_float_range``: the user gave ``--mean`` and ``--std`` in the images' own scale.
+    """
     if spec.startswith(FAKE_PREFIX):
         return _fake(spec)
     if spec.lower() in NAMED_DATASETS and not os.path.exists(spec):
@@ -73,9 +101,9 @@ def open_data(spec: str, root: str, split: Split, download: bool) -> ImageData:
     if os.path.isdir(spec):
         return _image_folder(spec)
     if spec.endswith(".npz"):
-        return _npz(spec)
+        return _npz(spec, any_float_range)
     if spec.endswith((".h5", ".hdf5")):
-        return _h5(spec)
+        return _h5(spec, any_float_range)
     if os.path.exists(spec):
         raise DataError(f"'{spec}' is not a dataset: expected an image folder, a .npz or .h5 file")
     raise DataError(
@@ -112,6 +140,8 @@ def check_labels(labels: np.ndarray, where: str) -> np.ndarray:
         raise DataError(f"{where} holds no samples")
     if labels.min() < 0:
         raise DataError(f"labels in {where} must be ≥ 0, found {labels.min()}")
+    if labels.max() > np.iinfo(np.int64).max:  # uint64 beyond int64: the cast would wrap it to a negative label
+        raise DataError(f"labels in {where} must fit int64 (class ids from 0), found {labels.max()}")
     return labels.astype(np.int64)
 
 
@@ -175,32 +205,11 @@ def _image_folder(path: str) -> ImageData:
 
 
 def _per_image(dataset, labels, description, num_classes=None, class_names=None) -> ImageData:
-    channels = _image_tensor(dataset[0][0]).shape[0]
-    return ImageData(_PerImage(dataset, description), labels, channels, description, num_classes, class_names)
+    fetch = PerImage(dataset, description)
+    return ImageData(fetch, labels, channels_of(dataset), description, num_classes, class_names)
 
 
-class _PerImage:
-    """Fetch from a dataset of single images: transform each, then stack (sizes must agree)."""
-
-    def __init__(self, dataset, description: str):
-        self.dataset, self.description = dataset, description
-
-    def __call__(self, indices: np.ndarray, transform: Callable) -> torch.Tensor:
-        images = [transform(_image_tensor(self.dataset[int(index)][0])) for index in indices]
-        sizes = sorted({tuple(image.shape) for image in images})
-        if len(sizes) > 1:
-            shown = " and ".join("×".join(map(str, size)) for size in sizes[:2])
-            raise DataError(
-                f"images of {self.description} differ in size ({shown}); pass --resize N to make them equal"
-            )
-        return torch.stack(images)
-
-
-def _image_tensor(image) -> torch.Tensor:
-    return image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
-
-
-def _npz(path: str) -> ImageData:
+def _npz(path: str, any_float_range: bool) -> ImageData:
     if not os.path.isfile(path):
         raise DataError(f"array file '{path}' does not exist")
     try:
@@ -213,10 +222,11 @@ def _npz(path: str) -> ImageData:
             images, labels = arrays[schema.NPZ_IMAGES], arrays[schema.NPZ_LABELS]
     except (OSError, ValueError) as error:
         raise DataError(f"cannot read '{path}' as .npz: {first_line(error)}") from None
-    return _arrays(images, images.shape, images.dtype, labels, f"array file '{os.path.abspath(path)}'")
+    description = f"array file '{os.path.abspath(path)}'"
+    return _arrays(images, images.shape, images.dtype, labels, description, any_float_range)
 
 
-def _h5(path: str) -> ImageData:
+def _h5(path: str, any_float_range: bool) -> ImageData:
     import h5py
 
     if not os.path.isfile(path):
@@ -228,11 +238,15 @@ def _h5(path: str) -> ImageData:
                 raise DataError(
                     f"'{path}' lacks dataset /{', /'.join(missing)}; it has /{', /'.join(handle) or 'none'}"
                 )
+            for key in (schema.ARRAY_FILE_IMAGES, schema.ARRAY_FILE_LABELS):
+                if not isinstance(handle[key], h5py.Dataset):
+                    raise DataError(f"'{path}': /{key} is a {type(handle[key]).__name__}; it must be a dataset")
             shape, dtype = handle[schema.ARRAY_FILE_IMAGES].shape, handle[schema.ARRAY_FILE_IMAGES].dtype
             labels = handle[schema.ARRAY_FILE_LABELS][()]
     except OSError as error:
         raise DataError(f"cannot read '{path}' as HDF5: {first_line(error)}") from None
-    return _arrays(_H5Images(path), shape, dtype, labels, f"array file '{os.path.abspath(path)}'")
+    description = f"array file '{os.path.abspath(path)}'"
+    return _arrays(_H5Images(path), shape, dtype, labels, description, any_float_range)
 
 
 class _H5Images:
@@ -244,15 +258,20 @@ class _H5Images:
     def __getitem__(self, selection):
         import h5py
 
-        if self._opened is None or self._opened[0] != os.getpid():
-            self._opened = (os.getpid(), h5py.File(self.path, "r")[schema.ARRAY_FILE_IMAGES])
-        return self._opened[1][selection]
+        try:
+            if self._opened is None or self._opened[0] != os.getpid():
+                self._opened = (os.getpid(), h5py.File(self.path, "r")[schema.ARRAY_FILE_IMAGES])
+            return self._opened[1][selection]
+        except OSError as error:  # the user's file: changed since it was opened, or damaged
+            raise DataError(f"cannot read the images of '{self.path}': {first_line(error)}") from None
 
     def __getstate__(self):
         return {"path": self.path, "_opened": None}
 
 
-def _arrays(images, shape: tuple, dtype: np.dtype, labels: np.ndarray, description: str) -> ImageData:
+def _arrays(
+    images, shape: tuple, dtype: np.dtype, labels: np.ndarray, description: str, any_float_range: bool
+) -> ImageData:
     labels = check_labels(labels, description)
     if len(shape) not in (3, 4):
         raise DataError(f"images in {description} must be N×H×W, N×H×W×C or N×C×H×W, found shape {shape}")
@@ -262,21 +281,43 @@ def _arrays(images, shape: tuple, dtype: np.dtype, labels: np.ndarray, descripti
         raise DataError(f"images in {description} have dtype {dtype}; expected uint8 (0–255) or float (0–1)")
     channels_last = len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4)
     channels = 1 if len(shape) == 3 else shape[-1] if channels_last else shape[1]
-    return ImageData(_ArrayBatches(images, channels_last), labels, channels, description)
+    unit_range = dtype.kind == "f" and not any_float_range
+    return ImageData(_ArrayBatches(images, channels_last, description, unit_range), labels, channels, description)
 
 
 class _ArrayBatches:
-    """Fetch from an image array (in memory or HDF5): slice the batch, make it N×C×H×W, transform it at once."""
+    """Fetch from an image array (in memory or HDF5): slice the batch, make it N×C×H×W, transform it at once.
 
-    def __init__(self, images, channels_last: bool):
+    With ``unit_range``, a batch of float images with a value outside [0, 1] is refused: the transform takes float
+    pixels as [0, 1], and 0–255 floats would give features of a different input without a word.
+    """
+
+    def __init__(self, images, channels_last: bool, description: str = "", unit_range: bool = False):
         self.images, self.channels_last = images, channels_last
+        self.description, self.unit_range = description, unit_range
 
-    def __call__(self, indices: np.ndarray, transform: Callable) -> torch.Tensor:
+    def __call__(self, indices: np.ndarray, transform: Callable, expected: tuple | None = None) -> torch.Tensor:
         contiguous = indices[-1] - indices[0] + 1 == len(indices)
         block = self.images[indices[0] : indices[-1] + 1] if contiguous else self.images[indices]
         batch = torch.from_numpy(np.ascontiguousarray(block))
+        if self.unit_range:
+            self._check_unit_range(batch, indices)
         if batch.ndim == 3:
             batch = batch.unsqueeze(1)
         elif self.channels_last:
             batch = batch.permute(0, 3, 1, 2).contiguous()  # reorder the small uint8 pixels, not the floats
         return transform(batch).contiguous()
+
+    def _check_unit_range(self, batch: torch.Tensor, indices: np.ndarray) -> None:
+        low, high = torch.aminmax(batch)
+        if low >= 0 and high <= 1:  # False for NaN too
+            return
+        outside = ~((batch >= 0) & (batch <= 1))
+        row = int(torch.nonzero(outside.flatten(1).any(1))[0, 0])
+        bad = batch[row][outside[row]][0].item()
+        raise DataError(
+            f"images in {self.description} are floats, read as pixels in [0, 1], but sample {int(indices[row])} "
+            f"holds {bad:g}; "
+            "store them as uint8 (0–255) or divide 0–255 floats by 255, or, for images in another scale "
+            "(already normalised), pass --mean and --std in that scale (e.g. --mean 0 --std 1)"
+        )

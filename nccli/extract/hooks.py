@@ -1,4 +1,4 @@
-"""Capturing per-layer features with forward hooks: probe the model once, choose layers, pool each batch.
+"""Probing a model once with forward hooks, choosing its layers and planning how each is pooled.
 
 A probe forward pass records every module call in the order its output is
 ready (0 = closest to the input). A module that runs k > 1 times per forward
@@ -6,9 +6,14 @@ pass (torchvision's ResNet reuses one in-place ReLU per block) is offered as
 its calls ``name#1`` … ``name#k``; naming it bare is refused, never mixed.
 The classifier is the last linear layer run on (N, d) inputs; its input is
 captured by a forward *pre*-hook as the layer ``<classifier>:input``, so
-``/classifier/weight`` and that layer always agree in width. Outputs are
-pooled inside the hook, at the moment they exist: later in-place operations
-cannot change what was captured, and views are copied.
+``/classifier/weight`` and that layer always agree in width. Each batch is
+captured by :mod:`~nccli.extract.capture`.
+
+A module name may hold ``/`` (an ``nn.ModuleDict`` key), which a layer name in
+the feature file cannot (HDF5 would make it nested groups, ``feature-file.md``):
+such a layer is stored with each ``/`` written ``%2F`` (``blocks/a`` →
+``blocks%2Fa``), the name to use with ``nccli analyze --layers``, and extract
+says so; ``--layers`` takes the model's own name.
 """
 
 import fnmatch
@@ -25,6 +30,7 @@ from nccli.extract.messages import did_you_mean, first_line
 
 CALL_MARK = "#"
 INPUT_MARK = ":input"
+SLASH_STORED_AS = "%2F"
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class LayerPlan:
     pooling: str
     width: int
     pre_hook: bool = False
+    model_name: str = ""  # the layer's name in the model, when ``name`` (as stored) differs from it
 
 
 def first_tensor(value) -> torch.Tensor | None:
@@ -102,9 +109,7 @@ def probe_model(model: nn.Module, batch: torch.Tensor) -> Probe:
         with torch.inference_mode():
             output = first_tensor(model(batch))
     except Exception as error:  # the user's model may raise anything on a wrong input
-        raise ModelError(
-            f"the model failed on a batch of shape {list(batch.shape)}: {type(error).__name__}: {first_line(error)}"
-        ) from None
+        raise ModelError(model_failure(error, batch)) from None
     finally:
         for handle in handles:
             handle.remove()
@@ -129,6 +134,13 @@ def probe_model(model: nn.Module, batch: torch.Tensor) -> Probe:
         logits_width=logits_width,
         has_class_token=any(name.split(".")[-1] == "class_token" for name, _ in model.named_parameters()),
     )
+
+
+def model_failure(error: Exception, batch: torch.Tensor) -> str:
+    """One line for the user's model raising ``error`` on ``batch``; out of memory points at --batch-size."""
+    hint = "; pass a smaller --batch-size" if isinstance(error, torch.cuda.OutOfMemoryError) else ""
+    shape = list(batch.shape)
+    return f"the model failed on a batch of shape {shape}: {type(error).__name__}: {first_line(error)}{hint}"
 
 
 def _is_linear_call(module: nn.Module, inputs: torch.Tensor | None, output: torch.Tensor | None) -> bool:
@@ -243,7 +255,7 @@ def plan_layers(
     """Pooling and width of each chosen layer; flattening above ``max_dim`` values is refused."""
     if token_pool == TokenPooling.AUTO:
         token_pool = TokenPooling.CLS if probe.has_class_token else TokenPooling.MEAN
-    plans = []
+    plans, stored = [], {}
     for order, layer in enumerate(layers):
         shape = layer.sample_shape
         pooling = "none" if len(shape) <= 1 else str(token_pool) if len(shape) == 2 else str(pool)
@@ -254,7 +266,17 @@ def plan_layers(
                 f"layer '{layer.name}' flattens to {width} values per sample ({size}), above --max-dim {max_dim}; "
                 "use another pooling, fewer --layers, or raise --max-dim"
             )
-        plans.append(LayerPlan(layer.name, layer.module_name, layer.call, order, shape, pooling, width, layer.pre_hook))
+        name = layer.name.replace("/", SLASH_STORED_AS)
+        if name in stored:
+            raise UsageError(
+                f"layers '{stored[name]}' and '{layer.name}' would both be stored as '{name}' ('/' is stored as "
+                f"'{SLASH_STORED_AS}'); leave one out of --layers"
+            )
+        stored[name] = layer.name
+        renamed = layer.name if name != layer.name else ""
+        plans.append(
+            LayerPlan(name, layer.module_name, layer.call, order, shape, pooling, width, layer.pre_hook, renamed)
+        )
     return plans
 
 
@@ -262,61 +284,3 @@ def _pooled_width(shape: tuple[int, ...], pooling: str) -> int:
     if pooling in ("none", "flatten"):
         return max(1, math.prod(shape))
     return shape[-1] if len(shape) == 2 else shape[0]
-
-
-def pool_rows(output: torch.Tensor, pooling: str) -> torch.Tensor:
-    """(N, ...) → (N, d) float32, a new tensor that no later in-place operation can touch."""
-    tokens = output.ndim == 3
-    dims = (1,) if tokens else tuple(range(2, output.ndim))
-    if pooling in ("avg", "mean"):
-        return output.mean(dim=dims, dtype=torch.float32)
-    if pooling == "max":
-        return output.amax(dim=dims).to(torch.float32)
-    if pooling == "cls":
-        return output[:, 0].to(torch.float32, copy=True)
-    return output.reshape(len(output), -1).to(torch.float32, copy=True)
-
-
-class FeatureCapture:
-    """Hooks that fill ``features`` with the pooled rows of every planned layer during one forward pass."""
-
-    def __init__(self, model: nn.Module, plans: list[LayerPlan]):
-        self.model, self.plans = model, plans
-        self.features: dict[str, torch.Tensor] = {}
-        self._calls: Counter = Counter()
-        self._handles = []
-
-    def __enter__(self) -> "FeatureCapture":
-        modules = dict(self.model.named_modules())
-        for module_name in {plan.module_name for plan in self.plans}:
-            for pre_hook in (False, True):
-                wanted = {p.call: p for p in self.plans if p.module_name == module_name and p.pre_hook == pre_hook}
-                if wanted:
-                    self._handles.append(self._register(modules[module_name], module_name, pre_hook, wanted))
-        return self
-
-    def _register(self, module: nn.Module, module_name: str, pre_hook: bool, wanted: dict[int, LayerPlan]):
-        key = (module_name, pre_hook)
-
-        def capture(_module, args, output=None):
-            call = self._calls[key]
-            self._calls[key] += 1
-            plan = wanted.get(call)
-            if plan is not None:
-                self.features[plan.name] = pool_rows(first_tensor(args if pre_hook else output), plan.pooling)
-
-        return module.register_forward_pre_hook(capture) if pre_hook else module.register_forward_hook(capture)
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def run(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """Forward ``batch``; return the pooled rows of each planned layer and the model's output."""
-        self.features, self._calls = {}, Counter()
-        output = first_tensor(self.model(batch))
-        missing = [plan.name for plan in self.plans if plan.name not in self.features]
-        if missing:
-            raise ModelError(f"layer(s) {', '.join(missing)} did not run for this batch (data-dependent forward pass?)")
-        return self.features, output

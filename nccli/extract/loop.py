@@ -3,7 +3,9 @@
 On CUDA: autocast (``bf16``/``fp16``), channels_last for convnets, pinned
 host memory and non-blocking copies both ways, so the GPU never waits for the
 disk. A background thread writes finished batches through a bounded queue
-while the next ones compute.
+while the next ones compute, after checking their rows: a NaN or Inf, which
+analyze would refuse, stops the run before it is written (on the host, in the
+writer thread, so the device never waits for the check).
 """
 
 import contextlib
@@ -11,14 +13,16 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from nccli.errors import NcCliError, UsageError
+from nccli import schema
+from nccli.errors import ModelError, NcCliError, UsageError
+from nccli.extract.capture import FeatureCapture
 from nccli.extract.config import Precision
 from nccli.extract.datasets import already_batched
-from nccli.extract.hooks import FeatureCapture
 
 QUEUE_DEPTH = 4  # batches waiting for the writer; bounds host memory
 PREFETCH_BATCHES = 4  # per DataLoader worker
@@ -143,3 +147,50 @@ class BackgroundWriter:
     def _raise_error(self) -> None:
         if self._error is not None:
             raise self._error
+
+
+def logits_rows(output: torch.Tensor | None, batch: int, classes: int) -> torch.Tensor:
+    """The model's output as /logits rows: one row of ``classes`` values per image, as in the probe."""
+    if output is None or tuple(output.shape) != (batch, classes):
+        found = "no tensor" if output is None else f"shape {list(output.shape)}"
+        raise ModelError(
+            f"the model gave {found} for a batch of {batch} images, not [{batch}, {classes}] as in the probe batch "
+            "(a forward pass that depends on the data?)"
+        )
+    return output.float()
+
+
+def with_placeholders(arrays: dict, kept: torch.Tensor, widths: dict[str, int], device) -> dict:
+    """Each row dataset's rows at their batch positions, zeros where a sample was left out."""
+    kept = kept.to(device)
+    full = {}
+    for path, width in widths.items():
+        rows = torch.zeros((len(kept), width), dtype=torch.float32, device=device)
+        if path in arrays:
+            rows[kept] = arrays[path]
+        full[path] = rows
+    return full
+
+
+def check_finite(arrays: dict[str, np.ndarray], precision: Precision, storage: str) -> None:
+    """Refuse a batch with a NaN or Inf feature or logit as stored (float16 overflows above 65504), before it is
+    written: analyze refuses such files."""
+    for path, values in arrays.items():
+        if values.dtype.kind != "f":
+            continue
+        with np.errstate(over="ignore"):  # an overflow becomes Inf, reported below
+            stored = values.astype(storage, copy=False)
+        if np.isfinite(stored).all():
+            continue
+        row = int(np.flatnonzero(~np.isfinite(stored).reshape(len(stored), -1).all(axis=1))[0])
+        what = "the model's output" if path == schema.LOGITS else f"layer '{path.removeprefix(schema.LAYERS + '/')}'"
+        if np.isfinite(values[row]).all():
+            cause = f"a value exceeds {np.finfo(storage).max:g}, the largest {storage}: use --dtype float32"
+        elif precision == Precision.FP16:
+            cause = "fp16 autocast overflows above 65504: try --precision bf16 or fp32"
+        else:
+            cause = "check the model and its input"
+        raise ModelError(
+            f"{what} is not finite (NaN or Inf) for sample {int(arrays[schema.SAMPLE_INDEX][row])} as stored, and "
+            f"analyze refuses non-finite features; {cause}"
+        )

@@ -14,7 +14,7 @@ from torch import nn
 from nccli.errors import ModelError, UsageError
 from nccli.extract.checkpoints import CHECKPOINT_SUFFIXES, Checkpoint, epoch_from_name, read_checkpoint
 from nccli.extract.config import ModelOptions
-from nccli.extract.messages import did_you_mean
+from nccli.extract.messages import did_you_mean, first_line
 
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 MAX_LISTED_KEYS = 5
@@ -32,6 +32,7 @@ class LoadedModel:
     epoch: int | None = None
     transforms: Callable | None = None
     class_names: tuple[str, ...] | None = None
+    init_seed: int | None = None  # the seed of a randomly initialised network; None when weights fill it
 
 
 def expand_model_args(args: tuple[str, ...]) -> list[str]:
@@ -86,7 +87,9 @@ def _from_torchvision(name: str, options: ModelOptions, epoch: int | None) -> Lo
     weights = _weights_enum(name, options.weights) if options.weights else None
     kwargs = {} if options.num_classes is None else {"num_classes": options.num_classes}
     try:
-        module = models.get_model(name, weights=weights, **kwargs)
+        with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's random state
+            torch.manual_seed(options.init_seed)
+            module = models.get_model(name, weights=weights, **kwargs)
     except ValueError as error:
         raise ModelError(f"cannot build '{name}' with weights {options.weights}: {error}") from None
     except OSError as error:
@@ -102,6 +105,7 @@ def _from_torchvision(name: str, options: ModelOptions, epoch: int | None) -> Lo
         epoch=epoch,
         transforms=weights.transforms() if weights else None,
         class_names=tuple(weights.meta["categories"]) if weights and "categories" in weights.meta else None,
+        init_seed=None if weights else options.init_seed,
     )
 
 
@@ -150,6 +154,11 @@ def build_arch(arch: str, num_classes: int | None, state_dict: dict) -> nn.Modul
     target, sep, attr = arch.rpartition(":")
     if not sep:
         return _torchvision_arch(arch, num_classes, state_dict)
+    if not target or not attr:
+        raise UsageError(
+            f"--arch '{arch}' names no callable; use a torchvision model name, module.path:callable or "
+            "path/to/file.py:callable"
+        )
     source = _import_target(target, arch)
     factory = getattr(source, attr, None)
     if not callable(factory):
@@ -157,8 +166,10 @@ def build_arch(arch: str, num_classes: int | None, state_dict: dict) -> nn.Modul
         raise ModelError(f"--arch '{arch}': '{target}' has no callable '{attr}'{did_you_mean(attr, public)}")
     try:
         module = factory() if num_classes is None else factory(num_classes=num_classes)
-    except TypeError as error:
-        raise ModelError(f"--arch '{arch}': calling {attr}() failed: {error}") from None
+    except Exception as error:  # the user's builder may raise anything
+        raise ModelError(
+            f"--arch '{arch}': calling {attr}() failed: {type(error).__name__}: {first_line(error)}"
+        ) from None
     if not isinstance(module, nn.Module):
         raise ModelError(f"--arch '{arch}' returned a {type(module).__name__}, not an nn.Module")
     return module
@@ -169,7 +180,11 @@ def _import_target(target: str, arch: str):
         try:
             return importlib.import_module(target)
         except ImportError as error:
-            raise ModelError(f"--arch '{arch}': cannot import '{target}': {error}") from None
+            raise ModelError(f"--arch '{arch}': cannot import '{target}': {first_line(error)}") from None
+        except Exception as error:  # the user's module may raise anything while importing
+            raise ModelError(
+                f"--arch '{arch}': importing '{target}' failed: {type(error).__name__}: {first_line(error)}"
+            ) from None
     if not os.path.isfile(target):
         raise ModelError(f"--arch '{arch}': file '{target}' does not exist")
     stem = os.path.splitext(os.path.basename(target))[0]
@@ -184,7 +199,9 @@ def _import_target(target: str, arch: str):
         spec.loader.exec_module(module)
     except Exception as error:  # the user's file may raise anything while importing
         del sys.modules[name]
-        raise ModelError(f"--arch '{arch}': importing '{target}' failed: {type(error).__name__}: {error}") from None
+        raise ModelError(
+            f"--arch '{arch}': importing '{target}' failed: {type(error).__name__}: {first_line(error)}"
+        ) from None
     finally:
         sys.path.remove(os.path.dirname(os.path.abspath(target)))
     return module

@@ -1,7 +1,8 @@
 """Image preprocessing: one tensor pipeline for single images (C, H, W) and whole batches (B, C, H, W).
 
 Without ``--weights``: uint8 → float in [0, 1] (floats are taken as already
-in [0, 1]), optional ``--resize N`` (shorter side to N, then centre crop
+in [0, 1]; array files whose float pixels fall outside are refused, unless
+``--mean`` and ``--std`` give their own scale: :mod:`.datasets`), optional ``--resize N`` (shorter side to N, then centre crop
 N × N), then ``--mean``/``--std`` normalisation (ImageNet's statistics by
 default, averaged for 1-channel images). With ``--weights`` the weights' own
 transforms replace all of that.

@@ -30,11 +30,14 @@ from h5py._objects import phil
 
 from nccli import schema
 from nccli.errors import FeatureFileError
+from nccli.io.arrays import conversion_hint
 from nccli.io.validate import (
+    LABEL_BLOCK_ROWS,
     READ_ERRORS,
     FeatureFileInfo,
     LayerInfo,
     memory_budget,
+    read_attribute,
     shown,
     validate,
 )
@@ -44,7 +47,7 @@ BLOCK_BYTES = 16 * 2**20  # float64 bytes of one layer's block
 CHUNK_CACHE_BYTES_MAX = 256 * 2**20
 PROBE_SECONDS = 60.0
 
-__all__ = ["FeatureFile", "FeatureFileInfo", "LayerInfo", "memory_budget", "open_feature_file", "probe"]
+__all__ = ["FeatureFile", "FeatureFileInfo", "LayerInfo", "memory_budget", "open_feature_file", "probe", "read_info"]
 
 
 class FeatureFile:
@@ -108,36 +111,86 @@ class FeatureFile:
                 path, f"cannot read rows {start}–{stop - 1} (truncated or corrupt file?): {shown(error)}"
             ) from None
 
+    def attribute(self, path: str, name: str):
+        """Optional attribute ``name`` of the object at ``path`` ('' = the root) as stored; None when absent."""
+        try:
+            node = self._handle[path] if path else self._handle
+        except READ_ERRORS as error:
+            raise self._fail(path, f"cannot read (truncated or corrupt file?): {shown(error)}") from None
+        return read_attribute(self.info.path, node, name, path)
+
+    def stored(self, path: str) -> tuple[tuple[int, ...], str] | None:
+        """Shape and dtype of the dataset at ``path``; None when the file has none there."""
+        try:
+            node = self._handle.get(path)
+            return (tuple(node.shape), str(node.dtype)) if isinstance(node, h5py.Dataset) else None
+        except READ_ERRORS as error:
+            raise self._fail(path, f"cannot read (truncated or corrupt file?): {shown(error)}") from None
+
+    def present_classes(self) -> np.ndarray:
+        """The class ids that have at least one sample, read in blocks of labels."""
+        present = np.zeros(0, dtype=np.int64)
+        for start in range(0, self.info.n_samples, LABEL_BLOCK_ROWS):
+            stop = min(start + LABEL_BLOCK_ROWS, self.info.n_samples)
+            present = np.union1d(present, np.unique(self._read(schema.LABELS, start, stop)))
+        return present
+
     def close(self) -> None:
         self._handle.close()
 
 
 @contextlib.contextmanager
-def open_feature_file(path: str | os.PathLike, probed: bool = False) -> Iterator[FeatureFile]:
-    """Open and validate a feature file; the handle closes on exit. ``probed``: this process's parent has
-    just run :func:`probe` on it (analyze's workers), so it is not forked over again."""
+def open_feature_file(
+    path: str | os.PathLike, probed: bool = False, expected: FeatureFileInfo | None = None
+) -> Iterator[FeatureFile]:
+    """Open and validate a feature file; the handle closes on exit. ``probed``: this process has just run
+    :func:`probe` on it (or its parent has, for analyze's workers), so it is not forked over again.
+    ``expected``: what an earlier validation found; a file that changed since is refused.
+
+    HDF5 errors are translated where the file is opened and validated here, and where rows are read
+    (:meth:`FeatureFile.blocks`); an error raised by the caller's own code inside the ``with`` block is
+    not about the file and passes through unchanged.
+    """
     name = str(path)
-    if not os.path.exists(path):
+    handle, info, classifier = _open_validated(name, probed)
+    try:
+        if expected is not None and info != expected:
+            raise FeatureFileError(name, "", "changed since it was validated at the start of this run")
+        yield FeatureFile(handle, info, classifier)
+    finally:
+        handle.close()
+
+
+def read_info(path: str | os.PathLike) -> FeatureFileInfo:
+    """Probe, open, validate and close a feature file: its description, without holding it open."""
+    with open_feature_file(path) as feature_file:
+        return feature_file.info
+
+
+def _open_validated(name: str, probed: bool) -> tuple[h5py.File, FeatureFileInfo, Classifier | None]:
+    if not os.path.exists(name):
         raise FeatureFileError(name, "", "no such file")
-    if os.path.isdir(path):
+    if os.path.isdir(name):
         raise FeatureFileError(name, "", "is a directory, not a feature file")
+    hint = None if _is_hdf5(name) else conversion_hint(name)
+    if hint is not None:
+        raise FeatureFileError(name, "", hint)
     if not probed:
         probe(name)
     try:
-        handle = h5py.File(path, "r")
+        handle = h5py.File(name, "r")
     except READ_ERRORS as error:
-        problem = "not an HDF5 file" if not _is_hdf5(path) else f"cannot open (truncated or corrupt?): {shown(error)}"
+        problem = "not an HDF5 file" if not _is_hdf5(name) else f"cannot open (truncated or corrupt?): {shown(error)}"
         raise FeatureFileError(name, "", problem) from None
     try:
-        try:
-            info, classifier = validate(handle, name)
-        except READ_ERRORS as error:  # h5py's own errors on damaged metadata; ours are FeatureFileErrors
-            raise FeatureFileError(name, "", f"cannot read (truncated or corrupt file?): {shown(error)}") from None
-        yield FeatureFile(handle, info, classifier)
-    except (OSError, RuntimeError) as error:
-        raise FeatureFileError(name, "", f"cannot read (truncated or corrupt file?): {shown(error)}") from None
-    finally:
+        info, classifier = validate(handle, name)
+    except READ_ERRORS as error:  # h5py's own errors on damaged metadata; ours are FeatureFileErrors
         handle.close()
+        raise FeatureFileError(name, "", f"cannot read (truncated or corrupt file?): {shown(error)}") from None
+    except BaseException:
+        handle.close()
+        raise
+    return handle, info, classifier
 
 
 def probe(path: str, seconds: float = PROBE_SECONDS) -> None:

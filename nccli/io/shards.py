@@ -140,7 +140,7 @@ def write_index(target: str, ranks: int, options: dict) -> None:
         temp = target + INDEX_TEMP_SUFFIX
         try:
             with h5py.File(temp, "w") as index:
-                _write_index(index, handles[0], names, offsets, row_paths, options)
+                _write_index(index, handles, names, offsets, row_paths, options)
             os.replace(temp, target)
         except OSError as error:
             with contextlib.suppress(OSError):
@@ -190,8 +190,14 @@ def _check_same_layout(first: h5py.File, other: h5py.File, row_paths: list[str],
 
 
 def _write_index(
-    index: h5py.File, first: h5py.File, names: list[str], offsets: np.ndarray, row_paths: list[str], options: dict
+    index: h5py.File,
+    handles: list[h5py.File],
+    names: list[str],
+    offsets: np.ndarray,
+    row_paths: list[str],
+    options: dict,
 ) -> None:
+    first = handles[0]
     for name, value in first.attrs.items():
         index.attrs[name] = value
     index.attrs[schema.ATTR_COMPLETE] = True
@@ -211,10 +217,13 @@ def _write_index(
             dataset.attrs[name] = value
 
     def copy_rest(path: str, node) -> None:
-        if isinstance(node, h5py.Dataset) and path not in row_paths:
+        if isinstance(node, h5py.Dataset) and path not in row_paths and path != schema.SKIPPED_INDEX:
             copied = index.create_dataset(path, data=node[()])
             copied.attrs.update(node.attrs)
         elif isinstance(node, h5py.Group):
             index.require_group(path).attrs.update(node.attrs)
 
     first.visititems(copy_rest)
+    skipped = [handle[schema.SKIPPED_INDEX][()] for handle in handles if schema.SKIPPED_INDEX in handle]
+    if skipped:  # every shard's, not shard 0's alone
+        index.create_dataset(schema.SKIPPED_INDEX, data=np.concatenate(skipped))

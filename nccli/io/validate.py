@@ -101,6 +101,12 @@ def _attr(file: str, obj, name: str, path: str, default=None):
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
+def read_attribute(file: str, obj, name: str, path: str):
+    """An optional attribute of ``obj`` as stored (size-checked, bytes decoded); None when absent. The one way
+    to read an attribute of an untrusted file."""
+    return _attr(file, obj, name, path)
+
+
 def _text_attr(file: str, obj, name: str, path: str, default=None) -> str | None:
     value = _attr(file, obj, name, path, default)
     if value is None or isinstance(value, str):

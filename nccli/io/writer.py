@@ -24,7 +24,10 @@ itself is built as ``FILE.partial.new`` and renamed once whole, so a kill
 while creating it leaves nothing half-made. When compression was asked for,
 :meth:`FeatureWriter.finish` writes the compressed file from the complete
 partial one (same chunks), so a resumed file and a single run's are laid out
-alike; then, as for uncompressed files, ``FILE`` appears in one rename.
+alike; then, as for uncompressed files, ``FILE`` appears in one rename. The
+same rewrite leaves out rows the caller drops (samples ``--skip-unreadable``
+left out, which hold placeholder rows in the partial file so that positions
+stay aligned for ``--resume``).
 
 A full disk (or any failed write) stops the file where it failed: HDF5
 writes through a :class:`~nccli.io.guarded.GuardedFile`, which raises the
@@ -271,8 +274,18 @@ class FeatureWriter:
             self._handle.flush()
         self._rows_on_disk, self._flushed_at = self.rows_written, time.monotonic()
 
-    def finish(self) -> None:
-        """Mark the file complete and put it at its final name (replacing an old file there) in one rename."""
+    def written(self, path: str) -> np.ndarray:
+        """The rows written so far of the 1-D dataset ``path``."""
+        self._write_pending()
+        with self._writing():
+            return self._handle[path][: self.rows_written]
+
+    def finish(self, keep: np.ndarray | None = None, extra: dict[str, np.ndarray] | None = None) -> None:
+        """Mark the file complete and put it at its final name (replacing an old file there) in one rename.
+
+        ``keep`` (a mask over the rows) leaves rows out of the final file and ``extra`` adds datasets to it; the
+        file is then written anew from the partial one, as for compression.
+        """
         partial, building = (partial_path(self.path), partial_path(self.path) + BUILDING_SUFFIX)
         compressed = None
         try:
@@ -280,13 +293,16 @@ class FeatureWriter:
             if self.rows_written != self.rows:
                 raise ValueError(f"finish() after {self.rows_written} of {self.rows} rows")
             compression = self._handle.attrs.get(schema.ATTR_PENDING_COMPRESSION)
-            if compression is None:
+            if compression is None and keep is None and not extra:
                 self._handle.attrs.modify(schema.ATTR_COMPLETE, True)
                 self._file.close()
             else:
                 compressed = _open(building, "w")
                 with compressed as target:
-                    _write_compressed(self._handle, target, _text(compression), self.rows_written)
+                    filters = "none" if compression is None else _text(compression)
+                    _write_final(self._handle, target, filters, self.rows_written, keep)
+                    for path, values in (extra or {}).items():
+                        target.create_dataset(path, data=values)
                 self._file.close()  # before the checks: closing may still write (to a file about to go)
             for file in (self._file, compressed):
                 if file is not None and file.failure is not None:
@@ -326,9 +342,11 @@ class FeatureWriter:
         self._lock.release()
 
 
-def _write_compressed(source: h5py.File, target: h5py.File, compression: str, rows: int) -> None:
-    """Copy the complete partial ``source`` into the new file ``target``, row datasets compressed, chunks kept."""
-    first = {schema.ATTR_COMPLETE: True, schema.ATTR_ROWS_WRITTEN: rows}
+def _write_final(source: h5py.File, target: h5py.File, compression: str, rows: int, keep: np.ndarray | None) -> None:
+    """Copy the complete partial ``source`` into the new file ``target``: row datasets compressed, chunks kept,
+    only the rows ``keep`` marks (all when None)."""
+    kept = rows if keep is None else int(keep.sum())
+    first = {schema.ATTR_COMPLETE: True, schema.ATTR_ROWS_WRITTEN: kept}
     _copy_attrs(source, target, first=first, skip=(schema.ATTR_PENDING_COMPRESSION,))
 
     def copy(name: str, node) -> None:
@@ -337,14 +355,19 @@ def _write_compressed(source: h5py.File, target: h5py.File, compression: str, ro
         elif node.chunks is None:  # the writer makes only row datasets chunked
             source.copy(node, target, name=name)
         else:
-            copied = target.create_dataset(
-                name, shape=node.shape, dtype=node.dtype, chunks=node.chunks, **_filters(compression)
-            )
+            shape, chunks = (kept, *node.shape[1:]), (min(node.chunks[0], kept), *node.chunks[1:])
+            copied = target.create_dataset(name, shape=shape, dtype=node.dtype, chunks=chunks, **_filters(compression))
             _copy_attrs(node, copied)
             band = max(1, WRITE_BYTES // max(1, node.dtype.itemsize * int(np.prod(node.shape[1:]))))
             band = max(node.chunks[0], band - band % node.chunks[0])
+            end = 0
             for start in range(0, node.shape[0], band):
-                copied[start : start + band] = node[start : start + band]
+                block = node[start : start + band]
+                if keep is not None:
+                    block = block[keep[start : start + band]]
+                if len(block):
+                    copied[end : end + len(block)] = block
+                    end += len(block)
             copied.flush()  # a failed write here raises; in the dataset's close it would wedge HDF5
 
     source.visititems(copy)

@@ -1,5 +1,8 @@
 """Report tables as text for pipes (csv, tsv, json, markdown), a workbook, or a rich table for people.
 
+Tables for people never break a number across lines (:func:`fit_table`); ``nccli info``'s description
+of a feature file is drawn with the same rules (:func:`describe_rich`).
+
 Machine formats keep every column and full float precision (``repr``);
 nulls are empty cells in csv/tsv/markdown and ``null`` in json.
 """
@@ -18,6 +21,8 @@ from nccli.errors import UsageError
 
 if TYPE_CHECKING:  # pyarrow loads only when a report is read, so `nccli --help` stays instant
     import pyarrow as pa
+
+    from nccli.io.info import FileDescription
 
 
 class ReportFormat(StrEnum):
@@ -100,18 +105,115 @@ def to_markdown(table: pa.Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_rich(table: pa.Table, title: str | None = None):
-    """A rich Table for a terminal (4 significant digits)."""
+def to_rich(table: pa.Table, title: str | None = None, width: int | None = None):
+    """A rich Table for a terminal (4 significant digits) that fits ``width`` characters; see :func:`fit_table`.
+
+    Returns the table and the names of the columns left out to make it fit.
+    """
     import pyarrow as pa
+
+    numeric = [pa.types.is_floating(field.type) or pa.types.is_integer(field.type) for field in table.schema]
+    rows = [[_human(value) for value in row.values()] for row in table.to_pylist()]
+    return fit_table(table.column_names, numeric, rows, title, width)
+
+
+TABLE_EDGE = 1  # the left border
+COLUMN_EDGE = 3  # a column's padding on both sides and its right border
+TEXT_MIN_WIDTH = 12  # text (file names, layers) may fold down to this; numbers never fold
+
+
+def fit_table(
+    columns: list[str], numeric: list[bool], rows: list[list[str]], title: str | None = None, width: int | None = None
+):
+    """A rich Table of ``rows`` (cells as text) in which no number is ever broken across lines.
+
+    Number columns are exactly as wide as their widest cell; headers break at underscores instead; text
+    columns may fold. Where that is wider than ``width`` (None: no limit), columns are left out from the
+    right, never the first. Returns ``(table, left_out_column_names)``.
+    """
     from rich.table import Table
 
+    needs = [_column_width(name, [row[i] for row in rows], number) for i, (name, number) in enumerate(zip(columns, numeric))]
+    keep = len(columns)
+    while keep > 1 and width is not None and _table_width(needs[:keep]) > width:
+        keep -= 1
     rich_table = Table(title=title, header_style="bold")
-    for column in table.column_names:
-        numeric = pa.types.is_floating(table.schema.field(column).type) or pa.types.is_integer(table.schema.field(column).type)
-        rich_table.add_column(column, justify="right" if numeric else "left", overflow="fold")
-    for row in table.to_pylist():
-        rich_table.add_row(*(_human(value) for value in row.values()))
-    return rich_table
+    for name, number, need in zip(columns[:keep], numeric, needs):
+        header = _broken_header(name, need) if number else name
+        if number:
+            rich_table.add_column(header, justify="right", no_wrap=True, min_width=need)
+        else:
+            rich_table.add_column(header, justify="left", overflow="fold", min_width=need)
+    for row in rows:
+        rich_table.add_row(*row[:keep])
+    return rich_table, list(columns[keep:])
+
+
+def _column_width(name: str, cells: list[str], number: bool) -> int:
+    widest = max((len(cell) for cell in cells), default=1)
+    if not number:
+        return min(max(widest, len(name)), TEXT_MIN_WIDTH)
+    return max(widest, max(len(part) for part in _header_parts(name)))
+
+
+def _table_width(needs: list[int]) -> int:
+    return TABLE_EDGE + sum(need + COLUMN_EDGE for need in needs)
+
+
+def _header_parts(name: str) -> list[str]:
+    """``nc4_ncc_mismatch`` → ``['nc4_', 'ncc_', 'mismatch']``: where a header may break."""
+    parts = name.split("_")
+    return [part + "_" for part in parts[:-1]] + [parts[-1]]
+
+
+def _broken_header(name: str, width: int) -> str:
+    """The header in lines of at most ``width`` characters, broken after underscores."""
+    lines = [""]
+    for part in _header_parts(name):
+        if lines[-1] and len(lines[-1]) + len(part) > width:
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(lines)
+
+
+INFO_LAYER_COLUMNS = ("layer", "order", "width", "dtype", "pooling", "sample shape")
+
+
+def describe_rich(description: FileDescription, width: int | None = None):
+    """A feature file's description (:func:`nccli.io.info.describe`) for a terminal: a grid of its attributes
+    and a table of its layers that fits ``width``. Returns ``(grid, layers_table, left_out_columns)``."""
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    present = description.classes_present
+    facts = {
+        "samples": str(description.n_samples),
+        "classes": f"{description.num_classes}" + ("" if present == description.num_classes else f" ({present} present)"),
+        "split": description.split,
+        "epoch": _human(description.epoch),
+        "model": _human(description.model),
+        "classifier": "none" if description.classifier_layer is None else f"on layer '{description.classifier_layer}'",
+        "logits": "yes" if description.logits else "no",
+    }
+    facts.update((name, value) for name, value in description.provenance.items() if name not in facts)
+    for name, value in facts.items():
+        grid.add_row(name, value)
+    rows = [
+        [
+            layer.name,
+            str(layer.order),
+            str(layer.width),
+            layer.dtype,
+            _human(layer.pooling),
+            "×".join(map(str, layer.sample_shape)) if layer.sample_shape else "–",
+        ]
+        for layer in description.layers
+    ]
+    numeric = [False, True, True, False, False, False]
+    layers, left_out = fit_table(list(INFO_LAYER_COLUMNS), numeric, rows, width=width)
+    return grid, layers, left_out
 
 
 def write_xlsx(table: pa.Table, path: str) -> None:

@@ -47,6 +47,7 @@ from nccli.schema import (
     COL_MODEL,
     COL_SPLIT,
     DEFAULT_SPLIT,
+    METRIC_BY_NAME,
     METRIC_COLUMNS,
     NC1_METRICS,
     NC2_METRICS,
@@ -73,34 +74,6 @@ EPOCH_METRICS = (_NC1, _EQUINORM, _EQUIANGULAR, _MAXANGLE, _NC3_DUALITY, _NC4, _
 DEPTH_METRICS = (_NC1, _NC1_TILDE, _CDNV, _EQUINORM, _EQUIANGULAR, _MAXANGLE, _NCC_ACC)
 _ERROR_NAMES = {_CLF_ACC: "classifier", _NCC_ACC: "NCC"}
 
-# (panel title: what it measures, y label: the formula of metrics.md), in METRIC_COLUMNS order.
-_LABELS = dict(zip(METRIC_COLUMNS, (
-    ("Within-class variability", r"$\mathrm{tr}(\Sigma_W)$"),
-    ("Between-class variability", r"$\mathrm{tr}(\Sigma_B)$"),
-    ("NC1: within / between variability", r"$\mathrm{tr}(\Sigma_W \Sigma_B^{+}) / K$"),
-    ("NC1 (Tirer): within / between", r"$\mathrm{tr}(\Sigma_W) / \mathrm{tr}(\Sigma_B)$"),
-    ("CDNV: variance / class distance", r"mean of $(V_c + V_{c'}) / (2\Vert\mu_c - \mu_{c'}\Vert^2)$"),
-    ("NC2: equinorm of class means", r"std / mean of $\Vert\mu_c - \mu_G\Vert$"),
-    ("NC2: equiangularity of class means", r"std of $\cos(\mu_c - \mu_G, \mu_{c'} - \mu_G)$"),
-    ("NC2: angles vs the simplex ETF", r"mean of $|\cos + 1/(K-1)|$"),
-    ("NC2: distance to the simplex ETF", r"$\Vert G/\Vert G\Vert_F - P/\sqrt{K-1}\Vert_F$"),
-    ("NC3: self-duality, classifier vs means", r"$\Vert W/\Vert W\Vert_F - M/\Vert M\Vert_F\Vert_F$"),
-    ("NC3: $WM^T$ vs the simplex ETF", r"$\Vert WM^T/\Vert WM^T\Vert_F - P/\sqrt{K-1}\Vert_F$"),
-    ("NCC error (nearest class mean)", "error = 1 − NCC accuracy"),
-    ("Classifier error", "error = 1 − classifier accuracy"),
-    ("NC4: classifier vs NCC disagreement", "fraction of samples"),
-    ("Smallest logit margin", r"$\min_i q_i$"),
-    ("Mean logit margin", r"mean of $q_i$"),
-    ("Within-class cosine, worst class", r"$\min_c$ intra$_c$"),
-    ("Within-class cosine, mean", r"mean of intra$_c$"),
-    ("Between-class cosine, worst pair", r"$\max_{c<c'}$ inter$_{cc'}$"),
-    ("Between-class cosine, mean", r"mean of inter$_{cc'}$"),
-    ("MSE loss", r"$L(\tilde W)$"),
-    ("MSE of the least-squares classifier", r"$L(\tilde W_{LS})$"),
-    ("MSE: distance to the central path", r"$L^{\perp}_{LS}$"),
-    ("MSE: NC1 term", r"$L_{NC1}$"),
-    ("MSE: NC2/3 term", r"$L_{NC2/3}$"),
-), strict=True))
 
 
 @dataclass(frozen=True)
@@ -113,10 +86,11 @@ class _Panel:
 
 def _panels(metrics: tuple[str, ...]) -> list[_Panel]:
     """One panel per metric; the accuracies share one error panel."""
-    panels = [_Panel((m,), *_LABELS[m]) for m in metrics if m not in ACCURACY_METRICS]
+    panels = [_Panel((m,), METRIC_BY_NAME[m].title, METRIC_BY_NAME[m].ylabel) for m in metrics if m not in ACCURACY_METRICS]
     accuracies = tuple(m for m in metrics if m in ACCURACY_METRICS)
     if len(accuracies) == 1:
-        panels.append(_Panel(accuracies, *_LABELS[accuracies[0]], error=True))
+        first = METRIC_BY_NAME[accuracies[0]]
+        panels.append(_Panel(accuracies, first.title, first.ylabel, error=True))
     elif accuracies:
         panels.append(_Panel(accuracies, "Errors: classifier and NCC", "error = 1 − accuracy", error=True))
     return panels

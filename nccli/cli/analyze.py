@@ -1,0 +1,89 @@
+"""`nccli analyze`: feature files → the Parquet report of every neural-collapse metric (:func:`nccli.analyze_features`)."""
+
+import contextlib
+from typing import Annotated
+
+import typer
+
+from nccli import schema
+from nccli.cli.common import command_line, print_table, split_list, stderr_is_terminal, user_errors
+
+
+def analyze(
+    context: typer.Context,
+    files: Annotated[
+        list[str],
+        typer.Argument(help="Feature files (HDF5, as `nccli extract` writes them or any file following the layout).", show_default=False),
+    ],
+    out: Annotated[
+        str,
+        typer.Option("--out", "-o", help="The Parquet report to write: one row per (file, layer). Replaced atomically.", show_default=False),
+    ],
+    layers: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated layer names or globs to analyze, e.g. 'layer*,fc'. Default: every layer."),
+    ] = None,
+    means_from: Annotated[
+        str | None,
+        typer.Option(
+            help="A reference feature file (usually the train split) whose class means the nearest-class-centre "
+            "metrics (ncc_accuracy, nc4_ncc_mismatch) use: the train-vs-test 'test collapse' setting. A folder or "
+            "quoted glob of them ('train/*.h5') pairs each file with the reference of its epoch, else of its file "
+            "name. Refused: a reference of another epoch or model, and files that cannot be paired.",
+        ),
+    ] = None,
+    mse: Annotated[
+        bool, typer.Option("--mse", help="Add the MSE decomposition of Han, Papyan & Donoho (2022) on the classifier layer.")
+    ] = False,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay λ of the MSE decomposition (needs --mse).")] = 0.0,
+    classes: Annotated[
+        str | None, typer.Option(help="Also write the per-class table (n, var, mean_norm, recalls, ...) to this Parquet file.")
+    ] = None,
+    pairs: Annotated[
+        str | None, typer.Option(help="Also write the per-pair table (cdnv, mean_cos, inter_cos, mean_dist) to this Parquet file.")
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="Where to compute: auto (CUDA if present), cpu, cuda or cuda:N. Accumulation is float64 everywhere.")
+    ] = "auto",
+    epsilon: Annotated[float, typer.Option(help="ε of ncc_effective_depth: the first layer whose NCC error is ≤ ε.")] = 0.01,
+    block_rows: Annotated[
+        int | None,
+        typer.Option(help="Rows read per block. Default: about 16 MiB of the widest layer, aligned to its HDF5 chunks."),
+    ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option("--jobs", "-j", help="Worker processes that share each file's rows (CPU); their states merge exactly."),
+    ] = 1,
+) -> None:
+    """Compute every neural-collapse metric per layer of each feature file into a Parquet report.
+
+    Files are streamed in row blocks (two passes, float64 state, memory O(K·d) per layer), so files far larger than memory work. Example:
+
+        nccli analyze train.h5 test.h5 --means-from train.h5 --out report.parquet
+    """
+    with user_errors(), contextlib.ExitStack() as held:
+        from nccli.analyze import AnalyzeConfig, analyze_features
+        from nccli.report.formats import compact
+        from nccli.report.parquet import check_writable, reserve_outputs, to_table, write_report
+
+        targets = {option: check_writable(path, option) for option, path in (("--out", out), ("--classes", classes), ("--pairs", pairs)) if path}
+        held.enter_context(reserve_outputs(targets.values()))  # one writer per report; the second is refused
+        config = AnalyzeConfig(
+            files=tuple(files),
+            layers=split_list(layers),
+            means_from=means_from,
+            mse=mse,
+            weight_decay=weight_decay,
+            device=device,
+            depth_epsilon=epsilon,
+            block_rows=block_rows,
+            jobs=jobs,
+            show_progress=stderr_is_terminal(),
+        )
+        result = analyze_features(config)
+        write_report(result, targets["--out"], command_line(context), targets.get("--classes"), targets.get("--pairs"))
+        if stderr_is_terminal():
+            summary = to_table(result.summary, schema.SUMMARY_COLUMNS, {})
+            advice = f"choose columns with `nccli report {out} --columns ...`"
+            print_table(compact(summary), title=f"neural collapse → {out}", advice=advice, stderr=True)
+        typer.echo(out)

@@ -1,0 +1,116 @@
+"""What every command shares: the error boundary, the command line for provenance, terminal checks, list parsing.
+
+Errors the user can fix (:class:`nccli.errors.NcCliError`) become one line on
+stderr and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+import contextlib
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import typer
+
+from nccli.errors import DegenerateMetricWarning, NcCliError, UsageError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def echo_error(message: str) -> None:
+    """One line for a person, on stderr."""
+    typer.echo(message, err=True)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Print nccli's own warnings as one plain line; others the usual way."""
+    if issubclass(category, DegenerateMetricWarning):
+        echo_error(f"warning: {message}")
+    else:
+        echo_error(warnings.formatwarning(message, category, filename, lineno, line).rstrip())
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """The error boundary of every command: NcCliError → one line, exit 2; Ctrl-C → exit 130."""
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        yield
+    except NcCliError as error:
+        if getattr(error, "echo", True):  # under torchrun, rank 0 prints the job's error once
+            echo_error(f"error: {error}")
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except KeyboardInterrupt:
+        echo_error("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        warnings.showwarning = previous
+
+
+def command_line(context: typer.Context) -> str:
+    """The command as the user typed it, for provenance; rebuilt from the parsed options under another host
+    (tests, notebooks), where ``sys.argv`` is the host's."""
+    import shlex
+
+    program = Path(sys.argv[0])
+    if program.name == "nccli" or program.parent.name == "nccli":  # the console script, or python -m nccli
+        return shlex.join(["nccli", *sys.argv[1:]])
+    options = []
+    for name, value in context.params.items():
+        if value in (None, False, ()) or value == []:
+            continue
+        flag = "--" + name.replace("_", "-")
+        values = value if isinstance(value, (list, tuple)) else [value]
+        options += [flag] if value is True else [item for v in values for item in (flag, str(v))]
+    return shlex.join(["nccli", context.info_name, *options])
+
+
+def stderr_is_terminal() -> bool:
+    """Progress bars and tables for people appear only on a terminal."""
+    return sys.stderr.isatty()
+
+
+def numbers(option: str, text: str | None, kind: type = float) -> tuple | None:
+    """``"0.5,0.2"`` → ``(0.5, 0.2)``; a one-line error naming the option otherwise."""
+    if text is None:
+        return None
+    try:
+        return tuple(kind(part) for part in text.split(","))
+    except ValueError:
+        noun = "integers" if kind is int else "numbers"
+        raise UsageError(f"{option} takes comma-separated {noun}, got '{text}'") from None
+
+
+def split_list(text: str | None) -> tuple[str, ...] | None:
+    """'a, b,c' → ('a', 'b', 'c'); None or empty → None."""
+    items = tuple(item.strip() for item in (text or "").split(",") if item.strip())
+    return items or None
+
+
+def table_console(stderr: bool = False):
+    """A rich console for people: a terminal's width (or ``COLUMNS``); into a file or pipe, room for every column."""
+    from rich.console import Console
+
+    if stderr:
+        return Console(stderr=True)
+    return Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 10_000)
+
+
+def print_table(table, title: str, advice: str, stderr: bool = False) -> None:
+    """A report table for a person that fits the console without breaking a number; columns left out to fit are
+    named in a one-line note on stderr, with ``advice`` on how to choose them."""
+    from nccli.report.formats import to_rich
+
+    console = table_console(stderr)
+    shown, left_out = to_rich(table, title=title, width=console.width)
+    console.print(shown)
+    note_left_out(left_out, console.width, advice)
+
+
+def note_left_out(columns: list[str], width: int, advice: str) -> None:
+    """One line on stderr naming the columns a table left out to fit the terminal, and how to see them."""
+    if columns:
+        echo_error(f"note: {len(columns)} columns left out to fit {width} characters: {', '.join(columns)}; {advice}")

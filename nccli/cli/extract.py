@@ -1,0 +1,145 @@
+"""`nccli extract`: run a model over a dataset and write its per-layer features (:func:`nccli.extract_features`)."""
+
+import typer
+
+from nccli.cli.common import command_line, echo_error, numbers, split_list, stderr_is_terminal, user_errors
+from nccli.cli.extract_options import (
+    BatchSizeOption,
+    ChannelsOption,
+    CompressionOption,
+    DataArgument,
+    DeviceOption,
+    DownloadOption,
+    DtypeOption,
+    EpochOption,
+    LayersOption,
+    LimitOption,
+    MaxDimOption,
+    MeanOption,
+    ModelsArgument,
+    OutOption,
+    OverwriteOption,
+    PerClassOption,
+    PoolOption,
+    PrecisionOption,
+    ResizeOption,
+    ResumeOption,
+    RootOption,
+    SeedOption,
+    SkipUnreadableOption,
+    SplitOption,
+    StdOption,
+    TokenPoolOption,
+    WorkersOption,
+)
+from nccli.cli.model_options import (
+    ArchOption,
+    InitSeedOption,
+    NumClassesOption,
+    TrustOption,
+    WeightsOption,
+    model_options,
+)
+from nccli.extract.config import (  # torch-free: the choices of extract
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_DIM,
+    DEFAULT_ROOT,
+    DEFAULT_WORKERS,
+    Compression,
+    MapPooling,
+    Precision,
+    Split,
+    StorageDtype,
+    TokenPooling,
+)
+
+
+def extract(
+    context: typer.Context,
+    models: ModelsArgument,
+    data: DataArgument,
+    out: OutOption,
+    arch: ArchOption = None,
+    weights: WeightsOption = None,
+    num_classes: NumClassesOption = None,
+    trust_checkpoint: TrustOption = False,
+    init_seed: InitSeedOption = 0,
+    epoch: EpochOption = None,
+    root: RootOption = DEFAULT_ROOT,
+    split: SplitOption = Split.TRAIN,
+    download: DownloadOption = False,
+    resize: ResizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    channels: ChannelsOption = None,
+    per_class: PerClassOption = None,
+    limit: LimitOption = None,
+    seed: SeedOption = 0,
+    skip_unreadable: SkipUnreadableOption = False,
+    layers: LayersOption = None,
+    pool: PoolOption = MapPooling.AVG,
+    token_pool: TokenPoolOption = TokenPooling.AUTO,
+    max_dim: MaxDimOption = DEFAULT_MAX_DIM,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = Precision.FP32,
+    batch_size: BatchSizeOption = DEFAULT_BATCH_SIZE,
+    workers: WorkersOption = DEFAULT_WORKERS,
+    dtype: DtypeOption = StorageDtype.FLOAT32,
+    compression: CompressionOption = Compression.NONE,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Run MODEL over DATA and write per-layer features, labels, logits and the classifier to an HDF5 file.
+
+    The file is written as FILE.h5.partial and renamed when complete; after Ctrl-C or a crash, rerun the same command with --resume. Read the file with `nccli analyze FILE.h5`; `nccli layers MODEL` lists the layers --layers can pick.
+    """
+    with user_errors():
+        from nccli.extract import ExtractConfig, ExtractionInterrupted, extract_features
+        from nccli.extract.distributed import main_process
+
+        config = ExtractConfig(
+            models=tuple(models),
+            data=data,
+            out=out,
+            model=model_options(arch, weights, num_classes, trust_checkpoint, init_seed),
+            epoch=epoch,
+            root=root,
+            split=split,
+            download=download,
+            resize=resize,
+            mean=numbers("--mean", mean),
+            std=numbers("--std", std),
+            channels=channels,
+            per_class=per_class,
+            limit=limit,
+            seed=seed,
+            skip_unreadable=skip_unreadable,
+            layers=split_list(layers),
+            pool=pool,
+            token_pool=token_pool,
+            max_dim=max_dim,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            workers=workers,
+            dtype=dtype,
+            compression=compression,
+            resume=resume,
+            overwrite=overwrite,
+            progress=stderr_is_terminal(),
+            command=command_line(context),
+        )
+        try:
+            results = extract_features(config)
+        except ExtractionInterrupted as stop:
+            echo_error(str(stop))
+            raise
+        if not main_process():  # under torchrun, rank 0 reports for the job
+            return
+        for result in results:
+            for note in result.notes:
+                echo_error(f"note: '{result.path}': {note}")
+            if not result.skipped and stderr_is_terminal():
+                layers_written = len(result.layers)
+                echo_error(f"wrote '{result.path}': {result.rows} rows, {layers_written} layers in {result.seconds:.1f} s")
+            typer.echo(result.path)

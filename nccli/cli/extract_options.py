@@ -1,0 +1,200 @@
+"""The options of `nccli extract` beyond the model's (``model_options``), one annotated type each."""
+
+from typing import Annotated
+
+import typer
+
+from nccli.cli.model_options import DATA_PANEL, LAYERS_PANEL, MODEL_PANEL, OUTPUT_PANEL, SPEED_PANEL
+from nccli.extract.config import Compression, MapPooling, Precision, Split, StorageDtype, TokenPooling  # torch-free
+
+ModelsArgument = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="MODEL",
+        help="A torchvision model name (resnet18, vit_b_16, ...), or checkpoint files: a state_dict "
+        "(.pt, .pth, .safetensors; with --arch), a torch.export program (.pt2), or a pickled nn.Module "
+        "(both with --trust-checkpoint). Several checkpoints or a quoted glob ('ckpt/epoch_*.pt') write one "
+        "file each into the --out directory.",
+        show_default=False,
+    ),
+]
+DataArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="DATA",
+        help="cifar10, cifar100, mnist, fashionmnist, svhn, stl10 or imagenet (under --root); an image "
+        "folder (one subfolder per class); a .npz with x (images: uint8, or floats in [0, 1]) and y (integer "
+        "labels); an .h5 with /images and /labels (the same); or fake:N for N random 3×32×32 images in 10 classes.",
+        show_default=False,
+    ),
+]
+OutOption = Annotated[
+    str,
+    typer.Option(
+        "--out",
+        "-o",
+        help="The feature file to write (FILE.h5). A directory (created if missing) when MODEL names several "
+        "checkpoints, when it ends with '/', or when it is an existing directory: one CHECKPOINT_NAME.h5 each.",
+        rich_help_panel=OUTPUT_PANEL,
+        show_default=False,
+    ),
+]
+EpochOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Epoch (or step) to record for a single checkpoint. By default the checkpoint's own 'epoch' "
+        "entry, else the number in its file name (epoch_012.pt → 12).",
+        rich_help_panel=MODEL_PANEL,
+        show_default=False,
+    ),
+]
+RootOption = Annotated[
+    str, typer.Option(help="Directory holding the named torchvision datasets.", rich_help_panel=DATA_PANEL)
+]
+SplitOption = Annotated[
+    Split,
+    typer.Option(
+        help="Split of a named dataset to read (imagenet: test reads val); recorded in the file for any DATA.",
+        rich_help_panel=DATA_PANEL,
+    ),
+]
+DownloadOption = Annotated[
+    bool,
+    typer.Option(help="Download a named dataset into --root if it is not there.", rich_help_panel=DATA_PANEL),
+]
+ResizeOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Resize the shorter side to N and centre-crop N×N. By default images keep their size (they must "
+        "then all have the same size).",
+        rich_help_panel=DATA_PANEL,
+        show_default=False,
+    ),
+]
+MeanOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Per-channel mean to subtract after scaling pixels to [0, 1]: one number or three, comma-separated. "
+        "Default: ImageNet's 0.485,0.456,0.406 (their average for 1-channel images).",
+        rich_help_panel=DATA_PANEL,
+        show_default=False,
+    ),
+]
+StdOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Per-channel standard deviation to divide by: one number or three. Default: ImageNet's "
+        "0.229,0.224,0.225 (their average for 1-channel images).",
+        rich_help_panel=DATA_PANEL,
+        show_default=False,
+    ),
+]
+ChannelsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Convert images to 1 (grey) or 3 (RGB) channels, e.g. --channels 3 to feed MNIST to a torchvision "
+        "model. By default images keep their channels.",
+        rich_help_panel=DATA_PANEL,
+        show_default=False,
+    ),
+]
+PerClassOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Take a class-balanced random subset of N samples per class (all of a smaller class), drawn with "
+        "--seed and kept in dataset order.",
+        rich_help_panel=DATA_PANEL,
+        show_default=False,
+    ),
+]
+LimitOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Keep only the first N samples (after --per-class).", rich_help_panel=DATA_PANEL, show_default=False
+    ),
+]
+SeedOption = Annotated[int, typer.Option(help="Seed of the --per-class draw.", rich_help_panel=DATA_PANEL)]
+SkipUnreadableOption = Annotated[
+bool,
+typer.Option(
+    help="Leave out images that cannot be decoded (truncated, empty, not an image) instead of stopping at the "
+    "first; the file lists their dataset indices in /skipped_index.",
+    rich_help_panel=DATA_PANEL,
+),
+]
+LayersOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Comma-separated layer names or globs ('layer*', 'layer4.*') as listed by `nccli layers MODEL`. "
+        "A module run k times per forward pass is named by call: NAME#1 … NAME#k. The classifier's input is "
+        "CLASSIFIER:input. Default: the top-level blocks and the classifier input.",
+        rich_help_panel=LAYERS_PANEL,
+        show_default=False,
+    ),
+]
+PoolOption = Annotated[
+    MapPooling,
+    typer.Option(
+        help="How an N×C×H×W feature map becomes one row per sample: average or max over space (C values), "
+        "or flatten (C·H·W values, refused above --max-dim).",
+        rich_help_panel=LAYERS_PANEL,
+    ),
+]
+TokenPoolOption = Annotated[
+    TokenPooling,
+    typer.Option(
+        help="How an N×T×D token sequence becomes one row per sample: the class token (first), the mean or "
+        "max over tokens, or flatten. auto: cls for models with a class token (torchvision ViTs), else mean.",
+        rich_help_panel=LAYERS_PANEL,
+    ),
+]
+MaxDimOption = Annotated[
+    int,
+    typer.Option(help="Largest row width flatten may produce per layer.", rich_help_panel=LAYERS_PANEL),
+]
+DeviceOption = Annotated[
+    str,
+    typer.Option(help="auto (CUDA if available, else CPU), cpu, cuda or cuda:INDEX.", rich_help_panel=SPEED_PANEL),
+]
+PrecisionOption = Annotated[
+    Precision,
+    typer.Option(
+        help="Autocast precision of the forward pass (bf16/fp16 are meant for CUDA).", rich_help_panel=SPEED_PANEL
+    ),
+]
+BatchSizeOption = Annotated[
+    int, typer.Option(help="Images per forward pass.", rich_help_panel=SPEED_PANEL)
+]
+WorkersOption = Annotated[
+    int,
+    typer.Option(
+        help="DataLoader worker processes that read and preprocess images (0: in this process). Default: half "
+        "the CPU cores, at most 8, and none on a machine of 2 cores or fewer, where they would slow the model.",
+        rich_help_panel=SPEED_PANEL,
+    ),
+]
+DtypeOption = Annotated[
+    StorageDtype, typer.Option(help="Float width of the stored features and logits.", rich_help_panel=OUTPUT_PANEL)
+]
+CompressionOption = Annotated[
+    Compression,
+    typer.Option(
+        help="HDF5 compression of the stored rows (lzf: fast; gzip: smaller but slower).",
+        rich_help_panel=OUTPUT_PANEL,
+    ),
+]
+ResumeOption = Annotated[
+    bool,
+    typer.Option(
+        help="Continue FILE.h5.partial left by an interrupted run (model, data and options must match); "
+        "skip files already complete. Starts afresh where there is nothing to continue. Under torchrun, each "
+        "process continues its own shard (with the same number of processes).",
+        rich_help_panel=OUTPUT_PANEL,
+    ),
+]
+OverwriteOption = Annotated[
+    bool,
+    typer.Option(
+        help="Replace an existing FILE.h5 (or partial file) instead of refusing.", rich_help_panel=OUTPUT_PANEL
+    ),
+]

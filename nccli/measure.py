@@ -1,0 +1,71 @@
+"""``measure_collapse``: the metrics of ``analyze`` on batches in hand, without writing a file.
+
+Inside an evaluation loop the features already exist as tensors; writing them
+to HDF5 just to read them back costs a disk round trip and a second tool.
+:func:`measure_collapse` wraps the batches in a
+:class:`~nccli.io.memory.BatchRows` and runs analyze's own per-file function
+(:func:`nccli.analyze.analyze_file`): the same two passes, the same
+accumulators, the same formulas, so its numbers equal ``analyze`` on the same
+rows written to a file (to rounding: the blocks differ).
+"""
+
+import numbers
+
+from nccli import schema
+from nccli.analyze import AnalysisResult, AnalyzeConfig, analyze_file
+from nccli.errors import UsageError
+from nccli.io.memory import BatchRows
+from nccli.io.reader import open_feature_file
+from nccli.metrics.layer import ClassMeans
+from nccli.references import check_reference
+from nccli.scan import Scanner
+
+
+def measure_collapse(
+    batches,
+    *,
+    num_classes: int,
+    classifier=None,
+    classifier_layer: str | None = None,
+    means_from: str | None = None,
+    device: str = "auto",
+) -> list[dict]:
+    """Neural-collapse metrics of every layer of ``batches``: one dict per layer, keyed by the report's columns.
+
+    ``batches``: ``(features, labels)`` pairs, read twice (two passes), so a list, a DataLoader, or a
+    zero-argument function returning a new iterator each call (a plain generator is refused).
+    ``features``: a (B, d) float tensor or array (the layer ``features``), or a dict ``{layer: (B, d)}``,
+    the same layers in every batch, in forward order; ``labels``: (B,) integers in ``[0, num_classes)``.
+    Tensors may be on a CUDA device. Every batch is checked as analyze checks a file (shapes, label range,
+    NaN/Inf), and the second pass must give the same rows as the first, in any order (a shuffling
+    DataLoader is fine; random augmentation or sampling is not).
+
+    ``classifier``: ``(W, b)``, W (num_classes, d), b (num_classes,) or None; it applies to
+    ``classifier_layer``, by default the only layer of width d. ``means_from``: a feature file (usually of
+    the train split) whose class means the nearest-class-centre metrics use, as ``analyze --means-from``.
+    ``device``: ``auto`` computes on the device of CUDA tensors (else as analyze: CUDA if present), ``cpu``
+    with numpy, ``cuda``/``cuda:N`` with torch; state is float64 everywhere.
+
+    The rows convert to a table with ``pandas.DataFrame(rows)``; ``file`` is ``(batches)``.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
+    rows = BatchRows(batches, int(num_classes), device, classifier, classifier_layer)
+    config = AnalyzeConfig(files=(rows.info.path,), means_from=means_from, device=device)
+    scanner = Scanner(rows.xp, 1, None, lambda n: None)
+    result = AnalysisResult()
+    layers = rows.info.layers
+    reference_means = _reference_means(scanner, means_from, rows) if means_from else None
+    analyze_file(rows.xp, scanner, rows, layers, reference_means, config, result)
+    n_samples = rows.info.n_samples  # known once the first pass is over; analyze_file took info before it
+    return [{**{column: row[column] for column in schema.SUMMARY_COLUMNS}, schema.COL_N_SAMPLES: n_samples} for row in result.summary]
+
+
+def _reference_means(scanner: Scanner, path: str, rows: BatchRows) -> dict[str, ClassMeans]:
+    """Class means of the layers of ``rows`` in the feature file ``path`` (pass 1 over it), checked as analyze
+    checks a --means-from file."""
+    with open_feature_file(path) as reference:
+        check_reference(reference.info, rows.info, rows.info.layers)
+        layers = tuple(reference.info.layer(layer.name) for layer in rows.info.layers)
+        moments = scanner.moments(reference, layers, None)
+    return {name: ClassMeans.of(state) for name, state in moments.items()}

@@ -1,0 +1,131 @@
+"""``--means-from``: which reference file's class means each analysed file's NCC metrics use.
+
+The reference is one feature file, or a folder or glob of them (the train
+split of every checkpoint, for test collapse over training). Each analysed
+file is paired with the reference of the same ``epoch`` attribute; among
+several of that epoch, or where files carry no epoch, with the reference of
+the same file name. What cannot be paired is refused, and so is a pairing that
+would silently mix checkpoints or models: a single reference file for a file
+of another epoch, or a reference whose ``model`` attribute differs. An
+analysed file paired with itself uses its own class means.
+"""
+
+import glob
+import os
+
+from nccli import schema
+from nccli.errors import FeatureFileError, UsageError
+from nccli.io.reader import FeatureFileInfo, LayerInfo, read_info
+
+FEATURE_FILE_GLOB = "*.h5"
+
+
+def reference_paths(spec: str) -> tuple[list[str], bool]:
+    """The reference files ``spec`` names, and whether it named a set (a folder or glob) rather than one file."""
+    if os.path.isdir(spec):
+        found = sorted(path for path in glob.glob(os.path.join(glob.escape(spec), FEATURE_FILE_GLOB)) if os.path.isfile(path))
+        if not found:
+            raise UsageError(f"--means-from folder '{spec}' holds no {FEATURE_FILE_GLOB} feature files")
+        return found, True
+    if not os.path.exists(spec) and glob.has_magic(spec):
+        found = sorted(path for path in glob.glob(spec) if os.path.isfile(path))
+        if not found:
+            raise UsageError(f"--means-from pattern '{spec}' matches no file")
+        return found, True
+    return [spec], False
+
+
+def pair_references(
+    spec: str, infos: list[FeatureFileInfo], selections: list[tuple[LayerInfo, ...]]
+) -> list[FeatureFileInfo | None]:
+    """Per analysed file, the validated reference whose class means it uses; None where that is the file itself."""
+    paths, is_set = reference_paths(spec)
+    references = [read_info(path) for path in paths]
+    paired = []
+    if not is_set:
+        _check_single(spec, references[0], infos)
+    for info, layers in zip(infos, selections):
+        reference = _pick(spec, info, references) if is_set else references[0]
+        if reference.model is not None and info.model is not None and reference.model != info.model:
+            raise UsageError(
+                f"--means-from '{reference.path}' comes from model '{reference.model}' but '{info.path}' from "
+                f"'{info.model}': class means of another model do not apply"
+            )
+        check_reference(reference, info, layers)
+        paired.append(None if _same_file(reference.path, info.path) else reference)
+    return paired
+
+
+def _check_single(spec: str, reference: FeatureFileInfo, infos: list[FeatureFileInfo]) -> None:
+    """One reference file serves files of its own epoch (or without one), never several checkpoints silently."""
+    folder = os.path.dirname(spec) or "."
+    how = (
+        f"to pair each file with the reference of its own epoch, pass the folder (--means-from {folder}/) "
+        f"or a quoted glob (--means-from '{os.path.join(folder, FEATURE_FILE_GLOB)}')"
+    )
+    for info in infos:
+        if reference.epoch is not None and info.epoch is not None and reference.epoch != info.epoch:
+            raise UsageError(
+                f"--means-from '{spec}' is from epoch {reference.epoch} but '{info.path}' is from epoch {info.epoch}; {how}"
+            )
+    epochs = sorted({info.epoch for info in infos if info.epoch is not None})
+    if reference.epoch is None and len(epochs) > 1:
+        raise UsageError(
+            f"--means-from '{spec}' has no epoch but the files are from epochs {', '.join(map(str, epochs))}; "
+            f"one reference for several checkpoints is refused: {how}"
+        )
+
+
+def _pick(spec: str, info: FeatureFileInfo, references: list[FeatureFileInfo]) -> FeatureFileInfo:
+    candidates = references
+    if info.epoch is not None and any(reference.epoch is not None for reference in references):
+        candidates = [reference for reference in references if reference.epoch == info.epoch]
+        if not candidates:
+            epochs = sorted({reference.epoch for reference in references if reference.epoch is not None})
+            raise UsageError(
+                f"--means-from '{spec}' has no reference of epoch {info.epoch} for '{info.path}'; "
+                f"its epochs are: {', '.join(map(str, epochs))}"
+            )
+        if len(candidates) == 1:
+            return candidates[0]
+    named = [reference for reference in candidates if os.path.basename(reference.path) == os.path.basename(info.path)]
+    if len(named) == 1:
+        return named[0]
+    of_epoch = f" of epoch {info.epoch}" if candidates is not references else ""
+    listed = ", ".join(f"'{reference.path}'" for reference in candidates[:4]) + (", …" if len(candidates) > 4 else "")
+    raise UsageError(
+        f"--means-from '{spec}': no single reference for '{info.path}': {len(candidates)} file(s){of_epoch} "
+        f"({listed}), {len(named)} named '{os.path.basename(info.path)}'; pass the reference file itself"
+    )
+
+
+def check_reference(reference: FeatureFileInfo, info: FeatureFileInfo, layers: tuple[LayerInfo, ...]) -> None:
+    """The reference has the analysed file's classes and each of its selected layers, at the same width."""
+    available = {layer.name: layer for layer in reference.layers}
+    if info.num_classes != reference.num_classes:
+        raise FeatureFileError(
+            reference.path,
+            "",
+            f"--means-from file has {reference.num_classes} classes but '{info.path}' has {info.num_classes}",
+        )
+    for layer in layers:
+        if layer.name not in available:
+            raise FeatureFileError(
+                reference.path,
+                schema.LAYERS,
+                f"--means-from file has no layer '{layer.name}' (needed by '{info.path}'); "
+                f"its layers are: {', '.join(available)}",
+            )
+        if available[layer.name].dim != layer.dim:
+            raise FeatureFileError(
+                reference.path,
+                schema.layer_path(layer.name),
+                f"--means-from layer has width {available[layer.name].dim} but '{info.path}' has {layer.dim}",
+            )
+
+
+def _same_file(first: str, second: str) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False

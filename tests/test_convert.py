@@ -1,0 +1,267 @@
+"""`nccli convert`: arrays saved by other tools become feature files that analyze exactly like h5py-written ones."""
+
+import json
+import math
+import os
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+from typer.testing import CliRunner
+
+from h5files import write_feature_file
+from nccli import schema
+from nccli.analyze import AnalyzeConfig, analyze_features
+from nccli.cli import app
+from nccli.extract.hooks import pool_rows
+
+runner = CliRunner()
+N, K = 40, 4
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_clean_failure(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def arrays(seed=0) -> dict[str, np.ndarray]:
+    """Labels, two layers (float32 and float64), a classifier on the second and logits."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(N) % K
+    fc_in = rng.normal(size=(N, 5)) + labels[:, None]
+    return {
+        "labels": labels,
+        "block": np.tanh(fc_in @ rng.normal(size=(5, 7))).astype(np.float32),
+        "features": fc_in,
+        "W": rng.normal(size=(K, 5)),
+        "b": rng.normal(size=K),
+        "logits": rng.normal(size=(N, K)).astype(np.float32),
+    }
+
+
+def summary(path) -> list[dict]:
+    rows = analyze_features(AnalyzeConfig(files=(str(path),), device="cpu")).summary
+    return [{key: value for key, value in row.items() if key != schema.COL_FILE} for row in rows]
+
+
+def assert_same_summary(actual: list[dict], expected: list[dict]):
+    """Equal to rounding: the files' chunks, hence analyze's blocks, differ."""
+    assert [row[schema.COL_LAYER] for row in actual] == [row[schema.COL_LAYER] for row in expected]
+    for got, want in zip(actual, expected):
+        assert set(got) == set(want)
+        for key, value in want.items():
+            if isinstance(value, float) and math.isnan(value):
+                assert math.isnan(got[key]), key
+            elif isinstance(value, float):
+                assert got[key] == pytest.approx(value, rel=1e-10, abs=1e-12), key
+            else:
+                assert got[key] == value, key
+
+
+def expected_summary(folder, data) -> list[dict]:
+    """analyze of the same arrays written with plain h5py."""
+    path = write_feature_file(
+        folder / "reference.h5",
+        data["labels"],
+        {"block": data["block"], "fc_in": data["features"]},
+        weight=data["W"],
+        bias=data["b"],
+        classifier_layer="fc_in",
+        logits=data["logits"],
+    )
+    return summary(path)
+
+
+def save_npy(folder, data):
+    paths = []
+    for key, value in data.items():
+        np.save(folder / f"{key}.npy", value)
+        paths.append(folder / f"{key}.npy")
+    return paths
+
+
+def save_npz(folder, data):
+    np.savez(folder / "run.npz", **data, note=np.array(["keys not asked for may hold anything"]))
+    return [folder / "run.npz"]
+
+
+def save_npz_compressed_fortran(folder, data):
+    np.savez_compressed(folder / "run.npz", **{key: np.asfortranarray(value) for key, value in data.items()})
+    return [folder / "run.npz"]
+
+
+def save_pt_tensors(folder, data):
+    torch.save({key: torch.from_numpy(value) for key, value in data.items()}, folder / "run.pt")
+    return [folder / "run.pt"]
+
+
+def save_pth_arrays(folder, data):
+    torch.save(dict(data), folder / "run.pth")
+    return [folder / "run.pth"]
+
+
+def save_safetensors(folder, data):
+    save_file(dict(data), str(folder / "run.safetensors"))
+    return [folder / "run.safetensors"]
+
+
+def save_mixed(folder, data):
+    """Several sources form one key space."""
+    np.save(folder / "labels.npy", data["labels"])
+    save_file({"block": data["block"], "logits": data["logits"]}, str(folder / "a.safetensors"))
+    np.savez(folder / "b.npz", features=data["features"], W=data["W"], b=data["b"])
+    return [folder / "labels.npy", folder / "a.safetensors", folder / "b.npz"]
+
+
+SAVERS = [save_npy, save_npz, save_npz_compressed_fortran, save_pt_tensors, save_pth_arrays, save_safetensors, save_mixed]
+
+
+@pytest.mark.parametrize("save", SAVERS, ids=lambda save: save.__name__)
+def test_each_format_round_trips_to_what_analyze_reads_from_an_h5py_file(tmp_path, monkeypatch, save):
+    monkeypatch.setattr("nccli.convert.BLOCK_BYTES", 200)  # several blocks per array: streams are read in steps
+    data = arrays()
+    out = tmp_path / "converted.h5"
+    result = invoke("convert", *save(tmp_path, data), "--features", "block", "--features", "features=fc_in", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert_same_summary(summary(out), expected_summary(tmp_path, data))
+    with h5py.File(out) as handle:
+        assert handle[schema.CLASSIFIER].attrs[schema.ATTR_CLASSIFIER_LAYER] == "fc_in"  # the only layer as wide as W
+        np.testing.assert_array_equal(handle[schema.LOGITS][()], data["logits"])
+        np.testing.assert_array_equal(handle[schema.layer_path("fc_in")][()], data["features"])
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("converted.h5.")]  # no partial file, no lock
+
+
+def test_usual_key_names_need_no_options_and_provenance_is_recorded(tmp_path):
+    source = tmp_path / "dump.pt"
+    torch.save({"feats": torch.randn(N, 3, dtype=torch.bfloat16), "targets": torch.arange(N) % K}, source)
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"class {i}\n" for i in range(K)))
+    out = tmp_path / "dump.h5"
+    result = invoke("convert", source, "--out", out, "--class-names", names, "--split", "test", "--epoch", 7)
+    assert result.exit_code == 0, result.output
+    with h5py.File(out) as handle:
+        attrs = handle.attrs
+        assert attrs[schema.ATTR_SPLIT] == "test" and attrs[schema.ATTR_EPOCH] == 7 and attrs[schema.ATTR_NUM_CLASSES] == K
+        assert json.loads(attrs[schema.ATTR_SOURCES]) == [str(source)]
+        assert "convert" in attrs[schema.ATTR_COMMAND] and str(source) in attrs[schema.ATTR_COMMAND]
+        assert [name.decode() if isinstance(name, bytes) else name for name in attrs[schema.ATTR_CLASS_NAMES]][-1] == "class 3"
+        assert handle[schema.layer_path("feats")].dtype == np.float32  # bfloat16 widened exactly
+        assert schema.CLASSIFIER not in handle
+
+
+@pytest.mark.parametrize("pool", ["avg", "max", "flatten"])
+def test_feature_maps_are_pooled_as_extract_pools_them(tmp_path, pool):
+    rng = np.random.default_rng(2)
+    maps = rng.normal(size=(N, 3, 4, 2))
+    np.savez(tmp_path / "maps.npz", x=maps, y=np.arange(N) % K)
+    out = tmp_path / "maps.h5"
+    assert invoke("convert", tmp_path / "maps.npz", "--pool", pool, "--out", out).exit_code == 0
+    with h5py.File(out) as handle:
+        layer = handle[schema.layer_path("x")]
+        np.testing.assert_array_equal(layer[()], pool_rows(torch.from_numpy(maps), pool).numpy())
+        assert layer.attrs[schema.ATTR_POOLING] == pool and list(layer.attrs[schema.ATTR_SAMPLE_SHAPE]) == [3, 4, 2]
+
+
+class Payload:
+    """Unpickling this object would create ``marker``: what a malicious .pt file could do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_payload_in_a_pt_file_never_runs(tmp_path):
+    marker = tmp_path / "payload-ran"
+    source = tmp_path / "evil.pt"
+    torch.save({"features": torch.zeros(N, 2), "labels": torch.zeros(N, dtype=torch.long), "extra": Payload(str(marker))}, source)
+    assert not marker.exists()
+    result = invoke("convert", source, "--out", tmp_path / "evil.h5")
+    assert_clean_failure(result, "evil.pt", "never unpickles")
+    assert not marker.exists()
+    assert not (tmp_path / "evil.h5").exists()
+
+
+BAD_INPUTS = {
+    "missing key": (lambda d: d, ["--features", "nope"], "--features 'nope': no such key"),
+    "no labels key": (lambda d: {k: v for k, v in d.items() if k != "labels"}, [], "no labels key"),
+    "row counts differ": (lambda d: {**d, "features": d["features"][:-1]}, [], "has 39 rows but the labels"),
+    "float labels": (lambda d: {**d, "labels": d["labels"].astype(np.float32)}, [], "labels must be a 1-D integer array"),
+    "label out of range": (lambda d: d, ["--num-classes", "3"], "label 3 outside [0, 3)"),
+    "negative label": (lambda d: {**d, "labels": d["labels"] - 1}, [], "label -1 outside"),
+    "integer features": (lambda d: {**d, "features": d["labels"][:, None].repeat(2, 1)}, [], "features must be float16/32/64"),
+    "NaN features": (lambda d: {**d, "features": np.where(np.arange(N)[:, None] == 31, np.nan, d["features"])}, [], "non-finite feature value (NaN or Inf) in row 31"),
+    "W width": (lambda d: {**d, "W": d["W"][:, :3]}, [], "the classifier weight has width 3"),
+    "W rows": (lambda d: {**d, "W": np.vstack([d["W"], d["W"]])}, ["--num-classes", "4"], "has 8 rows but num_classes is 4"),
+    "bias shape": (lambda d: {**d, "b": d["b"][:2]}, [], "the classifier bias must be float of shape (4,)"),
+    "layer name with a slash": (lambda d: d, ["--features", "features=a/b"], "layer name 'a/b'"),
+    "tokens need flatten": (lambda d: {**d, "features": d["features"][:, :, None]}, [], "--pool flatten"),
+    "bias without weight": (lambda d: {k: v for k, v in d.items() if k != "W"}, ["--bias", "b"], "--bias needs --weight"),
+    "ambiguous classifier layer": (lambda d: d, ["--features", "features", "--features", "features2"], "name the layer with --classifier-layer"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_inputs_give_one_line_exit_2_and_no_file(tmp_path, monkeypatch, case):
+    monkeypatch.setattr("nccli.convert.BLOCK_BYTES", 200)  # the NaN row is found in a later block, mid-write
+    change, options, fragment = BAD_INPUTS[case]
+    data = {k: v for k, v in arrays().items() if k != "logits"}
+    data["features2"] = data["features"] * 2
+    np.savez(tmp_path / "run.npz", **change(data))
+    result = invoke("convert", tmp_path / "run.npz", *options, "--out", tmp_path / "out.h5")
+    assert_clean_failure(result, fragment)
+    assert os.listdir(tmp_path) == ["run.npz"]
+
+
+def test_a_key_in_two_sources_is_refused(tmp_path):
+    np.save(tmp_path / "labels.npy", np.arange(N) % K)
+    np.savez(tmp_path / "more.npz", labels=np.arange(N) % K, x=np.zeros((N, 2)))
+    result = invoke("convert", tmp_path / "labels.npy", tmp_path / "more.npz", "--out", tmp_path / "out.h5")
+    assert_clean_failure(result, "key 'labels' is in both")
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_an_existing_file_is_replaced_only_with_overwrite(tmp_path):
+    np.savez(tmp_path / "run.npz", x=np.ones((N, 2)) * (np.arange(N) % K)[:, None], y=np.arange(N) % K)
+    out = tmp_path / "out.h5"
+    out.write_bytes(b"keep me")
+    assert_clean_failure(invoke("convert", tmp_path / "run.npz", "--out", out), "already exists", "--overwrite")
+    assert out.read_bytes() == b"keep me"
+    assert_clean_failure(invoke("convert", tmp_path / "run.npz", "--out", out, "--overwrite", "--labels", "x"), "labels must be")
+    assert out.read_bytes() == b"keep me"
+    assert invoke("convert", tmp_path / "run.npz", "--out", out, "--overwrite").exit_code == 0
+    assert h5py.is_hdf5(out)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".pt", ".safetensors"])
+def test_analyze_points_these_formats_to_convert(tmp_path, suffix):
+    path = tmp_path / f"feats{suffix}"
+    data = {"x": np.zeros((N, 2), dtype=np.float32), "y": np.arange(N) % K}
+    {".npy": lambda: np.save(path, data["x"]), ".npz": lambda: np.savez(path, **data),
+     ".pt": lambda: torch.save(data, path), ".safetensors": lambda: save_file(data, str(path))}[suffix]()
+    result = invoke("analyze", path, "--out", tmp_path / "r.parquet")
+    assert_clean_failure(result, "not an HDF5 feature file", f"nccli convert {path} --out feats.h5")
+    assert not (tmp_path / "r.parquet").exists()
+
+
+def test_a_damaged_npz_member_gives_one_line_and_no_file(tmp_path):
+    rng = np.random.default_rng(3)
+    source = tmp_path / "run.npz"
+    np.savez_compressed(source, x=rng.normal(size=(2000, 8)), y=np.arange(2000) % K)
+    damaged = bytearray(source.read_bytes())
+    damaged[len(damaged) // 3 : len(damaged) // 3 + 64] = bytes(64)  # inside x's deflate stream
+    source.write_bytes(bytes(damaged))
+    result = invoke("convert", source, "--out", tmp_path / "out.h5")
+    assert_clean_failure(result, "key 'x' of", "cannot be read")
+    assert os.listdir(tmp_path) == ["run.npz"]

@@ -1,0 +1,94 @@
+"""`nccli info FILE...`: what a feature file holds, as a table for people and JSON for scripts; `nccli layers` given
+a feature file points to it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from test_analyze_cli import assert_clean_failure, good_file, invoke, not_hdf5
+from test_analyze_robustness import snapshot
+from test_tables import invoke_with_columns
+
+COMMAND = "nccli extract resnet18 cifar10 --out run.h5 --layers layer1,layer2,layer3,layer4,fc:input --pool avg"
+
+
+def described(folder):
+    """A file with every optional part, and a bare one."""
+    full = good_file(
+        folder / "full.h5",
+        epoch=3,
+        model="resnet18",
+        split="test",
+        num_classes=6,  # classes 4 and 5 have no sample
+        weight=np.ones((6, 5)),
+        bias=np.zeros(6),
+        logits=np.zeros((40, 6), dtype=np.float32),
+        dtype=np.float16,
+        layer_attrs={"block": {"pooling": "avg", "sample_shape": np.array([7, 2, 2])}},
+        extra_root_attrs={"dataset": "cifar10", "command": COMMAND},
+    )
+    bare = good_file(folder / "bare.h5", n=12, k=3, weight=None, bias=None, classifier_layer=None)
+    return full, bare
+
+
+def test_json_describes_every_file(tmp_path):
+    full, bare = described(tmp_path)
+    before = snapshot(tmp_path)
+    result = invoke("info", full, bare, "--format", "json")
+    assert result.exit_code == 0, result.output
+    first, second = json.loads(result.stdout)
+    assert {key: first[key] for key in ("path", "n_samples", "num_classes", "classes_present", "split", "epoch", "model")} == {
+        "path": str(full),
+        "n_samples": 40,
+        "num_classes": 6,
+        "classes_present": 4,
+        "split": "test",
+        "epoch": 3,
+        "model": "resnet18",
+    }
+    assert first["provenance"] == {"model": "resnet18", "dataset": "cifar10", "command": COMMAND}
+    assert first["layers"] == [
+        {"name": "block", "order": 0, "width": 7, "dtype": "float16", "pooling": "avg", "sample_shape": [7, 2, 2]},
+        {"name": "fc_in", "order": 1, "width": 5, "dtype": "float16", "pooling": None, "sample_shape": None},
+    ]
+    assert first["classifier_layer"] == "fc_in" and first["logits"] is True
+    assert second["classifier_layer"] is None and second["logits"] is False and second["epoch"] is None
+    assert second["split"] == "train" and second["classes_present"] == second["num_classes"] == 3
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("width", [40, 80, 200])
+def test_table_for_people_fits_the_terminal(tmp_path, width):
+    full, bare = described(tmp_path)
+    result = invoke_with_columns(width, "info", full, bare)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= width
+    joined = "".join(line.rstrip() for line in lines)  # a long path may fold at a narrow width
+    assert joined.startswith(str(full)) and str(bare) in joined
+    for fact in ("samples", "40", "6 (4 present)", "test", "resnet18", "on layer 'fc_in'", "cifar10", "block", "fc_in"):
+        assert fact in result.stdout, fact
+    if width == 200:
+        assert "7×2×2" in result.stdout and "float16" in result.stdout and result.stderr == ""
+    else:
+        note = result.stderr.strip().splitlines()
+        assert all(line.startswith("note: ") and "--format json" in line for line in note)
+
+
+def test_a_bad_file_is_one_line(tmp_path):
+    good = good_file(tmp_path / "good.h5")
+    bad = not_hdf5(tmp_path / "bad.h5")
+    incomplete = good_file(tmp_path / "partial.h5", complete=False)
+    before = snapshot(tmp_path)
+    assert_clean_failure(invoke("info", good, bad), str(bad), "not an HDF5 file")
+    assert_clean_failure(invoke("info", incomplete, "--format", "json"), str(incomplete), "complete")
+    assert_clean_failure(invoke("info", tmp_path / "none.h5"), "none.h5", "no such file")
+    assert snapshot(tmp_path) == before
+
+
+def test_layers_given_a_feature_file_points_to_info(tmp_path):
+    path = good_file(tmp_path / "run.h5")
+    before = snapshot(tmp_path)
+    assert_clean_failure(invoke("layers", path), str(path), "not a model", f"nccli info {path}")
+    assert snapshot(tmp_path) == before
