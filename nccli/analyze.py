@@ -19,6 +19,8 @@ from nccli.metrics import formulas
 from nccli.metrics.backend import Backend, select_backend
 from nccli.metrics.layer import ClassMeans, build_geometry, summarize_layer
 from nccli.metrics.mse import MSE_MAX_DIM, mse_decomposition
+from nccli.metrics.spectra import snr_extremes
+from nccli.ood import check_ood, ood_means, ood_orthogonality
 from nccli.progress import progress_bar
 from nccli.references import pair_references
 from nccli.scan import Scanner
@@ -33,6 +35,9 @@ class AnalyzeConfig:
     folder or glob of them, paired with each file by epoch, else file name
     (:mod:`nccli.references`);
     ``mse``: add the MSE decomposition with weight decay ``weight_decay``;
+    ``snr``: add the SNR spectrum (both need the d × d within-class matrix of
+    the classifier layer); ``ood``: a feature file of out-of-distribution
+    inputs through the same network, for ``nc5_ood_orthogonality``;
     ``depth_epsilon``: ε of ``ncc_effective_depth``; ``block_rows``: rows per
     block (None = about 16 MiB of the widest layer, chunk-aligned); ``jobs``:
     worker processes that share each file's rows (CPU only).
@@ -43,6 +48,8 @@ class AnalyzeConfig:
     means_from: str | None = None
     mse: bool = False
     weight_decay: float = 0.0
+    snr: bool = False
+    ood: str | None = None
     device: str = "auto"
     depth_epsilon: float = 0.01
     block_rows: int | None = None
@@ -75,24 +82,29 @@ def analyze_features(config: AnalyzeConfig) -> AnalysisResult:
     references = (
         pair_references(config.means_from, infos, selections) if config.means_from else [None] * len(infos)
     )
-    if config.mse:
-        _check_mse_width(infos, selections)
+    for option, asked in (("--mse", config.mse), ("--snr", config.snr)):
+        if asked:
+            _check_matrix_width(infos, selections, option)
+    ood_info = read_info(config.ood) if config.ood else None
+    ood_layers = check_ood(ood_info, infos, selections) if ood_info else ()
     for info, layers in zip(infos, selections):
         _check_state_size(info, layers)
     needed = _reference_layers(references, selections)
     total = sum(2 * info.n_samples for info in infos) + sum(reference.n_samples for reference, _ in needed.values())
+    total += ood_info.n_samples if ood_info else 0
     result = AnalysisResult()
     with contextlib.ExitStack() as stack:
         advance = stack.enter_context(progress_bar(config.show_progress, "analyze", total))
         scanner = Scanner(xp, config.jobs, config.block_rows, advance)
         stack.callback(scanner.close)
+        ood = ood_means(scanner, ood_info, ood_layers) if ood_info else None
         means: dict[str, dict[str, ClassMeans]] = {}
         for index, (info, layers, reference) in enumerate(zip(infos, selections, references)):
             if reference is not None and reference.path not in means:
                 means[reference.path] = _reference_means(scanner, reference, needed[reference.path][1])
             with open_feature_file(info.path, probed=True, expected=info) as feature_file:
                 analyze_file(
-                    xp, scanner, feature_file, layers, None if reference is None else means[reference.path], config, result
+                    xp, scanner, feature_file, layers, None if reference is None else means[reference.path], config, result, ood
                 )
             if reference is not None and all(later is not reference for later in references[index + 1 :]):
                 del means[reference.path]  # a reference's means are kept only while a later file uses them
@@ -154,14 +166,15 @@ def _check_state_size(info: FeatureFileInfo, layers: tuple[LayerInfo, ...]) -> N
         )
 
 
-def _check_mse_width(infos: list[FeatureFileInfo], selections) -> None:
+def _check_matrix_width(infos: list[FeatureFileInfo], selections, option: str) -> None:
+    """--mse and --snr need the classifier layer's d × d within-class matrix: refuse above MSE_MAX_DIM."""
     for info, layers in zip(infos, selections):
         name = info.classifier_layer
         for layer in layers:
             if layer.name == name and layer.dim > MSE_MAX_DIM:
                 raise UsageError(
-                    f"--mse needs a (d+1)² matrix; layer '{name}' of '{info.path}' has d = {layer.dim}, "
-                    f"above the limit of {MSE_MAX_DIM}; drop --mse for this file"
+                    f"{option} needs a d × d within-class matrix; layer '{name}' of '{info.path}' has d = {layer.dim}, "
+                    f"above the limit of {MSE_MAX_DIM}; drop {option} for this file"
                 )
 
 
@@ -173,11 +186,15 @@ def analyze_file(
     reference_means,
     config: AnalyzeConfig,
     result: AnalysisResult,
+    ood: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """One file's two passes, its rows appended to ``result``; ``measure_collapse`` runs it on batches in memory."""
+    """One file's two passes, its rows appended to ``result``; ``measure_collapse`` runs it on batches in memory.
+
+    ``ood``: μ_ood per layer name (``--ood``), for ``nc5_ood_orthogonality``."""
     info = feature_file.info
     classifier_layer = info.classifier_layer if feature_file.classifier is not None else None
-    moments = scanner.moments(feature_file, layers, classifier_layer if config.mse else None)
+    matrix = config.mse or config.snr
+    moments = scanner.moments(feature_file, layers, classifier_layer if matrix else None)
 
     spectra, geometries = {}, {}
     for layer in layers:
@@ -188,8 +205,9 @@ def analyze_file(
         geometries[layer.name] = build_geometry(xp, host, spectra[layer.name], ncc_reference, classifier)
     decisions = scanner.decisions(feature_file, layers, geometries)
 
-    if config.mse and classifier_layer is None:
-        _warn(result, info.path, None, "no /classifier/weight: mse_* reported as null")
+    for option, asked, names in (("--mse", config.mse, "mse_*"), ("--snr", config.snr, "snr_*")):
+        if asked and classifier_layer is None:
+            _warn(result, info.path, None, f"no /classifier/weight: {names} reported as null ({option})")
     file_rows = []
     for layer in layers:
         classifier = feature_file.classifier if layer.name == classifier_layer else None
@@ -202,6 +220,10 @@ def analyze_file(
         )
         if classifier is not None and config.mse:
             metrics.summary.update(mse_decomposition(moments[layer.name], classifier, config.weight_decay))
+        if classifier is not None and config.snr:
+            metrics.summary.update(_snr(moments[layer.name], lambda message, name=layer.name: _warn(result, info.path, name, message)))
+        if ood is not None:
+            metrics.summary["nc5_ood_orthogonality"] = ood_orthogonality(ClassMeans.of(moments[layer.name]).means, ood[layer.name])
         keys = {schema.COL_FILE: info.path, schema.COL_LAYER: layer.name}
         file_rows.append(
             {
@@ -225,6 +247,17 @@ def analyze_file(
         row[schema.COL_EFFECTIVE_DEPTH] = depth
     result.summary.extend(file_rows)
     result.provenance[info.path] = info.provenance
+
+
+def _snr(moments, warn) -> dict[str, float]:
+    """``snr_min``, ``snr_max`` from pass 1's within-class matrix; null with a warning when Σ_W is singular."""
+    present = ClassMeans.of(moments)
+    extremes = snr_extremes(moments.within, float(moments.count.sum()), present.centred)
+    if extremes is None:
+        if len(present.ids) >= 2:
+            warn("Σ_W is singular (fewer samples than dimensions, or a dead feature): snr_min, snr_max reported as null")
+        return {}
+    return dict(zip(schema.SNR_METRICS, extremes))
 
 
 def effective_depth(rows: list[dict], epsilon: float) -> int:
@@ -276,6 +309,13 @@ def _conventions(config: AnalyzeConfig, xp: Backend, result: AnalysisResult, ref
         "mse": {"weight_decay": config.weight_decay, "extended_features": "h̃ = [h; 1], W̃ = [W, b] over all classes"}
         if config.mse
         else None,
+        "classifier_geometry": "w_* use the rows w_c of present classes, not centred",
+        "variances": "population (ddof = 0): gnc2_dist_var, gnc2_log_var, nc3_uniform_duality",
+        "margin_normalized": "bias-free margin min_i (w_{y_i}·h_i − max_{c≠y_i} w_c·h_i), n = N/K, ‖H‖_F of uncentred features",
+        "ce_excess": "cross-entropy of the bias-free logits Wh minus log(1 + (K−1)exp(−Kαβ/(K−1))), "
+        "α = √(Σ_i‖h_i‖²/N), β = ‖W‖_F/√K (present classes)",
+        "snr": "singular values of Σ_W^{−1/2}Mᵀ; null when Σ_W is singular (an eigenvalue ≤ λ_max·d·ε)" if config.snr else None,
+        "ood": f"nc5_ood_orthogonality against the mean of every row of '{config.ood}' (not centred)" if config.ood else None,
         "ncc_effective_depth_epsilon": config.depth_epsilon,
         "device": xp.name,
     }

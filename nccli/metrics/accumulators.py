@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nccli.metrics.backend import Backend
+from nccli.metrics.classifier import cross_entropy_terms
 
 
 @dataclass
@@ -124,12 +125,20 @@ class Geometry:
     ncc_ids: object
     present_ids: object
     column_of_class: object
+    centres: object = None
     bias: object = None
+    free_bias: object = None
 
 
 @dataclass
 class Decisions:
-    """Pass-2 state of one layer."""
+    """Pass-2 state of one layer.
+
+    Besides the decisions: Σ_i ‖h_i − μ_{y_i}‖ and Σ_i ‖h_i − μ_G‖
+    (``nc1_dist_ratio``), and on the classifier layer the smallest bias-free
+    margin and the summed cross-entropies of Wh + b and of Wh (seeds
+    ``002_*``, ``003_*``, ``004_*``).
+    """
 
     xp: Backend
     projected_sq: object  # (r,) Σ_i (v_j·(h_i − μ_{y_i}))²
@@ -138,6 +147,11 @@ class Decisions:
     mismatch: float = 0.0
     margin_min: float = float("inf")
     margin_sum: float = 0.0
+    own_distance_sum: float = 0.0
+    global_distance_sum: float = 0.0
+    free_margin_min: float = float("inf")
+    ce_sum: float = 0.0
+    free_ce_sum: float = 0.0
 
     @classmethod
     def empty(cls, xp: Backend, num_classes: int, rank: int) -> "Decisions":
@@ -145,7 +159,8 @@ class Decisions:
 
     @classmethod
     def of_block(cls, xp: Backend, geometry: Geometry, rows, labels, num_classes: int) -> "Decisions":
-        products = (rows - geometry.origin) @ geometry.stacked
+        centred = rows - geometry.origin
+        products = centred @ geometry.stacked
         rank, ncc_end = geometry.rank, geometry.rank + geometry.ncc_count
         projected = products[:, :rank] - geometry.projected_means[labels]
         distances = geometry.ncc_sqnorms[None, :] - 2.0 * products[:, rank:ncc_end]
@@ -156,20 +171,30 @@ class Decisions:
             xp.bincount(labels, num_classes, weights=1.0 * (ncc_pred == labels)),
             xp.zeros(num_classes),
         )
+        residuals = centred - geometry.centres[labels]
+        state.own_distance_sum = xp.scalar(xp.sqrt(xp.rowdot(residuals, residuals)).sum())
+        state.global_distance_sum = xp.scalar(xp.sqrt(xp.rowdot(centred, centred)).sum())
         if geometry.bias is None:
             return state
         logits = products[:, ncc_end:] + geometry.bias
+        free = products[:, ncc_end:] + geometry.free_bias
         clf_pred = geometry.present_ids[xp.argmax(logits)]
         state.clf_correct = xp.bincount(labels, num_classes, weights=1.0 * (clf_pred == labels))
         state.mismatch = xp.scalar((clf_pred != ncc_pred).sum())
-        if logits.shape[1] > 1 and len(labels):
-            rows_index = xp.arange(len(labels))
-            columns = geometry.column_of_class[labels]
-            own = logits[rows_index, columns]
+        if not len(labels):
+            return state
+        rows_index = xp.arange(len(labels))
+        columns = geometry.column_of_class[labels]
+        own, own_free = logits[rows_index, columns], free[rows_index, columns]
+        state.ce_sum = xp.scalar(cross_entropy_terms(xp, logits, own).sum())
+        state.free_ce_sum = xp.scalar(cross_entropy_terms(xp, free, own_free).sum())
+        if logits.shape[1] > 1:
             logits[rows_index, columns] = -np.inf
             margins = own - xp.row_max(logits)
             state.margin_min = xp.scalar(margins.min())
             state.margin_sum = xp.scalar(margins.sum())
+            free[rows_index, columns] = -np.inf
+            state.free_margin_min = xp.scalar((own_free - xp.row_max(free)).min())
         return state
 
     def merge(self, other: "Decisions") -> "Decisions":
@@ -181,6 +206,11 @@ class Decisions:
             self.mismatch + other.mismatch,
             min(self.margin_min, other.margin_min),
             self.margin_sum + other.margin_sum,
+            self.own_distance_sum + other.own_distance_sum,
+            self.global_distance_sum + other.global_distance_sum,
+            min(self.free_margin_min, other.free_margin_min),
+            self.ce_sum + other.ce_sum,
+            self.free_ce_sum + other.free_ce_sum,
         )
 
     def update(self, geometry: Geometry, rows, labels) -> None:
@@ -197,4 +227,9 @@ class Decisions:
             self.mismatch,
             self.margin_min,
             self.margin_sum,
+            self.own_distance_sum,
+            self.global_distance_sum,
+            self.free_margin_min,
+            self.ce_sum,
+            self.free_ce_sum,
         )

@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from nccli import schema
+from nccli.metrics import classifier as clf
 from nccli.metrics import formulas as f
 from nccli.metrics.accumulators import ClassMoments, Decisions, Geometry
 from nccli.metrics.backend import Backend
@@ -78,11 +79,13 @@ def build_geometry(
     column_of_class = np.zeros(len(moments.count), dtype=np.int64)
     column_of_class[present.ids] = np.arange(len(present.ids))
     blocks = [spectrum.basis, ncc_centres.T]
-    bias = None
+    bias = free_bias = None
     if classifier is not None:
         weight = classifier.weight[present.ids]
         blocks.append(weight.T)
-        bias = xp.constant(classifier.bias[present.ids] + weight @ origin)
+        free_bias = weight @ origin
+        bias = xp.constant(classifier.bias[present.ids] + free_bias)
+        free_bias = xp.constant(free_bias)
     return Geometry(
         origin=xp.constant(origin),
         stacked=xp.constant(np.hstack(blocks)),
@@ -93,7 +96,9 @@ def build_geometry(
         ncc_ids=xp.labels(ncc_reference.ids),
         present_ids=xp.labels(present.ids),
         column_of_class=xp.labels(column_of_class),
+        centres=xp.constant(moments.mean - origin),
         bias=bias,
+        free_bias=free_bias,
     )
 
 
@@ -131,6 +136,10 @@ def summarize_layer(
     tr_sw = float(moments.scatter.sum() / n)
     tr_sb = float(np.sum(centred**2) / k)
     pair_mean_cos = f.pair_values(mean_cosines)
+    gnc2_dist_var = gnc2_log_var = np.nan
+    if not some_at_global_mean and k >= 2:
+        unit = centred / norms[:, None]
+        gnc2_dist_var, gnc2_log_var = clf.hyperspherical_variances(np.sqrt(f.pair_values(f.pairwise_sq_distances(unit))))
     values = dict.fromkeys(schema.METRIC_COLUMNS, np.nan)
     values.update(
         tr_sw=tr_sw,
@@ -138,17 +147,25 @@ def summarize_layer(
         nc1=np.nan if all_coincide else f.nc1(decisions.projected_sq, spectrum, n),
         nc1_tilde=np.nan if all_coincide or k < 2 else f.ratio(tr_sw, tr_sb),
         cdnv=f.strict_mean(f.pair_values(f.cdnv_matrix(variances, sq_distances, coincident))),
+        nc1_dist_ratio=f.ratio(decisions.own_distance_sum, decisions.global_distance_sum),
         nc2_equinorm=np.nan if all_coincide or k < 2 else f.equinorm(norms),
         nc2_equiangular=f.equiangularity(pair_mean_cos) if not some_at_global_mean else np.nan,
         nc2_maxangle=f.max_angle(pair_mean_cos, k) if not some_at_global_mean else np.nan,
         nc2_etf=f.etf_distance(mean_cosines) if not some_at_global_mean else np.nan,
+        nc2_tirer=np.nan if all_coincide or k < 2 else clf.tirer_distance(f.etf_distance(centred @ centred.T)),
+        gnc2_dist_var=gnc2_dist_var,
+        gnc2_log_var=gnc2_log_var,
         ncc_accuracy=float(decisions.ncc_correct.sum() / n),
         intra_cos_min=f.strict_min(intra),
         intra_cos_mean=f.strict_mean(intra),
         inter_cos_max=f.strict_max(f.pair_values(inter)),
         inter_cos_mean=f.strict_mean(f.pair_values(inter)),
     )
+    duality_cos = f.row_cosines(weight, centred) if classifier is not None else None
+    w_norms = np.linalg.norm(weight, axis=1) if classifier is not None else None
+    w_cosines = f.cosine_matrix(weight) if classifier is not None else None
     if classifier is not None:
+        values.update(_classifier_values(moments, ids, weight, centred, decisions, duality_cos, w_norms, w_cosines, all_coincide))
         values.update(
             nc3_duality=np.nan if all_coincide or k < 2 else f.duality_distance(weight, centred),
             nc3_etf=np.nan if all_coincide else f.etf_distance(weight @ centred.T),
@@ -161,9 +178,13 @@ def summarize_layer(
     _warn_degenerate(
         warn, moments, ids, k, all_coincide, some_at_global_mean, coincident, norms <= tolerance, classifier
     )
+    if classifier is not None and k >= 2 and counts.min() != counts.max():
+        warn(
+            f"class counts differ ({int(counts.min())} to {int(counts.max())}): margin_normalized uses n = N/K, "
+            "and its bound 1 assumes balanced classes"
+        )
 
     classes = []
-    duality_cos = f.row_cosines(weight, centred) if classifier is not None else None
     for row, class_id in enumerate(ids):
         classes.append(
             {
@@ -175,6 +196,7 @@ def summarize_layer(
                 "ncc_recall": float(decisions.ncc_correct[class_id] / counts[row]),
                 "clf_recall": float(decisions.clf_correct[class_id] / counts[row]) if classifier else np.nan,
                 "duality_cos": float(duality_cos[row]) if classifier is not None else np.nan,
+                "w_norm": float(w_norms[row]) if classifier is not None else np.nan,
             }
         )
     cdnv = f.cdnv_matrix(variances, sq_distances, coincident)
@@ -188,9 +210,29 @@ def summarize_layer(
                 "mean_cos": float(mean_cosines[a, b]),
                 "inter_cos": float(inter[a, b]),
                 "mean_dist": float(np.sqrt(sq_distances[a, b])),
+                "w_cos": float(w_cosines[a, b]) if classifier is not None else np.nan,
             }
         )
     return LayerMetrics(values, classes, pairs, spectrum.rank)
+
+
+def _classifier_values(moments, ids, weight, centred, decisions, duality_cos, w_norms, w_cosines, all_coincide) -> dict:
+    """The classifier's geometry, Tirer's NC3, uniform duality, norms, margins and losses (``metrics.md``)."""
+    k, n = len(ids), float(moments.count.sum())
+    pair_w_cos = f.pair_values(w_cosines)
+    sq_w = float(np.sum(weight**2))
+    sq_h = clf.feature_sq_norm(moments.count[ids], moments.mean[ids], moments.scatter[ids])
+    return dict(
+        w_equinorm=f.equinorm(w_norms) if k >= 2 else np.nan,
+        w_equiangular=f.equiangularity(pair_w_cos),
+        w_maxangle=f.max_angle(pair_w_cos, k),
+        nc3_tirer=np.nan if all_coincide or k < 2 else clf.tirer_distance(f.etf_distance(weight @ centred.T)),
+        nc3_uniform_duality=clf.uniform_duality(duality_cos),
+        margin_normalized=clf.normalized_margin(decisions.free_margin_min, sq_w, sq_h, n, k),
+        norm_balance=clf.norm_balance(sq_w, sq_h),
+        ce_loss=decisions.ce_sum / n,
+        ce_excess=clf.excess_cross_entropy(decisions.free_ce_sum / n, k, sq_w, sq_h, n),
+    )
 
 
 def _warn_degenerate(warn, moments, ids, k, all_coincide, some_at_global_mean, coincident, at_global_mean, classifier):

@@ -1,0 +1,103 @@
+"""The classifier's own geometry, Tirer's ρ-forms, norms, margins and the cross-entropy (``metrics.md``).
+
+Pure float64 numpy functions of the pass-1 and pass-2 states: ``W`` holds
+the rows of present classes (**not** centred, as Papyan et al. plot them),
+``M`` the centred means, ``P = I_K − 11ᵀ/K``. Undefined values are NaN; the
+caller says why.
+"""
+
+import math
+
+import numpy as np
+
+
+def tirer_distance(etf: float) -> float:
+    """‖A − ρP‖_F / ‖A‖_F with the best ρ = tr(A)/(K − 1), from the ETF distance e = ‖A/‖A‖_F − P/√(K−1)‖_F.
+
+    Tirer et al. (seed ``000_*``) ask NC2 as ‖MMᵀ − ρP‖_F → 0 and NC3 as
+    ‖WMᵀ − ρ̃P‖_F → 0 "for some ρ". Both A = MMᵀ and A = WMᵀ satisfy A1 = 0
+    (M's rows sum to 0), so ⟨A, P⟩ = tr(A) and ρ = ⟨A, P⟩/‖P‖²_F. With
+    c = ⟨A, P⟩/(‖A‖_F √(K−1)): e² = 2 − 2c and the relative residual is
+    √(1 − c²) = √((1 − c)(1 + c)) = e·√(1 − e²/4). The ETF distance is
+    accumulated without cancellation (a sum of squares where it can reach 0),
+    so this keeps its digits at collapse, where ‖A‖²_F − tr(A)²/(K−1) would not.
+    """
+    return float(etf * math.sqrt(max(1.0 - etf * etf / 4.0, 0.0)))
+
+
+# Normalised centred means closer than this share a direction: log(1/distance) is undefined.
+SAME_DIRECTION = 1e-7
+
+
+def hyperspherical_variances(distances: np.ndarray) -> tuple[float, float]:
+    """(``gnc2_dist_var``, ``gnc2_log_var``) from the pair distances ‖m̂_c − m̂_c'‖ of the unit centred means.
+
+    Population variances over pairs of the distance and of log(1/distance)
+    (Liu et al. 2023, hyperspherical uniformity; the Riesz and logarithmic
+    kernels of rhubarbwu/neural-collapse ``kernel_stats``). The distances come
+    from explicit differences: √(2 − 2cos) loses half the digits of nearly
+    parallel directions. NaN without pairs or with a NaN distance; the log
+    variance NaN when two directions coincide (distance ≤ ``SAME_DIRECTION``).
+    """
+    if not len(distances) or np.isnan(distances).any():
+        return np.nan, np.nan
+    log_var = np.nan if distances.min() <= SAME_DIRECTION else float(np.var(-np.log(distances)))
+    return float(np.var(distances)), log_var
+
+
+def uniform_duality(duality_cosines: np.ndarray) -> float:
+    """``nc3_uniform_duality``: population variance over classes of cos(w_c, μ_c − μ_G) (Wu & Papyan 2024,
+    "UNC3"; the reference library's ``similarities(cos=True).var()`` uses ddof = 1). NaN if any is NaN."""
+    return float(np.var(duality_cosines)) if len(duality_cosines) > 1 else np.nan
+
+
+def feature_sq_norm(counts: np.ndarray, means: np.ndarray, scatter: np.ndarray) -> float:
+    """‖H‖²_F = Σ_i ‖h_i‖² = Σ_c (scatter_c + n_c‖μ_c‖²): pass 1's centred scatter plus the means, no cancellation."""
+    return float(np.sum(scatter) + np.sum(counts * np.einsum("ij,ij->i", means, means)))
+
+
+def norm_balance(weight_sq_norm: float, features_sq_norm: float) -> float:
+    """``norm_balance = ‖W‖_F / ‖H‖_F``, 1 at the max-margin direction (seed ``002_*`` Thm. 3.3)."""
+    return math.sqrt(weight_sq_norm / features_sq_norm) if features_sq_norm > 0 else np.nan
+
+
+def normalized_margin(margin_free_min: float, weight_sq_norm: float, features_sq_norm: float, n_samples: float, k: int) -> float:
+    """``margin_normalized = q₀ · 2(K−1)√n / (‖W‖²_F + ‖H‖²_F)``, q₀ the smallest bias-free margin, n = N/K.
+
+    Seed ``002_*`` Lemma 3.1: on balanced data q₀ ≤ (‖W‖²_F + ‖H‖²_F)/(2(K−1)√n),
+    with equality iff (W, H) is neurally collapsed with ‖W‖_F = ‖H‖_F (Thm. 3.3).
+    """
+    total = weight_sq_norm + features_sq_norm
+    if k < 2 or not total > 0:
+        return np.nan
+    return float(margin_free_min * 2.0 * (k - 1) * math.sqrt(n_samples / k) / total)
+
+
+def optimal_cross_entropy(k: int, alpha: float, beta: float) -> float:
+    """Pan's optimum log(1 + (K−1) exp(−(K/(K−1)) αβ)) (seed ``003_*`` Thm. 2.3.1): the CE of an exact
+    simplex ETF with RMS feature norm α and RMS classifier-row norm β, no bias."""
+    return float(math.log1p((k - 1) * math.exp(-k / (k - 1) * alpha * beta)))
+
+
+def excess_cross_entropy(ce_free: float, k: int, weight_sq_norm: float, features_sq_norm: float, n_samples: float) -> float:
+    """``ce_excess = CE₀ − optimal_cross_entropy(K, α, β)``, α = √(‖H‖²_F/N), β = ‖W‖_F/√K; ≥ 0 on balanced data."""
+    if k < 2:
+        return np.nan
+    alpha, beta = math.sqrt(features_sq_norm / n_samples), math.sqrt(weight_sq_norm / k)
+    return float(ce_free - optimal_cross_entropy(k, alpha, beta))
+
+
+def cross_entropy_terms(xp, logits, own):
+    """Per row, log Σ_c exp(z_c) − z_own = log1p(Σ_{c ≠ top} exp(z_c − z_top)) + (z_top − z_own).
+
+    The largest logit's term (exactly 1) is left out of the sum, so near
+    collapse, where the loss is e^{−gap}-small, log1p keeps it rather than
+    log(1 + tiny). ``logits`` (B, K) and ``own`` (B,) are backend arrays;
+    ``logits`` is left unchanged.
+    """
+    rows = xp.arange(logits.shape[0])
+    top_column = xp.argmax(logits)
+    top = logits[rows, top_column]
+    shifted = xp.exp(logits - top[:, None])
+    shifted[rows, top_column] = 0.0
+    return xp.log1p(shifted.sum(1)) + (top - own)
