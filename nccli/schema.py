@@ -117,7 +117,7 @@ METRICS: tuple[Column, ...] = (
     Column("nc4_ncc_mismatch", "ncc", CLASSIFIER_LAYER, "NC4: classifier vs NCC disagreement", "fraction of samples", "fraction where classifier and NCC disagree", "0"),
     Column("margin_min", "ncc", CLASSIFIER_LAYER, "Smallest logit margin", r"$\min_i q_i$", "smallest logit margin of the true class over the best other", "> 0"),
     Column("margin_mean", "ncc", CLASSIFIER_LAYER, "Mean logit margin", r"mean of $q_i$", "mean logit margin of the true class over the best other", "> 0"),
-    Column("margin_normalized", "loss", CLASSIFIER_LAYER, "Normalised bias-free margin", r"$q_0 \cdot 2(K-1)\sqrt{n} / (\Vert W\Vert_F^2 + \Vert H\Vert_F^2)$", "smallest bias-free margin over its upper bound (ULPM, seed 002); ≤ 1 on balanced data", "1"),
+    Column("margin_normalized", "loss", CLASSIFIER_LAYER, "Normalised bias-free margin", r"$q_0 \cdot 2(K-1)\sqrt{n} / (\Vert W\Vert_F^2 + \Vert H\Vert_F^2)$", "smallest bias-free margin over its upper bound (ULPM, seed 002); ≤ 1 on balanced data", "1 at max margin"),
     Column("norm_balance", "loss", CLASSIFIER_LAYER, "Norm balance", r"$\Vert W\Vert_F / \Vert H\Vert_F$", "‖W‖_F / ‖H‖_F, features not centred (seed 002)", "1 at max margin"),
     Column("ce_loss", "loss", CLASSIFIER_LAYER, "Cross-entropy loss", r"mean of $-\log \mathrm{softmax}(Wh_i + b)_{y_i}$", "mean cross-entropy of the logits Wh + b", "→ 0"),
     Column("ce_excess", "loss", CLASSIFIER_LAYER, "Excess cross-entropy", r"$CE_0 - \log(1 + (K-1)e^{-K\alpha\beta/(K-1)})$", "bias-free cross-entropy over the optimum for the same feature and classifier norms (Pan)", "0"),
