@@ -8,8 +8,12 @@ From the summary table that ``nccli analyze`` writes (``report.md``):
     file's classifier-input layer (its rows where ``clf_accuracy`` is set),
     else the layer given. With the default metrics this is the panel of
     Papyan, Han & Donoho (2020), Figs. 2–7: NC1, equinorm, equiangularity,
-    max-angle, self-duality, NCC mismatch and the errors; the first epoch
-    with zero training error (the start of the terminal phase) is marked.
+    max-angle (each with the classifier rows beside the class means, dashed,
+    as Papyan et al. draw them), self-duality, NCC mismatch and the errors;
+    then the normalised bias-free margin (seed ``002_*``) and the
+    cross-entropy with its excess over the optimum for the same norms (seed
+    ``003_*``). The first epoch with zero training error (the start of the
+    terminal phase) is marked.
 ``nc_depth_<split>.<fmt>``
     One figure per split; one panel per metric, x = the layers in forward
     order (``layer_order``) named on the ticks, one line per feature file
@@ -21,8 +25,12 @@ visible), linear where a metric can be negative (cosines, margins).
 Accuracies are drawn as errors, 1 − accuracy. Metrics that are null on every
 row a figure uses are skipped with a :class:`DegenerateMetricWarning`.
 
-Every panel is 4.0 × 3.4 inches at 100 dpi, at most 4 to a row, plus 0.4
-inches for the title: both default figures have 7 panels, 1600 × 720 pixels.
+Metrics drawn together share a panel (:data:`SHARED_PANELS`): the errors;
+each NC2 quantity of the class means with the classifier rows'; the
+cross-entropy and its excess. Every panel is 4.0 × 3.4 inches at 100 dpi, at
+most 4 to a row, plus 0.4 inches for the title: the default figure over
+epochs has 9 panels (1600 × 1060 pixels), the one through depth 7
+(1600 × 720).
 
 matplotlib (the ``plot`` extra) is imported by this module only, and only
 through the Agg canvas: no pyplot, no change to a caller's backend.
@@ -49,10 +57,12 @@ from nccli.schema import (
     DEFAULT_SPLIT,
     METRIC_BY_NAME,
     METRIC_COLUMNS,
+    LOSS_METRICS,
     NC1_METRICS,
     NC2_METRICS,
     NC3_METRICS,
     NCC_METRICS,
+    W_METRICS,
 )
 
 FORMATS = ("png", "svg", "pdf")
@@ -65,14 +75,43 @@ LABEL_PIXELS = 22  # horizontal room one rotated 7-point tick label needs
 EPOCHS_FILE = "nc_over_epochs"
 DEPTH_FILE = "nc_depth"
 
-_TR_SW, _TR_SB, _NC1, _NC1_TILDE, _CDNV = NC1_METRICS
-_EQUINORM, _EQUIANGULAR, _MAXANGLE, _NC2_ETF = NC2_METRICS
-_NC3_DUALITY, _NC3_ETF = NC3_METRICS
+_TR_SW, _TR_SB, _NC1, _NC1_TILDE, _CDNV, _NC1_DIST_RATIO = NC1_METRICS
+_EQUINORM, _EQUIANGULAR, _MAXANGLE, _NC2_ETF, _NC2_TIRER, _GNC2_DIST_VAR, _GNC2_LOG_VAR = NC2_METRICS
+_W_EQUINORM, _W_EQUIANGULAR, _W_MAXANGLE = W_METRICS
+_NC3_DUALITY, _NC3_ETF, _NC3_TIRER, _NC3_UNIFORM_DUALITY = NC3_METRICS
 _NCC_ACC, _CLF_ACC, _NC4, _MARGIN_MIN, _MARGIN_MEAN = NCC_METRICS
+_MARGIN_NORMALIZED, _NORM_BALANCE, _CE_LOSS, _CE_EXCESS = LOSS_METRICS
 ACCURACY_METRICS = (_CLF_ACC, _NCC_ACC)
-EPOCH_METRICS = (_NC1, _EQUINORM, _EQUIANGULAR, _MAXANGLE, _NC3_DUALITY, _NC4, _CLF_ACC, _NCC_ACC)
+EPOCH_METRICS = (
+    _NC1, _EQUINORM, _W_EQUINORM, _EQUIANGULAR, _W_EQUIANGULAR, _MAXANGLE, _W_MAXANGLE, _NC3_DUALITY, _NC4,
+    _CLF_ACC, _NCC_ACC, _MARGIN_NORMALIZED, _CE_LOSS, _CE_EXCESS,
+)
 DEPTH_METRICS = (_NC1, _NC1_TILDE, _CDNV, _EQUINORM, _EQUIANGULAR, _MAXANGLE, _NCC_ACC)
-_ERROR_NAMES = {_CLF_ACC: "classifier", _NCC_ACC: "NCC"}
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """Metrics drawn in one panel: its title and y label, and each metric's name in the legend."""
+
+    metrics: tuple[str, ...]
+    title: str
+    ylabel: str
+    names: tuple[str, ...]
+    error: bool = False
+
+
+SHARED_PANELS = (
+    _Shared(ACCURACY_METRICS, "Errors: classifier and NCC", "error = 1 − accuracy", ("classifier", "NCC"), error=True),
+    _Shared((_EQUINORM, _W_EQUINORM), "NC2: equinorm, means and classifier",
+            r"std / mean of $\Vert\mu_c - \mu_G\Vert$, $\Vert w_c\Vert$", ("class means", "classifier rows")),
+    _Shared((_EQUIANGULAR, _W_EQUIANGULAR), "NC2: equiangularity, means and classifier",
+            r"std of the cosines", ("class means", "classifier rows")),
+    _Shared((_MAXANGLE, _W_MAXANGLE), "NC2: angles vs the ETF, means and classifier",
+            r"mean of $|\cos + 1/(K-1)|$", ("class means", "classifier rows")),
+    _Shared((_CE_LOSS, _CE_EXCESS), "Cross-entropy and its excess", "nats",
+            ("CE of Wh + b", "excess over the optimum")),
+)
+_LEGEND_NAMES = {metric: name for shared in SHARED_PANELS for metric, name in zip(shared.metrics, shared.names)}
 
 
 
@@ -85,15 +124,22 @@ class _Panel:
 
 
 def _panels(metrics: tuple[str, ...]) -> list[_Panel]:
-    """One panel per metric; the accuracies share one error panel."""
-    panels = [_Panel((m,), METRIC_BY_NAME[m].title, METRIC_BY_NAME[m].ylabel) for m in metrics if m not in ACCURACY_METRICS]
-    accuracies = tuple(m for m in metrics if m in ACCURACY_METRICS)
-    if len(accuracies) == 1:
-        first = METRIC_BY_NAME[accuracies[0]]
-        panels.append(_Panel(accuracies, first.title, first.ylabel, error=True))
-    elif accuracies:
-        panels.append(_Panel(accuracies, "Errors: classifier and NCC", "error = 1 − accuracy", error=True))
-    return panels
+    """One panel per metric, in order; the metrics of a :data:`SHARED_PANELS` entry share one panel, placed
+    where the first of them is asked (the errors last), under its own title when only one of them is asked."""
+    panels, placed, errors = [], set(), []
+    for metric in metrics:
+        if metric in placed:
+            continue
+        shared = next((s for s in SHARED_PANELS if metric in s.metrics), None)
+        members = tuple(m for m in shared.metrics if m in metrics) if shared else (metric,)
+        placed.update(members)
+        if len(members) == 1:
+            column = METRIC_BY_NAME[metric]
+            panel = _Panel(members, column.title, column.ylabel, error=metric in ACCURACY_METRICS)
+        else:
+            panel = _Panel(members, shared.title, shared.ylabel, shared.error)
+        (errors if panel.error else panels).append(panel)
+    return panels + errors
 
 
 def figure_pixels(n_panels: int) -> tuple[int, int]:
@@ -199,7 +245,9 @@ def _live_panels(panels: list[_Panel], rows: list[dict], where: str, report: Pat
             if metric not in kept:
                 warnings.warn(f"metric '{metric}' is null on every row {where} of '{report}'; not plotted",
                               DegenerateMetricWarning)
-        if kept:
+        if len(kept) == 1 and len(panel.metrics) > 1:  # a shared panel left with one metric: its own title
+            live.append(_Panel(kept, METRIC_BY_NAME[kept[0]].title, METRIC_BY_NAME[kept[0]].ylabel, panel.error))
+        elif kept:
             live.append(_Panel(kept, panel.title, panel.ylabel, panel.error))
     return live
 
@@ -244,7 +292,7 @@ def _epoch_figures(rows, report: Path, metrics, layer: str | None) -> list[tuple
             label = f"{key[0]} · {key[1]}" if several_models else str(key[1])
             for style, metric in enumerate(panel.metrics):
                 y = _values(line_rows, metric, panel.error)
-                name = f"{label} {_ERROR_NAMES[metric]}" if len(panel.metrics) > 1 else label
+                name = f"{label} {_LEGEND_NAMES[metric]}" if len(panel.metrics) > 1 else label
                 ax.plot(sorted(lines[key]), y, color=f"C{color}", marker="os^"[style % 3],
                         linestyle=("-", "--")[style % 2], markersize=4, linewidth=1.4, label=name)
                 plotted.append(y)
@@ -323,8 +371,9 @@ def _depth_figures(rows, report: Path, metrics) -> list[tuple[str, object]]:
             _style_panel(ax, panel, np.concatenate(plotted))
             _layer_axis(ax, [" / ".join(names) for names in layers.values()])
             if len(panel.metrics) > 1:
-                ax.plot([], [], color="0.3", marker="o", linestyle="-", label=_ERROR_NAMES[panel.metrics[0]])
-                ax.plot([], [], color="0.3", marker="s", linestyle="--", label=_ERROR_NAMES[panel.metrics[1]])
+                for style, metric in enumerate(panel.metrics):
+                    ax.plot([], [], color="0.3", marker="os^"[style % 3], linestyle=("-", "--")[style % 2],
+                            label=_LEGEND_NAMES[metric])
             if ax.get_legend_handles_labels()[0] and (len(panel.metrics) > 1 or ax is axes[0]):
                 ax.legend(fontsize=7)
         if epochs:
