@@ -3,6 +3,7 @@
 The library API (the command line is a thin layer over it)::
 
     from nccli import analyze_features, AnalyzeConfig
+    from nccli import write_analysis  # analyze and write the report files, as `nccli analyze` does
     from nccli import extract_features, ExtractConfig
     from nccli import convert_features, ConvertConfig
     from nccli import measure_collapse  # metrics of batches in hand, e.g. in an evaluation loop
@@ -19,6 +20,7 @@ _LAZY_EXPORTS = {
     "AnalyzeConfig": "nccli.analyze",
     "AnalysisResult": "nccli.analyze",
     "analyze_features": "nccli.analyze",
+    "write_analysis": "nccli.report.outputs",
     "ConvertConfig": "nccli.convert",
     "convert_features": "nccli.convert",
     "measure_collapse": "nccli.measure",

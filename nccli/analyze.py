@@ -23,6 +23,7 @@ from nccli.metrics.spectra import snr_extremes
 from nccli.ood import check_ood, ood_means, ood_orthogonality
 from nccli.progress import progress_bar
 from nccli.references import pair_references
+from nccli.report.tables import LayerPairs, PairSink, check_pairs_size, class_table
 from nccli.scan import Scanner
 
 
@@ -40,7 +41,10 @@ class AnalyzeConfig:
     inputs through the same network, for ``nc5_ood_orthogonality``;
     ``depth_epsilon``: ε of ``ncc_effective_depth``; ``block_rows``: rows per
     block (None = about 16 MiB of the widest layer, chunk-aligned); ``jobs``:
-    worker processes that share each file's rows (CPU only).
+    worker processes that share each file's rows (CPU only); ``pairs_top``:
+    per layer, send only the N pairs with the largest cdnv to the pair sink;
+    ``tile``: classes per side of the pair tiles (None = from
+    ``tiles.TILE_BYTES``).
     """
 
     files: tuple[str, ...]
@@ -55,27 +59,32 @@ class AnalyzeConfig:
     block_rows: int | None = None
     jobs: int = 1
     show_progress: bool = False
+    pairs_top: int | None = None
+    tile: int | None = None
 
 
 @dataclass
 class AnalysisResult:
-    """Rows of the summary, per-class and per-pair tables, and the report's metadata."""
+    """Rows of the summary table, the per-class table (one Arrow table per file and layer:
+    ``pyarrow.concat_tables(result.classes)``), and the report's metadata."""
 
     summary: list[dict] = field(default_factory=list)
-    classes: list[dict] = field(default_factory=list)
-    pairs: list[dict] = field(default_factory=list)
+    classes: list = field(default_factory=list)
     provenance: dict[str, dict] = field(default_factory=dict)
     conventions: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 
-def analyze_features(config: AnalyzeConfig) -> AnalysisResult:
+def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None) -> AnalysisResult:
     """Compute the metrics of ``metrics.md`` for every selected layer of every file.
 
     Every input is validated first (opened, checked and closed again); then each file is opened only
-    while its rows are read, so any number of files fits under the open-file limit.
+    while its rows are read, so any number of files fits under the open-file limit. ``pairs``, if
+    given, receives the per-pair table as Arrow record batches while it is computed (never gathered
+    here); without ``config.pairs_top`` a table above ``tables.PAIRS_ROWS_MAX`` rows is refused
+    before any row is read.
     """
-    _check_config(config)
+    _check_config(config, pairs is not None)
     xp = select_backend("cpu" if config.jobs > 1 else config.device)
     infos = [read_info(path) for path in config.files]
     selections = [info.select_layers(config.layers) for info in infos]
@@ -89,6 +98,9 @@ def analyze_features(config: AnalyzeConfig) -> AnalysisResult:
     ood_layers = check_ood(ood_info, infos, selections) if ood_info else ()
     for info, layers in zip(infos, selections):
         _check_state_size(info, layers)
+    if pairs is not None and config.pairs_top is None:
+        check_pairs_size([info.num_classes for info, layers in zip(infos, selections) for _ in layers])
+    pair_output = _PairOutput(pairs, any(info.class_names is not None for info in infos), config.pairs_top)
     needed = _reference_layers(references, selections)
     total = sum(2 * info.n_samples for info in infos) + sum(reference.n_samples for reference, _ in needed.values())
     total += ood_info.n_samples if ood_info else 0
@@ -103,9 +115,8 @@ def analyze_features(config: AnalyzeConfig) -> AnalysisResult:
             if reference is not None and reference.path not in means:
                 means[reference.path] = _reference_means(scanner, reference, needed[reference.path][1])
             with open_feature_file(info.path, probed=True, expected=info) as feature_file:
-                analyze_file(
-                    xp, scanner, feature_file, layers, None if reference is None else means[reference.path], config, result, ood
-                )
+                reference_means = None if reference is None else means[reference.path]
+                analyze_file(xp, scanner, feature_file, layers, reference_means, config, result, pair_output, ood)
             if reference is not None and all(later is not reference for later in references[index + 1 :]):
                 del means[reference.path]  # a reference's means are kept only while a later file uses them
     result.conventions = _conventions(config, xp, result, dict(zip(config.files, references)))
@@ -132,9 +143,15 @@ def _reference_means(scanner: Scanner, reference: FeatureFileInfo, layers: tuple
     return {name: ClassMeans.of(state) for name, state in moments.items()}
 
 
-def _check_config(config: AnalyzeConfig) -> None:
+def _check_config(config: AnalyzeConfig, with_pairs: bool) -> None:
     if not config.files:
         raise UsageError("no feature files given")
+    if config.pairs_top is not None and not with_pairs:
+        raise UsageError("--pairs-top selects rows of the per-pair table; add --pairs FILE")
+    if config.pairs_top is not None and config.pairs_top < 1:
+        raise UsageError(f"--pairs-top must be ≥ 1, got {config.pairs_top}")
+    if config.tile is not None and config.tile < 1:
+        raise UsageError(f"tile must be ≥ 1, got {config.tile}")
     if config.weight_decay < 0:
         raise UsageError(f"--weight-decay must be ≥ 0, got {config.weight_decay}")
     if config.weight_decay and not config.mse:
@@ -186,12 +203,16 @@ def analyze_file(
     reference_means,
     config: AnalyzeConfig,
     result: AnalysisResult,
+    pair_output: "_PairOutput | None" = None,
     ood: dict[str, np.ndarray] | None = None,
 ) -> None:
     """One file's two passes, its rows appended to ``result``; ``measure_collapse`` runs it on batches in memory.
 
-    ``ood``: μ_ood per layer name (``--ood``), for ``nc5_ood_orthogonality``."""
+    ``pair_output``: where the per-pair rows go (default: nowhere; the pair summaries are computed all the same);
+    ``ood``: μ_ood per layer name (``--ood``), for ``nc5_ood_orthogonality``.
+    """
     info = feature_file.info
+    pair_output = pair_output or _PairOutput(None, info.class_names is not None, None)
     classifier_layer = info.classifier_layer if feature_file.classifier is not None else None
     matrix = config.mse or config.snr
     moments = scanner.moments(feature_file, layers, classifier_layer if matrix else None)
@@ -211,13 +232,18 @@ def analyze_file(
     file_rows = []
     for layer in layers:
         classifier = feature_file.classifier if layer.name == classifier_layer else None
+        layer_pairs = pair_output.layer(info, layer.name)
         metrics = summarize_layer(
             moments[layer.name],
             spectra[layer.name],
             decisions[layer.name],
             classifier,
             lambda message, name=layer.name: _warn(result, info.path, name, message),
+            layer_pairs.add if layer_pairs is not None else None,
+            config.tile,
         )
+        if layer_pairs is not None:
+            layer_pairs.close()
         if classifier is not None and config.mse:
             metrics.summary.update(mse_decomposition(moments[layer.name], classifier, config.weight_decay))
         if classifier is not None and config.snr:
@@ -239,8 +265,7 @@ def analyze_file(
                 "_sigma_b_rank": metrics.sigma_b_rank,
             }
         )
-        result.classes.extend(_with_names({**keys, **row}, info.class_names) for row in metrics.classes)
-        result.pairs.extend(_with_names({**keys, **row}, info.class_names) for row in metrics.pairs)
+        result.classes.append(class_table(info.path, layer.name, metrics.classes, info.class_names, pair_output.named))
 
     depth = effective_depth(file_rows, config.depth_epsilon)
     for row in file_rows:
@@ -269,13 +294,16 @@ def effective_depth(rows: list[dict], epsilon: float) -> int:
     return ordered[-1][schema.COL_LAYER_ORDER]
 
 
-def _with_names(row: dict, class_names: tuple[str, ...] | None) -> dict:
-    if class_names is None:
-        return row
-    row[schema.COL_CLASS_NAME] = class_names[row[schema.COL_CLASS]]
-    if schema.COL_CLASS_B in row:
-        row[schema.COL_CLASS_NAME_B] = class_names[row[schema.COL_CLASS_B]]
-    return row
+@dataclass(frozen=True)
+class _PairOutput:
+    """Where per-pair rows go: ``sink`` (None = nowhere), with class-name columns if any file has names."""
+
+    sink: PairSink | None
+    named: bool
+    top: int | None
+
+    def layer(self, info, layer: str) -> LayerPairs | None:
+        return None if self.sink is None else LayerPairs(self.sink, info.path, layer, info.class_names, self.named, self.top)
 
 
 def _warn(result: AnalysisResult, file: str, layer: str | None, message: str) -> None:
@@ -317,5 +345,8 @@ def _conventions(config: AnalyzeConfig, xp: Backend, result: AnalysisResult, ref
         "snr": "singular values of Σ_W^{−1/2}Mᵀ; null when Σ_W is singular (an eigenvalue ≤ λ_max·d·ε)" if config.snr else None,
         "ood": f"nc5_ood_orthogonality against the mean of every row of '{config.ood}' (not centred)" if config.ood else None,
         "ncc_effective_depth_epsilon": config.depth_epsilon,
+        "pair_table": "every pair c < c'"
+        if config.pairs_top is None
+        else f"per layer, the {config.pairs_top} pairs with the largest cdnv (coincident pairs, cdnv null, first; ties by class ids)",
         "device": xp.name,
     }

@@ -9,7 +9,7 @@ label range before the output is created (the labels are read once, in
 blocks, for their range), non-finite features while the rows are copied, in
 which case the partial file is deleted. Rows are copied a block at a time;
 (N, C, H, W…) feature maps are pooled per block with extract's own
-:func:`~nccli.extract.hooks.pool_rows` (rows then float32, as extract writes
+:func:`~nccli.extract.capture.pool_rows` (rows then float32, as extract writes
 them); 2-D features keep their dtype. The file is written as extract writes
 it (:class:`~nccli.io.writer.FeatureWriter`: ``FILE.partial``, locked,
 renamed when complete), so no reader ever sees half a file.
@@ -282,7 +282,7 @@ def _copy_rows(writer: FeatureWriter, plan: _Plan, advance) -> None:
     if any(layer.pooling != UNPOOLED for layer in plan.layers):
         import torch  # only for maps: pool_rows is extract's, on tensors
 
-        from nccli.extract.hooks import pool_rows
+        from nccli.extract.capture import pool_rows
     streams = {schema.LABELS: plan.labels.blocks(plan.block_rows)}
     streams.update({schema.layer_path(layer.name): layer.array.blocks(plan.block_rows) for layer in plan.layers})
     if plan.logits is not None:

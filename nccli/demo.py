@@ -59,7 +59,7 @@ def _bundled_checkpoints(folder: Path, epochs: tuple[int, ...] | None) -> dict[i
 def run_demo(config: DemoConfig) -> DemoResult:
     """Extract, analyze, report and plot; return the report, figures and summary rows."""
     from nccli.extract import ExtractConfig, ModelOptions, extract_features
-    from nccli.report.parquet import write_report
+    from nccli.report.outputs import write_report
     from nccli.report.plots import plot_report
 
     data = Path(config.sample_data)

@@ -1,9 +1,11 @@
 """Run nccli's analyze on in-memory arrays and compare with the float64 oracle."""
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from h5files import write_feature_file
 from nccli import schema
@@ -22,7 +24,33 @@ def analyze_arrays(folder: Path, features, labels, weight=None, bias=None, *, na
         **(file_kwargs or {}),
     )
     config.setdefault("device", "cpu")
-    return analyze_features(AnalyzeConfig(files=(str(path),), **config))
+    return analyze_collected(AnalyzeConfig(files=(str(path),), **config))
+
+
+@dataclass
+class Analysis:
+    """What ``analyze_features`` returned, with its per-class and per-pair tables as rows (null → NaN)."""
+
+    summary: list[dict]
+    classes: list[dict]
+    pairs: list[dict]
+    warnings: list[str]
+    conventions: dict
+
+
+def analyze_collected(config: AnalyzeConfig) -> Analysis:
+    """Run ``analyze_features`` with a pair sink that gathers every batch (small tests only)."""
+    batches = []
+    result = analyze_features(config, pairs=batches.append)
+    pairs = table_rows(pa.Table.from_batches(batches))
+    classes = table_rows(pa.concat_tables(result.classes)) if result.classes else []
+    return Analysis(result.summary, classes, pairs, result.warnings, result.conventions)
+
+
+def table_rows(table: pa.Table) -> list[dict]:
+    """Rows of an Arrow table, float nulls back to NaN (the library's in-memory convention)."""
+    floats = {f.name for f in table.schema if pa.types.is_floating(f.type)}
+    return [{k: (math.nan if v is None and k in floats else v) for k, v in row.items()} for row in table.to_pylist()]
 
 
 def by_class(rows: list[dict]) -> dict:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from analysis_helpers import analyze_collected
 from h5files import write_feature_file
-from nccli.analyze import AnalyzeConfig, analyze_features
+from nccli.analyze import AnalyzeConfig
 from nccli.cli import app
 from nccli.scan import row_ranges
 
@@ -39,8 +40,8 @@ def test_jobs_equal_one_process(tmp_path):
     files = tuple(feature_files(tmp_path))
     reference = files[0]
     common = dict(files=files, means_from=reference, mse=True, weight_decay=1e-3, block_rows=32, device="cpu")
-    single = analyze_features(AnalyzeConfig(**common, jobs=1))
-    parallel = analyze_features(AnalyzeConfig(**common, jobs=2))
+    single = analyze_collected(AnalyzeConfig(**common, jobs=1))
+    parallel = analyze_collected(AnalyzeConfig(**common, jobs=2))
     assert len(single.summary) == len(parallel.summary) == 4
     for rows_one, rows_many in ((single.summary, parallel.summary), (single.classes, parallel.classes), (single.pairs, parallel.pairs)):
         assert len(rows_one) == len(rows_many)

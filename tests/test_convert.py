@@ -15,7 +15,7 @@ from h5files import write_feature_file
 from nccli import schema
 from nccli.analyze import AnalyzeConfig, analyze_features
 from nccli.cli import app
-from nccli.extract.hooks import pool_rows
+from nccli.extract.capture import pool_rows
 
 runner = CliRunner()
 N, K = 40, 4

@@ -8,10 +8,10 @@ setting. The oracle builds full d×d matrices and uses np.linalg.pinv.
 import numpy as np
 import pytest
 
-from analysis_helpers import analyze_arrays, assert_close, assert_matches_reference, by_class
+from analysis_helpers import analyze_arrays, analyze_collected, assert_close, assert_matches_reference, by_class
 from h5files import write_feature_file
 from nccli import schema
-from nccli.analyze import AnalyzeConfig, analyze_features
+from nccli.analyze import AnalyzeConfig
 from reference import reference_metrics
 
 
@@ -83,7 +83,7 @@ def test_means_from_uses_the_reference_files_class_means(tmp_path):
     test_x, test_y, _, _ = random_layer(seed=6, n=90)
     train = write_feature_file(tmp_path / "train.h5", train_y, {"feat": train_x}, weight=weight, bias=bias, classifier_layer="feat")
     test = write_feature_file(tmp_path / "test.h5", test_y, {"feat": test_x}, weight=weight, bias=bias, classifier_layer="feat", split="test")
-    result = analyze_features(AnalyzeConfig(files=(str(test),), means_from=str(train), device="cpu", block_rows=11))
+    result = analyze_collected(AnalyzeConfig(files=(str(test),), means_from=str(train), device="cpu", block_rows=11))
     train_means = {c: train_x[train_y == c].mean(axis=0) for c in np.unique(train_y)}
     reference = reference_metrics(test_x, test_y, weight, bias, ncc_means=train_means)
     assert_matches_reference(result, reference)
@@ -97,7 +97,7 @@ def test_means_from_can_predict_classes_absent_from_the_test_file(tmp_path):
     keep = train_y < 3
     test = write_feature_file(tmp_path / "test.h5", train_y[keep], {"feat": train_x[keep]}, num_classes=4)
     train = write_feature_file(tmp_path / "train.h5", train_y, {"feat": train_x}, num_classes=4)
-    result = analyze_features(AnalyzeConfig(files=(str(test),), means_from=str(train), device="cpu"))
+    result = analyze_collected(AnalyzeConfig(files=(str(test),), means_from=str(train), device="cpu"))
     means = np.array([train_x[train_y == c].mean(axis=0) for c in range(4)])
     distances = ((train_x[keep][:, None, :] - means[None]) ** 2).sum(-1)
     expected = np.mean(np.argmin(distances, axis=1) == train_y[keep])
@@ -126,7 +126,7 @@ def test_several_layers_and_files_in_one_run(tmp_path):
         rows_per_file.append(
             (reference_metrics(wide, labels), reference_metrics(features, labels, weight, bias))
         )
-    result = analyze_features(AnalyzeConfig(files=tuple(map(str, paths)), device="cpu", block_rows=13))
+    result = analyze_collected(AnalyzeConfig(files=tuple(map(str, paths)), device="cpu", block_rows=13))
     assert [(row["file"], row["layer"]) for row in result.summary] == [
         (str(paths[0]), "early"),
         (str(paths[0]), "penultimate"),
@@ -144,7 +144,7 @@ def test_layer_globs_select_layers(tmp_path):
     rng = np.random.default_rng(0)
     layers = {name: rng.normal(size=(30, 4)) for name in ("layer1.0", "layer1.1", "layer2.0", "fc")}
     path = write_feature_file(tmp_path / "f.h5", labels, layers)
-    result = analyze_features(AnalyzeConfig(files=(str(path),), layers=("layer1.*", "fc"), device="cpu"))
+    result = analyze_collected(AnalyzeConfig(files=(str(path),), layers=("layer1.*", "fc"), device="cpu"))
     assert [row["layer"] for row in result.summary] == ["layer1.0", "layer1.1", "fc"]
 
 
@@ -158,12 +158,12 @@ def test_effective_depth_is_the_first_layer_with_small_ncc_error(tmp_path):
         "cleaner": centres[labels] + 1e-6 * rng.normal(size=(200, 5)),
     }
     path = write_feature_file(tmp_path / "f.h5", labels, layers, orders={"noisy": 0, "clean": 3, "cleaner": 7})
-    result = analyze_features(AnalyzeConfig(files=(str(path),), device="cpu"))
+    result = analyze_collected(AnalyzeConfig(files=(str(path),), device="cpu"))
     assert result.summary[0]["ncc_accuracy"] < 0.99
     assert {row[schema.COL_EFFECTIVE_DEPTH] for row in result.summary} == {3}
-    strict = analyze_features(AnalyzeConfig(files=(str(path),), device="cpu", depth_epsilon=0.0))
+    strict = analyze_collected(AnalyzeConfig(files=(str(path),), device="cpu", depth_epsilon=0.0))
     assert strict.summary[0][schema.COL_EFFECTIVE_DEPTH] == 3
-    never = analyze_features(AnalyzeConfig(files=(str(path),), device="cpu", layers=("noisy",)))
+    never = analyze_collected(AnalyzeConfig(files=(str(path),), device="cpu", layers=("noisy",)))
     assert never.summary[0][schema.COL_EFFECTIVE_DEPTH] == 0  # no layer reaches ε: the deepest analysed
 
 

@@ -1,6 +1,5 @@
 """`nccli analyze`: feature files → the Parquet report of every neural-collapse metric (:func:`nccli.analyze_features`)."""
 
-import contextlib
 from typing import Annotated
 
 import typer
@@ -55,7 +54,15 @@ def analyze(
         str | None, typer.Option(help="Also write the per-class table (n, var, mean_norm, recalls, w_norm, ...) to this Parquet file.")
     ] = None,
     pairs: Annotated[
-        str | None, typer.Option(help="Also write the per-pair table (cdnv, mean_cos, inter_cos, mean_dist, w_cos) to this Parquet file.")
+        str | None,
+        typer.Option(
+            help="Also write the per-pair table (cdnv, mean_cos, inter_cos, mean_dist, w_cos) to this Parquet file, streamed as it "
+            "is computed. Above 50 million rows in all, add --pairs-top."
+        ),
+    ] = None,
+    pairs_top: Annotated[
+        int | None,
+        typer.Option(help="With --pairs: keep per layer only the N pairs with the largest cdnv (the most confusable; ties by class ids)."),
     ] = None,
     device: Annotated[
         str, typer.Option(help="Where to compute: auto (CUDA if present), cpu, cuda or cuda:N. Accumulation is float64 everywhere.")
@@ -76,13 +83,12 @@ def analyze(
 
         nccli analyze train.h5 test.h5 --means-from train.h5 --out report.parquet
     """
-    with user_errors(), contextlib.ExitStack() as held:
-        from nccli.analyze import AnalyzeConfig, analyze_features
+    with user_errors():
+        from nccli.analyze import AnalyzeConfig
         from nccli.report.formats import compact
-        from nccli.report.parquet import check_writable, reserve_outputs, to_table, write_report
+        from nccli.report.outputs import write_analysis
+        from nccli.report.parquet import to_table
 
-        targets = {option: check_writable(path, option) for option, path in (("--out", out), ("--classes", classes), ("--pairs", pairs)) if path}
-        held.enter_context(reserve_outputs(targets.values()))  # one writer per report; the second is refused
         config = AnalyzeConfig(
             files=tuple(files),
             layers=split_list(layers),
@@ -96,9 +102,9 @@ def analyze(
             block_rows=block_rows,
             jobs=jobs,
             show_progress=stderr_is_terminal(),
+            pairs_top=pairs_top,
         )
-        result = analyze_features(config)
-        write_report(result, targets["--out"], command_line(context), targets.get("--classes"), targets.get("--pairs"))
+        result = write_analysis(config, out, classes, pairs, command_line(context))
         if stderr_is_terminal():
             summary = to_table(result.summary, schema.SUMMARY_COLUMNS, {})
             advice = f"choose columns with `nccli report {out} --columns ...`"

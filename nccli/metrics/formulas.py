@@ -3,7 +3,8 @@
 Notation (Kothapalli's review, §2.3): K present classes, centred means
 M = [μ_c − μ_G] (K × d) with μ_G the mean of class means, Σ_W normalised by N,
 Σ_B = MᵀM/K, P = I_K − 11ᵀ/K. Undefined values are NaN; deciding *why*
-(and warning) is the caller's job.
+(and warning) is the caller's job. Statistics over pairs of classes, which
+must never build a K × K matrix, are in :mod:`nccli.metrics.pairs`.
 """
 
 from dataclasses import dataclass
@@ -55,59 +56,9 @@ def ratio(numerator: float, denominator: float) -> float:
     return float(numerator / denominator) if denominator > 0 else np.nan
 
 
-def pair_values(matrix: np.ndarray) -> np.ndarray:
-    """Entries (c, c') with c < c' of a K × K matrix, row by row."""
-    rows, cols = np.triu_indices(matrix.shape[0], k=1)
-    return matrix[rows, cols]
-
-
-def pairwise_sq_distances(means: np.ndarray) -> np.ndarray:
-    """‖μ_c − μ_c'‖² from explicit differences (no Gram cancellation for close means)."""
-    k = means.shape[0]
-    out = np.zeros((k, k))
-    for c in range(k - 1):
-        diff = means[c + 1 :] - means[c]
-        out[c, c + 1 :] = out[c + 1 :, c] = np.einsum("ij,ij->i", diff, diff)
-    return out
-
-
-def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
-    """cos between rows; NaN where a row is zero."""
-    norms = np.linalg.norm(vectors, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (vectors @ vectors.T) / np.outer(norms, norms)
-
-
-def cdnv_matrix(variances: np.ndarray, sq_distances: np.ndarray, coincident: np.ndarray) -> np.ndarray:
-    """(V_c + V_c') / (2‖μ_c − μ_c'‖²) (Galanti et al.; review eq. 51); NaN for coincident pairs."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        values = (variances[:, None] + variances[None, :]) / (2.0 * sq_distances)
-    return np.where(coincident, np.nan, values)
-
-
 def equinorm(norms: np.ndarray) -> float:
     """std_c ‖μ_c − μ_G‖ / mean_c ‖μ_c − μ_G‖ (population std; Papyan et al. Fig. 2)."""
     return ratio(np.std(norms), np.mean(norms))
-
-
-def equiangularity(pair_cosines: np.ndarray) -> float:
-    """Population std over pairs c < c' of cos(μ_c − μ_G, μ_c' − μ_G) (Papyan et al. Fig. 3)."""
-    return float(np.std(pair_cosines)) if len(pair_cosines) else np.nan
-
-
-def max_angle(pair_cosines: np.ndarray, k: int) -> float:
-    """mean over pairs of |cos + 1/(K − 1)| (Papyan et al. Fig. 4)."""
-    return float(np.mean(np.abs(pair_cosines + 1.0 / (k - 1)))) if len(pair_cosines) else np.nan
-
-
-def etf_distance(gram: np.ndarray) -> float:
-    """‖G/‖G‖_F − P/√(K − 1)‖_F (review eqs. 7 and 8)."""
-    k = gram.shape[0]
-    norm = np.linalg.norm(gram)
-    if k < 2 or not norm > 0 or not np.isfinite(norm):
-        return np.nan
-    centring = np.eye(k) - np.full((k, k), 1.0 / k)
-    return float(np.linalg.norm(gram / norm - centring / np.sqrt(k - 1)))
 
 
 def duality_distance(weight: np.ndarray, centred_means: np.ndarray) -> float:
@@ -130,20 +81,9 @@ def intra_cosines(unit_sum: np.ndarray, unit_count: np.ndarray) -> np.ndarray:
         return np.einsum("ij,ij->i", unit_sum, unit_sum) / unit_count**2
 
 
-def inter_cosines(unit_sum: np.ndarray, unit_count: np.ndarray) -> np.ndarray:
-    """inter_cc' = (Σ_{i∈c} ĥ_i)·(Σ_{j∈c'} ĥ_j) / (n_c n_c') (Pan 2023, Lemma 2.4.4)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (unit_sum @ unit_sum.T) / np.outer(unit_count, unit_count)
-
-
 def strict_min(values: np.ndarray) -> float:
     """min; NaN if there are no values or any is NaN (an undefined part makes the summary undefined)."""
     return float(np.min(values)) if len(values) and not np.isnan(values).any() else np.nan
-
-
-def strict_max(values: np.ndarray) -> float:
-    """max; NaN if there are no values or any is NaN."""
-    return float(np.max(values)) if len(values) and not np.isnan(values).any() else np.nan
 
 
 def strict_mean(values: np.ndarray) -> float:

@@ -5,7 +5,7 @@ reports them as NaN and says why through ``warn``; never a crash, never a
 silent 0.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -15,6 +15,8 @@ from nccli.metrics import classifier as clf
 from nccli.metrics import formulas as f
 from nccli.metrics.accumulators import ClassMoments, Decisions, Geometry
 from nccli.metrics.backend import Backend
+from nccli.metrics.pairs import PairInputs, PairStats, Tile
+from nccli.metrics.tiles import CentredMeans, etf_distance, lowest_coincident, tile_classes
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class ClassMeans:
     @classmethod
     def of(cls, moments: ClassMoments) -> "ClassMeans":
         ids = np.flatnonzero(moments.count > 0)
-        return cls(ids, moments.mean[ids])
+        return cls(ids, present_rows(moments.mean, ids))
 
     @property
     def centred(self) -> np.ndarray:
@@ -48,19 +50,25 @@ class ClassMeans:
         return float(np.linalg.norm(self.means, axis=1).max()) if len(self.ids) else 0.0
 
     def with_ties_exact(self) -> "ClassMeans":
-        """Coincident means replaced by the lowest id's, so NCC ties go to the lowest class id exactly."""
-        close = np.sqrt(f.pairwise_sq_distances(self.means)) <= f.COINCIDENCE_TOLERANCE * self.scale
-        representative = np.argmax(close, axis=1)  # first (lowest-id) class each mean coincides with
+        """Coincident means replaced by the lowest id's, so NCC ties go to the lowest class id exactly.
+
+        Class c gets the mean of the lowest c' ≤ c within the coincidence
+        distance (:func:`tiles.lowest_coincident`: no K × K matrix).
+        """
+        representative = lowest_coincident(self.means, f.COINCIDENCE_TOLERANCE * self.scale)
         return ClassMeans(self.ids, self.means[representative])
 
 
 @dataclass
 class LayerMetrics:
-    """Summary values (every name of ``schema.METRIC_COLUMNS``), per-class and per-pair rows."""
+    """Summary values (every name of ``schema.METRIC_COLUMNS``) and the per-class table as columns.
+
+    ``classes``: ``schema.COL_CLASS`` and every name of ``schema.CLASS_METRICS``,
+    each a numpy array over present classes (NaN where undefined).
+    """
 
     summary: dict[str, float]
-    classes: list[dict] = field(default_factory=list)
-    pairs: list[dict] = field(default_factory=list)
+    classes: dict[str, np.ndarray]
     sigma_b_rank: int = 0
 
 
@@ -102,131 +110,115 @@ def build_geometry(
     )
 
 
+
 def summarize_layer(
     moments: ClassMoments,
     spectrum: f.Spectrum,
     decisions: Decisions,
     classifier: Classifier | None,
     warn: Callable[[str], None],
+    pairs: Callable[[Tile], None] | None = None,
+    tile: int | None = None,
 ) -> LayerMetrics:
-    """Every summary metric of ``metrics.md`` for one layer (MSE columns left NaN)."""
+    """Every summary metric of ``metrics.md`` for one layer (MSE columns left NaN), and the per-class table.
+
+    Memory O(K·d) plus one tile: pair statistics are folded tile by tile
+    (:mod:`nccli.metrics.pairs`, tiles of ``tile`` classes, default from
+    ``tiles.TILE_BYTES``); each tile (:class:`pairs.Tile`, per-pair values of
+    a block of classes) is handed to ``pairs`` if given, and dropped.
+    """
     present = ClassMeans.of(moments)
     ids, k = present.ids, len(present.ids)
+    tile = tile or tile_classes()
     n = float(moments.count.sum())
-    centred = present.centred
-    tolerance = f.COINCIDENCE_TOLERANCE * present.scale
-    counts = moments.count[ids]
-    variances = moments.scatter[ids] / counts
-    norms = np.linalg.norm(centred, axis=1)
-    sq_distances = f.pairwise_sq_distances(present.means)
-    coincident = np.sqrt(sq_distances) <= tolerance
-    np.fill_diagonal(coincident, False)
-    mean_cosines = f.cosine_matrix(centred)
-    np.fill_diagonal(mean_cosines, 1.0)
-    intra = f.intra_cosines(moments.unit_sum[ids], moments.unit_count[ids])
-    inter = f.inter_cosines(moments.unit_sum[ids], moments.unit_count[ids])
-    weight = classifier.weight[ids] if classifier is not None else None
+    geometry = CentredMeans(present.means, f.COINCIDENCE_TOLERANCE * present.scale)
+    centred, norms = geometry.centred, geometry.norms
+    counts = present_rows(moments.count, ids)
+    variances = present_rows(moments.scatter, ids) / counts
+    unit_sum, unit_count = present_rows(moments.unit_sum, ids), present_rows(moments.unit_count, ids)
+    intra = f.intra_cosines(unit_sum, unit_count)
+    weight = present_rows(classifier.weight, ids) if classifier is not None else None
+    w_norms = np.linalg.norm(weight, axis=1) if classifier is not None else None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weight_unit = weight / w_norms[:, None] if classifier is not None else None  # NaN rows where w_c = 0
 
-    all_coincide = k >= 2 and norms.max() <= tolerance
-    some_at_global_mean = k >= 2 and bool((norms <= tolerance).any())
-    if some_at_global_mean:
-        mean_cosines[norms <= tolerance, :] = np.nan
-        mean_cosines[:, norms <= tolerance] = np.nan
+    all_coincide = k >= 2 and bool(geometry.at_centre.all())
+    some_at_global_mean = k >= 2 and bool(geometry.at_centre.any())
+
+    stats = PairStats(k)
+    for pair_tile in PairInputs(ids, geometry, variances, unit_sum, unit_count, weight_unit).tiles(tile):
+        stats.add(pair_tile)
+        if pairs is not None:
+            pairs(pair_tile)
 
     tr_sw = float(moments.scatter.sum() / n)
     tr_sb = float(np.sum(centred**2) / k)
-    pair_mean_cos = f.pair_values(mean_cosines)
-    gnc2_dist_var = gnc2_log_var = np.nan
-    if not some_at_global_mean and k >= 2:
-        unit = centred / norms[:, None]
-        gnc2_dist_var, gnc2_log_var = clf.hyperspherical_variances(np.sqrt(f.pair_values(f.pairwise_sq_distances(unit))))
     values = dict.fromkeys(schema.METRIC_COLUMNS, np.nan)
     values.update(
         tr_sw=tr_sw,
         tr_sb=tr_sb,
         nc1=np.nan if all_coincide else f.nc1(decisions.projected_sq, spectrum, n),
         nc1_tilde=np.nan if all_coincide or k < 2 else f.ratio(tr_sw, tr_sb),
-        cdnv=f.strict_mean(f.pair_values(f.cdnv_matrix(variances, sq_distances, coincident))),
+        cdnv=stats.cdnv,
         nc1_dist_ratio=f.ratio(decisions.own_distance_sum, decisions.global_distance_sum),
         nc2_equinorm=np.nan if all_coincide or k < 2 else f.equinorm(norms),
-        nc2_equiangular=f.equiangularity(pair_mean_cos) if not some_at_global_mean else np.nan,
-        nc2_maxangle=f.max_angle(pair_mean_cos, k) if not some_at_global_mean else np.nan,
-        nc2_etf=f.etf_distance(mean_cosines) if not some_at_global_mean else np.nan,
-        nc2_tirer=np.nan if all_coincide or k < 2 else clf.tirer_distance(f.etf_distance(centred @ centred.T)),
-        gnc2_dist_var=gnc2_dist_var,
-        gnc2_log_var=gnc2_log_var,
+        nc2_equiangular=stats.equiangular if not some_at_global_mean else np.nan,
+        nc2_maxangle=stats.max_angle if not some_at_global_mean else np.nan,
+        nc2_etf=np.nan if some_at_global_mean or k < 2 else _nc2_etf(centred, norms, tile),
+        nc2_tirer=np.nan if all_coincide or k < 2 else clf.tirer_distance(etf_distance(centred, centred, tile)),
+        gnc2_dist_var=stats.gnc2[0] if not some_at_global_mean else np.nan,
+        gnc2_log_var=stats.gnc2[1] if not some_at_global_mean else np.nan,
         ncc_accuracy=float(decisions.ncc_correct.sum() / n),
         intra_cos_min=f.strict_min(intra),
         intra_cos_mean=f.strict_mean(intra),
-        inter_cos_max=f.strict_max(f.pair_values(inter)),
-        inter_cos_mean=f.strict_mean(f.pair_values(inter)),
+        inter_cos_max=stats.inter_cos_max,
+        inter_cos_mean=stats.inter_cos_mean,
     )
     duality_cos = f.row_cosines(weight, centred) if classifier is not None else None
-    w_norms = np.linalg.norm(weight, axis=1) if classifier is not None else None
-    w_cosines = f.cosine_matrix(weight) if classifier is not None else None
     if classifier is not None:
-        values.update(_classifier_values(moments, ids, weight, centred, decisions, duality_cos, w_norms, w_cosines, all_coincide))
         values.update(
             nc3_duality=np.nan if all_coincide or k < 2 else f.duality_distance(weight, centred),
-            nc3_etf=np.nan if all_coincide else f.etf_distance(weight @ centred.T),
+            nc3_etf=np.nan if all_coincide else etf_distance(weight, centred, tile),
             clf_accuracy=float(decisions.clf_correct.sum() / n),
             nc4_ncc_mismatch=float(decisions.mismatch / n),
             margin_min=decisions.margin_min if k >= 2 else np.nan,
             margin_mean=decisions.margin_sum / n if k >= 2 else np.nan,
         )
+        values.update(_classifier_values(moments, ids, weight, w_norms, duality_cos, decisions, stats, values["nc3_etf"]))
 
-    _warn_degenerate(
-        warn, moments, ids, k, all_coincide, some_at_global_mean, coincident, norms <= tolerance, classifier
-    )
+    _warn_degenerate(warn, moments, ids, k, all_coincide, some_at_global_mean, stats, geometry.at_centre, classifier)
     if classifier is not None and k >= 2 and counts.min() != counts.max():
         warn(
             f"class counts differ ({int(counts.min())} to {int(counts.max())}): margin_normalized uses n = N/K, "
             "and its bound 1 assumes balanced classes"
         )
 
-    classes = []
-    for row, class_id in enumerate(ids):
-        classes.append(
-            {
-                schema.COL_CLASS: int(class_id),
-                "n": int(counts[row]),
-                "var": float(variances[row]),
-                "mean_norm": float(norms[row]),
-                "intra_cos": float(intra[row]),
-                "ncc_recall": float(decisions.ncc_correct[class_id] / counts[row]),
-                "clf_recall": float(decisions.clf_correct[class_id] / counts[row]) if classifier else np.nan,
-                "duality_cos": float(duality_cos[row]) if classifier is not None else np.nan,
-                "w_norm": float(w_norms[row]) if classifier is not None else np.nan,
-            }
-        )
-    cdnv = f.cdnv_matrix(variances, sq_distances, coincident)
-    pairs = []
-    for a, b in zip(*np.triu_indices(k, k=1)):
-        pairs.append(
-            {
-                schema.COL_CLASS: int(ids[a]),
-                schema.COL_CLASS_B: int(ids[b]),
-                "cdnv": float(cdnv[a, b]),
-                "mean_cos": float(mean_cosines[a, b]),
-                "inter_cos": float(inter[a, b]),
-                "mean_dist": float(np.sqrt(sq_distances[a, b])),
-                "w_cos": float(w_cosines[a, b]) if classifier is not None else np.nan,
-            }
-        )
-    return LayerMetrics(values, classes, pairs, spectrum.rank)
+    undefined = np.full(k, np.nan)
+    classes = {
+        schema.COL_CLASS: ids.astype(np.int64),
+        "n": counts.astype(np.int64),
+        "var": variances,
+        "mean_norm": norms,
+        "intra_cos": intra,
+        "ncc_recall": decisions.ncc_correct[ids] / counts,
+        "clf_recall": decisions.clf_correct[ids] / counts if classifier is not None else undefined,
+        "duality_cos": duality_cos if classifier is not None else undefined,
+        "w_norm": w_norms if classifier is not None else undefined,
+    }
+    return LayerMetrics(values, classes, spectrum.rank)
 
 
-def _classifier_values(moments, ids, weight, centred, decisions, duality_cos, w_norms, w_cosines, all_coincide) -> dict:
-    """The classifier's geometry, Tirer's NC3, uniform duality, norms, margins and losses (``metrics.md``)."""
+def _classifier_values(moments, ids, weight, w_norms, duality_cos, decisions, stats: PairStats, nc3_etf: float) -> dict:
+    """The classifier's own geometry (rows not centred), Tirer's NC3, uniform duality, the bias-free
+    normalised margin, the norm balance and the cross-entropies (``metrics.md``)."""
     k, n = len(ids), float(moments.count.sum())
-    pair_w_cos = f.pair_values(w_cosines)
-    sq_w = float(np.sum(weight**2))
-    sq_h = clf.feature_sq_norm(moments.count[ids], moments.mean[ids], moments.scatter[ids])
+    sq_w = float(np.sum(w_norms**2))
+    sq_h = clf.feature_sq_norm(present_rows(moments.count, ids), present_rows(moments.mean, ids), present_rows(moments.scatter, ids))
     return dict(
         w_equinorm=f.equinorm(w_norms) if k >= 2 else np.nan,
-        w_equiangular=f.equiangularity(pair_w_cos),
-        w_maxangle=f.max_angle(pair_w_cos, k),
-        nc3_tirer=np.nan if all_coincide or k < 2 else clf.tirer_distance(f.etf_distance(weight @ centred.T)),
+        w_equiangular=stats.w_equiangular,
+        w_maxangle=stats.w_max_angle,
+        nc3_tirer=clf.tirer_distance(nc3_etf),  # ⟨WMᵀ, P⟩ = tr(WMᵀ): the same e as nc3_etf
         nc3_uniform_duality=clf.uniform_duality(duality_cos),
         margin_normalized=clf.normalized_margin(decisions.free_margin_min, sq_w, sq_h, n, k),
         norm_balance=clf.norm_balance(sq_w, sq_h),
@@ -235,8 +227,19 @@ def _classifier_values(moments, ids, weight, centred, decisions, duality_cos, w_
     )
 
 
-def _warn_degenerate(warn, moments, ids, k, all_coincide, some_at_global_mean, coincident, at_global_mean, classifier):
-    """One warning per reason, naming the classes and the metrics reported as null."""
+def present_rows(array: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``array[ids]``, without an O(K·d) copy when every class is present (ids = 0..C−1)."""
+    return array if len(ids) == len(array) else array[ids]
+
+
+def _nc2_etf(centred: np.ndarray, norms: np.ndarray, tile: int) -> float:
+    """‖Ĝ/‖Ĝ‖_F − P/√(K−1)‖_F with Ĝ = M̂M̂ᵀ, M̂ the centred means scaled to unit norm (review eq. 7)."""
+    unit = centred / norms[:, None]
+    return etf_distance(unit, unit, tile)
+
+
+def _warn_degenerate(warn, moments, ids, k, all_coincide, some_at_global_mean, stats: PairStats, at_global_mean, classifier):
+    """One warning per reason, naming the classes (the first pairs, then a count) and the metrics reported as null."""
     clf = classifier is not None
     if k < 2:
         nulls = "nc1, nc1_tilde, cdnv, nc2_*, inter_cos_*" + (", nc3_*, margin_*" if clf else "")
@@ -246,9 +249,9 @@ def _warn_degenerate(warn, moments, ids, k, all_coincide, some_at_global_mean, c
         nulls = "nc1, nc1_tilde, cdnv, nc2_*" + (", nc3_*" if clf else "")
         warn(f"all {k} class means coincide (tr(Σ_B) = 0): {nulls} reported as null")
         return
-    if coincident.any():
-        pairs = [f"{ids[a]}–{ids[b]}" for a, b in zip(*np.nonzero(np.triu(coincident)))]
-        warn(f"coincident class means for pairs {_listing(pairs)}: cdnv reported as null")
+    if stats.coincident_count:
+        listed = [f"{a}–{b}" for a, b in stats.coincident_first]
+        warn(f"coincident class means for pairs {_listing(listed, stats.coincident_count)}: cdnv reported as null")
     if some_at_global_mean:
         classes = _listing([str(c) for c in ids[at_global_mean]])
         warn(f"class mean equals the global mean for classes {classes}: nc2_equiangular, nc2_maxangle, nc2_etf reported as null")
@@ -260,6 +263,8 @@ def _warn_degenerate(warn, moments, ids, k, all_coincide, some_at_global_mean, c
         warn(f"{zero_vectors} all-zero feature vectors left out of the cosine view")
 
 
-def _listing(items: list[str], limit: int = 10) -> str:
+def _listing(items: list[str], total: int | None = None, limit: int = 10) -> str:
+    """The first ``limit`` items, then how many more of ``total`` (default: all of ``items``)."""
+    total = len(items) if total is None else total
     shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+    return shown + (f" and {total - limit} more" if total > limit else "")

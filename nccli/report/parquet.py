@@ -1,10 +1,10 @@
-"""Writing and reading the Parquet report tables (``report.md``), atomically.
+"""The Parquet report tables (``report.md``): their columns and Arrow types, reading, and output locks.
 
 Undefined metrics are written as Parquet nulls (pandas shows NaN, DuckDB
-NULL). Every output is first written to a temporary file beside its target,
-flushed to disk, and renamed only when all of them are complete, so a failed
-or killed run leaves an earlier report untouched, and a report is never seen
-half-written. :func:`reserve_outputs` holds the outputs' locks
+NULL). Writing, atomically, is :mod:`nccli.report.outputs`'s job: every
+output is first written to a temporary file beside its target (named by
+:func:`temporary_prefix` and ``TEMPORARY_SUFFIX``).
+:func:`reserve_outputs` holds the outputs' locks
 (:mod:`nccli.io.lock`) while a command runs, so a second writer of the same
 report is refused instead of racing the first; holding them, it also removes
 the temporary files a killed writer left behind.
@@ -13,7 +13,6 @@ the temporary files a killed writer left behind.
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -43,7 +42,7 @@ def pair_columns(named: bool) -> tuple[str, ...]:
     return (schema.COL_FILE, schema.COL_LAYER, schema.COL_CLASS, schema.COL_CLASS_B, *names, *schema.PAIR_METRICS)
 
 
-def _arrow_type(column: str) -> pa.DataType:
+def arrow_type(column: str) -> pa.DataType:
     if column in _INT_COLUMNS:
         return pa.int64()
     if column in _STRING_COLUMNS:
@@ -57,7 +56,7 @@ def _null_if_nan(value):
 
 def to_table(rows: list[dict], columns: tuple[str, ...], metadata: dict[str, str]) -> pa.Table:
     """Rows → an Arrow table with the given column order, explicit types, and NaN as null."""
-    fields = [pa.field(column, _arrow_type(column)) for column in columns]
+    fields = [pa.field(column, arrow_type(column)) for column in columns]
     arrays = [
         pa.array([_null_if_nan(row.get(column)) for row in rows], type=field.type)
         for column, field in zip(columns, fields)
@@ -84,46 +83,14 @@ def reserve_outputs(paths: Iterable[Path]) -> Iterator[None]:
     paths = list(paths)
     with locked(paths):
         for path in paths:
-            for stale in Path(path).parent.glob(_temporary_prefix(Path(path)) + "*" + TEMPORARY_SUFFIX):
+            for stale in Path(path).parent.glob(temporary_prefix(Path(path)) + "*" + TEMPORARY_SUFFIX):
                 with contextlib.suppress(OSError):
                     stale.unlink()
         yield
 
 
-def _temporary_prefix(target: Path) -> str:
+def temporary_prefix(target: Path) -> str:
     return f".{target.name}."
-
-
-def write_tables(outputs: dict[Path, pa.Table]) -> None:
-    """Write every table to a temporary file and flush it to disk, then rename them all into place."""
-    staged: list[tuple[str, Path]] = []
-    try:
-        for target, table in outputs.items():
-            folder = target.parent or Path(".")
-            handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=TEMPORARY_SUFFIX, dir=folder)
-            os.close(handle)
-            staged.append((temporary, target))
-            pq.write_table(table, temporary)
-            _sync(temporary)
-        for temporary, target in staged:
-            os.replace(temporary, target)
-        for folder in {target.parent or Path(".") for target in outputs}:
-            _sync(folder)
-    except OSError as error:
-        raise OutputError(f"cannot write '{error.filename or target}': {error.strerror or error}") from None
-    finally:
-        for temporary, _ in staged:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-
-
-def _sync(path: str | Path) -> None:
-    """Flush a file's (or a folder's renames') data to disk, so a rename never exposes an unwritten file."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def report_metadata(result, command: str) -> dict[str, str]:
@@ -135,22 +102,6 @@ def report_metadata(result, command: str) -> dict[str, str]:
         schema.META_CONVENTIONS: json.dumps(result.conventions, ensure_ascii=False),
         schema.META_WARNINGS: json.dumps(result.warnings, ensure_ascii=False),
     }
-
-
-def write_report(
-    result, out: Path, command: str, classes_out: Path | None = None, pairs_out: Path | None = None
-) -> None:
-    """The summary table at ``out`` and, if asked, the per-class and per-pair tables."""
-    metadata = report_metadata(result, command)
-    named = any(schema.COL_CLASS_NAME in row for row in result.classes)
-    outputs = {out: to_table(result.summary, schema.SUMMARY_COLUMNS, metadata)}
-    if classes_out is not None:
-        outputs[classes_out] = to_table(result.classes, class_columns(named), metadata)
-    if pairs_out is not None:
-        outputs[pairs_out] = to_table(result.pairs, pair_columns(named), metadata)
-    if len({path.resolve() for path in outputs}) < len(outputs):
-        raise UsageError("--out, --classes and --pairs must be different files")
-    write_tables(outputs)
 
 
 def read_report(path: str | os.PathLike) -> pa.Table:
