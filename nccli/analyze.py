@@ -7,6 +7,7 @@ read, so a bad input fails in seconds, not after an hour.
 """
 
 import contextlib
+from functools import partial
 import warnings
 from dataclasses import dataclass, field
 
@@ -245,11 +246,12 @@ def analyze_file(
         if layer_pairs is not None:
             layer_pairs.close()
         if classifier is not None and config.mse:
-            metrics.summary.update(mse_decomposition(moments[layer.name], classifier, config.weight_decay))
+            metrics.summary = metrics.summary.with_opt_in(mse_decomposition(moments[layer.name], classifier, config.weight_decay))
         if classifier is not None and config.snr:
-            metrics.summary.update(_snr(moments[layer.name], lambda message, name=layer.name: _warn(result, info.path, name, message)))
+            metrics.summary = metrics.summary.with_opt_in(_snr(moments[layer.name], partial(_warn, result, info.path, layer.name)))
         if ood is not None:
-            metrics.summary["nc5_ood_orthogonality"] = ood_orthogonality(ClassMeans.of(moments[layer.name]).means, ood[layer.name])
+            orthogonality = ood_orthogonality(ClassMeans.of(moments[layer.name]).means, ood[layer.name])
+            metrics.summary = metrics.summary.with_opt_in(dict(zip(schema.OOD_METRICS, [orthogonality])))
         keys = {schema.COL_FILE: info.path, schema.COL_LAYER: layer.name}
         file_rows.append(
             {

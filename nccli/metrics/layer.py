@@ -16,6 +16,7 @@ from nccli.metrics import formulas as f
 from nccli.metrics.accumulators import ClassMoments, Decisions, Geometry
 from nccli.metrics.backend import Backend
 from nccli.metrics.pairs import PairInputs, PairStats, Tile
+from nccli.metrics.record import SummaryRecord, class_table
 from nccli.metrics.tiles import CentredMeans, etf_distance, lowest_coincident, tile_classes
 
 
@@ -61,13 +62,13 @@ class ClassMeans:
 
 @dataclass
 class LayerMetrics:
-    """Summary values (every name of ``schema.METRIC_COLUMNS``) and the per-class table as columns.
+    """Summary values (a record of every name of ``schema.METRIC_COLUMNS``) and the per-class table as columns.
 
     ``classes``: ``schema.COL_CLASS`` and every name of ``schema.CLASS_METRICS``,
     each a numpy array over present classes (NaN where undefined).
     """
 
-    summary: dict[str, float]
+    summary: SummaryRecord
     classes: dict[str, np.ndarray]
     sigma_b_rank: int = 0
 
@@ -153,8 +154,7 @@ def summarize_layer(
 
     tr_sw = float(moments.scatter.sum() / n)
     tr_sb = float(np.sum(centred**2) / k)
-    values = dict.fromkeys(schema.METRIC_COLUMNS, np.nan)
-    values.update(
+    values = dict(
         tr_sw=tr_sw,
         tr_sb=tr_sb,
         nc1=np.nan if all_coincide else f.nc1(decisions.projected_sq, spectrum, n),
@@ -205,7 +205,7 @@ def summarize_layer(
         "duality_cos": duality_cos if classifier is not None else undefined,
         "w_norm": w_norms if classifier is not None else undefined,
     }
-    return LayerMetrics(values, classes, spectrum.rank)
+    return LayerMetrics(SummaryRecord.computed(values, classifier is not None), class_table(classes), spectrum.rank)
 
 
 def _classifier_values(moments, ids, weight, w_norms, duality_cos, decisions, stats: PairStats, nc3_etf: float) -> dict:
