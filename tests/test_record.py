@@ -52,3 +52,16 @@ def test_the_class_table_has_exactly_the_registry_columns():
     assert class_table(columns) is columns
     with pytest.raises(KeyError):
         class_table({**columns, "w_nrom": [0.0]})
+
+
+def test_parquet_types_and_compact_columns_come_from_the_registry():
+    from nccli.report.formats import COMPACT_COLUMNS
+    from nccli.report.parquet import arrow_type, class_columns, pair_columns
+
+    for column in (*schema.SUMMARY_COLUMNS, *class_columns(True), *pair_columns(True)):
+        assert str(arrow_type(column)) in ("double", "int64", "string"), column
+    assert str(arrow_type(schema.CLASS_COLUMNS[0].name)) == "int64"  # 'n': the registry says int64
+    with pytest.raises(KeyError):
+        arrow_type("nc1_tidle")
+    flagged = [c.name for c in schema.METRICS if c.compact]
+    assert COMPACT_COLUMNS[-len(flagged):] == tuple(flagged) and set(COMPACT_COLUMNS) <= set(schema.SUMMARY_COLUMNS)
