@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nccli.metrics.backend import Backend
-from nccli.metrics.classifier import cross_entropy_terms
+from nccli.metrics.classifier import RunningLogSumExp
 
 
 @dataclass
@@ -186,8 +186,8 @@ class Decisions:
         rows_index = xp.arange(len(labels))
         columns = geometry.column_of_class[labels]
         own, own_free = logits[rows_index, columns], free[rows_index, columns]
-        state.ce_sum = xp.scalar(cross_entropy_terms(xp, logits, own).sum())
-        state.free_ce_sum = xp.scalar(cross_entropy_terms(xp, free, own_free).sum())
+        state.ce_sum = xp.scalar(_cross_entropy(xp, logits, own).sum())
+        state.free_ce_sum = xp.scalar(_cross_entropy(xp, free, own_free).sum())
         if logits.shape[1] > 1:
             logits[rows_index, columns] = -np.inf
             margins = own - xp.row_max(logits)
@@ -233,3 +233,10 @@ class Decisions:
             self.ce_sum,
             self.free_ce_sum,
         )
+
+
+def _cross_entropy(xp, logits, own):
+    """Per row, −log softmax(z)_own over every present class at once (one tile)."""
+    partition = RunningLogSumExp(xp, logits.shape[0])
+    partition.add(logits)
+    return partition.cross_entropy(own)

@@ -70,6 +70,12 @@ class NumpyBackend:
     def log1p(self, a):
         return np.log1p(a)
 
+    def where(self, condition, a, b):
+        return np.where(condition, a, b)
+
+    def full(self, n: int, value: float):
+        return np.full(n, value)
+
     def at_least_one(self, a):
         return np.maximum(a, 1.0)
 
@@ -141,6 +147,12 @@ class TorchBackend:
 
     def log1p(self, a):
         return self.torch.log1p(a)
+
+    def where(self, condition, a, b):
+        return self.torch.where(condition, a, b)
+
+    def full(self, n: int, value: float):
+        return self.torch.full((n,), value, dtype=self.torch.float64, device=self.device)
 
     def at_least_one(self, a):
         return self.torch.clamp(a, min=1.0)

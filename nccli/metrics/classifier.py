@@ -87,17 +87,39 @@ def excess_cross_entropy(ce_free: float, k: int, weight_sq_norm: float, features
     return float(ce_free - optimal_cross_entropy(k, alpha, beta))
 
 
-def cross_entropy_terms(xp, logits, own):
-    """Per row, log Σ_c exp(z_c) − z_own = log1p(Σ_{c ≠ top} exp(z_c − z_top)) + (z_top − z_own).
+class RunningLogSumExp:
+    """Per row, log Σ_c m_c exp(z_c) over the classes, folded one tile of classes at a time.
 
-    The largest logit's term (exactly 1) is left out of the sum, so near
-    collapse, where the loss is e^{−gap}-small, log1p keeps it rather than
-    log(1 + tiny). ``logits`` (B, K) and ``own`` (B,) are backend arrays;
-    ``logits`` is left unchanged.
+    Kept as (``top``, ``rest``): top = max_c z_c and rest = Σ_c m_c exp(z_c − top) − 1,
+    the top term's exact 1 left out, so that near collapse, where the loss is
+    (K−1)e^{−gap}-small, ``log1p(rest)`` keeps it where log(1 + tiny) would not.
+    ``m_c`` (default 1) counts classes that share one logit column. Merging two
+    tiles is exact up to rounding and does not depend on how the classes were cut.
     """
-    rows = xp.arange(logits.shape[0])
-    top_column = xp.argmax(logits)
-    top = logits[rows, top_column]
-    shifted = xp.exp(logits - top[:, None])
-    shifted[rows, top_column] = 0.0
-    return xp.log1p(shifted.sum(1)) + (top - own)
+
+    def __init__(self, xp, rows: int):
+        self.xp = xp
+        self.top = xp.full(rows, -np.inf)
+        self.rest = xp.zeros(rows)
+
+    def add(self, logits, multiplicity=None) -> None:
+        """Fold a (rows × classes) tile of logits; ``multiplicity`` (classes,) or None."""
+        xp = self.xp
+        rows = xp.arange(logits.shape[0])
+        column = xp.argmax(logits)
+        top = logits[rows, column]
+        scaled = xp.exp(logits - top[:, None])
+        if multiplicity is not None:
+            scaled = scaled * multiplicity[None, :]
+        scaled[rows, column] -= 1.0  # the top entry is exactly m·1: m − 1 exactly
+        rest = scaled.sum(1)
+        higher = top > self.top
+        with np.errstate(over="ignore", invalid="ignore"):  # the branch where() drops may overflow
+            self.rest = xp.where(
+                higher, (self.rest + 1.0) * xp.exp(self.top - top) + rest, self.rest + (rest + 1.0) * xp.exp(top - self.top)
+            )
+        self.top = xp.where(higher, top, self.top)
+
+    def cross_entropy(self, own):
+        """Per row, log Σ_c m_c exp(z_c) − z_own = log1p(rest) + (top − z_own)."""
+        return self.xp.log1p(self.rest) + (self.top - own)
