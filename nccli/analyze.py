@@ -7,15 +7,22 @@ read, so a bad input fails in seconds, not after an hour.
 """
 
 import contextlib
-from functools import partial
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
 from nccli import schema
 from nccli.errors import DegenerateMetricWarning, FeatureFileError, UsageError
-from nccli.io.reader import FeatureFile, FeatureFileInfo, LayerInfo, memory_budget, open_feature_file, read_info
+from nccli.io.reader import (
+    FeatureFile,
+    FeatureFileInfo,
+    LayerInfo,
+    memory_budget,
+    open_feature_file,
+    read_info,
+)
 from nccli.metrics import formulas
 from nccli.metrics.backend import Backend, select_backend
 from nccli.metrics.layer import ClassMeans, build_geometry, summarize_layer

@@ -8,19 +8,19 @@ singleton classes and imbalance, on the numpy and the torch backend.
 
 import math
 
+import closed_forms as cf
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
-import closed_forms as cf
 from analysis_helpers import analyze_arrays, assert_close, assert_matches_reference
 from h5files import write_feature_file
+from reference import reference_metrics
+from typer.testing import CliRunner
+
 from nccli import schema
 from nccli.analyze import AnalyzeConfig, analyze_features
 from nccli.cli import app
 from nccli.errors import UsageError
 from nccli.metrics.backend import TorchBackend
-from reference import reference_metrics
 
 NEW_COLUMNS = (
     "nc1_dist_ratio", "nc2_tirer", "gnc2_dist_var", "gnc2_log_var", *schema.W_METRICS, "nc3_tirer",

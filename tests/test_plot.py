@@ -15,7 +15,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from nccli import schema  # noqa: E402
 from nccli.cli import app  # noqa: E402
-from nccli.report import plots  # noqa: E402
+from nccli.report import panels, plots  # noqa: E402
 
 NC1 = schema.NC1_METRICS[2]
 EQUINORM = schema.NC2_METRICS[0]
@@ -24,7 +24,7 @@ MARGIN_MIN = schema.NCC_METRICS[3]
 EPOCHS = (1, 10, 100, 300)
 SPLITS = ("train", "test")
 LAYERS = ("stem", "layer1.0.relu", "avgpool")
-EPOCH_PIXELS, DEPTH_PIXELS = plots.figure_pixels(9), plots.figure_pixels(7)
+EPOCH_PIXELS, DEPTH_PIXELS = panels.figure_pixels(9), panels.figure_pixels(7)
 INT_COLUMNS = {
     schema.COL_EPOCH,
     schema.COL_LAYER_ORDER,
@@ -135,7 +135,7 @@ def test_chosen_metrics_set_the_panels_and_the_size(report, tmp_path):
     result = _plot(report, "--out", out, "--metrics", f"{NC1}, {EQUINORM}")
     assert result.exit_code == 0, result.output
     for path in out.iterdir():
-        assert _png_pixels(path) == plots.figure_pixels(2) == (800, 380)
+        assert _png_pixels(path) == panels.figure_pixels(2) == (800, 380)
 
 
 @pytest.mark.parametrize("fmt, magic", [("svg", b"<svg"), ("pdf", b"%PDF")])
@@ -153,14 +153,14 @@ def test_layer_option_follows_that_layer(report, tmp_path):
     assert result.exit_code == 0, result.output
     # Classifier-only metrics are null on that layer: skipped, and said so.
     assert f"warning: metric '{CLF_ACC}' is null" in result.stderr
-    assert _png_pixels(tmp_path / "out" / f"{plots.EPOCHS_FILE}.png") == plots.figure_pixels(5)
+    assert _png_pixels(tmp_path / "out" / f"{plots.EPOCHS_FILE}.png") == panels.figure_pixels(5)
 
 
 def test_all_null_metric_is_skipped_with_a_warning(report, tmp_path):
     result = _plot(report, "--out", tmp_path / "out", "--kind", "epochs", "--metrics", f"{NC1},{MARGIN_MIN}")
     assert result.exit_code == 0, result.output
     assert f"warning: metric '{MARGIN_MIN}' is null on every row" in result.stderr
-    assert _png_pixels(tmp_path / "out" / f"{plots.EPOCHS_FILE}.png") == plots.figure_pixels(1)
+    assert _png_pixels(tmp_path / "out" / f"{plots.EPOCHS_FILE}.png") == panels.figure_pixels(1)
 
 
 def test_only_null_metrics_is_an_error(report, tmp_path):
@@ -246,7 +246,7 @@ def test_nc2_panels_draw_the_classifier_rows_beside_the_class_means(report, tmp_
     """Papyan et al. Figs. 2–4: each NC2 panel holds the class means' line and the classifier rows' line."""
     (figure,) = _figures(monkeypatch, report, tmp_path, kind="epochs")
     rows = [row for row in pq.read_table(report).to_pylist() if row[schema.COL_LAYER] == LAYERS[-1]]
-    for shared in plots.SHARED_PANELS[1:4]:
+    for shared in panels.SHARED_PANELS[1:4]:
         ax = _panel(figure, shared.title)
         labels = ax.get_legend_handles_labels()[1]
         for split in SPLITS:
@@ -264,8 +264,8 @@ def test_margin_and_loss_panels_over_epochs(report, tmp_path, monkeypatch):
     (figure,) = _figures(monkeypatch, report, tmp_path, kind="epochs")
     margin, ce_loss, ce_excess = schema.LOSS_METRICS[0], *schema.LOSS_METRICS[2:]
     assert _panel(figure, schema.METRIC_BY_NAME[margin].title).get_lines()
-    loss = _panel(figure, plots.SHARED_PANELS[-1].title)
-    assert plots.SHARED_PANELS[-1].metrics == (ce_loss, ce_excess)
+    loss = _panel(figure, panels.SHARED_PANELS[-1].title)
+    assert panels.SHARED_PANELS[-1].metrics == (ce_loss, ce_excess)
     assert len([line for line in loss.get_lines() if line.get_label().startswith("train")]) == 2
 
 
@@ -275,4 +275,4 @@ def test_a_shared_panel_left_with_one_metric_takes_its_title(report, tmp_path, m
         (figure,) = _figures(monkeypatch, report, tmp_path, kind="epochs", layer=LAYERS[1])
     titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
     assert schema.METRIC_BY_NAME[EQUINORM].title in titles
-    assert plots.SHARED_PANELS[1].title not in titles
+    assert panels.SHARED_PANELS[1].title not in titles

@@ -17,7 +17,12 @@ from nccli.metrics.accumulators import ClassMoments, Decisions, Geometry
 from nccli.metrics.backend import Backend
 from nccli.metrics.pairs import PairInputs, PairStats, Tile
 from nccli.metrics.record import SummaryRecord, class_table
-from nccli.metrics.tiles import CentredMeans, etf_distance, lowest_coincident, tile_classes
+from nccli.metrics.tiles import (
+    CentredMeans,
+    etf_distance,
+    lowest_coincident,
+    tile_classes,
+)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ W̃_LS = (Σ_c (n_c/N) e_c μ̃_cᵀ) A⁺. This is the one metric that needs a
 import numpy as np
 
 from nccli import schema
-
 from nccli.metrics.accumulators import ClassMoments
 from nccli.metrics.layer import Classifier
 

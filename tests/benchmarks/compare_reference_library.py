@@ -75,11 +75,22 @@ def library_side(arrays_path: str, library: str) -> dict:
     """Runs in the library's interpreter: its accumulators and measurements, float64, as its README shows."""
     sys.path.insert(0, library)
     import torch
-    from neural_collapse.accumulate import CovarAccumulator, DecAccumulator, MeanAccumulator, VarNormAccumulator
+    from neural_collapse.accumulate import (
+        CovarAccumulator,
+        DecAccumulator,
+        MeanAccumulator,
+        VarNormAccumulator,
+    )
     from neural_collapse.kernels import kernel_stats, log_kernel
     from neural_collapse.measure import (
-        clf_ncc_agreement, covariance_ratio, mean_norms, orthogonality_deviation, self_duality_error,
-        similarities, simplex_etf_error, variability_cdnv,
+        clf_ncc_agreement,
+        covariance_ratio,
+        mean_norms,
+        orthogonality_deviation,
+        self_duality_error,
+        similarities,
+        simplex_etf_error,
+        variability_cdnv,
     )
 
     data = np.load(arrays_path)
