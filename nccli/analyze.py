@@ -2,8 +2,9 @@
 
 Per file, two passes over the rows serve all selected layers at once
 (pass 1: class moments; pass 2: projections on the between-class span and the
-NCC / classifier decisions). Everything is validated before the first row is
-read, so a bad input fails in seconds, not after an hour.
+NCC / classifier decisions), or each group of layers in turn when their state
+does not fit in memory together (``plan.py``). Everything is validated before
+the first row is read, so a bad input fails in seconds, not after an hour.
 """
 
 import contextlib
@@ -15,21 +16,22 @@ import numpy as np
 
 from nccli import schema
 from nccli.conventions import conventions
-from nccli.errors import DegenerateMetricWarning, FeatureFileError, UsageError
+from nccli.errors import DegenerateMetricWarning, UsageError
 from nccli.io.reader import (
     FeatureFile,
     FeatureFileInfo,
     LayerInfo,
-    memory_budget,
     open_feature_file,
     read_info,
 )
 from nccli.metrics import formulas
 from nccli.metrics.backend import Backend, select_backend
-from nccli.metrics.layer import ClassMeans, build_geometry, summarize_layer
+from nccli.metrics.geometry import build_geometry
+from nccli.metrics.layer import ClassMeans, summarize_layer
 from nccli.metrics.mse import MSE_MAX_DIM, mse_decomposition
 from nccli.metrics.spectra import snr_extremes
 from nccli.ood import check_ood, ood_means, ood_orthogonality
+from nccli.plan import layer_groups, state_budget
 from nccli.progress import progress_bar
 from nccli.references import pair_references
 from nccli.report.tables import LayerPairs, PairSink, check_pairs_size, class_table
@@ -105,13 +107,17 @@ def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None) -> An
             _check_matrix_width(infos, selections, option)
     ood_info = read_info(config.ood) if config.ood else None
     ood_layers = check_ood(ood_info, infos, selections) if ood_info else ()
-    for info, layers in zip(infos, selections):
-        _check_state_size(info, layers)
     if pairs is not None and config.pairs_top is None:
         check_pairs_size([info.num_classes for info, layers in zip(infos, selections) for _ in layers])
     pair_output = _PairOutput(pairs, any(info.class_names is not None for info in infos), config.pairs_top)
     needed = _reference_layers(references, selections)
-    total = sum(2 * info.n_samples for info in infos) + sum(reference.n_samples for reference, _ in needed.values())
+    budget = state_budget(xp) - sum(  # the reference means kept while files use them
+        8 * reference.num_classes * layer.dim for reference, layers in needed.values() for layer in layers
+    )
+    plans = [layer_groups(xp, info, layers, config, budget) for info, layers in zip(infos, selections)]
+    reference_plans = {path: layer_groups(xp, reference, layers, config, budget) for path, (reference, layers) in needed.items()}
+    total = sum(2 * info.n_samples * len(groups) for info, groups in zip(infos, plans))
+    total += sum(reference.n_samples * len(reference_plans[path]) for path, (reference, _) in needed.items())
     total += ood_info.n_samples if ood_info else 0
     result = AnalysisResult()
     with contextlib.ExitStack() as stack:
@@ -120,12 +126,12 @@ def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None) -> An
         stack.callback(scanner.close)
         ood = ood_means(scanner, ood_info, ood_layers) if ood_info else None
         means: dict[str, dict[str, ClassMeans]] = {}
-        for index, (info, layers, reference) in enumerate(zip(infos, selections, references)):
+        for index, (info, layers, groups, reference) in enumerate(zip(infos, selections, plans, references)):
             if reference is not None and reference.path not in means:
-                means[reference.path] = _reference_means(scanner, reference, needed[reference.path][1])
+                means[reference.path] = _reference_means(scanner, reference, reference_plans[reference.path])
             with open_feature_file(info.path, probed=True, expected=info) as feature_file:
                 reference_means = None if reference is None else means[reference.path]
-                analyze_file(xp, scanner, feature_file, layers, reference_means, config, result, pair_output, ood)
+                analyze_file(xp, scanner, feature_file, layers, reference_means, config, result, groups, pair_output, ood)
             if reference is not None and all(later is not reference for later in references[index + 1 :]):
                 del means[reference.path]  # a reference's means are kept only while a later file uses them
     result.conventions = conventions(config, xp.name, result.summary, dict(zip(config.files, references)))
@@ -145,11 +151,15 @@ def _reference_layers(references, selections) -> dict[str, tuple[FeatureFileInfo
     }
 
 
-def _reference_means(scanner: Scanner, reference: FeatureFileInfo, layers: tuple[LayerInfo, ...]) -> dict[str, ClassMeans]:
-    """The class means of ``layers`` in a --means-from file: one pass over its rows, once per run."""
+def _reference_means(scanner: Scanner, reference: FeatureFileInfo, groups: list[tuple[LayerInfo, ...]]) -> dict[str, ClassMeans]:
+    """The class means of the layers in ``groups`` in a --means-from file: one pass over its rows per group,
+    once per run."""
+    means = {}
     with open_feature_file(reference.path, probed=True, expected=reference) as feature_file:
-        moments = scanner.moments(feature_file, layers, None)
-    return {name: ClassMeans.of(state) for name, state in moments.items()}
+        for layers in groups:
+            moments = scanner.moments(feature_file, layers, None)
+            means.update((name, ClassMeans.of(state)) for name, state in moments.items())
+    return means
 
 
 def _check_config(config: AnalyzeConfig, with_pairs: bool) -> None:
@@ -175,23 +185,6 @@ def _check_config(config: AnalyzeConfig, with_pairs: bool) -> None:
         raise UsageError(f"--jobs {config.jobs} spreads rows over CPU processes; it does not combine with --device {config.device}")
 
 
-STATE_BYTES_MAX = 16 * 2**30
-
-
-def _check_state_size(info: FeatureFileInfo, layers: tuple[LayerInfo, ...]) -> None:
-    """Refuse before allocating when the declared class count would need absurd state (2 × C × d float64 per layer)."""
-    needed = sum(2 * info.num_classes * layer.dim * 8 for layer in layers)
-    limit = min(STATE_BYTES_MAX, memory_budget())
-    if needed > limit:
-        raise FeatureFileError(
-            info.path,
-            "",
-            f"num_classes = {info.num_classes} would need {needed / 2**30:.0f} GiB of per-class state for the selected layers "
-            f"(limit {limit / 2**30:.1f} GiB: half the memory available, at most {STATE_BYTES_MAX // 2**30} GiB); "
-            "check the 'num_classes' attribute or select fewer layers",
-        )
-
-
 def _check_matrix_width(infos: list[FeatureFileInfo], selections, option: str) -> None:
     """--mse and --snr need the classifier layer's d × d within-class matrix: refuse above MSE_MAX_DIM."""
     for info, layers in zip(infos, selections):
@@ -212,19 +205,47 @@ def analyze_file(
     reference_means,
     config: AnalyzeConfig,
     result: AnalysisResult,
+    groups: list[tuple[LayerInfo, ...]] | None = None,
     pair_output: "_PairOutput | None" = None,
     ood: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """One file's two passes, its rows appended to ``result``; ``measure_collapse`` runs it on batches in memory.
+    """One file's passes, its rows appended to ``result``; ``measure_collapse`` runs it on batches in memory.
 
-    ``pair_output``: where the per-pair rows go (default: nowhere; the pair summaries are computed all the same);
-    ``ood``: μ_ood per layer name (``--ood``), for ``nc5_ood_orthogonality``.
+    ``groups``: ``layers`` cut into groups that fit in memory together (``plan.layer_groups``), two passes
+    each; None = one group. ``pair_output``: where the per-pair rows go (default: nowhere; the pair
+    summaries are computed all the same). ``ood``: μ_ood per layer name (``--ood``), for
+    ``nc5_ood_orthogonality``.
     """
     info = feature_file.info
     pair_output = pair_output or _PairOutput(None, info.class_names is not None, None)
+    for option, asked, names in (("--mse", config.mse, "mse_*"), ("--snr", config.snr, "snr_*")):
+        if asked and feature_file.classifier is None:
+            _warn(result, info.path, None, f"no /classifier/weight: {names} reported as null ({option})")
+    file_rows = []
+    for group in groups or [layers]:
+        file_rows.extend(_analyze_layers(xp, scanner, feature_file, group, reference_means, config, result, pair_output, ood))
+    depth = effective_depth(file_rows, config.depth_epsilon)
+    for row in file_rows:
+        row[schema.COL_EFFECTIVE_DEPTH] = depth
+    result.summary.extend(file_rows)
+    result.provenance[info.path] = info.provenance
+
+
+def _analyze_layers(
+    xp: Backend,
+    scanner: Scanner,
+    feature_file: FeatureFile,
+    layers: tuple[LayerInfo, ...],
+    reference_means,
+    config: AnalyzeConfig,
+    result: AnalysisResult,
+    pair_output: "_PairOutput",
+    ood: dict[str, np.ndarray] | None,
+) -> list[dict]:
+    """Pass 1, geometry, pass 2 and the summaries of ``layers``: their summary rows."""
+    info = feature_file.info
     classifier_layer = info.classifier_layer if feature_file.classifier is not None else None
-    matrix = config.mse or config.snr
-    moments = scanner.moments(feature_file, layers, classifier_layer if matrix else None)
+    moments = scanner.moments(feature_file, layers, classifier_layer if config.mse or config.snr else None)
 
     spectra, geometries = {}, {}
     for layer in layers:
@@ -234,10 +255,8 @@ def analyze_file(
         classifier = feature_file.classifier if layer.name == classifier_layer else None
         geometries[layer.name] = build_geometry(xp, host, spectra[layer.name], ncc_reference, classifier)
     decisions = scanner.decisions(feature_file, layers, geometries)
+    del geometries  # (K, d) arrays per layer that the summaries no longer need
 
-    for option, asked, names in (("--mse", config.mse, "mse_*"), ("--snr", config.snr, "snr_*")):
-        if asked and classifier_layer is None:
-            _warn(result, info.path, None, f"no /classifier/weight: {names} reported as null ({option})")
     file_rows = []
     for layer in layers:
         classifier = feature_file.classifier if layer.name == classifier_layer else None
@@ -276,12 +295,7 @@ def analyze_file(
             }
         )
         result.classes.append(class_table(info.path, layer.name, metrics.classes, info.class_names, pair_output.named))
-
-    depth = effective_depth(file_rows, config.depth_epsilon)
-    for row in file_rows:
-        row[schema.COL_EFFECTIVE_DEPTH] = depth
-    result.summary.extend(file_rows)
-    result.provenance[info.path] = info.provenance
+    return file_rows
 
 
 def _snr(moments, warn) -> dict[str, float]:

@@ -21,8 +21,9 @@ from typing import Callable
 from nccli.errors import UsageError
 from nccli.io.reader import FeatureFile, LayerInfo, open_feature_file
 from nccli.io.validate import shown
-from nccli.metrics.accumulators import ClassMoments, Decisions, Geometry
+from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import Backend, NumpyBackend
+from nccli.metrics.geometry import Geometry
 
 RANGES_PER_JOB = 4  # more ranges than workers evens out slow ones
 POOL_START_SECONDS = 120.0  # spawned workers import numpy and h5py: seconds on a loaded machine
@@ -169,15 +170,21 @@ class Scanner:
         if self._pool is None:
             return pass_function(self.xp, feature_file, layers, argument, block_rows, 0, n, self.advance)
         names = tuple(layer.name for layer in layers)
+        ranges = row_ranges(n, block_rows, self.jobs * RANGES_PER_JOB)
         futures = {
-            self._pool.submit(_in_worker, pass_function, feature_file.info.path, names, argument, block_rows, start, stop): stop
-            - start
-            for start, stop in row_ranges(n, block_rows, self.jobs * RANGES_PER_JOB)
+            self._pool.submit(_in_worker, pass_function, feature_file.info.path, names, argument, block_rows, start, stop): index
+            for index, (start, stop) in enumerate(ranges)
         }
+        # Merge in range order (a fixed merge order gives the same rounding every run), as soon as the
+        # next range is in: the parent then holds few O(K·d) states at once, not one per range.
+        waiting, merged, next_index = {}, None, 0
         for future in concurrent.futures.as_completed(futures):
-            self.advance(futures[future])
-        states = [future.result() for future in futures]  # range order: the merge order is fixed
-        merged = states[0]
-        for state in states[1:]:
-            merged = {name: merged[name].merge(state[name]) for name in names}
+            index = futures.pop(future)
+            start, stop = ranges[index]
+            self.advance(stop - start)
+            waiting[index] = future.result()
+            while next_index in waiting:
+                state = waiting.pop(next_index)
+                merged = state if merged is None else {name: merged[name].merge(state[name]) for name in names}
+                next_index += 1
         return merged

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from nccli.metrics import formulas
 from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import NumpyBackend, TorchBackend, select_backend
-from nccli.metrics.layer import ClassMeans, Classifier, build_geometry
+from nccli.metrics.geometry import build_geometry
+from nccli.metrics.layer import ClassMeans, Classifier
 
 NUM_CLASSES, DIM = 4, 5
 

@@ -11,22 +11,29 @@ Two passes over the rows, state in float64, O(K·d) per layer:
 * pass 2, :class:`Decisions`: with the final means fixed, the squared
   projections of the residuals h_i − μ_{y_i} on the span of the centred means
   (where Σ_B⁺ lives, so tr(Σ_W Σ_B⁺) is exact for any d), and the decisions
-  of the nearest-class-centre rule and of the classifier.
+  of the nearest-class-centre rule and of the classifier, tile by tile over
+  classes (:mod:`nccli.metrics.geometry`).
 
 ``merge(a, b)`` equals one pass over the rows of both.
 """
 
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from nccli.metrics.backend import Backend
-from nccli.metrics.classifier import RunningLogSumExp
+
+if TYPE_CHECKING:  # geometry.py imports layer.py, which imports this module
+    from nccli.metrics.geometry import Geometry
 
 
 @dataclass
 class ClassMoments:
-    """Pass-1 state: per-class moments of one layer (rows indexed by class id)."""
+    """Pass-1 state: per-class moments of one layer.
+
+    Row c belongs to class c, or, in a block's own state (``ids`` set), to
+    class ``ids[c]``: a block touches only the classes present in it, so its
+    state and its merge cost O(classes in the block · d), not O(K · d).
+    """
 
     xp: Backend
     count: object  # (C,) float64: n_c (exact below 2**53)
@@ -35,6 +42,7 @@ class ClassMoments:
     unit_sum: object  # (C, d) Σ_{i∈c, h_i≠0} h_i/‖h_i‖
     unit_count: object  # (C,) number of non-zero h_i
     within: object = None  # (d, d) within-class scatter matrix, MSE only
+    ids: object = None  # class id of each row (a block's state), None = all classes
 
     @classmethod
     def empty(cls, xp: Backend, num_classes: int, dim: int, with_matrix: bool = False) -> "ClassMoments":
@@ -48,50 +56,59 @@ class ClassMoments:
             xp.zeros(dim, dim) if with_matrix else None,
         )
 
+    @staticmethod
+    def state_bytes(num_classes: int, dim: int, with_matrix: bool = False) -> int:
+        """Bytes of a whole layer's state: two (C, d) and three (C,) float64 arrays (+ d² with the matrix)."""
+        return 8 * (num_classes * (2 * dim + 3) + (dim * dim if with_matrix else 0))
+
     @classmethod
-    def of_block(cls, xp: Backend, rows, labels, num_classes: int, with_matrix: bool = False) -> "ClassMoments":
-        """Moments of one block of rows (float64 backend arrays), centred on the block's own means."""
+    def of_block(cls, xp: Backend, rows, labels, with_matrix: bool = False) -> "ClassMoments":
+        """Moments of one block of rows (float64 backend arrays) for the classes present in it
+        (``ids``), centred on the block's own means."""
         rows, labels = xp.grouped(rows, labels)
-        count = xp.bincount(labels, num_classes)
-        mean = xp.segment_sum(rows, labels, num_classes) / xp.at_least_one(count)[:, None]
-        residuals = rows - mean[labels]
-        scatter = xp.bincount(labels, num_classes, weights=xp.rowdot(residuals, residuals))
+        groups = xp.groups(labels)
+        mean = xp.segment_sum(rows, groups) / groups.count[:, None]
+        residuals = rows - mean[groups.index]
+        scatter = xp.group_sum(xp.rowdot(residuals, residuals), groups)
         norms = xp.sqrt(xp.rowdot(rows, rows))
         nonzero = norms > 0
-        if not bool(nonzero.all()):  # zero vectors leave the cosine view; copy only when there are some
-            rows, labels, norms = rows[nonzero], labels[nonzero], norms[nonzero]
-        unit_sum = xp.segment_sum(rows / norms[:, None], labels, num_classes)
-        unit_count = xp.bincount(labels, num_classes)
+        # A zero vector leaves the cosine view: dividing it by 1 keeps it zero, so every row stays in its run.
+        unit_sum = xp.segment_sum(rows / (norms + ~nonzero)[:, None], groups)
+        unit_count = xp.group_sum(1.0 * nonzero, groups)
         within = residuals.T @ residuals if with_matrix else None
-        return cls(xp, count, mean, scatter, unit_sum, unit_count, within)
+        return cls(xp, groups.count, mean, scatter, unit_sum, unit_count, within, groups.ids)
 
-    def merge(self, other: "ClassMoments") -> "ClassMoments":
-        """Chan et al. pairwise update: exact and centred."""
-        xp = self.xp
-        count = self.count + other.count
+    def _combined(self, other: "ClassMoments"):
+        """Chan et al. pairwise update of this state's rows for ``other``'s classes: exact and centred."""
+        xp, at = self.xp, slice(None) if other.ids is None else other.ids
+        count_a, mean_a = self.count[at], self.mean[at]
+        count = count_a + other.count
         share = other.count / xp.at_least_one(count)  # n_b / n, 0 for absent classes
-        delta = other.mean - self.mean
-        mean = self.mean + delta * share[:, None]
-        weight = self.count * share  # n_a n_b / n
-        scatter = self.scatter + other.scatter + weight * xp.rowdot(delta, delta)
+        delta = other.mean - mean_a
+        weight = count_a * share  # n_a n_b / n
         within = None
         if self.within is not None:
             within = self.within + other.within + (delta * weight[:, None]).T @ delta
-        return ClassMoments(
-            xp,
+        return (
             count,
-            mean,
-            scatter,
-            self.unit_sum + other.unit_sum,
-            self.unit_count + other.unit_count,
+            mean_a + delta * share[:, None],
+            self.scatter[at] + other.scatter + weight * xp.rowdot(delta, delta),
+            self.unit_sum[at] + other.unit_sum,
+            self.unit_count[at] + other.unit_count,
             within,
         )
 
+    def merge(self, other: "ClassMoments") -> "ClassMoments":
+        """Both states (over all classes) merged, as one pass over both."""
+        return ClassMoments(self.xp, *self._combined(other))
+
     def update(self, rows, labels) -> None:
-        """Fold one block of rows into this state."""
-        num_classes = self.count.shape[0]
-        merged = self.merge(ClassMoments.of_block(self.xp, rows, labels, num_classes, self.within is not None))
-        self.__dict__.update(merged.__dict__)
+        """Fold one block of rows into this state, in place, touching only the block's classes."""
+        block = ClassMoments.of_block(self.xp, rows, labels, self.within is not None)
+        count, mean, scatter, unit_sum, unit_count, self.within = self._combined(block)
+        at = block.ids
+        self.count[at], self.mean[at], self.scatter[at] = count, mean, scatter
+        self.unit_sum[at], self.unit_count[at] = unit_sum, unit_count
 
     def host(self) -> "ClassMoments":
         """The same state as numpy arrays."""
@@ -102,34 +119,6 @@ class ClassMoments:
         )
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """What pass 2 needs from pass 1, on the backend's device.
-
-    One matrix product serves every pass-2 quantity: rows centred on
-    ``origin`` (μ_G, so common offsets cost no precision) times ``stacked`` =
-    [V | C_nccᵀ | W_presentᵀ], where V (d × ``rank``) spans Σ_B's kept
-    eigen-directions, C_ncc holds the ``ncc_count`` class means the NCC rule
-    uses (this file's, or the reference file's with ``--means-from``) and W
-    the classifier's rows of present classes (if any), all relative to
-    ``origin``. ``projected_means`` (C × rank): (μ_c − origin)ᵀV per class;
-    ``bias``: b + Wᵀorigin for present classes, or None without a classifier.
-    """
-
-    origin: object
-    stacked: object
-    rank: int
-    projected_means: object
-    ncc_count: int
-    ncc_sqnorms: object
-    ncc_ids: object
-    present_ids: object
-    column_of_class: object
-    centres: object = None
-    bias: object = None
-    free_bias: object = None
-
-
 @dataclass
 class Decisions:
     """Pass-2 state of one layer.
@@ -137,7 +126,7 @@ class Decisions:
     Besides the decisions: Σ_i ‖h_i − μ_{y_i}‖ and Σ_i ‖h_i − μ_G‖
     (``nc1_dist_ratio``), and on the classifier layer the smallest bias-free
     margin and the summed cross-entropies of Wh + b and of Wh (seeds
-    ``002_*``, ``003_*``, ``004_*``).
+    ``002_*``, ``003_*``, ``004_*``), over every present class tile by tile.
     """
 
     xp: Backend
@@ -158,43 +147,34 @@ class Decisions:
         return cls(xp, xp.zeros(rank), xp.zeros(num_classes), xp.zeros(num_classes))
 
     @classmethod
-    def of_block(cls, xp: Backend, geometry: Geometry, rows, labels, num_classes: int) -> "Decisions":
-        centred = rows - geometry.origin
-        products = centred @ geometry.stacked
-        rank, ncc_end = geometry.rank, geometry.rank + geometry.ncc_count
-        projected = products[:, :rank] - geometry.projected_means[labels]
-        distances = geometry.ncc_sqnorms[None, :] - 2.0 * products[:, rank:ncc_end]
-        ncc_pred = geometry.ncc_ids[xp.argmin(distances)]
+    def of_block(cls, xp: Backend, geometry: "Geometry", rows, labels, num_classes: int) -> "Decisions":
+        block = geometry.block(xp, rows)
+        residuals = block.centred - geometry.own_centres[geometry.column_of_class[labels]]
+        projected = residuals @ geometry.basis
+        ncc_pred = geometry.nearest(xp, block)
         state = cls(
             xp,
             (projected * projected).sum(0),
             xp.bincount(labels, num_classes, weights=1.0 * (ncc_pred == labels)),
             xp.zeros(num_classes),
         )
-        residuals = centred - geometry.centres[labels]
         state.own_distance_sum = xp.scalar(xp.sqrt(xp.rowdot(residuals, residuals)).sum())
-        state.global_distance_sum = xp.scalar(xp.sqrt(xp.rowdot(centred, centred)).sum())
-        if geometry.bias is None:
+        state.global_distance_sum = xp.scalar(block.norms.sum())
+        if geometry.weight is None:
             return state
-        logits = products[:, ncc_end:] + geometry.bias
-        free = products[:, ncc_end:] + geometry.free_bias
-        clf_pred = geometry.present_ids[xp.argmax(logits)]
+        clf_pred, own, other = geometry.classify(xp, block, labels)
         state.clf_correct = xp.bincount(labels, num_classes, weights=1.0 * (clf_pred == labels))
         state.mismatch = xp.scalar((clf_pred != ncc_pred).sum())
         if not len(labels):
             return state
-        rows_index = xp.arange(len(labels))
-        columns = geometry.column_of_class[labels]
-        own, own_free = logits[rows_index, columns], free[rows_index, columns]
-        state.ce_sum = xp.scalar(_cross_entropy(xp, logits, own).sum())
-        state.free_ce_sum = xp.scalar(_cross_entropy(xp, free, own_free).sum())
-        if logits.shape[1] > 1:
-            logits[rows_index, columns] = -np.inf
-            margins = own - xp.row_max(logits)
+        _, own_free, other_free = geometry.classify(xp, block, labels, free=True)
+        ce, free_ce = geometry.cross_entropies(xp, block, labels)
+        state.ce_sum, state.free_ce_sum = xp.scalar(ce.sum()), xp.scalar(free_ce.sum())
+        if len(geometry.own_centres) > 1:
+            margins = own - other
             state.margin_min = xp.scalar(margins.min())
             state.margin_sum = xp.scalar(margins.sum())
-            free[rows_index, columns] = -np.inf
-            state.free_margin_min = xp.scalar((own_free - xp.row_max(free)).min())
+            state.free_margin_min = xp.scalar((own_free - other_free).min())
         return state
 
     def merge(self, other: "Decisions") -> "Decisions":
@@ -213,7 +193,7 @@ class Decisions:
             self.free_ce_sum + other.free_ce_sum,
         )
 
-    def update(self, geometry: Geometry, rows, labels) -> None:
+    def update(self, geometry: "Geometry", rows, labels) -> None:
         block = Decisions.of_block(self.xp, geometry, rows, labels, self.ncc_correct.shape[0])
         self.__dict__.update(self.merge(block).__dict__)
 
@@ -233,10 +213,3 @@ class Decisions:
             self.ce_sum,
             self.free_ce_sum,
         )
-
-
-def _cross_entropy(xp, logits, own):
-    """Per row, −log softmax(z)_own over every present class at once (one tile)."""
-    partition = RunningLogSumExp(xp, logits.shape[0])
-    partition.add(logits)
-    return partition.cross_entropy(own)

@@ -6,17 +6,35 @@ On the CPU analyze never imports torch: ``auto`` only looks for torch when an
 NVIDIA driver is present.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nccli.errors import UsageError
 
+# Label runs at least this long are summed by one BLAS product each; shorter ones in batches (segment_sum).
+LONG_RUN = 32
+
+
+@dataclass(frozen=True)
+class Groups:
+    """The classes present in one block: ``ids`` ascending, ``count`` (float64) rows of each, ``index``
+    the group of each row; on numpy (rows sorted by label) also each run's ``starts`` and ``lengths``."""
+
+    ids: object
+    count: object
+    index: object
+    starts: np.ndarray | None = None
+    lengths: np.ndarray | None = None
+
 
 class NumpyBackend:
     """float64 numpy on the host."""
 
     name = "cpu"
+    tile_bytes = 32 * 2**20  # pass 2's block × class-tile products (metrics/geometry.py)
+    single_unit = 2.0**-24  # unit roundoff of its float32 products
 
     def features(self, block: np.ndarray):
         return np.asarray(block, dtype=np.float64)
@@ -37,26 +55,55 @@ class NumpyBackend:
         return np.bincount(labels, weights=weights, minlength=length).astype(np.float64)
 
     def grouped(self, rows, labels):
-        """Rows and labels sorted by label, so that segment sums need no gather."""
-        order = np.argsort(labels, kind="stable")
-        return rows[order], labels[order]
+        """Rows and labels sorted by label, so that each class's rows are one run (no gather per class)."""
+        if len(labels) > 1 and (labels[1:] < labels[:-1]).any():
+            order = np.argsort(labels, kind="stable")
+            rows, labels = rows[order], labels[order]
+        return rows, labels
 
-    def segment_sum(self, rows, labels, length: int):
-        """Row sums per label: (length, d), one BLAS product per run of equal labels (O(B·d), no one-hot).
+    def groups(self, labels) -> Groups:
+        """The runs of equal labels in ``labels`` sorted by :meth:`grouped`."""
+        starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]]) if len(labels) else np.zeros(0, np.int64)
+        lengths = np.diff(np.r_[starts, len(labels)])
+        index = np.repeat(np.arange(len(starts)), lengths)
+        return Groups(labels[starts], lengths.astype(np.float64), index, starts, lengths)
 
-        np.add.reduceat along rows is ~15× slower than these vector–matrix products.
+    def segment_sum(self, rows, groups: Groups):
+        """Row sums per group: (groups, d) in a few vectorised calls per block, whatever the run lengths.
+
+        Runs of at least LONG_RUN rows: one BLAS vector–matrix product each
+        (at most B / LONG_RUN of them). Shorter runs: one gather-and-sum per
+        distinct length (fewer than LONG_RUN calls), since thousands of tiny
+        products cost more in call overhead than in arithmetic. Both are plain
+        sums of the rows, no cumulative-sum differences that would lose
+        precision. (np.add.reduceat measured 4–6× slower than either here.)
         """
-        out = np.zeros((length, rows.shape[1]), dtype=np.float64)
-        if len(labels) == 0:
-            return out
-        if (np.diff(labels) < 0).any():
-            rows, labels = self.grouped(rows, labels)
-        starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
-        ends = np.r_[starts[1:], len(labels)]
-        ones = np.ones(len(labels))
-        for start, end in zip(starts, ends):
-            out[labels[start]] = ones[start:end] @ rows[start:end]
+        starts, lengths = groups.starts, groups.lengths
+        out = np.empty((len(starts), rows.shape[1]), dtype=np.float64)
+        long_runs = np.flatnonzero(lengths >= LONG_RUN)
+        if len(long_runs):
+            ones = np.ones(int(lengths[long_runs].max()))
+            for run in long_runs:
+                start, length = starts[run], lengths[run]
+                out[run] = ones[:length] @ rows[start : start + length]
+        short = lengths < LONG_RUN
+        for length in np.unique(lengths[short]):
+            runs = np.flatnonzero(lengths == length)
+            if length == 1:
+                out[runs] = rows[starts[runs]]
+            else:
+                out[runs] = rows[starts[runs][:, None] + np.arange(length)].sum(axis=1)
         return out
+
+    def group_sum(self, values, groups: Groups):
+        """Sum of a per-row value per group: (groups,)."""
+        return np.bincount(groups.index, weights=values, minlength=len(groups.ids))
+
+    def where(self, condition, a, b):
+        return np.where(condition, a, b)
+
+    def flatnonzero(self, a):
+        return np.flatnonzero(a)
 
     def rowdot(self, a, b):
         return np.einsum("ij,ij->i", a, b)
@@ -70,12 +117,6 @@ class NumpyBackend:
     def log1p(self, a):
         return np.log1p(a)
 
-    def where(self, condition, a, b):
-        return np.where(condition, a, b)
-
-    def full(self, n: int, value: float):
-        return np.full(n, value)
-
     def at_least_one(self, a):
         return np.maximum(a, 1.0)
 
@@ -88,6 +129,28 @@ class NumpyBackend:
     def row_max(self, a):
         return np.max(a, axis=1)
 
+    def row_min(self, a):
+        return np.min(a, axis=1)
+
+    def single(self, a):
+        return a.astype(np.float32)
+
+    def full(self, n: int, value: float):
+        return np.full(n, value)
+
+    def pairs(self, mask):
+        """(rows, columns) of the True entries of a 2-D mask, row by row, columns ascending."""
+        return np.nonzero(mask)
+
+    def concatenate(self, *arrays):
+        return np.concatenate(arrays)
+
+    def first_per_row(self, rows, keys, columns):
+        """Position of the pair with the smallest key of each row present, the lowest column on ties."""
+        order = np.lexsort((columns, keys, rows))
+        grouped = rows[order]
+        return order[np.r_[True, grouped[1:] != grouped[:-1]]] if len(order) else order
+
     def all_finite(self, a) -> bool:
         return bool(np.isfinite(a).all())
 
@@ -96,6 +159,10 @@ class NumpyBackend:
 
     def host(self, a) -> np.ndarray:
         return np.asarray(a)
+
+    def device_memory(self) -> int | None:
+        """Free bytes on the device holding the state; None when that is the host."""
+        return None
 
     def scalar(self, a) -> float:
         return float(a)
@@ -110,6 +177,9 @@ class TorchBackend:
         self.torch = torch
         self.device = torch.device(device)
         self.name = str(self.device)
+        self.tile_bytes = 256 * 2**20  # larger products keep a GPU busy; device memory is larger than caches
+        # float32 matmuls may run in TF32 or bfloat16 unless the precision is "highest"
+        self.single_unit = 2.0**-24 if torch.get_float32_matmul_precision() == "highest" else 2.0**-8
 
     def features(self, block: np.ndarray):
         # Move the stored width (often float32) and widen on the device: half the transfer.
@@ -133,8 +203,21 @@ class TorchBackend:
     def grouped(self, rows, labels):
         return rows, labels  # index_add_ needs no order
 
-    def segment_sum(self, rows, labels, length: int):
-        return self.zeros(length, rows.shape[1]).index_add_(0, labels, rows)
+    def groups(self, labels) -> Groups:
+        ids, index = self.torch.unique(labels, sorted=True, return_inverse=True)
+        return Groups(ids, self.torch.bincount(index, minlength=len(ids)).double(), index)
+
+    def segment_sum(self, rows, groups: Groups):
+        return self.zeros(len(groups.ids), rows.shape[1]).index_add_(0, groups.index, rows)
+
+    def group_sum(self, values, groups: Groups):
+        return self.zeros(len(groups.ids)).index_add_(0, groups.index, values.double())
+
+    def where(self, condition, a, b):
+        return self.torch.where(condition, a, b)
+
+    def flatnonzero(self, a):
+        return self.torch.nonzero(a).flatten()
 
     def rowdot(self, a, b):
         return (a * b).sum(dim=1)
@@ -148,12 +231,6 @@ class TorchBackend:
     def log1p(self, a):
         return self.torch.log1p(a)
 
-    def where(self, condition, a, b):
-        return self.torch.where(condition, a, b)
-
-    def full(self, n: int, value: float):
-        return self.torch.full((n,), value, dtype=self.torch.float64, device=self.device)
-
     def at_least_one(self, a):
         return self.torch.clamp(a, min=1.0)
 
@@ -166,6 +243,30 @@ class TorchBackend:
     def row_max(self, a):
         return self.torch.max(a, dim=1).values
 
+    def row_min(self, a):
+        return self.torch.min(a, dim=1).values
+
+    def single(self, a):
+        return a.float()
+
+    def full(self, n: int, value: float):
+        return self.torch.full((n,), value, dtype=self.torch.float64, device=self.device)
+
+    def pairs(self, mask):
+        return self.torch.nonzero(mask, as_tuple=True)
+
+    def concatenate(self, *arrays):
+        return self.torch.cat(arrays)
+
+    def first_per_row(self, rows, keys, columns):
+        order = self.torch.sort(columns, stable=True).indices
+        for key in (keys, rows):  # stable sorts, least significant key first, as np.lexsort
+            order = order[self.torch.sort(key[order], stable=True).indices]
+        grouped = rows[order]
+        first = self.torch.ones(len(order), dtype=self.torch.bool, device=self.device)
+        first[1:] = grouped[1:] != grouped[:-1]
+        return order[first]
+
     def all_finite(self, a) -> bool:
         return bool(self.torch.isfinite(a).all())
 
@@ -174,6 +275,9 @@ class TorchBackend:
 
     def host(self, a) -> np.ndarray:
         return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+
+    def device_memory(self) -> int | None:
+        return self.torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None
 
     def scalar(self, a) -> float:
         return float(a)

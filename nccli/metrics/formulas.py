@@ -30,18 +30,35 @@ class Spectrum:
 
 
 def between_class_spectrum(centred_means: np.ndarray) -> Spectrum:
-    """SVD of M: Σ_B's eigenvalues are s²/K; keep those above λ_max·max(K, d)·ε, at most K − 1.
+    """Σ_B = MᵀM/K from the smaller of the d × d and K × K problems.
 
-    Σ_B has rank ≤ K − 1 (centring) and ≤ d, so Σ_B⁺ lives in this span and
+    Σ_B's eigenvalues are s²/K, s the singular values of M; keep those with
+    s² > s_max²·max(K, d)·ε, at most K − 1 (Σ_B has rank ≤ K − 1 by centring,
+    and ≤ d). Σ_B⁺ lives in the span V of the kept right singular vectors, so
     nc1 never needs a d × d matrix (Papyan et al. 2020; review eq. 4).
+
+    M is never decomposed whole (an SVD of K × d would also build the K × d
+    left factor). K ≥ d: M = QR, R (d × d) with RᵀR = MᵀM; the SVD of R gives
+    s and V. K < d: Mᵀ = QR, R (K × K) with RᵀR = MMᵀ; Rᵀ = USWᵀ gives s and
+    V = QW. Orthogonal factors keep the backward stability of an SVD of M:
+    s_j to ε·s_max absolutely, where the eigenvalues of the Gram matrix MᵀM
+    itself would carry errors ε·s_max² (squaring the condition number, and
+    nc1 weighs each direction by 1/s_j²).
     """
     k, d = centred_means.shape
     if k < 2 or not centred_means.any():
         return Spectrum(np.zeros((d, 0)), np.zeros(0))
-    _, singular, vt = np.linalg.svd(centred_means, full_matrices=False)
+    if k >= d:
+        triangular = np.linalg.qr(centred_means, mode="r")
+        _, singular, vt = np.linalg.svd(triangular)
+        basis = vt.T
+    else:
+        orthogonal, triangular = np.linalg.qr(centred_means.T)
+        _, singular, wt = np.linalg.svd(triangular.T)
+        basis = orthogonal @ wt.T
     kept = int(np.count_nonzero(singular**2 > singular[0] ** 2 * max(k, d) * EPS))
     rank = min(k - 1, kept)
-    return Spectrum(vt[:rank].T.copy(), singular[:rank])
+    return Spectrum(np.ascontiguousarray(basis[:, :rank]), singular[:rank])
 
 
 def nc1(projected_sq: np.ndarray, spectrum: Spectrum, n_samples: int) -> float:

@@ -13,8 +13,7 @@ import numpy as np
 from nccli import schema
 from nccli.metrics import classifier as clf
 from nccli.metrics import formulas as f
-from nccli.metrics.accumulators import ClassMoments, Decisions, Geometry
-from nccli.metrics.backend import Backend
+from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.pairs import PairInputs, PairStats, Tile
 from nccli.metrics.record import SummaryRecord, class_table
 from nccli.metrics.tiles import (
@@ -76,45 +75,6 @@ class LayerMetrics:
     summary: SummaryRecord
     classes: dict[str, np.ndarray]
     sigma_b_rank: int = 0
-
-
-def build_geometry(
-    xp: Backend,
-    moments: ClassMoments,
-    spectrum: f.Spectrum,
-    ncc_reference: ClassMeans,
-    classifier: Classifier | None,
-) -> Geometry:
-    """Move what pass 2 needs onto the backend's device, relative to this layer's μ_G."""
-    present = ClassMeans.of(moments)
-    ncc_reference = ncc_reference.with_ties_exact()
-    origin = present.means.mean(axis=0)
-    ncc_centres = ncc_reference.means - origin
-    column_of_class = np.zeros(len(moments.count), dtype=np.int64)
-    column_of_class[present.ids] = np.arange(len(present.ids))
-    blocks = [spectrum.basis, ncc_centres.T]
-    bias = free_bias = None
-    if classifier is not None:
-        weight = classifier.weight[present.ids]
-        blocks.append(weight.T)
-        free_bias = weight @ origin
-        bias = xp.constant(classifier.bias[present.ids] + free_bias)
-        free_bias = xp.constant(free_bias)
-    return Geometry(
-        origin=xp.constant(origin),
-        stacked=xp.constant(np.hstack(blocks)),
-        rank=spectrum.rank,
-        projected_means=xp.constant((moments.mean - origin) @ spectrum.basis),
-        ncc_count=len(ncc_reference.ids),
-        ncc_sqnorms=xp.constant(np.einsum("ij,ij->i", ncc_centres, ncc_centres)),
-        ncc_ids=xp.labels(ncc_reference.ids),
-        present_ids=xp.labels(present.ids),
-        column_of_class=xp.labels(column_of_class),
-        centres=xp.constant(moments.mean - origin),
-        bias=bias,
-        free_bias=free_bias,
-    )
-
 
 
 def summarize_layer(

@@ -1,0 +1,300 @@
+"""What pass 2 needs from pass 1, and its products with a block of rows, tile by tile over classes.
+
+Pass 2 compares every row with every class: NCC distances ‖h_i − μ_c‖² and
+classifier logits w_cᵀh_i + b_c, O(N·K·d), the bulk of analyze's work at
+large K. At K = 100 000 a block × K product would not fit in memory, so both
+run over tiles of classes whose block × tile product stays within the
+backend's ``tile_bytes``.
+
+Each tile is screened in float32 (half the bytes, twice the BLAS rate) and
+decided in float64. A float32 value is within δ_i of the exact one (the
+bound of :meth:`Geometry.nearest`); every class whose float32 value is
+within 2δ_i of the row's float32 best is a candidate, so the exact best is
+always among them, and only the candidates (a handful per row) are
+recomputed in float64 as explicit dot products. Per row a running best
+(value, class) goes across tiles, replaced only when strictly better; within
+a tile the first (lowest-id) candidate wins equal values. The exact value of
+a (row, class) pair does not depend on the tiling, so neither do the
+decisions: ties go to the lowest class id (the rule of ``metrics.md``).
+
+Exact ties come from classes with identical centres (coincident means made
+identical by ``ClassMeans.with_ties_exact``) or identical classifier rows
+(w_c, b_c). Only the first (lowest-id) class of a set of identical rows is a
+candidate, so they never depend on rounding either.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nccli.metrics.backend import Backend
+from nccli.metrics.classifier import RunningLogSumExp
+from nccli.metrics.formulas import Spectrum
+from nccli.metrics.layer import Classifier, ClassMeans
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The fixed quantities of pass 2 for one layer, on the backend's device.
+
+    Everything is relative to ``origin`` (μ_G, so common offsets cost no
+    precision): ``basis`` V (d × rank) spans Σ_B's kept eigen-directions;
+    ``own_centres`` (K × d) holds μ_c − origin of the present classes, row
+    ``column_of_class[c]``. NCC candidates: ``ncc_centres`` (means minus
+    origin, the same array as ``own_centres`` when they coincide) of classes
+    ``ncc_ids``, from this file's means or the reference file's
+    (``--means-from``). Classifier candidates (None without a classifier):
+    rows ``weight`` and ``bias`` (b + W·origin) of classes ``clf_ids``; class c
+    has the logit of candidate ``clf_column[c]``, which ``clf_shared`` marks
+    when another class has the same row; ``free_bias`` (W·origin) gives the
+    bias-free logits w_cᵀh_i of seed ``002_*``, ``multiplicity`` the number of
+    classes that share each candidate's row (the cross-entropy sums over
+    classes). ``ncc_single`` (−2·``ncc_centres``)
+    and ``weight_single`` (−``weight``) are the float32 copies the screening
+    multiplies, with unit roundoff ``single_unit``. ``tile_classes`` fixes the
+    tile width (tests); None sizes float32 tiles by ``tile_bytes``.
+    """
+
+    origin: object
+    basis: object
+    own_centres: object
+    column_of_class: object
+    ncc_centres: object
+    ncc_single: object
+    ncc_sqnorms: object
+    ncc_ids: object
+    weight: object = None
+    weight_single: object = None
+    bias: object = None
+    clf_ids: object = None
+    clf_column: object = None
+    clf_shared: object = None
+    free_bias: object = None
+    multiplicity: object = None
+    tile_bytes: int = 32 * 2**20
+    tile_classes: int | None = None
+    single_unit: float = 2.0**-24
+
+    @property
+    def rank(self) -> int:
+        return self.basis.shape[1]
+
+    def _tiles(self, classes: int, rows: int) -> list[tuple[int, int]]:
+        width = self.tile_classes or max(1, self.tile_bytes // (4 * max(rows, 1)))
+        return [(start, min(start + width, classes)) for start in range(0, classes, width)]
+
+    def block(self, xp: Backend, rows) -> "Block":
+        """What both decisions need of a block of float64 rows, computed once."""
+        centred = rows - self.origin
+        return Block(centred, xp.single(centred), xp.sqrt(xp.rowdot(centred, centred)))
+
+    def _slack(self, block: "Block", norm_max: float, offset_max: float):
+        """2δ_i: twice the bound on |float32 − exact| of (h_i − origin)·v + a over rows v of norm ≤
+        ``norm_max`` and offsets |a| ≤ ``offset_max``: (d + 4)·u·‖h_i − origin‖·norm_max + 2u·offset_max
+        (float32 casts, a d-term sum, |fl(xᵀy) − xᵀy| ≤ γ_d|x|ᵀ|y| (Higham 2002, §3.1), the offset's
+        addition), doubled for safety."""
+        d, u = block.centred.shape[1], self.single_unit
+        return 4.0 * u * ((d + 4) * block.norms * norm_max + 2.0 * offset_max)
+
+    def _lowest(self, xp: Backend, block: "Block", count: int, tile, slack, exact, values: bool):
+        """Per row, the exact smallest value (if ``values``) and its column among ``count`` columns;
+        (+inf, 0) for a row whose every entry is +inf (masked out).
+
+        ``tile(start, stop)`` gives the float32 values of a tile of columns,
+        ``exact(rows, columns)`` the float64 ones of given pairs. Screening keeps
+        every entry within ``slack`` (2δ_i) of its tile's smallest, a superset
+        of those within 2δ_i of the row's smallest overall; those are then
+        decided in float64 once per block. Most rows have one candidate per
+        tile, the float32 smallest; only rows whose second smallest is within
+        the slack are searched for more, and a row left with one candidate
+        needs no float64 product unless its value is asked for.
+        """
+        n = len(block.centred)
+        everyone = xp.arange(n)
+        found, low = [], None
+        for start, stop in self._tiles(count, n):
+            approx = tile(start, stop)
+            column = xp.argmin(approx)
+            smallest = approx[everyone, column]
+            approx[everyone, column] = np.inf
+            bound = smallest + slack
+            several = xp.flatnonzero(xp.row_min(approx) <= bound)
+            more_rows, more_columns = xp.pairs(approx[several] <= bound[several][:, None])
+            found.append((everyone, column + start, smallest))
+            found.append((several[more_rows], more_columns + start, approx[several[more_rows], more_columns]))
+            low = smallest if low is None else xp.where(smallest < low, smallest, low)
+        rows, columns, approx_values = (xp.concatenate(*parts) for parts in zip(*found))
+        keep = xp.flatnonzero((approx_values <= low[rows] + slack[rows]) & (approx_values < np.inf))  # +inf: masked
+        rows, columns = rows[keep], columns[keep]
+        best = xp.full(n, np.inf)
+        best_column = xp.labels(np.zeros(n, dtype=np.int64))
+        if not values:
+            alone = xp.flatnonzero(xp.bincount(rows, n)[rows] == 1)
+            best_column[rows[alone]] = columns[alone]
+            contested = xp.flatnonzero(xp.bincount(rows, n)[rows] > 1)
+            rows, columns = rows[contested], columns[contested]
+        exact_values = exact(block.centred[rows], columns)
+        first = xp.first_per_row(rows, exact_values, columns)
+        best[rows[first]], best_column[rows[first]] = exact_values[first], columns[first]
+        return best, best_column
+
+    def nearest(self, xp: Backend, block: "Block"):
+        """NCC decision of each row: argmin_c ‖c‖² − 2(h_i − origin)·c over c = μ_c − origin, which is
+        ‖h_i − μ_c‖² less a per-row constant."""
+        norm_max = xp.scalar(self.ncc_sqnorms.max()) ** 0.5
+        slack = xp.single(2.0 * self._slack(block, norm_max, norm_max**2))
+
+        def tile(start, stop):
+            approx = block.single @ self.ncc_single[start:stop].T  # −2(μ_c − origin) in float32: × −2 is exact
+            approx += xp.single(self.ncc_sqnorms[start:stop])
+            return approx
+
+        def exact(rows, columns):
+            return self.ncc_sqnorms[columns] - 2.0 * xp.rowdot(rows, self.ncc_centres[columns])
+
+        _, column = self._lowest(xp, block, len(self.ncc_ids), tile, slack, exact, values=False)
+        return self.ncc_ids[column]
+
+    def classify(self, xp: Backend, block: "Block", labels, free: bool = False):
+        """Classifier decision, own-class logit and best other logit of each row, exact in float64.
+
+        Logits z_ic = w_cᵀ(h_i − origin) + (b_c + w_cᵀorigin) = w_cᵀh_i + b_c,
+        screened as −z (the smallest −z is the largest logit). The best other
+        logit max_{c ≠ y_i} z_ic (−inf when K = 1) leaves out y_i's candidate
+        unless another class shares its row (then it counts, as that class's
+        logit). The decision is y_i's class when its logit beats the best
+        other, or equals it with a lower id. ``free``: the same for the bias-free
+        logits w_cᵀh_i (the margins of seed ``002_*``).
+        """
+        bias = self.free_bias if free else self.bias
+        columns = self.clf_column[labels]
+        own = xp.rowdot(block.centred, self.weight[columns]) + bias[columns]
+        norm_max = xp.scalar(xp.rowdot(self.weight, self.weight).max()) ** 0.5
+        bias_max = xp.scalar(abs(bias).max())
+        slack = xp.single(self._slack(block, norm_max, bias_max))
+        alone = xp.flatnonzero(~self.clf_shared[columns])
+
+        def tile(start, stop):
+            approx = block.single @ self.weight_single[start:stop].T  # −W in float32
+            approx -= xp.single(bias[start:stop])
+            inside = alone[(columns[alone] >= start) & (columns[alone] < stop)]
+            approx[inside, columns[inside] - start] = np.inf
+            return approx
+
+        def exact(rows, candidates):
+            return -(xp.rowdot(rows, self.weight[candidates]) + bias[candidates])
+
+        lowest, other_column = self._lowest(xp, block, len(self.clf_ids), tile, slack, exact, values=True)
+        other = -lowest
+        wins = (own > other) | ((own == other) & (columns <= other_column))
+        return self.clf_ids[xp.where(wins, columns, other_column)], own, other
+
+    def cross_entropies(self, xp: Backend, block: "Block", labels):
+        """Per row, −log softmax(z)_{y_i} over every present class, for z = Wh + b and for the bias-free Wh.
+
+        Exact float64 logits, tile by tile over the classifier's distinct rows,
+        folded into a running log Σ exp (:class:`~nccli.metrics.classifier.RunningLogSumExp`;
+        a row shared by m classes counts m times): O(N·K·d) like the screening, in float64.
+        The own logit is read from the same products as the others, so that a
+        collapsed row's loss, e^{−gap}-small, is not drowned by the rounding of
+        two ways of computing one logit.
+        """
+        n = len(block.centred)
+        columns = self.clf_column[labels]
+        with_bias, bias_free = RunningLogSumExp(xp, n), RunningLogSumExp(xp, n)
+        own, own_free = xp.zeros(n), xp.zeros(n)
+        for start, stop in self._tiles(len(self.clf_ids), 2 * n):  # float64: half the float32 tile width
+            products = block.centred @ self.weight[start:stop].T
+            logits, free = products + self.bias[start:stop], products + self.free_bias[start:stop]
+            inside = xp.flatnonzero((columns >= start) & (columns < stop))
+            own[inside] = logits[inside, columns[inside] - start]
+            own_free[inside] = free[inside, columns[inside] - start]
+            with_bias.add(logits, self.multiplicity[start:stop])
+            bias_free.add(free, self.multiplicity[start:stop])
+        return with_bias.cross_entropy(own), bias_free.cross_entropy(own_free)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of rows for pass 2: h_i − origin in float64 and float32, and ‖h_i − origin‖."""
+
+    centred: object
+    single: object
+    norms: object
+
+
+def distinct_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, group): ascending indices of the first row of each set of identical rows, and for
+    each row the position in ``first`` of its set."""
+    _, first, inverse = np.unique(matrix, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    return first[order], position[inverse.ravel()]
+
+
+def build_geometry(
+    xp: Backend,
+    moments,
+    spectrum: Spectrum,
+    ncc_reference: ClassMeans,
+    classifier: Classifier | None,
+    tile_classes: int | None = None,
+) -> Geometry:
+    """Move what pass 2 needs onto the backend's device, relative to this layer's μ_G.
+
+    NCC means go through ``with_ties_exact`` (coincident means become
+    identical), then only the first class of identical means or classifier
+    rows stays a candidate.
+    """
+    present = ClassMeans.of(moments)
+    origin = present.means.mean(axis=0)
+    own = present.means - origin
+    own_centres = xp.constant(own)
+    ncc = ncc_reference.with_ties_exact()
+    first, _ = distinct_rows(ncc.means)
+    shared = np.array_equal(ncc.ids[first], present.ids) and np.array_equal(ncc.means, present.means)
+    ncc_centres = own if shared else ncc.means[first] - origin
+    ncc_device = own_centres if shared else xp.constant(ncc_centres)
+    column_of_class = np.zeros(len(moments.count), dtype=np.int64)
+    column_of_class[present.ids] = np.arange(len(present.ids))
+    parts = {}
+    if classifier is not None:
+        rows = np.hstack([classifier.weight[present.ids], classifier.bias[present.ids, None]])
+        first_row, group = distinct_rows(rows)
+        weight = rows[first_row, :-1]
+        clf_column = np.zeros(len(moments.count), dtype=np.int64)
+        clf_column[present.ids] = group
+        parts = dict(
+            weight=xp.constant(weight),
+            weight_single=xp.single(xp.constant(-weight)),
+            bias=xp.constant(rows[first_row, -1] + weight @ origin),
+            free_bias=xp.constant(weight @ origin),
+            multiplicity=xp.constant(np.bincount(group).astype(np.float64)),
+            clf_ids=xp.labels(present.ids[first_row]),
+            clf_column=xp.labels(clf_column),
+            clf_shared=xp.labels(np.bincount(group) > 1) > 0,
+        )
+    return Geometry(
+        origin=xp.constant(origin),
+        basis=xp.constant(spectrum.basis),
+        own_centres=own_centres,
+        column_of_class=xp.labels(column_of_class),
+        ncc_centres=ncc_device,
+        ncc_single=xp.single(-2.0 * ncc_device),
+        ncc_sqnorms=xp.constant(np.einsum("ij,ij->i", ncc_centres, ncc_centres)),
+        ncc_ids=xp.labels(ncc.ids[first]),
+        tile_bytes=xp.tile_bytes,
+        tile_classes=tile_classes,
+        single_unit=xp.single_unit,
+        **parts,
+    )
+
+
+def geometry_bytes(num_classes: int, dim: int, classifier: bool, shared_ncc: bool) -> int:
+    """Bytes of a :class:`Geometry` at C classes, all present: (C, d) float64 centres (again when the
+    NCC means are another file's) and classifier rows, their float32 copies for the screening, V of
+    rank ≤ min(C − 1, d) and a few (C,) vectors."""
+    rank = min(max(num_classes - 1, 0), dim)
+    matrices = num_classes * dim * (8 * (1 + (not shared_ncc) + classifier) + 4 * (1 + classifier))
+    return matrices + 8 * (dim * rank + 8 * num_classes)

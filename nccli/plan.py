@@ -1,0 +1,76 @@
+"""How much memory each layer of ``analyze`` needs, and which layers can share a pair of passes.
+
+State is O(C·d) per layer (C = the file's ``num_classes``): when the selected
+layers do not fit in the budget together, they are cut into groups, each one
+more pair of passes over the file; a layer that cannot fit alone is refused
+before any row is read (one line, exit 2). The bounds below are upper bounds:
+they assume every class present.
+"""
+
+from typing import TYPE_CHECKING
+
+from nccli import schema
+from nccli.errors import FeatureFileError
+from nccli.io.reader import BLOCK_BYTES, FeatureFileInfo, LayerInfo, memory_budget
+from nccli.metrics.accumulators import ClassMoments
+from nccli.metrics.backend import Backend
+from nccli.metrics.geometry import geometry_bytes
+
+if TYPE_CHECKING:  # analyze.py imports this module
+    from nccli.analyze import AnalyzeConfig
+
+
+def state_budget(xp: Backend) -> int:
+    """Bytes the per-layer state may take: half the memory available (``io.validate.memory_budget``),
+    and at most the free memory of a CUDA device, which holds the state there."""
+    device = xp.device_memory()
+    return memory_budget() if device is None else min(memory_budget(), device)
+
+
+def layer_bytes(xp: Backend, info: FeatureFileInfo, layer: LayerInfo, config: "AnalyzeConfig") -> tuple[int, int]:
+    """(resident, working) bytes of one layer, bounds at C = num_classes classes all present.
+
+    Resident while its group of layers is scanned: the pass-1 state, the
+    pass-2 geometry and one stored block (in each of ``jobs`` workers, and
+    twice in the parent that merges them). Working, for one layer at a time:
+    building the geometry or summarizing (four (C, d) float64 arrays), one
+    block's float64 copies (six) and pass 2's three class-tile products.
+    """
+    classes, dim = info.num_classes, layer.dim
+    classifier = layer.name == info.classifier_layer
+    block = 8 * dim * min(config.block_rows or max(1, BLOCK_BYTES // (8 * dim)), max(info.n_samples, 1))
+    resident = (
+        ClassMoments.state_bytes(classes, dim, (config.mse or config.snr) and classifier)
+        + geometry_bytes(classes, dim, classifier, shared_ncc=config.means_from is None)
+        + block
+    )
+    working = 8 * 4 * classes * dim + 6 * block + 3 * xp.tile_bytes
+    if config.jobs > 1:  # each worker holds its own state; the parent a merged one and the next to merge
+        resident *= config.jobs + 2
+    return resident, working
+
+
+def layer_groups(
+    xp: Backend, info: FeatureFileInfo, layers: tuple[LayerInfo, ...], config: "AnalyzeConfig", budget: int
+) -> list[tuple[LayerInfo, ...]]:
+    """``layers`` cut into consecutive groups whose states fit ``budget`` together: each group is one
+    pair of passes over the file. A layer that cannot fit alone is refused here, before any row is read."""
+    groups, current, resident_sum, working_max = [], [], 0, 0
+    for layer in layers:
+        resident, working = layer_bytes(xp, info, layer, config)
+        if resident + working > budget:
+            raise FeatureFileError(
+                info.path,
+                schema.layer_path(layer.name),
+                f"num_classes = {info.num_classes} at d = {layer.dim} needs {(resident + working) / 2**30:.1f} GiB "
+                f"for this layer's state (both passes and their tiles), above the memory budget of {budget / 2**30:.1f} GiB "
+                "(half the memory available, or the free memory of the CUDA device); "
+                "run on a machine with more memory, or check the 'num_classes' attribute",
+            )
+        if current and resident_sum + resident + max(working_max, working) > budget:
+            groups.append(tuple(current))
+            current, resident_sum, working_max = [], 0, 0
+        current.append(layer)
+        resident_sum += resident
+        working_max = max(working_max, working)
+    return groups + [tuple(current)] if current else groups
