@@ -203,7 +203,9 @@ class Geometry:
         columns = self.clf_column[labels]
         with_bias, bias_free = RunningLogSumExp(xp, n), RunningLogSumExp(xp, n)
         own, own_free = xp.zeros(n), xp.zeros(n)
-        for start, stop in self._tiles(len(self.clf_ids), 2 * n):  # float64: half the float32 tile width
+        # About six float64 arrays of rows × tile live at once: a sixth of the float32 width keeps
+        # them within 2 × tile_bytes, inside the plan's 3 × tile_bytes of working memory.
+        for start, stop in self._tiles(len(self.clf_ids), 6 * n):
             products = block.centred @ self.weight[start:stop].T
             logits, free = products + self.bias[start:stop], products + self.free_bias[start:stop]
             inside = xp.flatnonzero((columns >= start) & (columns < stop))
