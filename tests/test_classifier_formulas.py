@@ -64,12 +64,3 @@ def test_optimal_cross_entropy_is_that_of_an_exact_simplex_etf():
     logits = (beta * unit) @ (alpha * unit).T
     ce = np.mean([np.log(np.exp(z).sum()) - z[c] for c, z in enumerate(logits)])
     assert clf.optimal_cross_entropy(k, alpha, beta) == pytest.approx(ce, rel=1e-12)
-
-
-def test_hyperspherical_variances_and_their_null_cases():
-    distances = np.array([2.0, 2.0, math.sqrt(2), math.sqrt(2)])
-    dist_var, log_var = clf.hyperspherical_variances(distances)
-    assert dist_var == pytest.approx(np.var(distances), rel=1e-15)
-    assert log_var == pytest.approx(np.var(np.log(1 / distances)), rel=1e-15)
-    assert math.isnan(clf.hyperspherical_variances(np.array([1.0, 0.0]))[1])
-    assert all(math.isnan(v) for v in clf.hyperspherical_variances(np.zeros(0)))

@@ -25,26 +25,6 @@ def tirer_distance(etf: float) -> float:
     return float(etf * math.sqrt(max(1.0 - etf * etf / 4.0, 0.0)))
 
 
-# Normalised centred means closer than this share a direction: log(1/distance) is undefined.
-SAME_DIRECTION = 1e-7
-
-
-def hyperspherical_variances(distances: np.ndarray) -> tuple[float, float]:
-    """(``gnc2_dist_var``, ``gnc2_log_var``) from the pair distances ‖m̂_c − m̂_c'‖ of the unit centred means.
-
-    Population variances over pairs of the distance and of log(1/distance)
-    (Liu et al. 2023, hyperspherical uniformity; the Riesz and logarithmic
-    kernels of rhubarbwu/neural-collapse ``kernel_stats``). The distances come
-    from explicit differences: √(2 − 2cos) loses half the digits of nearly
-    parallel directions. NaN without pairs or with a NaN distance; the log
-    variance NaN when two directions coincide (distance ≤ ``SAME_DIRECTION``).
-    """
-    if not len(distances) or np.isnan(distances).any():
-        return np.nan, np.nan
-    log_var = np.nan if distances.min() <= SAME_DIRECTION else float(np.var(-np.log(distances)))
-    return float(np.var(distances)), log_var
-
-
 def uniform_duality(duality_cosines: np.ndarray) -> float:
     """``nc3_uniform_duality``: population variance over classes of cos(w_c, μ_c − μ_G) (Wu & Papyan 2024,
     "UNC3"; the reference library's ``similarities(cos=True).var()`` uses ddof = 1). NaN if any is NaN."""

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from nccli.metrics.classifier import SAME_DIRECTION
 from nccli.metrics.tiles import CentredMeans, above_diagonal, blocks
 
 # Pairs listed by name in a warning; the rest are counted.
 LISTED_PAIRS = 10
+# Normalised centred means closer than this share a direction: log(1/distance) is undefined.
+SAME_DIRECTION = 1e-7
 
 
 @dataclass
@@ -259,8 +260,9 @@ class PairStats:
     @property
     def gnc2(self) -> tuple[float, float]:
         """(``gnc2_dist_var``, ``gnc2_log_var``): population variances over pairs of ‖m̂_c − m̂_c'‖ and of
-        log(1/‖m̂_c − m̂_c'‖) (Liu et al. 2023); the log one NaN when two directions coincide
-        (distance ≤ ``classifier.SAME_DIRECTION``)."""
+        log(1/‖m̂_c − m̂_c'‖) (Liu et al. 2023, hyperspherical uniformity; the Riesz and logarithmic kernels
+        of rhubarbwu/neural-collapse ``kernel_stats``); the log one NaN when two directions coincide
+        (distance ≤ :data:`SAME_DIRECTION`)."""
         log_var = np.nan if not self.unit_dist_min > SAME_DIRECTION else self.log_dist.variance
         return self.unit_dist.variance, log_var
 
