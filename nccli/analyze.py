@@ -29,8 +29,8 @@ from nccli.metrics.backend import Backend, select_backend
 from nccli.metrics.geometry import build_geometry
 from nccli.metrics.layer import ClassMeans, summarize_layer
 from nccli.metrics.mse import MSE_MAX_DIM, mse_decomposition
-from nccli.metrics.spectra import snr_extremes
-from nccli.ood import check_ood, ood_means, ood_orthogonality
+from nccli.metrics.spectra import snr_columns
+from nccli.ood import check_ood, ood_columns, ood_means
 from nccli.plan import layer_groups, state_budget
 from nccli.progress import progress_bar
 from nccli.references import pair_references
@@ -275,10 +275,10 @@ def _analyze_layers(
         if classifier is not None and config.mse:
             metrics.summary = metrics.summary.with_opt_in(mse_decomposition(moments[layer.name], classifier, config.weight_decay))
         if classifier is not None and config.snr:
-            metrics.summary = metrics.summary.with_opt_in(_snr(moments[layer.name], partial(_warn, result, info.path, layer.name)))
+            warn = partial(_warn, result, info.path, layer.name)
+            metrics.summary = metrics.summary.with_opt_in(snr_columns(moments[layer.name], warn))
         if ood is not None:
-            orthogonality = ood_orthogonality(ClassMeans.of(moments[layer.name]).means, ood[layer.name])
-            metrics.summary = metrics.summary.with_opt_in(dict(zip(schema.OOD_METRICS, [orthogonality])))
+            metrics.summary = metrics.summary.with_opt_in(ood_columns(ClassMeans.of(moments[layer.name]), ood[layer.name]))
         keys = {schema.COL_FILE: info.path, schema.COL_LAYER: layer.name}
         file_rows.append(
             {
@@ -296,17 +296,6 @@ def _analyze_layers(
         )
         result.classes.append(class_table(info.path, layer.name, metrics.classes, info.class_names, pair_output.named))
     return file_rows
-
-
-def _snr(moments, warn) -> dict[str, float]:
-    """``snr_min``, ``snr_max`` from pass 1's within-class matrix; null with a warning when Σ_W is singular."""
-    present = ClassMeans.of(moments)
-    extremes = snr_extremes(moments.within, float(moments.count.sum()), present.centred)
-    if extremes is None:
-        if len(present.ids) >= 2:
-            warn("Σ_W is singular (fewer samples than dimensions, or a dead feature): snr_min, snr_max reported as null")
-        return {}
-    return dict(zip(schema.SNR_METRICS, extremes))
 
 
 def effective_depth(rows: list[dict], epsilon: float) -> int:

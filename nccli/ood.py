@@ -8,8 +8,10 @@ mean over all rows is used, from one pass-1 sum over its rows.
 
 import numpy as np
 
+from nccli import schema
 from nccli.errors import UsageError
 from nccli.io.reader import FeatureFileInfo, LayerInfo, open_feature_file
+from nccli.metrics.layer import ClassMeans
 from nccli.scan import Scanner
 
 
@@ -47,3 +49,8 @@ def ood_orthogonality(means: np.ndarray, ood_mean: np.ndarray) -> float:
     if not len(means) or not (norms > 0).all():
         return np.nan
     return float(np.mean(np.abs(means @ ood_mean) / norms))
+
+
+def ood_columns(present: ClassMeans, ood_mean: np.ndarray) -> dict[str, float]:
+    """The NC5 column of a layer, for ``SummaryRecord.with_opt_in``."""
+    return dict(zip(schema.OOD_METRICS, [ood_orthogonality(present.means, ood_mean)]))

@@ -161,3 +161,11 @@ def test_snr_and_ood_from_the_command_line(tmp_path):
 
     row = pq.read_table(out).to_pylist()[0]
     assert all(math.isfinite(row[name]) for name in NEW_COLUMNS)
+
+
+def test_snr_without_a_classifier_warns_and_leaves_nulls(tmp_path):
+    features, labels, _, _, _ = random_layer(seed=8)
+    with pytest.warns(Warning, match=r"snr_\* reported as null \(--snr\)"):
+        row = analyze_arrays(tmp_path, features, labels, snr=True).summary[0]
+    assert all(math.isnan(row[name]) for name in schema.SNR_METRICS + schema.W_METRICS + schema.LOSS_METRICS)
+    assert math.isfinite(row["nc1_dist_ratio"]) and math.isfinite(row["nc2_tirer"])

@@ -7,7 +7,12 @@ d × d within-class scatter matrix of pass 1 (as the MSE decomposition, hence
 the same width limit) and Σ_W positive definite.
 """
 
+from collections.abc import Callable
+
 import numpy as np
+
+from nccli import schema
+from nccli.metrics.layer import ClassMeans
 
 EPS = np.finfo(np.float64).eps
 
@@ -26,3 +31,14 @@ def snr_extremes(within_scatter: np.ndarray, n_samples: float, centred_means: np
     whitened = (centred_means @ vectors) / np.sqrt(eigenvalues)
     omega = np.linalg.svd(whitened, compute_uv=False)[: min(k - 1, d)]
     return float(omega.min()), float(omega.max())
+
+
+def snr_columns(moments, warn: Callable[[str], None]) -> dict[str, float]:
+    """``snr_min``, ``snr_max`` from pass 1's within-class matrix; none (null) with a warning when Σ_W is singular."""
+    present = ClassMeans.of(moments)
+    extremes = snr_extremes(moments.within, float(moments.count.sum()), present.centred)
+    if extremes is None:
+        if len(present.ids) >= 2:
+            warn("Σ_W is singular (fewer samples than dimensions, or a dead feature): snr_min, snr_max reported as null")
+        return {}
+    return dict(zip(schema.SNR_METRICS, extremes))
