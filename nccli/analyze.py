@@ -10,17 +10,27 @@ the first row is read, so a bad input fails in seconds, not after an hour.
 import contextlib
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
 from nccli import schema
+from nccli.conventions import conventions
 from nccli.errors import DegenerateMetricWarning, UsageError
-from nccli.io.reader import FeatureFile, FeatureFileInfo, LayerInfo, open_feature_file, read_info
+from nccli.io.reader import (
+    FeatureFile,
+    FeatureFileInfo,
+    LayerInfo,
+    open_feature_file,
+    read_info,
+)
 from nccli.metrics import formulas
 from nccli.metrics.backend import Backend, select_backend
 from nccli.metrics.geometry import build_geometry
 from nccli.metrics.layer import ClassMeans, summarize_layer
 from nccli.metrics.mse import MSE_MAX_DIM, mse_decomposition
+from nccli.metrics.spectra import snr_columns
+from nccli.ood import check_ood, ood_columns, ood_means
 from nccli.plan import layer_groups, state_budget
 from nccli.progress import progress_bar
 from nccli.references import pair_references
@@ -37,6 +47,9 @@ class AnalyzeConfig:
     folder or glob of them, paired with each file by epoch, else file name
     (:mod:`nccli.references`);
     ``mse``: add the MSE decomposition with weight decay ``weight_decay``;
+    ``snr``: add the SNR spectrum (both need the d × d within-class matrix of
+    the classifier layer); ``ood``: a feature file of out-of-distribution
+    inputs through the same network, for ``nc5_ood_orthogonality``;
     ``depth_epsilon``: ε of ``ncc_effective_depth``; ``block_rows``: rows per
     block (None = about 16 MiB of the widest layer, chunk-aligned); ``jobs``:
     worker processes that share each file's rows (CPU only); ``pairs_top``:
@@ -50,6 +63,8 @@ class AnalyzeConfig:
     means_from: str | None = None
     mse: bool = False
     weight_decay: float = 0.0
+    snr: bool = False
+    ood: str | None = None
     device: str = "auto"
     depth_epsilon: float = 0.01
     block_rows: int | None = None
@@ -87,8 +102,11 @@ def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None) -> An
     references = (
         pair_references(config.means_from, infos, selections) if config.means_from else [None] * len(infos)
     )
-    if config.mse:
-        _check_mse_width(infos, selections)
+    for option, asked in (("--mse", config.mse), ("--snr", config.snr)):
+        if asked:
+            _check_matrix_width(infos, selections, option)
+    ood_info = read_info(config.ood) if config.ood else None
+    ood_layers = check_ood(ood_info, infos, selections) if ood_info else ()
     if pairs is not None and config.pairs_top is None:
         check_pairs_size([info.num_classes for info, layers in zip(infos, selections) for _ in layers])
     pair_output = _PairOutput(pairs, any(info.class_names is not None for info in infos), config.pairs_top)
@@ -100,21 +118,23 @@ def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None) -> An
     reference_plans = {path: layer_groups(xp, reference, layers, config, budget) for path, (reference, layers) in needed.items()}
     total = sum(2 * info.n_samples * len(groups) for info, groups in zip(infos, plans))
     total += sum(reference.n_samples * len(reference_plans[path]) for path, (reference, _) in needed.items())
+    total += ood_info.n_samples if ood_info else 0
     result = AnalysisResult()
     with contextlib.ExitStack() as stack:
         advance = stack.enter_context(progress_bar(config.show_progress, "analyze", total))
         scanner = Scanner(xp, config.jobs, config.block_rows, advance)
         stack.callback(scanner.close)
+        ood = ood_means(scanner, ood_info, ood_layers) if ood_info else None
         means: dict[str, dict[str, ClassMeans]] = {}
         for index, (info, layers, groups, reference) in enumerate(zip(infos, selections, plans, references)):
             if reference is not None and reference.path not in means:
                 means[reference.path] = _reference_means(scanner, reference, reference_plans[reference.path])
             with open_feature_file(info.path, probed=True, expected=info) as feature_file:
                 reference_means = None if reference is None else means[reference.path]
-                analyze_file(xp, scanner, feature_file, layers, reference_means, config, result, groups, pair_output)
+                analyze_file(xp, scanner, feature_file, layers, reference_means, config, result, groups, pair_output, ood)
             if reference is not None and all(later is not reference for later in references[index + 1 :]):
                 del means[reference.path]  # a reference's means are kept only while a later file uses them
-    result.conventions = _conventions(config, xp, result, dict(zip(config.files, references)))
+    result.conventions = conventions(config, xp.name, result.summary, dict(zip(config.files, references)))
     return result
 
 
@@ -165,14 +185,15 @@ def _check_config(config: AnalyzeConfig, with_pairs: bool) -> None:
         raise UsageError(f"--jobs {config.jobs} spreads rows over CPU processes; it does not combine with --device {config.device}")
 
 
-def _check_mse_width(infos: list[FeatureFileInfo], selections) -> None:
+def _check_matrix_width(infos: list[FeatureFileInfo], selections, option: str) -> None:
+    """--mse and --snr need the classifier layer's d × d within-class matrix: refuse above MSE_MAX_DIM."""
     for info, layers in zip(infos, selections):
         name = info.classifier_layer
         for layer in layers:
             if layer.name == name and layer.dim > MSE_MAX_DIM:
                 raise UsageError(
-                    f"--mse needs a (d+1)² matrix; layer '{name}' of '{info.path}' has d = {layer.dim}, "
-                    f"above the limit of {MSE_MAX_DIM}; drop --mse for this file"
+                    f"{option} needs a d × d within-class matrix; layer '{name}' of '{info.path}' has d = {layer.dim}, "
+                    f"above the limit of {MSE_MAX_DIM}; drop {option} for this file"
                 )
 
 
@@ -186,20 +207,23 @@ def analyze_file(
     result: AnalysisResult,
     groups: list[tuple[LayerInfo, ...]] | None = None,
     pair_output: "_PairOutput | None" = None,
+    ood: dict[str, np.ndarray] | None = None,
 ) -> None:
     """One file's passes, its rows appended to ``result``; ``measure_collapse`` runs it on batches in memory.
 
     ``groups``: ``layers`` cut into groups that fit in memory together (``plan.layer_groups``), two passes
     each; None = one group. ``pair_output``: where the per-pair rows go (default: nowhere; the pair
-    summaries are computed all the same).
+    summaries are computed all the same). ``ood``: μ_ood per layer name (``--ood``), for
+    ``nc5_ood_orthogonality``.
     """
     info = feature_file.info
     pair_output = pair_output or _PairOutput(None, info.class_names is not None, None)
-    if config.mse and feature_file.classifier is None:
-        _warn(result, info.path, None, "no /classifier/weight: mse_* reported as null")
+    for option, asked, names in (("--mse", config.mse, "mse_*"), ("--snr", config.snr, "snr_*")):
+        if asked and feature_file.classifier is None:
+            _warn(result, info.path, None, f"no /classifier/weight: {names} reported as null ({option})")
     file_rows = []
     for group in groups or [layers]:
-        file_rows.extend(_analyze_layers(xp, scanner, feature_file, group, reference_means, config, result, pair_output))
+        file_rows.extend(_analyze_layers(xp, scanner, feature_file, group, reference_means, config, result, pair_output, ood))
     depth = effective_depth(file_rows, config.depth_epsilon)
     for row in file_rows:
         row[schema.COL_EFFECTIVE_DEPTH] = depth
@@ -216,11 +240,12 @@ def _analyze_layers(
     config: AnalyzeConfig,
     result: AnalysisResult,
     pair_output: "_PairOutput",
+    ood: dict[str, np.ndarray] | None,
 ) -> list[dict]:
     """Pass 1, geometry, pass 2 and the summaries of ``layers``: their summary rows."""
     info = feature_file.info
     classifier_layer = info.classifier_layer if feature_file.classifier is not None else None
-    moments = scanner.moments(feature_file, layers, classifier_layer if config.mse else None)
+    moments = scanner.moments(feature_file, layers, classifier_layer if config.mse or config.snr else None)
 
     spectra, geometries = {}, {}
     for layer in layers:
@@ -248,7 +273,12 @@ def _analyze_layers(
         if layer_pairs is not None:
             layer_pairs.close()
         if classifier is not None and config.mse:
-            metrics.summary.update(mse_decomposition(moments[layer.name], classifier, config.weight_decay))
+            metrics.summary = metrics.summary.with_opt_in(mse_decomposition(moments[layer.name], classifier, config.weight_decay))
+        if classifier is not None and config.snr:
+            warn = partial(_warn, result, info.path, layer.name)
+            metrics.summary = metrics.summary.with_opt_in(snr_columns(moments[layer.name], warn))
+        if ood is not None:
+            metrics.summary = metrics.summary.with_opt_in(ood_columns(ClassMeans.of(moments[layer.name]), ood[layer.name]))
         keys = {schema.COL_FILE: info.path, schema.COL_LAYER: layer.name}
         file_rows.append(
             {
@@ -294,35 +324,3 @@ def _warn(result: AnalysisResult, file: str, layer: str | None, message: str) ->
     text = f"{where}: {message}"
     result.warnings.append(text)
     warnings.warn(DegenerateMetricWarning(text), stacklevel=2)
-
-
-def _conventions(config: AnalyzeConfig, xp: Backend, result: AnalysisResult, references: dict) -> dict:
-    """The choices other tools make differently, so a number can be compared (``report.md``)."""
-    ranks: dict[str, dict[str, int]] = {}
-    for row in result.summary:
-        ranks.setdefault(row[schema.COL_FILE], {})[row[schema.COL_LAYER]] = row.pop("_sigma_b_rank")
-    return {
-        "global_mean": "mean of class means: μ_G = (1/K) Σ_c μ_c over present classes",
-        "sigma_w": "Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ (population, not N − 1)",
-        "sigma_b": "Σ_B = (1/K) Σ_c (μ_c − μ_G)(μ_c − μ_G)ᵀ (population, not K − 1)",
-        "std": "population standard deviation (ddof = 0) in nc2_equinorm and nc2_equiangular",
-        "pinv_cutoff": "Σ_B⁺ keeps eigenvalues above λ_max · max(K, d) · ε_float64, at most K − 1 of them",
-        "sigma_b_rank": ranks,
-        "coincident_means": f"two class means closer than {formulas.COINCIDENCE_TOLERANCE:g} × max_c ‖μ_c‖ coincide",
-        "cosine_view": "raw (uncentred) features; pairs i = j included; all-zero vectors left out",
-        "ncc_means": f"class means of the --means-from '{config.means_from}' file paired with each file (ncc_means_from)"
-        if config.means_from
-        else "each file's own class means",
-        "ncc_means_from": {file: file if reference is None else reference.path for file, reference in references.items()}
-        if config.means_from
-        else None,
-        "ties": "argmin / argmax over present classes; ties go to the lowest class id",
-        "mse": {"weight_decay": config.weight_decay, "extended_features": "h̃ = [h; 1], W̃ = [W, b] over all classes"}
-        if config.mse
-        else None,
-        "ncc_effective_depth_epsilon": config.depth_epsilon,
-        "pair_table": "every pair c < c'"
-        if config.pairs_top is None
-        else f"per layer, the {config.pairs_top} pairs with the largest cdnv (coincident pairs, cdnv null, first; ties by class ids)",
-        "device": xp.name,
-    }

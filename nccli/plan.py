@@ -40,7 +40,7 @@ def layer_bytes(xp: Backend, info: FeatureFileInfo, layer: LayerInfo, config: "A
     classifier = layer.name == info.classifier_layer
     block = 8 * dim * min(config.block_rows or max(1, BLOCK_BYTES // (8 * dim)), max(info.n_samples, 1))
     resident = (
-        ClassMoments.state_bytes(classes, dim, config.mse and classifier)
+        ClassMoments.state_bytes(classes, dim, (config.mse or config.snr) and classifier)
         + geometry_bytes(classes, dim, classifier, shared_ncc=config.means_from is None)
         + block
     )

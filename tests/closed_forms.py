@@ -120,15 +120,34 @@ def tirer_bruna_optimum(K: int = 4, d: int = 6, n: int = 5, lam_w: float = 0.1, 
         margin_min=1 - c, margin_mean=1 - c,
         intra_cos_min=1.0, intra_cos_mean=1.0, inter_cos_max=0.0, inter_cos_mean=0.0,
         mse_loss=c / 2,
+        **_t2_issue13(K, n, c, rho, lam_w, lam_h),
     )
+    w_norm = math.sqrt(lam_h / lam_w * rho)
     per_class = {
         k: dict(n=float(n), var=0.0, mean_norm=math.sqrt(rho * (K - 1) / K), intra_cos=1.0,
-                ncc_recall=1.0, clf_recall=1.0, duality_cos=math.sqrt((K - 1) / K))
+                ncc_recall=1.0, clf_recall=1.0, duality_cos=math.sqrt((K - 1) / K), w_norm=w_norm)
         for k in range(K)
     }
-    per_pair = {p: dict(cdnv=0.0, mean_cos=-1 / (K - 1), inter_cos=0.0, mean_dist=math.sqrt(2 * rho)) for p in _pairs(K)}
+    per_pair = {p: dict(cdnv=0.0, mean_cos=-1 / (K - 1), inter_cos=0.0, mean_dist=math.sqrt(2 * rho), w_cos=0.0)
+                for p in _pairs(K)}
     return Fixture("tirer_bruna_optimum", features, labels, W, None, K, lam_w / K, expected, per_class, per_pair,
                    extras=dict(c=c, rho=rho, U=U))
+
+
+def _t2_issue13(K: int, n: int, c: float, rho: float, lam_w: float, lam_h: float) -> dict[str, float]:
+    """The issue-13 columns at the T2 optimum: W's rows are an orthogonal frame of equal norms
+    (w_cos = 0, so ``w_maxangle = 1/(K−1)``); ``W Mᵀ = (1 − c)P`` and ``MMᵀ = ρP`` (Tirer forms 0);
+    bias-free logits ``(1 − c)e_k``: ``CE = log(1 + (K−1)e^{−(1−c)})``, every margin ``1 − c``;
+    ``‖H‖² = Knρ``, ``‖W‖² = Kρλ_H/λ_W``; Pan's optimum with ``α = √ρ``, ``β = √(ρλ_H/λ_W)``."""
+    sq_h, sq_w = K * n * rho, K * rho * lam_h / lam_w
+    alpha, beta = math.sqrt(rho), math.sqrt(rho * lam_h / lam_w)
+    ce = math.log(1 + (K - 1) * math.exp(-(1 - c)))
+    return dict(
+        nc1_dist_ratio=0.0, nc2_tirer=0.0, gnc2_dist_var=0.0, gnc2_log_var=0.0,
+        w_equinorm=0.0, w_equiangular=0.0, w_maxangle=1 / (K - 1), nc3_tirer=0.0, nc3_uniform_duality=0.0,
+        norm_balance=math.sqrt(sq_w / sq_h), margin_normalized=(1 - c) * 2 * (K - 1) * math.sqrt(n) / (sq_w + sq_h),
+        ce_loss=ce, ce_excess=ce - math.log(1 + (K - 1) * math.exp(-K / (K - 1) * alpha * beta)),
+    )
 
 
 # --------------------------------------------------------------------------- T6
@@ -144,6 +163,9 @@ def etf_with_exact_noise(K: int = 5, d: int = 8, sigma: float = 0.3, rho: float 
     exactly μ_k and covariance exactly σ²I. Classifier ``W = M``, zero bias.
 
     Closed forms: ``tr_sw = dσ²``, ``tr_sb = ρ(K−1)/K``,
+    SNR (Han et al., S4 Def. 2): Σ_W = σ²I and M has K − 1 singular values √ρ, so
+    every ``ω_j = √ρ/σ`` (= r√(K/(K−1))/σ with r = ‖μ_c − μ_G‖): ``snr_min = snr_max``;
+    W = M is an ETF: ``w_*``, ``nc2_tirer``, ``nc3_tirer``, ``gnc2_*``, ``nc3_uniform_duality`` 0;
     ``nc1 = σ²(K−1)/ρ``, ``nc1_tilde = dσ²K/(ρ(K−1))``, ``cdnv = dσ²/(2ρ)``,
     NC2 family 0, ``nc3_duality = nc3_etf = 0``; per class ``var = dσ²``,
     ``mean_norm = √(ρ(K−1)/K)``, ``duality_cos = 1``; per pair ``mean_cos =
@@ -185,14 +207,17 @@ def etf_with_exact_noise(K: int = 5, d: int = 8, sigma: float = 0.3, rho: float 
         nc1_tilde=d * sigma**2 * K / (rho * (K - 1)), cdnv=d * sigma**2 / (2 * rho),
         nc2_equinorm=0.0, nc2_equiangular=0.0, nc2_maxangle=0.0, nc2_etf=0.0,
         nc3_duality=0.0, nc3_etf=0.0, margin_min=margin_min, margin_mean=float(np.mean(gaps)),
+        nc2_tirer=0.0, gnc2_dist_var=0.0, gnc2_log_var=0.0, w_equinorm=0.0, w_equiangular=0.0, w_maxangle=0.0,
+        nc3_tirer=0.0, nc3_uniform_duality=0.0, snr_min=math.sqrt(rho) / sigma, snr_max=math.sqrt(rho) / sigma,
     )
-    per_class = {k: dict(n=float(2 * d), var=d * sigma**2, mean_norm=math.sqrt(rho * (K - 1) / K), duality_cos=1.0)
-                 for k in range(K)}
+    per_class = {k: dict(n=float(2 * d), var=d * sigma**2, mean_norm=math.sqrt(rho * (K - 1) / K), duality_cos=1.0,
+                         w_norm=math.sqrt(rho * (K - 1) / K)) for k in range(K)}
     if margin_min > 1e-6 * rho:
         expected.update(ncc_accuracy=1.0, clf_accuracy=1.0, nc4_ncc_mismatch=0.0)
         for k in range(K):
             per_class[k].update(ncc_recall=1.0, clf_recall=1.0)
-    per_pair = {p: dict(cdnv=d * sigma**2 / (2 * rho), mean_cos=-1 / (K - 1), mean_dist=math.sqrt(2 * rho)) for p in _pairs(K)}
+    per_pair = {p: dict(cdnv=d * sigma**2 / (2 * rho), mean_cos=-1 / (K - 1), mean_dist=math.sqrt(2 * rho),
+                        w_cos=-1 / (K - 1)) for p in _pairs(K)}
     return Fixture("etf_with_exact_noise", features, labels_arr, M.copy(), np.zeros(K), K, 0.0,
                    expected, per_class, per_pair, extras=dict(U=U, M=M, mu_g=mu_g))
 
@@ -225,16 +250,73 @@ def s2_example(C: float = 0.7) -> Fixture:
         nc2_etf=math.sqrt(2 - 4 / math.sqrt(6)), nc3_etf=math.sqrt(2 - 4 / math.sqrt(6)), nc3_duality=0.0,
         ncc_accuracy=1.0, clf_accuracy=1.0, nc4_ncc_mismatch=0.0, margin_min=2 * C**2, margin_mean=2 * C**2,
         intra_cos_min=1.0, intra_cos_mean=1.0, inter_cos_max=0.0, inter_cos_mean=-1 / 3,
+        **_t8_issue13(C),
     )
     per_class = {k: dict(n=1.0, var=0.0, mean_norm=math.sqrt(2) * C, intra_cos=1.0, ncc_recall=1.0,
-                         clf_recall=1.0, duality_cos=1.0) for k in range(K)}
+                         clf_recall=1.0, duality_cos=1.0, w_norm=math.sqrt(2) * C) for k in range(K)}
     opposite = {(0, 1), (2, 3)}
     per_pair = {
         p: dict(cdnv=0.0, mean_cos=-1.0 if p in opposite else 0.0, inter_cos=-1.0 if p in opposite else 0.0,
-                mean_dist=(2 * math.sqrt(2) if p in opposite else 2.0) * C)
+                mean_dist=(2 * math.sqrt(2) if p in opposite else 2.0) * C, w_cos=-1.0 if p in opposite else 0.0)
         for p in _pairs(K)
     }
     return Fixture("s2_example", H.copy(), labels, H.copy(), None, K, 0.0, expected, per_class, per_pair)
+
+
+def _t8_issue13(C: float) -> dict[str, float]:
+    """The issue-13 columns of the S2 example: W = M, so the W geometry repeats the means'
+    (``w_equiangular = √2/3``, ``w_maxangle = 4/9``) and ``nc3_tirer = nc2_tirer = 1/√3`` (seed-notes M14);
+    normalised distances 2 (two opposite pairs) and √2 (four orthogonal ones); ``‖W‖ = ‖H‖ = 2√2 C``;
+    logits of a sample ``2C²`` (own), ``−2C²`` (partner), 0, 0: ``q₀ = 2C²``,
+    ``margin_normalized = 2C²·2·3·1/(16C²) = 3/4``; ``α = β = √2 C``."""
+    distances = np.array([2.0, 2.0] + [math.sqrt(2)] * 4)
+    g = 2 * C**2
+    ce = math.log(math.exp(g) + math.exp(-g) + 2) - g
+    return dict(
+        nc1_dist_ratio=0.0, nc2_tirer=1 / math.sqrt(3), gnc2_dist_var=float(np.var(distances)),
+        gnc2_log_var=float(np.var(np.log(1 / distances))), w_equinorm=0.0, w_equiangular=math.sqrt(2) / 3,
+        w_maxangle=4 / 9, nc3_tirer=1 / math.sqrt(3), nc3_uniform_duality=0.0, norm_balance=1.0,
+        margin_normalized=0.75, ce_loss=ce, ce_excess=ce - math.log(1 + 3 * math.exp(-4 / 3 * g)),
+    )
+
+
+# --------------------------------------------------------------------------- issue 13: self-dual ETF
+
+
+def self_dual_etf(K: int = 5, d: int = 7, n: int = 4, alpha: float = 2.0, beta: float | None = None,
+                  seed: int = 0) -> Fixture:
+    """Collapse at given norms (seed-notes T7; Pan Thm. 2.3.1; ULPM Lemma 3.1 and Thm. 3.3).
+
+    Unit simplex-ETF directions m_c (cos −1/(K−1), Σ_c m_c = 0), every sample of
+    class c equal to ``α m_c``, bias-free classifier ``w_c = β m_c`` (default
+    ``β = α√n``, which makes ``‖W‖_F = ‖H‖_F``). Needs d > K: OOD rows
+    ``extras['ood']`` along a direction orthogonal to every class mean.
+
+    Known values: every logit gap ``αβK/(K−1)``, so ``CE = log(1 + (K−1)e^{−αβK/(K−1)})``,
+    which is Pan's optimum at these norms (α the RMS feature norm, β the RMS row
+    norm): ``ce_excess = 0``; ``q₀ = αβK/(K−1)``, ``‖W‖² = Kβ²``, ``‖H‖² = Knα²``:
+    ``margin_normalized = 2αβ√n/(β² + nα²)`` (1 iff β = α√n) and
+    ``norm_balance = β/(α√n)``; the geometry columns 0; ``nc5_ood_orthogonality = 0``.
+    """
+    beta = alpha * math.sqrt(n) if beta is None else beta
+    if d <= K:
+        raise ValueError("needs d > K (an OOD direction orthogonal to the class means)")
+    rng = np.random.default_rng(seed)
+    U = orthonormal_columns(d, K + 1, rng)
+    unit = etf_centred_means(K, U, K / (K - 1))  # unit rows
+    labels = np.repeat(np.arange(K), n)
+    features, labels = _shuffle(rng, alpha * unit[labels], labels)
+    gap = alpha * beta * K / (K - 1)
+    ce = math.log1p((K - 1) * math.exp(-gap))
+    expected = dict(
+        nc1_dist_ratio=0.0, nc2_tirer=0.0, gnc2_dist_var=0.0, gnc2_log_var=0.0,
+        w_equinorm=0.0, w_equiangular=0.0, w_maxangle=0.0, nc3_tirer=0.0, nc3_uniform_duality=0.0,
+        margin_min=gap, margin_normalized=2 * alpha * beta * math.sqrt(n) / (beta**2 + n * alpha**2),
+        norm_balance=beta / (alpha * math.sqrt(n)), ce_loss=ce, ce_excess=0.0, nc5_ood_orthogonality=0.0,
+    )
+    ood = np.outer(np.arange(1.0, 7.0), U[:, K])  # six rows along one direction orthogonal to the means
+    return Fixture("self_dual_etf", features, labels, beta * unit, np.zeros(K), K, 0.0, expected,
+                   extras=dict(ood=ood))
 
 
 # --------------------------------------------------------------------------- cancellation

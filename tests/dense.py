@@ -37,6 +37,17 @@ def etf_distance(gram: np.ndarray) -> float:
     return float(np.linalg.norm(gram / norm - centring / np.sqrt(k - 1)))
 
 
+def tirer_residual(gram: np.ndarray) -> float:
+    """‖A − ρP‖_F / ‖A‖_F with ρ = ⟨A, P⟩/(K − 1), from the full K × K matrix."""
+    k = gram.shape[0]
+    norm = np.linalg.norm(gram)
+    if k < 2 or not norm > 0:
+        return np.nan
+    centring = np.eye(k) - np.full((k, k), 1.0 / k)
+    rho = float(np.sum(gram * centring)) / (k - 1)
+    return float(np.linalg.norm(gram - rho * centring) / norm)
+
+
 def strict(function, values: np.ndarray) -> float:
     return float(function(values)) if len(values) and not np.isnan(values).any() else np.nan
 
@@ -72,6 +83,11 @@ def dense_pairs(moments, weight=None) -> DensePairs:
         cosines[norms <= tolerance, :] = np.nan
         cosines[:, norms <= tolerance] = np.nan
     pair_cos = pair_values(cosines)
+    all_coincide = k >= 2 and norms.max() <= tolerance
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unit_dist = np.sqrt(pair_values(pairwise_sq_distances(centred / norms[:, None])))  # explicit differences
+        log_dist = -np.log(unit_dist)
+    gnc2_defined = k >= 2 and not at_centre
     summary = {
         "cdnv": strict(np.mean, pair_values(cdnv)),
         "nc2_equiangular": np.nan if at_centre or k < 2 else float(np.std(pair_cos)),
@@ -79,16 +95,26 @@ def dense_pairs(moments, weight=None) -> DensePairs:
         "nc2_etf": np.nan if at_centre else etf_distance(cosines),
         "inter_cos_max": strict(np.max, pair_values(inter)),
         "inter_cos_mean": strict(np.mean, pair_values(inter)),
+        "nc2_tirer": np.nan if all_coincide else tirer_residual(centred @ centred.T),
+        "gnc2_dist_var": float(np.var(unit_dist)) if gnc2_defined else np.nan,
+        "gnc2_log_var": float(np.var(log_dist)) if gnc2_defined and unit_dist.min() > 1e-7 else np.nan,
     }
+    w_cos = np.full((k, k), np.nan)
     if weight is not None:
-        all_coincide = k >= 2 and norms.max() <= tolerance
         summary["nc3_etf"] = np.nan if all_coincide else etf_distance(weight[ids] @ centred.T)
+        summary["nc3_tirer"] = np.nan if all_coincide else tirer_residual(weight[ids] @ centred.T)
+        w_norms = np.linalg.norm(weight[ids], axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w_cos = (weight[ids] @ weight[ids].T) / np.outer(w_norms, w_norms)
+        summary["w_equiangular"] = float(np.std(pair_values(w_cos))) if k >= 2 else np.nan
+        summary["w_maxangle"] = float(np.mean(np.abs(pair_values(w_cos) + 1.0 / (k - 1)))) if k >= 2 else np.nan
     pairs = {
         (int(ids[a]), int(ids[b])): {
             "cdnv": cdnv[a, b],
             "mean_cos": cosines[a, b],
             "inter_cos": inter[a, b],
             "mean_dist": float(np.sqrt(sq[a, b])),
+            "w_cos": w_cos[a, b],
         }
         for a, b in zip(*np.triu_indices(k, k=1))
     }

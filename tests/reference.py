@@ -79,6 +79,11 @@ import numpy as np
 
 from nccli import schema
 
+try:  # tests/ is not a package: pytest puts this folder on sys.path
+    import reference_more as more
+except ImportError:  # pragma: no cover - if tests/ becomes a package
+    from tests import reference_more as more
+
 PINV_RCOND = 1e-10
 COINCIDENT_RTOL = 1e-12
 MSE_RCOND = 1e-12
@@ -143,6 +148,8 @@ def reference_metrics(
     ncc_means=None,
     mse: bool = False,
     weight_decay: float = 0.0,
+    snr: bool = False,
+    ood_features=None,
 ) -> Reference:
     """Every metric of ``metrics.md`` for one layer, computed naively in float64.
 
@@ -156,7 +163,9 @@ def reference_metrics(
     only (ncc_accuracy, nc4_ncc_mismatch, ncc_recall: the "train means for
     test data" setting); it must give a mean for every present class.
     ``mse=True`` (with a weight) adds the MSE decomposition with weight decay
-    λ = ``weight_decay``.
+    λ = ``weight_decay``; ``snr=True`` (with a weight) the SNR spectrum;
+    ``ood_features`` (M, d) the NC5 orthogonality to their mean. The columns
+    of issue 13 are computed in ``reference_more.py``.
 
     Raises ``ValueError`` only for malformed input (shapes, labels out of
     range, non-finite values), never for degenerate data.
@@ -176,7 +185,9 @@ def reference_metrics(
     per_pair = {p: {name: NAN for name in schema.PAIR_METRICS} for p in stats.pairs()}
 
     rank = nc1_family(X, y, stats, summary, per_class, per_pair, undefined)
+    more.nc1_distance_ratio(X, y, stats, summary, undefined)
     nc2_family(stats, summary, per_class, per_pair, undefined)
+    more.nc2_more(stats, summary, undefined)
     means_for_ncc = _ncc_means(ncc_means, stats, num_classes, d)
     ncc_pred = ncc_predictions(X, stats.classes, means_for_ncc)
     ncc_family(y, ncc_pred, stats, summary, per_class)
@@ -184,11 +195,16 @@ def reference_metrics(
     if W is not None:
         nc3_family(W, stats, summary, per_class, undefined)
         classifier_family(X, y, W, b, stats, ncc_pred, summary, per_class, undefined)
+        more.classifier_more(X, y, W, b, stats, summary, per_class, per_pair, undefined)
         if mse:
             mse_family(X, y, W, b, float(weight_decay), summary)
+        if snr:
+            more.snr_family(X, y, stats, summary, undefined)
+    if ood_features is not None:
+        more.ood_family(ood_features, stats, summary, undefined)
     for name in summary:
         if math.isnan(summary[name]) and name not in undefined:
-            undefined[name] = "not applicable (no classifier weight or mse not asked)"
+            undefined[name] = "not applicable (no classifier weight, or mse, snr or ood not asked)"
     return Reference(summary, per_class, per_pair, rank, N, stats.K, d, undefined)
 
 

@@ -21,7 +21,7 @@ from nccli.metrics.layer import Classifier, ClassMeans, summarize_layer
 
 XP = select_backend("cpu")
 RTOL, ATOL = 1e-12, 1e-15
-PAIR_METRICS = ("cdnv", "mean_cos", "inter_cos", "mean_dist")
+PAIR_METRICS = ("cdnv", "mean_cos", "inter_cos", "mean_dist", "w_cos")
 
 
 def moments_of(features, labels, num_classes):

@@ -270,3 +270,31 @@ def test_a_layer_that_cannot_fit_is_refused_before_any_row_is_read(tmp_path, mon
     for fragment in ("'/layers/l0'", "num_classes = 6", "GiB", "memory budget", "more memory"):
         assert fragment in lines[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("tile_classes", [1, 3, 4, 7, None])
+def test_pass_two_losses_margins_and_distances_over_class_tiles_equal_the_oracle(tile_classes):
+    """Issue 13's pass-2 sums: CE of Wh + b and of Wh (every class, shared rows counted per class), the
+    smallest bias-free margin, Σ‖h_i − μ_{y_i}‖ and Σ‖h_i − μ_G‖, by explicit loops in float64."""
+    features, labels, classifier = pass_two_data()
+    _, moments = decisions(NumpyBackend(), features, labels, classifier, tile_classes=None)
+    present = ClassMeans.of(moments)
+    centre = present.means.mean(axis=0)
+    ce = free_ce = own_distance = global_distance = 0.0
+    free_margins = []
+    for h, y in zip(features, labels):
+        for total, z in (("ce", classifier.weight @ h + classifier.bias), ("free", classifier.weight @ h)):
+            top = z[present.ids].max()
+            loss = top + np.log(np.sum(np.exp(z[present.ids] - top))) - z[y]
+            ce, free_ce = (ce + loss, free_ce) if total == "ce" else (ce, free_ce + loss)
+        free = classifier.weight @ h
+        free_margins.append(free[y] - max(free[c] for c in present.ids if c != y))
+        own_distance += np.linalg.norm(h - moments.mean[y])
+        global_distance += np.linalg.norm(h - centre)
+    for xp in backends():
+        state, _ = decisions(xp, features, labels, classifier, tile_classes)
+        assert state.ce_sum == pytest.approx(ce, rel=1e-12)
+        assert state.free_ce_sum == pytest.approx(free_ce, rel=1e-12)
+        assert state.free_margin_min == pytest.approx(min(free_margins), rel=1e-12)
+        assert state.own_distance_sum == pytest.approx(own_distance, rel=1e-12)
+        assert state.global_distance_sum == pytest.approx(global_distance, rel=1e-12)

@@ -15,6 +15,7 @@ from analysis_helpers import analyze_arrays, assert_close, by_class, by_pair
 
 
 def run(tmp_path, fixture, **config):
+    config.setdefault("snr", any(key.startswith("snr_") for key in fixture.expected))
     return analyze_arrays(
         tmp_path,
         fixture.features,

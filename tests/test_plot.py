@@ -15,7 +15,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from nccli import schema  # noqa: E402
 from nccli.cli import app  # noqa: E402
-from nccli.report import plots  # noqa: E402
+from nccli.report import panels, plots  # noqa: E402
 
 NC1 = schema.NC1_METRICS[2]
 EQUINORM = schema.NC2_METRICS[0]
@@ -24,7 +24,7 @@ MARGIN_MIN = schema.NCC_METRICS[3]
 EPOCHS = (1, 10, 100, 300)
 SPLITS = ("train", "test")
 LAYERS = ("stem", "layer1.0.relu", "avgpool")
-DEFAULT_PIXELS = plots.figure_pixels(7)
+EPOCH_PIXELS, DEPTH_PIXELS = panels.figure_pixels(9), panels.figure_pixels(7)
 INT_COLUMNS = {
     schema.COL_EPOCH,
     schema.COL_LAYER_ORDER,
@@ -34,7 +34,7 @@ INT_COLUMNS = {
     schema.COL_EFFECTIVE_DEPTH,
 }
 STR_COLUMNS = {schema.COL_FILE, schema.COL_SPLIT, schema.COL_MODEL, schema.COL_LAYER}
-CLASSIFIER_ONLY = set(schema.NC3_METRICS) | set(schema.NCC_METRICS[1:])
+CLASSIFIER_ONLY = set(schema.NC3_METRICS) | set(schema.NCC_METRICS[1:]) | set(schema.W_METRICS) | set(schema.LOSS_METRICS)
 ALL_NULL = set(schema.MSE_METRICS) | set(schema.COSINE_METRICS) | {MARGIN_MIN}
 
 runner = CliRunner()
@@ -116,8 +116,8 @@ def test_default_figures_are_pngs_of_the_documented_size(report, tmp_path):
     assert sorted(out.iterdir()) == sorted(expected)  # no temporary files left behind
     for path in expected:
         assert path.stat().st_size > 10_000
-        assert _png_pixels(path) == DEFAULT_PIXELS
-    assert DEFAULT_PIXELS == (1600, 720)
+        assert _png_pixels(path) == (EPOCH_PIXELS if path.stem == plots.EPOCHS_FILE else DEPTH_PIXELS)
+    assert EPOCH_PIXELS == (1600, 1060) and DEPTH_PIXELS == (1600, 720)
 
 
 @pytest.mark.parametrize("kind, stems", [
@@ -135,7 +135,7 @@ def test_chosen_metrics_set_the_panels_and_the_size(report, tmp_path):
     result = _plot(report, "--out", out, "--metrics", f"{NC1}, {EQUINORM}")
     assert result.exit_code == 0, result.output
     for path in out.iterdir():
-        assert _png_pixels(path) == plots.figure_pixels(2) == (800, 380)
+        assert _png_pixels(path) == panels.figure_pixels(2) == (800, 380)
 
 
 @pytest.mark.parametrize("fmt, magic", [("svg", b"<svg"), ("pdf", b"%PDF")])
@@ -153,14 +153,14 @@ def test_layer_option_follows_that_layer(report, tmp_path):
     assert result.exit_code == 0, result.output
     # Classifier-only metrics are null on that layer: skipped, and said so.
     assert f"warning: metric '{CLF_ACC}' is null" in result.stderr
-    assert _png_pixels(tmp_path / "out" / f"{plots.EPOCHS_FILE}.png") == plots.figure_pixels(5)
+    assert _png_pixels(tmp_path / "out" / f"{plots.EPOCHS_FILE}.png") == panels.figure_pixels(5)
 
 
 def test_all_null_metric_is_skipped_with_a_warning(report, tmp_path):
     result = _plot(report, "--out", tmp_path / "out", "--kind", "epochs", "--metrics", f"{NC1},{MARGIN_MIN}")
     assert result.exit_code == 0, result.output
     assert f"warning: metric '{MARGIN_MIN}' is null on every row" in result.stderr
-    assert _png_pixels(tmp_path / "out" / f"{plots.EPOCHS_FILE}.png") == plots.figure_pixels(1)
+    assert _png_pixels(tmp_path / "out" / f"{plots.EPOCHS_FILE}.png") == panels.figure_pixels(1)
 
 
 def test_only_null_metrics_is_an_error(report, tmp_path):
@@ -228,3 +228,51 @@ def test_library_returns_the_written_paths(report, tmp_path):
 def test_other_commands_do_not_import_matplotlib():
     code = "import sys, nccli.cli; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def _figures(monkeypatch, report, tmp_path, **kwargs) -> list:
+    """The matplotlib figures plot_report draws, instead of writing them."""
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path, fmt: drawn.append(figure) or path)
+    plots.plot_report(report, tmp_path / "unused", **kwargs)
+    return drawn
+
+
+def _panel(figure, title: str):
+    return next(ax for ax in figure.axes if ax.get_title() == title)
+
+
+def test_nc2_panels_draw_the_classifier_rows_beside_the_class_means(report, tmp_path, monkeypatch):
+    """Papyan et al. Figs. 2–4: each NC2 panel holds the class means' line and the classifier rows' line."""
+    (figure,) = _figures(monkeypatch, report, tmp_path, kind="epochs")
+    rows = [row for row in pq.read_table(report).to_pylist() if row[schema.COL_LAYER] == LAYERS[-1]]
+    for shared in panels.SHARED_PANELS[1:4]:
+        ax = _panel(figure, shared.title)
+        labels = ax.get_legend_handles_labels()[1]
+        for split in SPLITS:
+            assert f"{split} class means" in labels and f"{split} classifier rows" in labels
+        for line in ax.get_lines():
+            split, _, name = line.get_label().partition(" ")
+            if split not in SPLITS:
+                continue  # the marker of the first zero-error epoch
+            metric = shared.metrics[shared.names.index(name)]
+            expected = sorted((row[schema.COL_EPOCH], row[metric]) for row in rows if row[schema.COL_SPLIT] == split)
+            assert list(line.get_ydata()) == [value for _, value in expected]
+
+
+def test_margin_and_loss_panels_over_epochs(report, tmp_path, monkeypatch):
+    (figure,) = _figures(monkeypatch, report, tmp_path, kind="epochs")
+    margin, ce_loss, ce_excess = schema.LOSS_METRICS[0], *schema.LOSS_METRICS[2:]
+    assert _panel(figure, schema.METRIC_BY_NAME[margin].title).get_lines()
+    loss = _panel(figure, panels.SHARED_PANELS[-1].title)
+    assert panels.SHARED_PANELS[-1].metrics == (ce_loss, ce_excess)
+    assert len([line for line in loss.get_lines() if line.get_label().startswith("train")]) == 2
+
+
+def test_a_shared_panel_left_with_one_metric_takes_its_title(report, tmp_path, monkeypatch):
+    """Off the classifier layer the classifier rows are null: the NC2 panels show the means alone."""
+    with pytest.warns(Warning):
+        (figure,) = _figures(monkeypatch, report, tmp_path, kind="epochs", layer=LAYERS[1])
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    assert schema.METRIC_BY_NAME[EQUINORM].title in titles
+    assert panels.SHARED_PANELS[1].title not in titles

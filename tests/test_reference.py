@@ -31,12 +31,16 @@ def close(actual: float, expected: float, tol: float = CLOSED_TOL) -> bool:
 
 def run(fx: cf.Fixture, **kwargs):
     kwargs.setdefault("mse", any(k.startswith("mse_") for k in fx.expected))
+    kwargs.setdefault("snr", any(k.startswith("snr_") for k in fx.expected))
+    kwargs.setdefault("ood_features", fx.extras.get("ood"))
     kwargs.setdefault("weight_decay", fx.weight_decay)
     return reference_metrics(fx.features, fx.labels, fx.weight, fx.bias, fx.num_classes, **kwargs)
 
 
 def assert_fixture(fx: cf.Fixture, tol: float = CLOSED_TOL, features=None) -> None:
-    ref = run(fx) if features is None else reference_metrics(features, fx.labels, fx.weight, fx.bias, fx.num_classes)
+    ref = run(fx) if features is None else reference_metrics(
+        features, fx.labels, fx.weight, fx.bias, fx.num_classes, ood_features=fx.extras.get("ood")
+    )
     bad = [(k, ref.summary[k], v) for k, v in fx.expected.items() if not close(ref.summary[k], v, tol)]
     for c, values in fx.expected_per_class.items():
         bad += [((c, k), ref.per_class[c][k], v) for k, v in values.items() if not close(ref.per_class[c][k], v, tol)]
@@ -339,7 +343,8 @@ def test_invariances(seed, scale):
         assert permuted.summary[k] == pytest.approx(base.summary[k], rel=1e-9, abs=1e-12, nan_ok=True), k
     Q, _ = np.linalg.qr(rng.standard_normal((5, 5)))  # h ↦ s Q h, W ↦ W Qᵀ / s keeps the logits
     moved = reference_metrics(scale * X @ Q.T, y, W @ Q.T / scale, b)
-    scale_free = [k for k in schema.METRIC_COLUMNS if k not in ("tr_sw", "tr_sb") and k not in schema.MSE_METRICS]
+    scale_dependent = ("tr_sw", "tr_sb", "margin_normalized", "norm_balance")  # ‖W‖ and ‖H‖ scale apart
+    scale_free = [k for k in schema.METRIC_COLUMNS if k not in scale_dependent and k not in schema.OPT_IN_METRICS]
     for k in scale_free:
         assert moved.summary[k] == pytest.approx(base.summary[k], rel=1e-8, abs=1e-10, nan_ok=True), k
     assert moved.summary["tr_sw"] == pytest.approx(scale**2 * base.summary["tr_sw"], rel=1e-9)
@@ -352,8 +357,9 @@ def test_invariances(seed, scale):
 # --------------------------------------------------------------------------- degenerate cases
 
 
-NAN_IF_ONE_CLASS = {"nc1", "nc1_tilde", "cdnv", *schema.NC2_METRICS, *schema.NC3_METRICS,
-                    "margin_min", "margin_mean", "inter_cos_max", "inter_cos_mean"}
+NAN_IF_ONE_CLASS = {"nc1", "nc1_tilde", "cdnv", *schema.NC2_METRICS, *schema.NC3_METRICS, *schema.W_METRICS,
+                    "margin_min", "margin_mean", "margin_normalized", "ce_excess", "inter_cos_max", "inter_cos_mean",
+                    *schema.SNR_METRICS, *schema.OOD_METRICS}
 NAN_IF_COINCIDENT = {"nc1", "nc1_tilde", "cdnv", *schema.NC2_METRICS, *schema.NC3_METRICS}
 
 
@@ -378,7 +384,7 @@ def test_coincident_means():
     y = np.array([0, 0, 1, 1, 1, 1])
     ref = reference_metrics(X, y, rng.standard_normal((2, 4)), rng.standard_normal(2))
     for k in schema.METRIC_COLUMNS:
-        if k not in schema.MSE_METRICS:
+        if k not in schema.OPT_IN_METRICS:
             assert math.isnan(ref.summary[k]) == (k in NAN_IF_COINCIDENT), k
     assert ref.summary["tr_sb"] == 0.0 and ref.sigma_b_rank == 0
     assert math.isnan(ref.per_pair[(0, 1)]["cdnv"]) and math.isnan(ref.per_pair[(0, 1)]["mean_cos"])
@@ -419,7 +425,7 @@ def test_all_zero_class():
     X[y == 1] = 0.0
     ref = reference_metrics(X, y, rng.standard_normal((3, 4)))
     for k in schema.METRIC_COLUMNS:
-        if k not in schema.MSE_METRICS:
+        if k not in schema.OPT_IN_METRICS:
             assert math.isnan(ref.summary[k]) == (k in schema.COSINE_METRICS), k
     assert math.isnan(ref.per_class[1]["intra_cos"]) and math.isfinite(ref.per_class[0]["intra_cos"])
     assert math.isnan(ref.per_pair[(0, 1)]["inter_cos"]) and math.isfinite(ref.per_pair[(0, 2)]["inter_cos"])
@@ -431,7 +437,7 @@ def test_one_sample_class_is_valid():
     X, y = random_layer(rng, 3, 4, [1, 4, 6])
     ref = reference_metrics(X, y, rng.standard_normal((3, 4)))
     assert ref.per_class[0]["var"] == 0.0 and ref.per_class[0]["intra_cos"] == pytest.approx(1.0)
-    assert all(math.isfinite(ref.summary[k]) for k in schema.METRIC_COLUMNS if k not in schema.MSE_METRICS)
+    assert all(math.isfinite(ref.summary[k]) for k in schema.METRIC_COLUMNS if k not in schema.OPT_IN_METRICS)
 
 
 def test_no_samples():
@@ -560,3 +566,51 @@ def test_h5_file_feeds_the_reference(tmp_path):
     b = reference_metrics(fx.features.astype(np.float32), fx.labels, fx.weight).summary
     assert a == pytest.approx(b, nan_ok=True)
     assert a["nc1"] == pytest.approx(0.18, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- issue 13: closed forms and bounds
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(), dict(K=3, d=4, n=1, alpha=0.5), dict(K=6, d=9, n=5, alpha=1.5, beta=0.7, seed=3),
+     dict(K=2, d=3, n=2, alpha=3.0, beta=0.2, seed=1)],
+)
+def test_self_dual_etf(kwargs):
+    """ce_excess = 0 at any norms; margin_normalized = norm_balance = 1 exactly when ‖W‖_F = ‖H‖_F."""
+    fx = cf.self_dual_etf(**kwargs)
+    assert_fixture(fx)
+    s = run(fx).summary
+    if "beta" not in kwargs:
+        assert s["margin_normalized"] == pytest.approx(1.0, abs=1e-12) and s["norm_balance"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_snr_closed_form_of_an_etf_with_exact_noise():
+    """ETF means of norm r, Σ_W = σ²I exactly: every ω_j = r√(K/(K−1))/σ, so snr_min = snr_max."""
+    K, sigma, rho = 5, 0.3, 2.0
+    fx = cf.etf_with_exact_noise(K=K, d=8, sigma=sigma, rho=rho)
+    r = math.sqrt(rho * (K - 1) / K)
+    s = run(fx).summary
+    assert s["snr_min"] == pytest.approx(r * math.sqrt(K / (K - 1)) / sigma, rel=1e-12)
+    assert s["snr_max"] == pytest.approx(s["snr_min"], rel=1e-12)
+
+
+def test_snr_is_null_when_sigma_w_is_singular():
+    rng = np.random.default_rng(8)
+    X, y = random_layer(rng, 3, 6, [2, 2, 2])  # N = 6 rows, d = 6: rank Σ_W ≤ N − K = 3
+    ref = reference_metrics(X, y, rng.standard_normal((3, 6)), snr=True)
+    assert math.isnan(ref.summary["snr_min"]) and "singular" in ref.undefined["snr_min"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), k=st.integers(2, 6), n=st.integers(1, 6), d=st.integers(2, 8),
+       spread=st.floats(0.0, 5.0), bias_scale=st.floats(0.0, 3.0))
+def test_balanced_bounds(seed, k, n, d, spread, bias_scale):
+    """Balanced data: margin_normalized ≤ 1 (ULPM Lemma 3.1) and ce_excess ≥ 0 (Pan Thm. 2.3.1), any W, b."""
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.repeat(np.arange(k), n))
+    X = spread * rng.standard_normal((k, d))[y] + rng.standard_normal((k * n, d))
+    W = rng.standard_normal((k, d)) * rng.uniform(0.1, 3.0)
+    s = reference_metrics(X, y, W, bias_scale * rng.standard_normal(k)).summary
+    assert s["margin_normalized"] <= 1 + 1e-12
+    assert s["ce_excess"] >= -1e-12

@@ -35,13 +35,28 @@ def analyze(
         bool, typer.Option("--mse", help="Add the MSE decomposition of Han, Papyan & Donoho (2022) on the classifier layer.")
     ] = False,
     weight_decay: Annotated[float, typer.Option(help="Weight decay λ of the MSE decomposition (needs --mse).")] = 0.0,
+    snr: Annotated[
+        bool,
+        typer.Option(
+            "--snr",
+            help="Add snr_min and snr_max, the extreme singular values of Σ_W^(-1/2)Mᵀ (Han, Papyan & Donoho 2022), "
+            "on the classifier layer. Like --mse it needs a d × d matrix, so the same width limit applies.",
+        ),
+    ] = False,
+    ood: Annotated[
+        str | None,
+        typer.Option(
+            help="A feature file of out-of-distribution inputs through the same network (same layer names and widths): "
+            "adds nc5_ood_orthogonality, the mean |cos| between each class mean and the OOD features' mean (Ammar et al. 2024).",
+        ),
+    ] = None,
     classes: Annotated[
-        str | None, typer.Option(help="Also write the per-class table (n, var, mean_norm, recalls, ...) to this Parquet file.")
+        str | None, typer.Option(help="Also write the per-class table (n, var, mean_norm, recalls, w_norm, ...) to this Parquet file.")
     ] = None,
     pairs: Annotated[
         str | None,
         typer.Option(
-            help="Also write the per-pair table (cdnv, mean_cos, inter_cos, mean_dist) to this Parquet file, streamed as it "
+            help="Also write the per-pair table (cdnv, mean_cos, inter_cos, mean_dist, w_cos) to this Parquet file, streamed as it "
             "is computed. Above 50 million rows in all, add --pairs-top."
         ),
     ] = None,
@@ -80,6 +95,8 @@ def analyze(
             means_from=means_from,
             mse=mse,
             weight_decay=weight_decay,
+            snr=snr,
+            ood=ood,
             device=device,
             depth_epsilon=epsilon,
             block_rows=block_rows,

@@ -121,7 +121,13 @@ class ClassMoments:
 
 @dataclass
 class Decisions:
-    """Pass-2 state of one layer."""
+    """Pass-2 state of one layer.
+
+    Besides the decisions: Σ_i ‖h_i − μ_{y_i}‖ and Σ_i ‖h_i − μ_G‖
+    (``nc1_dist_ratio``), and on the classifier layer the smallest bias-free
+    margin and the summed cross-entropies of Wh + b and of Wh (seeds
+    ``002_*``, ``003_*``, ``004_*``), over every present class tile by tile.
+    """
 
     xp: Backend
     projected_sq: object  # (r,) Σ_i (v_j·(h_i − μ_{y_i}))²
@@ -130,6 +136,11 @@ class Decisions:
     mismatch: float = 0.0
     margin_min: float = float("inf")
     margin_sum: float = 0.0
+    own_distance_sum: float = 0.0
+    global_distance_sum: float = 0.0
+    free_margin_min: float = float("inf")
+    ce_sum: float = 0.0
+    free_ce_sum: float = 0.0
 
     @classmethod
     def empty(cls, xp: Backend, num_classes: int, rank: int) -> "Decisions":
@@ -147,15 +158,23 @@ class Decisions:
             xp.bincount(labels, num_classes, weights=1.0 * (ncc_pred == labels)),
             xp.zeros(num_classes),
         )
+        state.own_distance_sum = xp.scalar(xp.sqrt(xp.rowdot(residuals, residuals)).sum())
+        state.global_distance_sum = xp.scalar(block.norms.sum())
         if geometry.weight is None:
             return state
         clf_pred, own, other = geometry.classify(xp, block, labels)
         state.clf_correct = xp.bincount(labels, num_classes, weights=1.0 * (clf_pred == labels))
         state.mismatch = xp.scalar((clf_pred != ncc_pred).sum())
-        if len(geometry.own_centres) > 1 and len(labels):
+        if not len(labels):
+            return state
+        _, own_free, other_free = geometry.classify(xp, block, labels, free=True)
+        ce, free_ce = geometry.cross_entropies(xp, block, labels)
+        state.ce_sum, state.free_ce_sum = xp.scalar(ce.sum()), xp.scalar(free_ce.sum())
+        if len(geometry.own_centres) > 1:
             margins = own - other
             state.margin_min = xp.scalar(margins.min())
             state.margin_sum = xp.scalar(margins.sum())
+            state.free_margin_min = xp.scalar((own_free - other_free).min())
         return state
 
     def merge(self, other: "Decisions") -> "Decisions":
@@ -167,6 +186,11 @@ class Decisions:
             self.mismatch + other.mismatch,
             min(self.margin_min, other.margin_min),
             self.margin_sum + other.margin_sum,
+            self.own_distance_sum + other.own_distance_sum,
+            self.global_distance_sum + other.global_distance_sum,
+            min(self.free_margin_min, other.free_margin_min),
+            self.ce_sum + other.ce_sum,
+            self.free_ce_sum + other.free_ce_sum,
         )
 
     def update(self, geometry: "Geometry", rows, labels) -> None:
@@ -183,4 +207,9 @@ class Decisions:
             self.mismatch,
             self.margin_min,
             self.margin_sum,
+            self.own_distance_sum,
+            self.global_distance_sum,
+            self.free_margin_min,
+            self.ce_sum,
+            self.free_ce_sum,
         )

@@ -111,6 +111,12 @@ class NumpyBackend:
     def sqrt(self, a):
         return np.sqrt(a)
 
+    def exp(self, a):
+        return np.exp(a)
+
+    def log1p(self, a):
+        return np.log1p(a)
+
     def at_least_one(self, a):
         return np.maximum(a, 1.0)
 
@@ -218,6 +224,12 @@ class TorchBackend:
 
     def sqrt(self, a):
         return self.torch.sqrt(a)
+
+    def exp(self, a):
+        return self.torch.exp(a)
+
+    def log1p(self, a):
+        return self.torch.log1p(a)
 
     def at_least_one(self, a):
         return self.torch.clamp(a, min=1.0)

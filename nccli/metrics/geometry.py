@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from nccli.metrics.backend import Backend
+from nccli.metrics.classifier import RunningLogSumExp
 from nccli.metrics.formulas import Spectrum
-from nccli.metrics.layer import ClassMeans, Classifier
+from nccli.metrics.layer import Classifier, ClassMeans
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,10 @@ class Geometry:
     (``--means-from``). Classifier candidates (None without a classifier):
     rows ``weight`` and ``bias`` (b + W·origin) of classes ``clf_ids``; class c
     has the logit of candidate ``clf_column[c]``, which ``clf_shared`` marks
-    when another class has the same row. ``ncc_single`` (−2·``ncc_centres``)
+    when another class has the same row; ``free_bias`` (W·origin) gives the
+    bias-free logits w_cᵀh_i of seed ``002_*``, ``multiplicity`` the number of
+    classes that share each candidate's row (the cross-entropy sums over
+    classes). ``ncc_single`` (−2·``ncc_centres``)
     and ``weight_single`` (−``weight``) are the float32 copies the screening
     multiplies, with unit roundoff ``single_unit``. ``tile_classes`` fixes the
     tile width (tests); None sizes float32 tiles by ``tile_bytes``.
@@ -65,6 +69,8 @@ class Geometry:
     clf_ids: object = None
     clf_column: object = None
     clf_shared: object = None
+    free_bias: object = None
+    multiplicity: object = None
     tile_bytes: int = 32 * 2**20
     tile_classes: int | None = None
     single_unit: float = 2.0**-24
@@ -149,7 +155,7 @@ class Geometry:
         _, column = self._lowest(xp, block, len(self.ncc_ids), tile, slack, exact, values=False)
         return self.ncc_ids[column]
 
-    def classify(self, xp: Backend, block: "Block", labels):
+    def classify(self, xp: Backend, block: "Block", labels, free: bool = False):
         """Classifier decision, own-class logit and best other logit of each row, exact in float64.
 
         Logits z_ic = w_cᵀ(h_i − origin) + (b_c + w_cᵀorigin) = w_cᵀh_i + b_c,
@@ -157,29 +163,57 @@ class Geometry:
         logit max_{c ≠ y_i} z_ic (−inf when K = 1) leaves out y_i's candidate
         unless another class shares its row (then it counts, as that class's
         logit). The decision is y_i's class when its logit beats the best
-        other, or equals it with a lower id.
+        other, or equals it with a lower id. ``free``: the same for the bias-free
+        logits w_cᵀh_i (the margins of seed ``002_*``).
         """
+        bias = self.free_bias if free else self.bias
         columns = self.clf_column[labels]
-        own = xp.rowdot(block.centred, self.weight[columns]) + self.bias[columns]
+        own = xp.rowdot(block.centred, self.weight[columns]) + bias[columns]
         norm_max = xp.scalar(xp.rowdot(self.weight, self.weight).max()) ** 0.5
-        bias_max = xp.scalar(abs(self.bias).max())
+        bias_max = xp.scalar(abs(bias).max())
         slack = xp.single(self._slack(block, norm_max, bias_max))
         alone = xp.flatnonzero(~self.clf_shared[columns])
 
         def tile(start, stop):
             approx = block.single @ self.weight_single[start:stop].T  # −W in float32
-            approx -= xp.single(self.bias[start:stop])
+            approx -= xp.single(bias[start:stop])
             inside = alone[(columns[alone] >= start) & (columns[alone] < stop)]
             approx[inside, columns[inside] - start] = np.inf
             return approx
 
         def exact(rows, candidates):
-            return -(xp.rowdot(rows, self.weight[candidates]) + self.bias[candidates])
+            return -(xp.rowdot(rows, self.weight[candidates]) + bias[candidates])
 
         lowest, other_column = self._lowest(xp, block, len(self.clf_ids), tile, slack, exact, values=True)
         other = -lowest
         wins = (own > other) | ((own == other) & (columns <= other_column))
         return self.clf_ids[xp.where(wins, columns, other_column)], own, other
+
+    def cross_entropies(self, xp: Backend, block: "Block", labels):
+        """Per row, −log softmax(z)_{y_i} over every present class, for z = Wh + b and for the bias-free Wh.
+
+        Exact float64 logits, tile by tile over the classifier's distinct rows,
+        folded into a running log Σ exp (:class:`~nccli.metrics.classifier.RunningLogSumExp`;
+        a row shared by m classes counts m times): O(N·K·d) like the screening, in float64.
+        The own logit is read from the same products as the others, so that a
+        collapsed row's loss, e^{−gap}-small, is not drowned by the rounding of
+        two ways of computing one logit.
+        """
+        n = len(block.centred)
+        columns = self.clf_column[labels]
+        with_bias, bias_free = RunningLogSumExp(xp, n), RunningLogSumExp(xp, n)
+        own, own_free = xp.zeros(n), xp.zeros(n)
+        # About six float64 arrays of rows × tile live at once: a sixth of the float32 width keeps
+        # them within 2 × tile_bytes, inside the plan's 3 × tile_bytes of working memory.
+        for start, stop in self._tiles(len(self.clf_ids), 6 * n):
+            products = block.centred @ self.weight[start:stop].T
+            logits, free = products + self.bias[start:stop], products + self.free_bias[start:stop]
+            inside = xp.flatnonzero((columns >= start) & (columns < stop))
+            own[inside] = logits[inside, columns[inside] - start]
+            own_free[inside] = free[inside, columns[inside] - start]
+            with_bias.add(logits, self.multiplicity[start:stop])
+            bias_free.add(free, self.multiplicity[start:stop])
+        return with_bias.cross_entropy(own), bias_free.cross_entropy(own_free)
 
 
 @dataclass(frozen=True)
@@ -237,6 +271,8 @@ def build_geometry(
             weight=xp.constant(weight),
             weight_single=xp.single(xp.constant(-weight)),
             bias=xp.constant(rows[first_row, -1] + weight @ origin),
+            free_bias=xp.constant(weight @ origin),
+            multiplicity=xp.constant(np.bincount(group).astype(np.float64)),
             clf_ids=xp.labels(present.ids[first_row]),
             clf_column=xp.labels(clf_column),
             clf_shared=xp.labels(np.bincount(group) > 1) > 0,

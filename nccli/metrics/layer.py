@@ -11,10 +11,17 @@ from typing import Callable
 import numpy as np
 
 from nccli import schema
+from nccli.metrics import classifier as clf
 from nccli.metrics import formulas as f
 from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.pairs import PairInputs, PairStats, Tile
-from nccli.metrics.tiles import CentredMeans, etf_distance, lowest_coincident, tile_classes
+from nccli.metrics.record import SummaryRecord, class_table
+from nccli.metrics.tiles import (
+    CentredMeans,
+    etf_distance,
+    lowest_coincident,
+    tile_classes,
+)
 
 
 @dataclass(frozen=True)
@@ -59,13 +66,13 @@ class ClassMeans:
 
 @dataclass
 class LayerMetrics:
-    """Summary values (every name of ``schema.METRIC_COLUMNS``) and the per-class table as columns.
+    """Summary values (a record of every name of ``schema.METRIC_COLUMNS``) and the per-class table as columns.
 
     ``classes``: ``schema.COL_CLASS`` and every name of ``schema.CLASS_METRICS``,
     each a numpy array over present classes (NaN where undefined).
     """
 
-    summary: dict[str, float]
+    summary: SummaryRecord
     classes: dict[str, np.ndarray]
     sigma_b_rank: int = 0
 
@@ -97,35 +104,42 @@ def summarize_layer(
     unit_sum, unit_count = present_rows(moments.unit_sum, ids), present_rows(moments.unit_count, ids)
     intra = f.intra_cosines(unit_sum, unit_count)
     weight = present_rows(classifier.weight, ids) if classifier is not None else None
+    w_norms = np.linalg.norm(weight, axis=1) if classifier is not None else None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weight_unit = weight / w_norms[:, None] if classifier is not None else None  # NaN rows where w_c = 0
 
     all_coincide = k >= 2 and bool(geometry.at_centre.all())
     some_at_global_mean = k >= 2 and bool(geometry.at_centre.any())
 
     stats = PairStats(k)
-    for pair_tile in PairInputs(ids, geometry, variances, unit_sum, unit_count).tiles(tile):
+    for pair_tile in PairInputs(ids, geometry, variances, unit_sum, unit_count, weight_unit).tiles(tile):
         stats.add(pair_tile)
         if pairs is not None:
             pairs(pair_tile)
 
     tr_sw = float(moments.scatter.sum() / n)
     tr_sb = float(np.sum(centred**2) / k)
-    values = dict.fromkeys(schema.METRIC_COLUMNS, np.nan)
-    values.update(
+    values = dict(
         tr_sw=tr_sw,
         tr_sb=tr_sb,
         nc1=np.nan if all_coincide else f.nc1(decisions.projected_sq, spectrum, n),
         nc1_tilde=np.nan if all_coincide or k < 2 else f.ratio(tr_sw, tr_sb),
         cdnv=stats.cdnv,
+        nc1_dist_ratio=f.ratio(decisions.own_distance_sum, decisions.global_distance_sum),
         nc2_equinorm=np.nan if all_coincide or k < 2 else f.equinorm(norms),
         nc2_equiangular=stats.equiangular if not some_at_global_mean else np.nan,
         nc2_maxangle=stats.max_angle if not some_at_global_mean else np.nan,
         nc2_etf=np.nan if some_at_global_mean or k < 2 else _nc2_etf(centred, norms, tile),
+        nc2_tirer=np.nan if all_coincide or k < 2 else clf.tirer_distance(etf_distance(centred, centred, tile)),
+        gnc2_dist_var=stats.gnc2[0] if not some_at_global_mean else np.nan,
+        gnc2_log_var=stats.gnc2[1] if not some_at_global_mean else np.nan,
         ncc_accuracy=float(decisions.ncc_correct.sum() / n),
         intra_cos_min=f.strict_min(intra),
         intra_cos_mean=f.strict_mean(intra),
         inter_cos_max=stats.inter_cos_max,
         inter_cos_mean=stats.inter_cos_mean,
     )
+    duality_cos = f.row_cosines(weight, centred) if classifier is not None else None
     if classifier is not None:
         values.update(
             nc3_duality=np.nan if all_coincide or k < 2 else f.duality_distance(weight, centred),
@@ -135,8 +149,14 @@ def summarize_layer(
             margin_min=decisions.margin_min if k >= 2 else np.nan,
             margin_mean=decisions.margin_sum / n if k >= 2 else np.nan,
         )
+        values.update(_classifier_values(moments, ids, weight, w_norms, duality_cos, decisions, stats, values["nc3_etf"]))
 
     _warn_degenerate(warn, moments, ids, k, all_coincide, some_at_global_mean, stats, geometry.at_centre, classifier)
+    if classifier is not None and k >= 2 and counts.min() != counts.max():
+        warn(
+            f"class counts differ ({int(counts.min())} to {int(counts.max())}): margin_normalized uses n = N/K, "
+            "and its bound 1 assumes balanced classes"
+        )
 
     undefined = np.full(k, np.nan)
     classes = {
@@ -147,9 +167,29 @@ def summarize_layer(
         "intra_cos": intra,
         "ncc_recall": decisions.ncc_correct[ids] / counts,
         "clf_recall": decisions.clf_correct[ids] / counts if classifier is not None else undefined,
-        "duality_cos": f.row_cosines(weight, centred) if classifier is not None else undefined,
+        "duality_cos": duality_cos if classifier is not None else undefined,
+        "w_norm": w_norms if classifier is not None else undefined,
     }
-    return LayerMetrics(values, classes, spectrum.rank)
+    return LayerMetrics(SummaryRecord.computed(values, classifier is not None), class_table(classes), spectrum.rank)
+
+
+def _classifier_values(moments, ids, weight, w_norms, duality_cos, decisions, stats: PairStats, nc3_etf: float) -> dict:
+    """The classifier's own geometry (rows not centred), Tirer's NC3, uniform duality, the bias-free
+    normalised margin, the norm balance and the cross-entropies (``metrics.md``)."""
+    k, n = len(ids), float(moments.count.sum())
+    sq_w = float(np.sum(w_norms**2))
+    sq_h = clf.feature_sq_norm(present_rows(moments.count, ids), present_rows(moments.mean, ids), present_rows(moments.scatter, ids))
+    return dict(
+        w_equinorm=f.equinorm(w_norms) if k >= 2 else np.nan,
+        w_equiangular=stats.w_equiangular,
+        w_maxangle=stats.w_max_angle,
+        nc3_tirer=clf.tirer_distance(nc3_etf),  # ⟨WMᵀ, P⟩ = tr(WMᵀ): the same e as nc3_etf
+        nc3_uniform_duality=clf.uniform_duality(duality_cos),
+        margin_normalized=clf.normalized_margin(decisions.free_margin_min, sq_w, sq_h, n, k),
+        norm_balance=clf.norm_balance(sq_w, sq_h),
+        ce_loss=decisions.ce_sum / n,
+        ce_excess=clf.excess_cross_entropy(decisions.free_ce_sum / n, k, sq_w, sq_h, n),
+    )
 
 
 def present_rows(array: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ W̃_LS = (Σ_c (n_c/N) e_c μ̃_cᵀ) A⁺. This is the one metric that needs a
 
 import numpy as np
 
+from nccli import schema
 from nccli.metrics.accumulators import ClassMoments
 from nccli.metrics.layer import Classifier
 
@@ -46,10 +47,5 @@ def mse_decomposition(moments: ClassMoments, classifier: Classifier, weight_deca
     loss_between, loss_within = _loss_parts(weight_ext, means_ext, shares, within_ext, weight_decay)
     ls_between, ls_within = _loss_parts(weight_ls, means_ext, shares, within_ext, weight_decay)
     gap = weight_ext - weight_ls
-    return {
-        "mse_loss": loss_between + loss_within,
-        "mse_ls": ls_between + ls_within,
-        "mse_perp": 0.5 * float(np.sum((gap @ gram) * gap)),
-        "mse_nc1": ls_within,
-        "mse_nc23": ls_between,
-    }
+    loss, least_squares, perp = loss_between + loss_within, ls_between + ls_within, 0.5 * float(np.sum((gap @ gram) * gap))
+    return dict(zip(schema.MSE_METRICS, (loss, least_squares, perp, ls_within, ls_between)))

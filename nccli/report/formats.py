@@ -41,13 +41,7 @@ COMPACT_COLUMNS = (
     schema.COL_EPOCH,
     schema.COL_LAYER,
     schema.COL_N_CLASSES,
-    "nc1",
-    "cdnv",
-    "nc2_etf",
-    "nc3_duality",
-    "ncc_accuracy",
-    "clf_accuracy",
-    "nc4_ncc_mismatch",
+    *schema.COMPACT_METRICS,
 )
 
 

@@ -26,10 +26,6 @@ from nccli.io.lock import locked
 
 TEMPORARY_SUFFIX = ".tmp"
 
-_INT_COLUMNS = {schema.COL_EPOCH, schema.COL_LAYER_ORDER, schema.COL_N_SAMPLES, schema.COL_N_CLASSES, schema.COL_DIM}
-_INT_COLUMNS |= {schema.COL_EFFECTIVE_DEPTH, schema.COL_CLASS, schema.COL_CLASS_B, "n"}
-_STRING_COLUMNS = {schema.COL_FILE, schema.COL_SPLIT, schema.COL_MODEL, schema.COL_LAYER}
-_STRING_COLUMNS |= {schema.COL_CLASS_NAME, schema.COL_CLASS_NAME_B}
 
 
 def class_columns(named: bool) -> tuple[str, ...]:
@@ -43,11 +39,8 @@ def pair_columns(named: bool) -> tuple[str, ...]:
 
 
 def arrow_type(column: str) -> pa.DataType:
-    if column in _INT_COLUMNS:
-        return pa.int64()
-    if column in _STRING_COLUMNS:
-        return pa.string()
-    return pa.float64()
+    """The column's Arrow type, from the registry (``schema.arrow_type_name``)."""
+    return pa.type_for_alias(schema.arrow_type_name(column))
 
 
 def _null_if_nan(value):

@@ -8,8 +8,12 @@ From the summary table that ``nccli analyze`` writes (``report.md``):
     file's classifier-input layer (its rows where ``clf_accuracy`` is set),
     else the layer given. With the default metrics this is the panel of
     Papyan, Han & Donoho (2020), Figs. 2–7: NC1, equinorm, equiangularity,
-    max-angle, self-duality, NCC mismatch and the errors; the first epoch
-    with zero training error (the start of the terminal phase) is marked.
+    max-angle (each with the classifier rows beside the class means, dashed,
+    as Papyan et al. draw them), self-duality, NCC mismatch and the errors;
+    then the normalised bias-free margin (seed ``002_*``) and the
+    cross-entropy with its excess over the optimum for the same norms (seed
+    ``003_*``). The first epoch with zero training error (the start of the
+    terminal phase) is marked.
 ``nc_depth_<split>.<fmt>``
     One figure per split; one panel per metric, x = the layers in forward
     order (``layer_order``) named on the ticks, one line per feature file
@@ -21,10 +25,14 @@ visible), linear where a metric can be negative (cosines, margins).
 Accuracies are drawn as errors, 1 − accuracy. Metrics that are null on every
 row a figure uses are skipped with a :class:`DegenerateMetricWarning`.
 
-Every panel is 4.0 × 3.4 inches at 100 dpi, at most 4 to a row, plus 0.4
-inches for the title: both default figures have 7 panels, 1600 × 720 pixels.
+Metrics drawn together share a panel (:data:`nccli.report.panels.SHARED_PANELS`): the errors;
+each NC2 quantity of the class means with the classifier rows'; the
+cross-entropy and its excess. Every panel is 4.0 × 3.4 inches at 100 dpi, at
+most 4 to a row, plus 0.4 inches for the title: the default figure over
+epochs has 9 panels (1600 × 1060 pixels), the one through depth 7
+(1600 × 720).
 
-matplotlib (the ``plot`` extra) is imported by this module only, and only
+matplotlib (the ``plot`` extra) is imported by this module and :mod:`nccli.report.panels` only, and only
 through the Agg canvas: no pyplot, no change to a caller's backend.
 """
 
@@ -33,12 +41,27 @@ import os
 import re
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nccli.errors import DegenerateMetricWarning, OutputError, UsageError
+from nccli.report.panels import (
+    CLF_ACC,
+    DEPTH_METRICS,
+    DPI,
+    EPOCH_METRICS,
+    LEGEND_NAMES,
+    MAX_COLUMNS,
+    epoch_axis,
+    figure_pixels,
+    is_null,
+    layer_axis,
+    live_panels,
+    metric_values,
+    panels_for,
+    style_panel,
+)
 from nccli.schema import (
     COL_EPOCH,
     COL_FILE,
@@ -47,61 +70,13 @@ from nccli.schema import (
     COL_MODEL,
     COL_SPLIT,
     DEFAULT_SPLIT,
-    METRIC_BY_NAME,
     METRIC_COLUMNS,
-    NC1_METRICS,
-    NC2_METRICS,
-    NC3_METRICS,
-    NCC_METRICS,
 )
 
 FORMATS = ("png", "svg", "pdf")
 KINDS = ("all", "epochs", "depth")
-DPI = 100
-PANEL_INCHES = (4.0, 3.4)
-TITLE_INCHES = 0.4
-MAX_COLUMNS = 4
-LABEL_PIXELS = 22  # horizontal room one rotated 7-point tick label needs
 EPOCHS_FILE = "nc_over_epochs"
 DEPTH_FILE = "nc_depth"
-
-_TR_SW, _TR_SB, _NC1, _NC1_TILDE, _CDNV = NC1_METRICS
-_EQUINORM, _EQUIANGULAR, _MAXANGLE, _NC2_ETF = NC2_METRICS
-_NC3_DUALITY, _NC3_ETF = NC3_METRICS
-_NCC_ACC, _CLF_ACC, _NC4, _MARGIN_MIN, _MARGIN_MEAN = NCC_METRICS
-ACCURACY_METRICS = (_CLF_ACC, _NCC_ACC)
-EPOCH_METRICS = (_NC1, _EQUINORM, _EQUIANGULAR, _MAXANGLE, _NC3_DUALITY, _NC4, _CLF_ACC, _NCC_ACC)
-DEPTH_METRICS = (_NC1, _NC1_TILDE, _CDNV, _EQUINORM, _EQUIANGULAR, _MAXANGLE, _NCC_ACC)
-_ERROR_NAMES = {_CLF_ACC: "classifier", _NCC_ACC: "NCC"}
-
-
-
-@dataclass(frozen=True)
-class _Panel:
-    metrics: tuple[str, ...]
-    title: str
-    ylabel: str
-    error: bool = False
-
-
-def _panels(metrics: tuple[str, ...]) -> list[_Panel]:
-    """One panel per metric; the accuracies share one error panel."""
-    panels = [_Panel((m,), METRIC_BY_NAME[m].title, METRIC_BY_NAME[m].ylabel) for m in metrics if m not in ACCURACY_METRICS]
-    accuracies = tuple(m for m in metrics if m in ACCURACY_METRICS)
-    if len(accuracies) == 1:
-        first = METRIC_BY_NAME[accuracies[0]]
-        panels.append(_Panel(accuracies, first.title, first.ylabel, error=True))
-    elif accuracies:
-        panels.append(_Panel(accuracies, "Errors: classifier and NCC", "error = 1 − accuracy", error=True))
-    return panels
-
-
-def figure_pixels(n_panels: int) -> tuple[int, int]:
-    """Width and height in pixels of a figure with ``n_panels`` panels."""
-    columns = min(MAX_COLUMNS, n_panels)
-    rows = math.ceil(n_panels / columns)
-    return round(columns * PANEL_INCHES[0] * DPI), round((rows * PANEL_INCHES[1] + TITLE_INCHES) * DPI)
-
 
 def plot_report(
     report_path: str | os.PathLike,
@@ -180,30 +155,6 @@ def _read_report(path: Path) -> list[dict]:
     return rows
 
 
-def _is_null(value) -> bool:
-    """Reports write undefined metrics as null or as NaN (``metrics.md``); both mean missing."""
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _values(rows: list[dict], metric: str, error: bool = False) -> np.ndarray:
-    values = np.array([np.nan if _is_null(row.get(metric)) else row[metric] for row in rows], dtype=np.float64)
-    return 1.0 - values if error else values
-
-
-def _live_panels(panels: list[_Panel], rows: list[dict], where: str, report: Path) -> list[_Panel]:
-    """Drop metrics that are null on every row (saying so), and panels left empty."""
-    live = []
-    for panel in panels:
-        kept = tuple(m for m in panel.metrics if np.isfinite(_values(rows, m)).any())
-        for metric in panel.metrics:
-            if metric not in kept:
-                warnings.warn(f"metric '{metric}' is null on every row {where} of '{report}'; not plotted",
-                              DegenerateMetricWarning)
-        if kept:
-            live.append(_Panel(kept, panel.title, panel.ylabel, panel.error))
-    return live
-
-
 def _epoch_figures(rows, report: Path, metrics, layer: str | None) -> list[tuple[str, object]]:
     if layer is not None:
         chosen = [row for row in rows if row[COL_LAYER] == layer]
@@ -229,7 +180,7 @@ def _epoch_figures(rows, report: Path, metrics, layer: str | None) -> list[tuple
             raise UsageError(f"'{report}' has two rows for split '{row[COL_SPLIT]}', epoch {row[COL_EPOCH]} {where} "
                              f"(files {files}); plot one run per report")
         line[row[COL_EPOCH]] = row
-    panels = _live_panels(_panels(tuple(metrics)), timed, where, report)
+    panels = live_panels(panels_for(tuple(metrics)), timed, where, report)
     if not panels:
         return []
     several_models = len({model for model, _ in lines}) > 1
@@ -243,15 +194,15 @@ def _epoch_figures(rows, report: Path, metrics, layer: str | None) -> list[tuple
             line_rows = [lines[key][epoch] for epoch in sorted(lines[key])]
             label = f"{key[0]} · {key[1]}" if several_models else str(key[1])
             for style, metric in enumerate(panel.metrics):
-                y = _values(line_rows, metric, panel.error)
-                name = f"{label} {_ERROR_NAMES[metric]}" if len(panel.metrics) > 1 else label
+                y = metric_values(line_rows, metric, panel.error)
+                name = f"{label} {LEGEND_NAMES[metric]}" if len(panel.metrics) > 1 else label
                 ax.plot(sorted(lines[key]), y, color=f"C{color}", marker="os^"[style % 3],
                         linestyle=("-", "--")[style % 2], markersize=4, linewidth=1.4, label=name)
                 plotted.append(y)
         if onset is not None:
             ax.axvline(onset, color="0.5", linestyle=":", linewidth=1, label="zero train error")
-        _style_panel(ax, panel, np.concatenate(plotted))
-        _epoch_axis(ax, epochs)
+        style_panel(ax, panel, np.concatenate(plotted))
+        epoch_axis(ax, epochs)
         if index == 0 or len(panel.metrics) > 1:
             ax.legend(fontsize=7)
     return [(EPOCHS_FILE, figure)]
@@ -264,13 +215,13 @@ def _classifier_input_rows(rows: list[dict], report: Path) -> list[dict]:
         by_file[row[COL_FILE]].append(row)
     chosen, fallback = [], []
     for file, file_rows in by_file.items():
-        classifier = [row for row in file_rows if not _is_null(row.get(_CLF_ACC))]
+        classifier = [row for row in file_rows if not is_null(row.get(CLF_ACC))]
         if not classifier:
             fallback.append(file)
             classifier = [max(file_rows, key=lambda row: row[COL_LAYER_ORDER])]
         chosen += classifier
     if fallback:
-        warnings.warn(f"{len(fallback)} file(s) in '{report}' have no classifier rows ('{_CLF_ACC}' is null); "
+        warnings.warn(f"{len(fallback)} file(s) in '{report}' have no classifier rows ('{CLF_ACC}' is null); "
                       "following their deepest layer over epochs instead", DegenerateMetricWarning)
     return chosen
 
@@ -278,7 +229,7 @@ def _classifier_input_rows(rows: list[dict], report: Path) -> list[dict]:
 def _zero_error_epoch(rows: list[dict]) -> int | None:
     """The first epoch whose training classifier accuracy is 1: the start of the terminal phase."""
     perfect = [row[COL_EPOCH] for row in rows if row[COL_SPLIT] == DEFAULT_SPLIT and row[COL_EPOCH] is not None
-               and row.get(_CLF_ACC) == 1.0]
+               and row.get(CLF_ACC) == 1.0]
     return min(perfect) if perfect else None
 
 
@@ -295,7 +246,7 @@ def _depth_figures(rows, report: Path, metrics) -> list[tuple[str, object]]:
     splits = sorted({row[COL_SPLIT] for row in rows}, key=lambda split: (split != DEFAULT_SPLIT, str(split)))
     for split in splits:
         split_rows = [row for row in rows if row[COL_SPLIT] == split]
-        panels = _live_panels(_panels(tuple(metrics)), split_rows, f"of split '{split}'", report)
+        panels = live_panels(panels_for(tuple(metrics)), split_rows, f"of split '{split}'", report)
         if not panels:
             continue
         layers = {}  # order -> names
@@ -314,17 +265,18 @@ def _depth_figures(rows, report: Path, metrics) -> list[tuple[str, object]]:
                 epoch = file_rows[0][COL_EPOCH]
                 x = [position[row[COL_LAYER_ORDER]] for row in file_rows]
                 for style, metric in enumerate(panel.metrics):
-                    y = _values(file_rows, metric, panel.error)
+                    y = metric_values(file_rows, metric, panel.error)
                     color = colormap(norm(epoch)) if epoch is not None else (f"C{number % 10}" if not epochs else "0.5")
                     label = (f"{Path(file).name}" if epoch is None else None) if style == 0 else None
                     ax.plot(x, y, color=color, marker="os^"[style % 3], linestyle=("-", "--")[style % 2],
                             markersize=3.5, linewidth=1.3, label=label)
                     plotted.append(y)
-            _style_panel(ax, panel, np.concatenate(plotted))
-            _layer_axis(ax, [" / ".join(names) for names in layers.values()])
+            style_panel(ax, panel, np.concatenate(plotted))
+            layer_axis(ax, [" / ".join(names) for names in layers.values()])
             if len(panel.metrics) > 1:
-                ax.plot([], [], color="0.3", marker="o", linestyle="-", label=_ERROR_NAMES[panel.metrics[0]])
-                ax.plot([], [], color="0.3", marker="s", linestyle="--", label=_ERROR_NAMES[panel.metrics[1]])
+                for style, metric in enumerate(panel.metrics):
+                    ax.plot([], [], color="0.3", marker="os^"[style % 3], linestyle=("-", "--")[style % 2],
+                            label=LEGEND_NAMES[metric])
             if ax.get_legend_handles_labels()[0] and (len(panel.metrics) > 1 or ax is axes[0]):
                 ax.legend(fontsize=7)
         if epochs:
@@ -352,57 +304,6 @@ def _figure(n_panels: int, title: str):
         spare.set_axis_off()  # kept as room for a colorbar
     figure.suptitle(title, fontsize=11)
     return figure, list(grid[:n_panels]), list(grid[n_panels:])
-
-
-def _style_panel(ax, panel: _Panel, values: np.ndarray) -> None:
-    """Title, y label and a y scale that suits the values: log, symlog (exact zeros) or linear (negatives)."""
-    ax.set_title(panel.title, fontsize=9)
-    ylabel = panel.ylabel
-    finite = values[np.isfinite(values)]
-    if finite.size and finite.min() > 0:
-        ax.set_yscale("log")
-        ylabel += " (log)"
-    elif finite.size and finite.min() == 0 and finite.max() > 0:
-        threshold = 10.0 ** math.floor(math.log10(finite[finite > 0].min()))
-        ax.set_yscale("symlog", linthresh=threshold)
-        ax.set_ylim(bottom=0)
-        ylabel += f" (log; linear below {threshold:g})"
-    ax.set_ylabel(ylabel, fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.grid(True, which="major", alpha=0.3)
-
-
-def _epoch_axis(ax, epochs: list[int]) -> None:
-    from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
-
-    if epochs[0] >= 0 and epochs[-1] >= 20 and epochs[-1] >= 20 * max(epochs[0], 1):
-        if epochs[0] > 0:
-            ax.set_xscale("log")
-        else:
-            ax.set_xscale("symlog", linthresh=1)
-        ax.set_xlabel("epoch (log scale)", fontsize=8)
-        if len(epochs) <= 10:
-            ax.xaxis.set_major_locator(FixedLocator(epochs))
-            ax.xaxis.set_major_formatter(ScalarFormatter())
-            ax.xaxis.set_minor_locator(NullLocator())
-    else:
-        ax.set_xlabel("epoch", fontsize=8)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _layer_axis(ax, names: list[str]) -> None:
-    """Layer names on the ticks, rotated, shortened, and thinned out so that they never overlap."""
-    step = max(1, math.ceil(len(names) / (PANEL_INCHES[0] * DPI / LABEL_PIXELS)))
-    shown = range(0, len(names), step)
-    ax.set_xticks(list(shown))
-    ax.set_xticklabels([_short(names[i]) for i in shown], rotation=45, ha="right", rotation_mode="anchor",
-                       fontsize=7)
-    ax.set_xlim(-0.5, len(names) - 0.5)
-    ax.set_xlabel("layer (forward order)" + (f", one in {step} named" if step > 1 else ""), fontsize=8)
-
-
-def _short(name: str, limit: int = 18) -> str:
-    return name if len(name) <= limit else f"{name[: limit // 2 - 1]}…{name[-(limit // 2):]}"
 
 
 def _save(figure, path: Path, fmt: str) -> Path:

@@ -87,6 +87,7 @@ def pair_batch(file: str, layer: str, tile: PairTile, class_names: tuple[str, ..
         "mean_cos": tile.mean_cos,
         "inter_cos": tile.inter_cos,
         "mean_dist": tile.mean_dist,
+        "w_cos": tile.w_cos,
     }
     return _batch(pair_columns(named), values, len(tile))
 
@@ -120,4 +121,4 @@ class LayerPairs:
 
 def _no_pairs() -> PairTile:
     ints, floats = np.zeros(0, dtype=np.int64), np.zeros(0)
-    return PairTile(ints, ints, floats, floats, floats, floats)
+    return PairTile(ints, ints, floats, floats, floats, floats, floats)
