@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
 from h5files import write_feature_file
+
 from nccli import schema
 from nccli.analyze import AnalyzeConfig, analyze_features
 

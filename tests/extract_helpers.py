@@ -11,9 +11,6 @@ import h5py
 import numpy as np
 import torch
 from torch import nn
-from typer.testing import CliRunner
-
-from nccli.cli import app
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the documented default of --mean/--std, typed out independently
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -105,22 +102,6 @@ def reference_outputs(model: nn.Module, inputs: torch.Tensor, modules: list[str]
 def _first(value):
     return value if isinstance(value, torch.Tensor) else value[0]
 
-
-def run(*args: str):
-    """Invoke the CLI; stdout and stderr stay separate."""
-    return CliRunner().invoke(app, [str(arg) for arg in args])
-
-
-def assert_user_error(result, *fragments: str) -> str:
-    """Exit code 2, one line on stderr naming ``fragments``, no traceback."""
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    assert "Traceback" not in result.stderr + result.stdout
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def read_datasets(path: Path) -> dict[str, np.ndarray]:

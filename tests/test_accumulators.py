@@ -9,7 +9,7 @@ from nccli.metrics import formulas
 from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import NumpyBackend, TorchBackend, select_backend
 from nccli.metrics.geometry import build_geometry
-from nccli.metrics.layer import ClassMeans, Classifier
+from nccli.metrics.layer import Classifier, ClassMeans
 
 NUM_CLASSES, DIM = 4, 5
 

@@ -9,13 +9,10 @@ import h5py
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
-
+from cli_helpers import assert_user_error, invoke
 from h5files import write_feature_file
-from nccli import __version__, schema
-from nccli.cli import app
 
-runner = CliRunner()
+from nccli import __version__, schema
 
 
 def good_file(path, n=40, k=4, d=5, seed=0, **kwargs):
@@ -29,17 +26,8 @@ def good_file(path, n=40, k=4, d=5, seed=0, **kwargs):
     return write_feature_file(path, labels, layers, **kwargs)
 
 
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
-def assert_clean_failure(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 # --------------------------------------------------------------------------- the report
@@ -136,9 +124,9 @@ def test_report_table_xlsx_and_columns(tmp_path):
     openpyxl = pytest.importorskip("openpyxl")
     sheet = openpyxl.load_workbook(workbook_path).active
     assert [cell.value for cell in sheet[1]] == list(schema.SUMMARY_COLUMNS)
-    assert_clean_failure(invoke("report", out, "--format", "xlsx"), "--output")
-    assert_clean_failure(invoke("report", out, "--columns", "nope"), "unknown column 'nope'")
-    assert_clean_failure(invoke("report", tmp_path / "missing.parquet"), "no such report file")
+    assert_user_error(invoke("report", out, "--format", "xlsx"), "--output")
+    assert_user_error(invoke("report", out, "--columns", "nope"), "unknown column 'nope'")
+    assert_user_error(invoke("report", tmp_path / "missing.parquet"), "no such report file")
 
 
 # --------------------------------------------------------------------------- bad input
@@ -192,7 +180,7 @@ def test_bad_file_fails_cleanly_and_keeps_the_earlier_report(tmp_path, case):
     out = tmp_path / "report.parquet"
     out.write_bytes(b"earlier report")
     result = invoke("analyze", good_file(tmp_path / "good.h5"), bad, "--out", out, "--block-rows", "8")
-    assert_clean_failure(result, str(bad), *fragments)
+    assert_user_error(result, str(bad), *fragments)
     assert out.read_bytes() == b"earlier report"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["bad.h5", "good.h5", "report.parquet"])
 
@@ -200,12 +188,12 @@ def test_bad_file_fails_cleanly_and_keeps_the_earlier_report(tmp_path, case):
 def test_option_errors(tmp_path):
     path = good_file(tmp_path / "a.h5")
     out = tmp_path / "r.parquet"
-    assert_clean_failure(invoke("analyze", path, "--out", out, "--layers", "layer9*"), "'layer9*'", "block, fc_in")
-    assert_clean_failure(invoke("analyze", path, "--out", tmp_path / "no" / "r.parquet"), "does not exist")
-    assert_clean_failure(invoke("analyze", path, "--out", tmp_path), "is a directory")
-    assert_clean_failure(invoke("analyze", path, "--out", out, "--weight-decay", "0.1"), "--mse")
-    assert_clean_failure(invoke("analyze", path, "--out", out, "--device", "tpu"), "--device")
-    assert_clean_failure(invoke("analyze", tmp_path / "none.h5", "--out", out), "none.h5", "no such file")
+    assert_user_error(invoke("analyze", path, "--out", out, "--layers", "layer9*"), "'layer9*'", "block, fc_in")
+    assert_user_error(invoke("analyze", path, "--out", tmp_path / "no" / "r.parquet"), "does not exist")
+    assert_user_error(invoke("analyze", path, "--out", tmp_path), "is a directory")
+    assert_user_error(invoke("analyze", path, "--out", out, "--weight-decay", "0.1"), "--mse")
+    assert_user_error(invoke("analyze", path, "--out", out, "--device", "tpu"), "--device")
+    assert_user_error(invoke("analyze", tmp_path / "none.h5", "--out", out), "none.h5", "no such file")
     assert not out.exists()
 
 
@@ -214,8 +202,8 @@ def test_means_from_must_match_layers_and_classes(tmp_path):
     other_layers = good_file(tmp_path / "other.h5", layers={"fc_in": np.zeros((40, 5)) + np.arange(40)[:, None] % 4})
     other_classes = good_file(tmp_path / "k5.h5", k=5)
     out = tmp_path / "r.parquet"
-    assert_clean_failure(invoke("analyze", test, "--means-from", other_layers, "--out", out), "other.h5", "'block'")
-    assert_clean_failure(invoke("analyze", test, "--means-from", other_classes, "--out", out), "k5.h5", "5 classes", "4")
+    assert_user_error(invoke("analyze", test, "--means-from", other_layers, "--out", out), "other.h5", "'block'")
+    assert_user_error(invoke("analyze", test, "--means-from", other_classes, "--out", out), "k5.h5", "5 classes", "4")
     assert not out.exists()
 
 
@@ -223,7 +211,7 @@ def test_mse_refuses_wide_layers(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.arange(6) % 2
     path = write_feature_file(tmp_path / "w.h5", labels, {"wide": rng.normal(size=(6, 4097))}, weight=np.ones((2, 4097)), classifier_layer="wide")
-    assert_clean_failure(invoke("analyze", path, "--mse", "--out", tmp_path / "r.parquet"), "d = 4097", "4096")
+    assert_user_error(invoke("analyze", path, "--mse", "--out", tmp_path / "r.parquet"), "d = 4097", "4096")
 
 
 def test_files_written_by_other_tools_with_odd_layouts(tmp_path):

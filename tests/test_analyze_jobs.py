@@ -4,10 +4,10 @@ import math
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 from analysis_helpers import analyze_collected
 from h5files import write_feature_file
+from typer.testing import CliRunner
+
 from nccli.analyze import AnalyzeConfig
 from nccli.cli import app
 from nccli.scan import row_ranges

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
-from test_analyze_cli import good_file, invoke
+from cli_helpers import invoke
+from test_analyze_cli import good_file
 
 TESTS = Path(__file__).resolve().parent
 
@@ -48,7 +48,7 @@ def run_python(code: str, timeout: float = 300) -> dict:
 INVOKE = """
 import json, resource, sys
 sys.path.insert(0, {tests!r})
-from test_analyze_cli import invoke
+from cli_helpers import invoke
 """
 
 

@@ -8,30 +8,19 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import save_file
-from typer.testing import CliRunner
-
+from cli_helpers import assert_user_error, invoke
 from h5files import write_feature_file
+from safetensors.numpy import save_file
+
 from nccli import schema
 from nccli.analyze import AnalyzeConfig, analyze_features
-from nccli.cli import app
 from nccli.extract.capture import pool_rows
 
-runner = CliRunner()
 N, K = 40, 4
 
 
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
-def assert_clean_failure(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def arrays(seed=0) -> dict[str, np.ndarray]:
@@ -188,7 +177,7 @@ def test_a_pickle_payload_in_a_pt_file_never_runs(tmp_path):
     torch.save({"features": torch.zeros(N, 2), "labels": torch.zeros(N, dtype=torch.long), "extra": Payload(str(marker))}, source)
     assert not marker.exists()
     result = invoke("convert", source, "--out", tmp_path / "evil.h5")
-    assert_clean_failure(result, "evil.pt", "never unpickles")
+    assert_user_error(result, "evil.pt", "never unpickles")
     assert not marker.exists()
     assert not (tmp_path / "evil.h5").exists()
 
@@ -220,7 +209,7 @@ def test_bad_inputs_give_one_line_exit_2_and_no_file(tmp_path, monkeypatch, case
     data["features2"] = data["features"] * 2
     np.savez(tmp_path / "run.npz", **change(data))
     result = invoke("convert", tmp_path / "run.npz", *options, "--out", tmp_path / "out.h5")
-    assert_clean_failure(result, fragment)
+    assert_user_error(result, fragment)
     assert os.listdir(tmp_path) == ["run.npz"]
 
 
@@ -228,7 +217,7 @@ def test_a_key_in_two_sources_is_refused(tmp_path):
     np.save(tmp_path / "labels.npy", np.arange(N) % K)
     np.savez(tmp_path / "more.npz", labels=np.arange(N) % K, x=np.zeros((N, 2)))
     result = invoke("convert", tmp_path / "labels.npy", tmp_path / "more.npz", "--out", tmp_path / "out.h5")
-    assert_clean_failure(result, "key 'labels' is in both")
+    assert_user_error(result, "key 'labels' is in both")
     assert not (tmp_path / "out.h5").exists()
 
 
@@ -236,9 +225,9 @@ def test_an_existing_file_is_replaced_only_with_overwrite(tmp_path):
     np.savez(tmp_path / "run.npz", x=np.ones((N, 2)) * (np.arange(N) % K)[:, None], y=np.arange(N) % K)
     out = tmp_path / "out.h5"
     out.write_bytes(b"keep me")
-    assert_clean_failure(invoke("convert", tmp_path / "run.npz", "--out", out), "already exists", "--overwrite")
+    assert_user_error(invoke("convert", tmp_path / "run.npz", "--out", out), "already exists", "--overwrite")
     assert out.read_bytes() == b"keep me"
-    assert_clean_failure(invoke("convert", tmp_path / "run.npz", "--out", out, "--overwrite", "--labels", "x"), "labels must be")
+    assert_user_error(invoke("convert", tmp_path / "run.npz", "--out", out, "--overwrite", "--labels", "x"), "labels must be")
     assert out.read_bytes() == b"keep me"
     assert invoke("convert", tmp_path / "run.npz", "--out", out, "--overwrite").exit_code == 0
     assert h5py.is_hdf5(out)
@@ -251,7 +240,7 @@ def test_analyze_points_these_formats_to_convert(tmp_path, suffix):
     {".npy": lambda: np.save(path, data["x"]), ".npz": lambda: np.savez(path, **data),
      ".pt": lambda: torch.save(data, path), ".safetensors": lambda: save_file(data, str(path))}[suffix]()
     result = invoke("analyze", path, "--out", tmp_path / "r.parquet")
-    assert_clean_failure(result, "not an HDF5 feature file", f"nccli convert {path} --out feats.h5")
+    assert_user_error(result, "not an HDF5 feature file", f"nccli convert {path} --out feats.h5")
     assert not (tmp_path / "r.parquet").exists()
 
 
@@ -263,5 +252,5 @@ def test_a_damaged_npz_member_gives_one_line_and_no_file(tmp_path):
     damaged[len(damaged) // 3 : len(damaged) // 3 + 64] = bytes(64)  # inside x's deflate stream
     source.write_bytes(bytes(damaged))
     result = invoke("convert", source, "--out", tmp_path / "out.h5")
-    assert_clean_failure(result, "key 'x' of", "cannot be read")
+    assert_user_error(result, "key 'x' of", "cannot be read")
     assert os.listdir(tmp_path) == ["run.npz"]

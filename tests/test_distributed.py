@@ -21,7 +21,8 @@ import h5py
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from extract_helpers import assert_user_error, read_datasets, run
+from cli_helpers import assert_user_error, invoke
+from extract_helpers import read_datasets
 
 from nccli import schema
 from nccli.errors import DistributedError, UsageError
@@ -59,7 +60,7 @@ def torchrun(out: Path, *extra: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def analyze(path: Path, out: Path) -> dict[str, dict]:
-    result = run("analyze", path, "--out", out)
+    result = invoke("analyze", path, "--out", out)
     assert result.exit_code == 0, result.stderr
     return {row[schema.COL_LAYER]: row for row in pq.read_table(out).to_pylist()}
 
@@ -75,7 +76,7 @@ def extracted(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     done = torchrun(root / "out" / "features.h5", cwd=root)
     assert done.returncode == 0, done.stderr
-    single = run("extract", *ARGS, "--out", root / "single.h5")
+    single = invoke("extract", *ARGS, "--out", root / "single.h5")
     assert single.exit_code == 0, single.stderr
     return root, done
 
@@ -145,7 +146,7 @@ def test_an_index_whose_shard_is_missing_is_refused(extracted, tmp_path):
     root, _ = extracted
     shutil.copytree(root / "out", tmp_path / "out")
     os.remove(tmp_path / "out" / "features.shards" / "rank-00001-of-00002.h5")
-    result = run("analyze", tmp_path / "out" / "features.h5", "--out", tmp_path / "r.parquet")
+    result = invoke("analyze", tmp_path / "out" / "features.h5", "--out", tmp_path / "r.parquet")
     assert_user_error(result, "features.h5")  # the missing rows read as label -1, which readers refuse
     assert not (tmp_path / "r.parquet").exists()
 
@@ -192,7 +193,7 @@ def test_overwrite_by_a_single_process_replaces_the_index_and_its_shards(extract
     root, _ = extracted
     shutil.copytree(root / "out", tmp_path / "out")
     (tmp_path / "out" / "features.shards" / "notes.txt").write_text("the user's")
-    result = run("extract", *ARGS, "--out", tmp_path / "out" / "features.h5", "--overwrite")
+    result = invoke("extract", *ARGS, "--out", tmp_path / "out" / "features.h5", "--overwrite")
     assert result.exit_code == 0, result.stderr
     assert sorted(os.listdir(tmp_path / "out" / "features.shards")) == ["notes.txt"]  # only nccli's files go
     assert not shards.is_index(str(tmp_path / "out" / "features.h5"))
@@ -207,9 +208,9 @@ def test_resume_with_another_number_of_processes_is_refused(tmp_path):
     (folder / "rank-00001-of-00002.h5.partial").touch()
     with pytest.raises(UsageError, match="2-process extraction but this run has 3"):
         shards.check_existing(str(tmp_path / "features.h5"), 3, resume=True, overwrite=False)
-    result = run("extract", *ARGS, "--out", tmp_path / "features.h5", "--resume")  # one process
+    result = invoke("extract", *ARGS, "--out", tmp_path / "features.h5", "--resume")  # one process
     assert_user_error(result, "'" + str(folder) + "'", "2-process", "--overwrite")
-    result = run("extract", *ARGS, "--out", tmp_path / "features.h5")
+    result = invoke("extract", *ARGS, "--out", tmp_path / "features.h5")
     assert_user_error(result, "holds the shards of an earlier extraction", "--resume")
 
 

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from extract_helpers import random_images, run, tiny_cnn, write_npz
+from cli_helpers import invoke
+from extract_helpers import random_images, tiny_cnn, write_npz
 
 from nccli import schema
 
@@ -14,7 +15,7 @@ def test_extracted_file_passes_analyze(tmp_path):
     images, labels = random_images(n=40, size=16, classes=4)
     data = write_npz(tmp_path / "data.npz", images, labels)
     features = tmp_path / "features.h5"
-    result = run(
+    result = invoke(
         "extract",
         tmp_path / "model.pt",
         data,
@@ -33,7 +34,7 @@ def test_extracted_file_passes_analyze(tmp_path):
     )
     assert result.exit_code == 0, result.stderr
 
-    result = run("analyze", features, "--out", tmp_path / "r.parquet")
+    result = invoke("analyze", features, "--out", tmp_path / "r.parquet")
     assert result.exit_code == 0, (result.stdout, result.stderr)
     summary = pq.read_table(tmp_path / "r.parquet").to_pylist()
     by_layer = {row[schema.COL_LAYER]: row for row in summary}

@@ -5,7 +5,13 @@ import re
 import numpy as np
 import pytest
 import torch
-from extract_helpers import assert_user_error, random_images, read_datasets, run, tiny_cnn, write_npz
+from cli_helpers import assert_user_error, invoke
+from extract_helpers import (
+    random_images,
+    read_datasets,
+    tiny_cnn,
+    write_npz,
+)
 
 from nccli import schema
 
@@ -53,7 +59,7 @@ def setup(tmp_path_factory):
     ],
 )
 def test_help_teaches_every_option(command, phrases):
-    result = run(command, "--help")
+    result = invoke(command, "--help")
     assert result.exit_code == 0
     text = " ".join(re.sub("[│╭╮╰╯─]", " ", result.stdout).split())  # undo rich's boxes and wrapping
     for phrase in phrases:
@@ -61,7 +67,7 @@ def test_help_teaches_every_option(command, phrases):
 
 
 def test_success_prints_the_path_and_nothing_else_off_a_terminal(setup, tmp_path):
-    result = run("extract", setup / "model.pt", setup / "data.npz", *ARCH, "--out", tmp_path / "f.h5", "--workers", 0)
+    result = invoke("extract", setup / "model.pt", setup / "data.npz", *ARCH, "--out", tmp_path / "f.h5", "--workers", 0)
     assert result.exit_code == 0
     assert result.stdout == f"{tmp_path / 'f.h5'}\n"
     assert result.stderr == ""  # no progress bar on a pipe
@@ -86,8 +92,8 @@ def test_python_api(setup, tmp_path):
 
 def test_bf16_autocast_stays_close_to_fp32(setup, tmp_path):
     common = (setup / "model.pt", setup / "data.npz", *ARCH, "--workers", 0, "--device", "cpu")
-    assert run("extract", *common, "--out", tmp_path / "fp32.h5").exit_code == 0
-    result = run("extract", *common, "--out", tmp_path / "bf16.h5", "--precision", "bf16")
+    assert invoke("extract", *common, "--out", tmp_path / "fp32.h5").exit_code == 0
+    result = invoke("extract", *common, "--out", tmp_path / "bf16.h5", "--precision", "bf16")
     assert result.exit_code == 0, result.stderr
     fp32, bf16 = read_datasets(tmp_path / "fp32.h5"), read_datasets(tmp_path / "bf16.h5")
     assert bf16[schema.layer_path("fc:input")].dtype == np.float32
@@ -110,29 +116,29 @@ def test_bf16_autocast_stays_close_to_fp32(setup, tmp_path):
     ],
 )
 def test_bad_options_fail_with_one_line_and_leave_nothing(setup, tmp_path, options, fragments):
-    result = run("extract", setup / "model.pt", setup / "data.npz", *ARCH, "--out", tmp_path / "f.h5", *options)
+    result = invoke("extract", setup / "model.pt", setup / "data.npz", *ARCH, "--out", tmp_path / "f.h5", *options)
     assert_user_error(result, *fragments)
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_a_gpu_is_a_clear_error(setup, tmp_path):
-    result = run(
+    result = invoke(
         "extract", setup / "model.pt", setup / "data.npz", *ARCH, "--out", tmp_path / "f.h5", "--device", "cuda"
     )
     assert_user_error(result, "no CUDA device is available", "--device cpu")
 
 
 def test_layers_command_csv_and_bad_input_size(setup):
-    result = run("layers", setup / "model.pt", *ARCH, "--input-size", "3,16,16", "--format", "csv")
+    result = invoke("layers", setup / "model.pt", *ARCH, "--input-size", "3,16,16", "--format", "csv")
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "name,type,shape,default"
     assert "relu#2,ReLU,16×8×8,True" in lines
     assert_user_error(
-        run("layers", setup / "model.pt", *ARCH, "--input-size", "3,x"), "--input-size takes comma-separated integers"
+        invoke("layers", setup / "model.pt", *ARCH, "--input-size", "3,x"), "--input-size takes comma-separated integers"
     )
     assert_user_error(
-        run("layers", setup / "model.pt", *ARCH, "--input-size", "1,16,16"),
+        invoke("layers", setup / "model.pt", *ARCH, "--input-size", "1,16,16"),
         "the model failed on a batch of shape [2, 1, 16, 16]",
     )

@@ -4,7 +4,14 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from extract_helpers import assert_user_error, files_in, random_images, read_datasets, run, tiny_cnn, write_npz
+from cli_helpers import assert_user_error, invoke
+from extract_helpers import (
+    files_in,
+    random_images,
+    read_datasets,
+    tiny_cnn,
+    write_npz,
+)
 from PIL import Image
 
 from nccli import schema
@@ -22,7 +29,7 @@ def setup(tmp_path_factory):
 
 
 def _extract(directory, data, out, *options, model="model.pt"):
-    result = run("extract", directory / model, data, *ARCH, "--out", out, "--workers", 0, *options)
+    result = invoke("extract", directory / model, data, *ARCH, "--out", out, "--workers", 0, *options)
     assert result.exit_code == 0, result.stderr
     return read_datasets(out)
 
@@ -63,7 +70,7 @@ def test_h5_array_file_read_by_a_worker_process(setup, tmp_path):
     with h5py.File(tmp_path / "arrays.h5", "w") as handle:
         handle[schema.ARRAY_FILE_IMAGES] = images
         handle[schema.ARRAY_FILE_LABELS] = labels
-    result = run(
+    result = invoke(
         "extract",
         directory / "model.pt",
         tmp_path / "arrays.h5",
@@ -105,7 +112,7 @@ def test_image_folder_with_mixed_sizes_needs_resize(setup, tmp_path):
     (folder / "a").mkdir(parents=True)
     Image.fromarray(images[0]).save(folder / "a" / "small.png")
     Image.fromarray(np.zeros((20, 24, 3), dtype=np.uint8)).save(folder / "a" / "wide.png")
-    result = run("extract", directory / "model.pt", folder, *ARCH, "--out", tmp_path / "f.h5", "--workers", 1)
+    result = invoke("extract", directory / "model.pt", folder, *ARCH, "--out", tmp_path / "f.h5", "--workers", 1)
     assert_user_error(result, f"image '{folder / 'a' / 'wide.png'}'", "is 3×20×24", "are 3×16×16", "--resize")
     assert not (tmp_path / "f.h5.partial").exists()  # the first batch failed: no rows to keep
     stored = _extract(directory, folder, tmp_path / "resized.h5", "--resize", 12)
@@ -171,7 +178,7 @@ def test_bad_array_files_fail_with_one_line_and_leave_nothing(setup, tmp_path, k
     directory, _, _ = setup
     data = _bad_npz(tmp_path, kind)
     before = files_in(tmp_path)
-    result = run("extract", directory / "model.pt", data, *ARCH, "--out", tmp_path / "f.h5")
+    result = invoke("extract", directory / "model.pt", data, *ARCH, "--out", tmp_path / "f.h5")
     assert_user_error(result, *fragments)
     assert files_in(tmp_path) == before
 
@@ -190,7 +197,7 @@ def test_bad_array_files_fail_with_one_line_and_leave_nothing(setup, tmp_path, k
 def test_missing_and_unknown_data_fail_with_one_line(setup, tmp_path, data, options, fragments):
     directory, _, _ = setup
     options = [option.format(tmp=tmp_path) for option in options]
-    result = run(
+    result = invoke(
         "extract", directory / "model.pt", data.format(tmp=tmp_path), *ARCH, "--out", tmp_path / "f.h5", *options
     )
     assert_user_error(result, *fragments)

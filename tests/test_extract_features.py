@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from cli_helpers import assert_user_error, invoke
 from extract_helpers import (
-    assert_user_error,
     random_images,
     read_datasets,
     reference_inputs,
     reference_outputs,
-    run,
     tiny_vit,
     write_npz,
 )
@@ -37,7 +36,7 @@ def resnet(tmp_path_factory):
     images, labels = random_images()
     data = write_npz(directory / "data.npz", images, labels)
     out = directory / "features.h5"
-    result = run(
+    result = invoke(
         "extract",
         directory / "resnet18.pt",
         data,
@@ -56,7 +55,7 @@ def resnet(tmp_path_factory):
 
 def _extract_resnet(directory, out, *options):
     """``nccli extract`` of the fixture's ResNet-18 checkpoint over its data, in the test process."""
-    return run(
+    return invoke(
         "extract",
         directory / "resnet18.pt",
         directory / "data.npz",
@@ -173,7 +172,7 @@ def vit(tmp_path_factory):
 def test_vit_default_layers_equal_an_independent_forward_pass(vit):
     model, images, labels, directory = vit
     out = directory / "default.h5"
-    result = run(
+    result = invoke(
         "extract",
         directory / "vit.pt",
         directory / "data.npz",
@@ -219,7 +218,7 @@ def test_vit_mean_token_pooling_and_tuple_outputs(vit):
     model, images, _, directory = vit
     out = directory / "tokens.h5"
     attention = "encoder.layers.encoder_layer_0.self_attention"
-    result = run(
+    result = invoke(
         "extract",
         directory / "vit.pt",
         directory / "data.npz",
@@ -242,7 +241,7 @@ def test_vit_mean_token_pooling_and_tuple_outputs(vit):
 
 
 def test_layers_command_lists_shapes_and_marks_default_picks():
-    result = run("layers", "resnet18", "--num-classes", 10, "--input-size", "3,32,32")
+    result = invoke("layers", "resnet18", "--num-classes", 10, "--input-size", "3,32,32")
     assert result.exit_code == 0, result.stderr
     lines = {line.split()[1] if line.startswith("*") else line.split()[0]: line for line in result.stdout.splitlines()}
     assert lines["layer1"].startswith("*") and lines["layer1"].split()[-1] == "64×8×8"
@@ -256,7 +255,7 @@ def test_layers_command_json(vit):
     import json
 
     _, _, _, directory = vit
-    result = run(
+    result = invoke(
         "layers",
         directory / "vit.pt",
         "--arch",

@@ -5,7 +5,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from extract_helpers import assert_user_error, differences, random_images, read_datasets, run, tiny_cnn
+from cli_helpers import assert_user_error, invoke
+from extract_helpers import (
+    differences,
+    random_images,
+    read_datasets,
+    tiny_cnn,
+)
 from PIL import Image
 
 from nccli import schema
@@ -43,7 +49,7 @@ def _snapshot(directory) -> dict:
 
 
 def _extract(tmp_path, folder, out, *options):
-    return run(
+    return invoke(
         "extract", tmp_path / "model.pt", folder, *ARCH, "--out", out, "--batch-size", 2, "--workers", 0, *options
     )
 
@@ -88,7 +94,7 @@ def test_skip_unreadable_leaves_them_out_lists_them_and_analyze_reads_the_file(t
         if path != schema.SAMPLE_INDEX:
             np.testing.assert_allclose(stored[path], clean[path], rtol=1e-5, atol=1e-6, err_msg=path)
 
-    result = run("analyze", tmp_path / "f.h5", "--out", tmp_path / "r.parquet")
+    result = invoke("analyze", tmp_path / "f.h5", "--out", tmp_path / "r.parquet")
     assert result.exit_code == 0, result.stderr
 
 

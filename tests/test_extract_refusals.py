@@ -8,7 +8,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from extract_helpers import assert_user_error, random_images, read_datasets, run, tiny_cnn, write_npz
+from cli_helpers import assert_user_error, invoke
+from extract_helpers import (
+    random_images,
+    read_datasets,
+    tiny_cnn,
+    write_npz,
+)
 from torch import nn
 
 from nccli import schema
@@ -93,7 +99,7 @@ def _snapshot(directory) -> dict:
 
 
 def _extract(directory, model: str, out, *options, data=None):
-    return run(
+    return invoke(
         "extract", directory / f"{model}.pt", data or directory / "data.npz", "--arch",
         f"test_extract_refusals:{model}", "--out", out, "--batch-size", BATCH, "--workers", 0, *options,
     )  # fmt: skip
@@ -136,7 +142,7 @@ def test_features_beyond_float16_are_refused_under_dtype_float16(setup, tmp_path
     images, labels = random_images(n=ROWS, size=16, classes=4)
     data = write_npz(tmp_path / "huge.npz", images.astype(np.float32) / 255, labels)
     before = _snapshot(tmp_path)
-    result = run(
+    result = invoke(
         "extract", setup / "tiny.pt", data, "--arch", "extract_helpers:tiny_cnn", "--out", tmp_path / "f.h5",
         "--workers", 0, "--mean", "0", "--std", "1e-6", "--dtype", "float16",
     )  # fmt: skip
@@ -152,7 +158,7 @@ def test_a_layer_named_with_a_slash_is_stored_with_it_escaped_and_analyze_reads_
     with h5py.File(out, "r") as handle:
         assert sorted(handle[schema.LAYERS]) == ["fc", "fc:input", "stem%2Fconv"]
         assert isinstance(handle[schema.layer_path("stem%2Fconv")], h5py.Dataset)
-    result = run("analyze", out, "--out", tmp_path / "r.parquet", "--layers", "stem%2Fconv")
+    result = invoke("analyze", out, "--out", tmp_path / "r.parquet", "--layers", "stem%2Fconv")
     assert result.exit_code == 0, result.stderr
 
 
@@ -160,7 +166,7 @@ def test_a_classifier_with_non_finite_weights_is_refused_before_any_file(setup, 
     state = tiny_cnn().state_dict()
     state["fc.weight"][0, 0] = float("nan")
     torch.save(state, tmp_path / "diverged.pt")
-    result = run(
+    result = invoke(
         "extract", tmp_path / "diverged.pt", setup / "data.npz", "--arch", "extract_helpers:tiny_cnn",
         "--out", tmp_path / "f.h5", "--workers", 0,
     )  # fmt: skip
@@ -198,7 +204,7 @@ def _array_file(tmp_path, kind: str):
 def test_array_files_analyze_would_misread_are_refused_before_any_row(setup, tmp_path, kind, fragments):
     data = _array_file(tmp_path, kind)
     before = _snapshot(tmp_path)
-    result = run(
+    result = invoke(
         "extract", setup / "tiny.pt", data, "--arch", "extract_helpers:tiny_cnn", "--out", tmp_path / "f.h5",
         "--workers", 0,
     )  # fmt: skip
@@ -210,11 +216,11 @@ def test_float_images_in_another_scale_pass_with_mean_and_std_in_that_scale(setu
     images, labels = random_images(n=ROWS, size=16, classes=4)
     common = ("--arch", "extract_helpers:tiny_cnn", "--workers", 0)
     scaled = ("--mean", "127.5", "--std", "63.75")
-    result = run("extract", setup / "tiny.pt", write_npz(tmp_path / "u8.npz", images, labels), *common,
+    result = invoke("extract", setup / "tiny.pt", write_npz(tmp_path / "u8.npz", images, labels), *common,
                  "--out", tmp_path / "u8.h5", "--mean", "0.5", "--std", "0.25")  # fmt: skip
     assert result.exit_code == 0, result.stderr
     floats = write_npz(tmp_path / "f.npz", images.astype(np.float32), labels)
-    result = run("extract", setup / "tiny.pt", floats, *common, "--out", tmp_path / "f.h5", *scaled)
+    result = invoke("extract", setup / "tiny.pt", floats, *common, "--out", tmp_path / "f.h5", *scaled)
     assert result.exit_code == 0, result.stderr
     expected, stored = read_datasets(tmp_path / "u8.h5"), read_datasets(tmp_path / "f.h5")
     for path in expected:
@@ -247,6 +253,6 @@ def test_bad_builders_and_checkpoints_fail_with_one_line(setup, tmp_path, broken
     torch.save({0: torch.zeros(3)}, tmp_path / "int_keys.pt")
     source = tmp_path / model if model != "tiny.pt" else setup / model
     before = _snapshot(tmp_path)
-    result = run("extract", source, setup / "data.npz", *options, "--out", tmp_path / "f.h5", "--workers", 0)
+    result = invoke("extract", source, setup / "data.npz", *options, "--out", tmp_path / "f.h5", "--workers", 0)
     assert_user_error(result, *(fragment.format(dir=tmp_path) for fragment in fragments))
     assert _snapshot(tmp_path) == before

@@ -12,7 +12,12 @@ from pathlib import Path
 import h5py
 import pytest
 import torch
-from extract_helpers import assert_user_error, differences, random_images, run, write_npz
+from cli_helpers import assert_user_error, invoke
+from extract_helpers import (
+    differences,
+    random_images,
+    write_npz,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +34,7 @@ def data(tmp_path_factory):
     directory = tmp_path_factory.mktemp("reproducible")
     images, labels = random_images(n=ROWS, size=16, classes=4)
     write_npz(directory / "data.npz", images, labels)
-    result = run(*_command(directory, directory / "whole.h5"))
+    result = invoke(*_command(directory, directory / "whole.h5"))
     assert result.exit_code == 0, result.stderr
     return directory
 
@@ -57,19 +62,19 @@ def _interrupt_at(patch, batch: int) -> None:
 def _interrupted_then_resumed(directory: Path, out: Path, batch: int) -> None:
     with pytest.MonkeyPatch.context() as patch:
         _interrupt_at(patch, batch)
-        assert run(*_command(directory, out)).exit_code == 130
+        assert invoke(*_command(directory, out)).exit_code == 130
     torch.manual_seed(batch)  # the process's random state must not matter to the network built
-    result = run(*_command(directory, out, "--resume"))
+    result = invoke(*_command(directory, out, "--resume"))
     assert result.exit_code == 0, result.stderr
 
 
 def test_the_seed_is_recorded_and_the_same_command_builds_the_same_network(data, tmp_path):
     torch.manual_seed(1)
-    assert run(*_command(data, tmp_path / "again.h5")).exit_code == 0
+    assert invoke(*_command(data, tmp_path / "again.h5")).exit_code == 0
     assert differences(tmp_path / "again.h5", data / "whole.h5") == []
     with h5py.File(data / "whole.h5", "r") as handle:
         assert handle.attrs[schema.ATTR_INIT_SEED] == 0
-    assert run(*_command(data, tmp_path / "other.h5", "--init-seed", 1)).exit_code == 0
+    assert invoke(*_command(data, tmp_path / "other.h5", "--init-seed", 1)).exit_code == 0
     assert schema.layer_path("fc:input") in differences(tmp_path / "other.h5", data / "whole.h5")
 
 
@@ -125,7 +130,7 @@ def test_a_killed_random_init_run_resumes_to_the_uninterrupted_file(data, tmp_pa
     assert process.returncode == -signal.SIGKILL, process.stderr.decode()
     with h5py.File(f"{out}.partial", "r") as handle:
         assert 0 < handle.attrs[schema.ATTR_ROWS_WRITTEN] < ROWS
-    result = run(*_command(data, out, "--resume"))
+    result = invoke(*_command(data, out, "--resume"))
     assert result.exit_code == 0, result.stderr
     assert differences(out, data / "whole.h5") == []
 
@@ -137,7 +142,7 @@ def test_resume_is_refused_when_the_rebuilt_network_differs(data, tmp_path, monk
     out = tmp_path / "f.h5"
     with pytest.MonkeyPatch.context() as patch:
         _interrupt_at(patch, 3)
-        assert run(*_command(data, out)).exit_code == 130
+        assert invoke(*_command(data, out)).exit_code == 130
     before = Path(f"{out}.partial").read_bytes()
     real = torchvision.models.get_model
 
@@ -148,7 +153,7 @@ def test_resume_is_refused_when_the_rebuilt_network_differs(data, tmp_path, monk
         return model
 
     monkeypatch.setattr(torchvision.models, "get_model", other_torch)
-    result = run(*_command(data, out, "--resume"))
+    result = invoke(*_command(data, out, "--resume"))
     assert_user_error(result, f"cannot resume '{out}.partial'", "the network built now differs", "--overwrite")
     assert Path(f"{out}.partial").read_bytes() == before and not out.exists()
 
@@ -157,7 +162,7 @@ def test_resume_with_another_init_seed_is_refused(data, tmp_path):
     out = tmp_path / "f.h5"
     with pytest.MonkeyPatch.context() as patch:
         _interrupt_at(patch, 3)
-        assert run(*_command(data, out)).exit_code == 130
+        assert invoke(*_command(data, out)).exit_code == 130
     before = Path(f"{out}.partial").read_bytes()
-    assert_user_error(run(*_command(data, out, "--resume", "--init-seed", 5)), "cannot resume", "init_seed: 0 → 5")
+    assert_user_error(invoke(*_command(data, out, "--resume", "--init-seed", 5)), "cannot resume", "init_seed: 0 → 5")
     assert Path(f"{out}.partial").read_bytes() == before

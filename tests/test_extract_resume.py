@@ -3,7 +3,14 @@
 import h5py
 import pytest
 import torch
-from extract_helpers import assert_user_error, differences, files_in, random_images, run, tiny_cnn, write_npz
+from cli_helpers import assert_user_error, invoke
+from extract_helpers import (
+    differences,
+    files_in,
+    random_images,
+    tiny_cnn,
+    write_npz,
+)
 
 from nccli import schema
 from nccli.extract import loop
@@ -57,11 +64,11 @@ def _assert_identical(a, b):
 @pytest.mark.parametrize("storage", [(), ("--dtype", "float16", "--compression", "gzip"), ("--compression", "lzf")])
 def test_interrupted_then_resumed_equals_an_uninterrupted_run(setup, monkeypatch, storage):
     whole, interrupted = setup / "whole.h5", setup / "interrupted.h5"
-    assert run(*_command(setup, whole, *storage)).exit_code == 0
+    assert invoke(*_command(setup, whole, *storage)).exit_code == 0
 
     with monkeypatch.context() as patch:
         _fail_at_batch(patch, KeyboardInterrupt())
-        result = run(*_command(setup, interrupted, *storage))
+        result = invoke(*_command(setup, interrupted, *storage))
     assert result.exit_code == 130
     assert f"kept 8 of {ROWS} rows in '{interrupted}.partial'" in result.stderr and "--resume" in result.stderr
     assert "Traceback" not in result.stderr
@@ -70,7 +77,7 @@ def test_interrupted_then_resumed_equals_an_uninterrupted_run(setup, monkeypatch
         assert not handle.attrs[schema.ATTR_COMPLETE]
         assert handle.attrs[schema.ATTR_ROWS_WRITTEN] == 8
 
-    result = run(*_command(setup, interrupted, *storage, "--resume"))
+    result = invoke(*_command(setup, interrupted, *storage, "--resume"))
     assert result.exit_code == 0, result.stderr
     assert not (setup / "interrupted.h5.partial").exists()
     _assert_identical(interrupted, whole)
@@ -80,12 +87,12 @@ def test_a_crash_keeps_a_resumable_partial_file(setup, monkeypatch):
     out = setup / "f.h5"
     with monkeypatch.context() as patch:
         _fail_at_batch(patch, RuntimeError("simulated crash"))
-        result = run(*_command(setup, out))
+        result = invoke(*_command(setup, out))
     assert isinstance(result.exception, RuntimeError)  # a bug keeps its traceback
     with h5py.File(f"{out}.partial", "r") as handle:
         assert handle.attrs[schema.ATTR_ROWS_WRITTEN] == 8
-    assert run(*_command(setup, out, "--resume")).exit_code == 0
-    assert run(*_command(setup, setup / "whole.h5")).exit_code == 0
+    assert invoke(*_command(setup, out, "--resume")).exit_code == 0
+    assert invoke(*_command(setup, setup / "whole.h5")).exit_code == 0
     _assert_identical(out, setup / "whole.h5")
 
 
@@ -93,9 +100,9 @@ def test_resume_with_other_options_is_refused_and_keeps_the_partial(setup, monke
     out = setup / "f.h5"
     with monkeypatch.context() as patch:
         _fail_at_batch(patch, KeyboardInterrupt())
-        run(*_command(setup, out))
+        invoke(*_command(setup, out))
     before = (setup / "f.h5.partial").read_bytes()
-    result = run(*_command(setup, out, "--resume", "--dtype", "float16", "--pool", "max"))
+    result = invoke(*_command(setup, out, "--resume", "--dtype", "float16", "--pool", "max"))
     assert_user_error(result, "cannot resume", "dtype: float32 → float16", "layers", "--overwrite")
     assert (setup / "f.h5.partial").read_bytes() == before
 
@@ -104,26 +111,26 @@ def test_partial_file_without_resume_is_refused(setup, monkeypatch):
     out = setup / "f.h5"
     with monkeypatch.context() as patch:
         _fail_at_batch(patch, KeyboardInterrupt())
-        run(*_command(setup, out))
-    assert_user_error(run(*_command(setup, out)), "interrupted extraction", "--resume", "--overwrite")
-    result = run(*_command(setup, out, "--overwrite"))
+        invoke(*_command(setup, out))
+    assert_user_error(invoke(*_command(setup, out)), "interrupted extraction", "--resume", "--overwrite")
+    result = invoke(*_command(setup, out, "--overwrite"))
     assert result.exit_code == 0, result.stderr
     assert not (setup / "f.h5.partial").exists()
 
 
 def test_existing_file_is_refused_unless_overwrite_and_skipped_on_resume(setup):
     out = setup / "f.h5"
-    assert run(*_command(setup, out)).exit_code == 0
+    assert invoke(*_command(setup, out)).exit_code == 0
     before = out.read_bytes()
-    assert_user_error(run(*_command(setup, out)), f"'{out}' already exists", "--overwrite")
+    assert_user_error(invoke(*_command(setup, out)), f"'{out}' already exists", "--overwrite")
     assert out.read_bytes() == before
 
-    result = run(*_command(setup, out, "--resume"))
+    result = invoke(*_command(setup, out, "--resume"))
     assert result.exit_code == 0 and "already complete" in result.stderr
     assert out.read_bytes() == before
-    assert_user_error(run(*_command(setup, out, "--resume", "--limit", 4)), "other options", "--overwrite")
+    assert_user_error(invoke(*_command(setup, out, "--resume", "--limit", 4)), "other options", "--overwrite")
 
-    result = run(*_command(setup, out, "--overwrite", "--limit", 4))
+    result = invoke(*_command(setup, out, "--overwrite", "--limit", 4))
     assert result.exit_code == 0, result.stderr
     with h5py.File(out, "r") as handle:
         assert handle[schema.LABELS].shape == (4,)
@@ -142,10 +149,10 @@ def test_unwritable_output_fails_with_one_line(setup, out, fragments):
     (setup / "sub").mkdir()
     (setup / "sub" / "afile").write_text("not a directory")
     before = files_in(setup)
-    result = run(*_command(setup, out, "--limit", 4))
+    result = invoke(*_command(setup, out, "--limit", 4))
     assert_user_error(result, *(fragment.format(dir=setup / "sub") for fragment in fragments))
     assert files_in(setup) == before
 
 
 def test_resume_and_overwrite_together_are_refused(setup):
-    assert_user_error(run(*_command(setup, setup / "f.h5", "--resume", "--overwrite")), "--resume", "--overwrite")
+    assert_user_error(invoke(*_command(setup, setup / "f.h5", "--resume", "--overwrite")), "--resume", "--overwrite")

@@ -6,7 +6,13 @@ import pytest
 
 from nccli import schema
 from nccli.errors import UsageError
-from nccli.io.writer import CHUNK_BYTES, FeatureWriter, RowDataset, chunk_rows, partial_path
+from nccli.io.writer import (
+    CHUNK_BYTES,
+    FeatureWriter,
+    RowDataset,
+    chunk_rows,
+    partial_path,
+)
 
 ROWS = 5000
 

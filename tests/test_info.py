@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-
-from test_analyze_cli import assert_clean_failure, good_file, invoke, not_hdf5
+from cli_helpers import assert_user_error, invoke
+from test_analyze_cli import good_file, not_hdf5
 from test_analyze_robustness import snapshot
 from test_tables import invoke_with_columns
 
@@ -81,14 +81,14 @@ def test_a_bad_file_is_one_line(tmp_path):
     bad = not_hdf5(tmp_path / "bad.h5")
     incomplete = good_file(tmp_path / "partial.h5", complete=False)
     before = snapshot(tmp_path)
-    assert_clean_failure(invoke("info", good, bad), str(bad), "not an HDF5 file")
-    assert_clean_failure(invoke("info", incomplete, "--format", "json"), str(incomplete), "complete")
-    assert_clean_failure(invoke("info", tmp_path / "none.h5"), "none.h5", "no such file")
+    assert_user_error(invoke("info", good, bad), str(bad), "not an HDF5 file")
+    assert_user_error(invoke("info", incomplete, "--format", "json"), str(incomplete), "complete")
+    assert_user_error(invoke("info", tmp_path / "none.h5"), "none.h5", "no such file")
     assert snapshot(tmp_path) == before
 
 
 def test_layers_given_a_feature_file_points_to_info(tmp_path):
     path = good_file(tmp_path / "run.h5")
     before = snapshot(tmp_path)
-    assert_clean_failure(invoke("layers", path), str(path), "not a model", f"nccli info {path}")
+    assert_user_error(invoke("layers", path), str(path), "not a model", f"nccli info {path}")
     assert snapshot(tmp_path) == before

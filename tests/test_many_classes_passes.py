@@ -4,10 +4,10 @@ backend (on the CPU) equal to numpy. Oracles: explicit float64 loops over classe
 
 import numpy as np
 import pytest
+from h5files import write_feature_file
 from typer.testing import CliRunner
 
 import nccli.plan
-from h5files import write_feature_file
 from nccli.analyze import AnalyzeConfig, analyze_features
 from nccli.cli import app
 from nccli.io.reader import FeatureFile, read_info
@@ -15,7 +15,7 @@ from nccli.metrics import formulas
 from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import LONG_RUN, NumpyBackend, TorchBackend
 from nccli.metrics.geometry import build_geometry
-from nccli.metrics.layer import ClassMeans, Classifier
+from nccli.metrics.layer import Classifier, ClassMeans
 
 
 def backends():

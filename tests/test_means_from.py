@@ -6,10 +6,11 @@ import math
 
 import pyarrow.parquet as pq
 import pytest
+from cli_helpers import assert_user_error, invoke
+from test_analyze_cli import good_file
+from test_analyze_robustness import snapshot
 
 from nccli.analyze import AnalyzeConfig, analyze_features
-from test_analyze_cli import assert_clean_failure, good_file, invoke
-from test_analyze_robustness import snapshot
 
 EPOCHS = (1, 5, 30)
 
@@ -88,7 +89,7 @@ def test_a_single_reference_is_not_applied_to_other_epochs(tmp_path):
     checkpoints(tmp_path)
     last = tmp_path / "train" / "epoch_30.h5"
     result = refused(tmp_path, tmp_path / "test" / "epoch_30.h5", tmp_path / "test" / "epoch_1.h5", "--means-from", last)
-    assert_clean_failure(result, str(last), "epoch 30", "'" + str(tmp_path / "test" / "epoch_1.h5") + "' is from epoch 1", f"--means-from {tmp_path / 'train'}/")
+    assert_user_error(result, str(last), "epoch 30", "'" + str(tmp_path / "test" / "epoch_1.h5") + "' is from epoch 1", f"--means-from {tmp_path / 'train'}/")
     assert invoke("analyze", tmp_path / "test" / "epoch_30.h5", "--means-from", last, "--out", tmp_path / "ok.parquet").exit_code == 0
 
 
@@ -96,14 +97,14 @@ def test_a_single_reference_without_an_epoch_is_not_applied_to_several_epochs(tm
     checkpoints(tmp_path)
     reference = good_file(tmp_path / "reference.h5", model="mlp")
     tests = [tmp_path / "test" / "epoch_1.h5", tmp_path / "test" / "epoch_5.h5"]
-    assert_clean_failure(refused(tmp_path, *tests, "--means-from", reference), str(reference), "no epoch", "epochs 1, 5", "--means-from")
+    assert_user_error(refused(tmp_path, *tests, "--means-from", reference), str(reference), "no epoch", "epochs 1, 5", "--means-from")
     assert invoke("analyze", tests[0], "--means-from", reference, "--out", tmp_path / "ok.parquet").exit_code == 0
 
 
 def test_a_file_without_a_reference_of_its_epoch_is_refused(tmp_path):
     checkpoints(tmp_path)
     lone = good_file(tmp_path / "epoch_7.h5", epoch=7, model="mlp")
-    assert_clean_failure(refused(tmp_path, lone, "--means-from", tmp_path / "train"), "no reference of epoch 7", str(lone), "1, 5, 30")
+    assert_user_error(refused(tmp_path, lone, "--means-from", tmp_path / "train"), "no reference of epoch 7", str(lone), "1, 5, 30")
 
 
 def test_unpairable_names_and_empty_sets_are_refused(tmp_path):
@@ -111,13 +112,13 @@ def test_unpairable_names_and_empty_sets_are_refused(tmp_path):
     good_file(tmp_path / "refs" / "x.h5")
     good_file(tmp_path / "refs" / "y.h5")
     analysed = good_file(tmp_path / "z.h5")
-    assert_clean_failure(refused(tmp_path, analysed, "--means-from", tmp_path / "refs"), "no single reference", str(analysed), "0 named 'z.h5'")
+    assert_user_error(refused(tmp_path, analysed, "--means-from", tmp_path / "refs"), "no single reference", str(analysed), "0 named 'z.h5'")
     (tmp_path / "empty").mkdir()
-    assert_clean_failure(refused(tmp_path, analysed, "--means-from", tmp_path / "empty"), "holds no *.h5")
-    assert_clean_failure(refused(tmp_path, analysed, "--means-from", tmp_path / "nothing*.h5"), "matches no file")
+    assert_user_error(refused(tmp_path, analysed, "--means-from", tmp_path / "empty"), "holds no *.h5")
+    assert_user_error(refused(tmp_path, analysed, "--means-from", tmp_path / "nothing*.h5"), "matches no file")
 
 
 def test_a_reference_of_another_model_is_refused(tmp_path):
     reference = good_file(tmp_path / "train.h5", model="resnet18")
     analysed = good_file(tmp_path / "test.h5", seed=3, model="vgg11")
-    assert_clean_failure(refused(tmp_path, analysed, "--means-from", reference), str(reference), "'resnet18'", "'vgg11'")
+    assert_user_error(refused(tmp_path, analysed, "--means-from", reference), str(reference), "'resnet18'", "'vgg11'")

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from h5files import write_feature_file
+
 from nccli import measure_collapse, schema
 from nccli.analyze import AnalyzeConfig, analyze_features
 from nccli.errors import NcCliError

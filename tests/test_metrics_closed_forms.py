@@ -8,9 +8,8 @@ around an ETF (statistical).
 
 import math
 
-import pytest
-
 import closed_forms as cf
+import pytest
 from analysis_helpers import analyze_arrays, assert_close, by_class, by_pair
 
 

@@ -4,11 +4,16 @@ import math
 
 import numpy as np
 import pytest
+from analysis_helpers import (
+    analyze_arrays,
+    assert_close,
+    assert_matches_reference,
+    by_class,
+)
+from reference import reference_metrics
 
-from analysis_helpers import analyze_arrays, assert_close, assert_matches_reference, by_class
 from nccli import schema
 from nccli.errors import DegenerateMetricWarning
-from reference import reference_metrics
 
 
 def analyze_warned(tmp_path, features, labels, weight=None, bias=None, **kwargs):

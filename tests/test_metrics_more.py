@@ -12,13 +12,12 @@ import closed_forms as cf
 import numpy as np
 import pytest
 from analysis_helpers import analyze_arrays, assert_close, assert_matches_reference
+from cli_helpers import assert_user_error, invoke
 from h5files import write_feature_file
 from reference import reference_metrics
-from typer.testing import CliRunner
 
 from nccli import schema
 from nccli.analyze import AnalyzeConfig, analyze_features
-from nccli.cli import app
 from nccli.errors import UsageError
 from nccli.metrics.backend import TorchBackend
 
@@ -116,16 +115,8 @@ def test_unequal_class_counts_warn_on_margin_normalized(tmp_path):
 
 # --------------------------------------------------------------------------- bad input for the new options
 
-runner = CliRunner()
 
 
-def assert_one_line(args, *fragments):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def test_ood_file_with_other_layers_or_widths_is_refused(tmp_path):
@@ -134,8 +125,8 @@ def test_ood_file_with_other_layers_or_widths_is_refused(tmp_path):
     renamed = write_feature_file(tmp_path / "renamed.h5", labels, {"other": features})
     narrow = write_feature_file(tmp_path / "narrow.h5", labels, {"feat": features[:, :3]})
     out = tmp_path / "r.parquet"
-    assert_one_line(["analyze", path, "--ood", renamed, "--out", out], "renamed.h5", "no layer 'feat'", "other")
-    assert_one_line(["analyze", path, "--ood", narrow, "--out", out], "narrow.h5", "d = 3", "d = 7")
+    assert_user_error(invoke("analyze", path, "--ood", renamed, "--out", out), "renamed.h5", "no layer 'feat'", "other")
+    assert_user_error(invoke("analyze", path, "--ood", narrow, "--out", out), "narrow.h5", "d = 3", "d = 7")
     assert not out.exists()
 
 
@@ -144,7 +135,7 @@ def test_snr_refuses_wide_layers(tmp_path):
     labels = np.arange(6) % 2
     path = write_feature_file(tmp_path / "w.h5", labels, {"wide": rng.normal(size=(6, 4097))}, weight=np.ones((2, 4097)), classifier_layer="wide")
     out = tmp_path / "r.parquet"
-    assert_one_line(["analyze", path, "--snr", "--out", out], "--snr", "d = 4097", "4096")
+    assert_user_error(invoke("analyze", path, "--snr", "--out", out), "--snr", "d = 4097", "4096")
     assert not out.exists()
     with pytest.raises(UsageError, match="--snr"):
         analyze_features(AnalyzeConfig(files=(str(path),), snr=True))
@@ -155,7 +146,7 @@ def test_snr_and_ood_from_the_command_line(tmp_path):
     path = write_feature_file(tmp_path / "run.h5", labels, {"feat": features}, weight=weight, bias=bias, classifier_layer="feat")
     _, ood_path = with_ood(tmp_path, features)
     out = tmp_path / "r.parquet"
-    result = runner.invoke(app, ["analyze", str(path), "--snr", "--ood", ood_path, "--out", str(out)])
+    result = invoke("analyze", path, "--snr", "--ood", ood_path, "--out", out)
     assert result.exit_code == 0, result.output
     import pyarrow.parquet as pq
 

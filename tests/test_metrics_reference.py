@@ -7,12 +7,18 @@ setting. The oracle builds full d×d matrices and uses np.linalg.pinv.
 
 import numpy as np
 import pytest
-
-from analysis_helpers import analyze_arrays, analyze_collected, assert_close, assert_matches_reference, by_class
+from analysis_helpers import (
+    analyze_arrays,
+    analyze_collected,
+    assert_close,
+    assert_matches_reference,
+    by_class,
+)
 from h5files import write_feature_file
+from reference import reference_metrics
+
 from nccli import schema
 from nccli.analyze import AnalyzeConfig
-from reference import reference_metrics
 
 
 def random_layer(seed, n=120, d=7, k=5, spread=2.0, counts=None):

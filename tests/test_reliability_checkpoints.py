@@ -12,7 +12,8 @@ import zipfile
 
 import pytest
 import torch
-from extract_helpers import assert_user_error, random_images, run, tiny_cnn, write_npz
+from cli_helpers import assert_user_error, invoke
+from extract_helpers import random_images, tiny_cnn, write_npz
 from safetensors.torch import save_file
 
 from nccli.extract import checkpoints
@@ -35,7 +36,7 @@ def data(tmp_path):
 
 
 def _extract(model, data, out, *options):
-    return run("extract", model, data, "--out", out, "--workers", 0, *options)
+    return invoke("extract", model, data, "--out", out, "--workers", 0, *options)
 
 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
@@ -74,7 +75,7 @@ def test_a_torch_export_program_needs_trust_because_loading_one_can_run_code(tmp
 
     result = _extract(evil, data, tmp_path / "f.h5")
     assert_user_error(result, str(evil), "torch.export", "arbitrary code", "--trust-checkpoint")
-    assert_user_error(run("layers", evil), "torch.export", "--trust-checkpoint")
+    assert_user_error(invoke("layers", evil), "torch.export", "--trust-checkpoint")
     assert not marker.exists()
 
     with pytest.raises(Exception):  # noqa: B017 - the payload is not an input; what matters is the marker

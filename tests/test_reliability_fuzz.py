@@ -15,7 +15,7 @@ import time
 import h5py
 import numpy as np
 import pytest
-from test_analyze_cli import assert_clean_failure, invoke
+from cli_helpers import assert_user_error, invoke
 from test_reliability_kill import load_benchmark
 
 from nccli.errors import FeatureFileError
@@ -84,7 +84,7 @@ def _build(tmp_path, *changes):
 def test_each_kind_of_hostile_file_is_refused_with_what_is_wrong(tmp_path, change, fragments):
     path = _build(tmp_path, change)
     out = tmp_path / "r.parquet"
-    assert_clean_failure(invoke("analyze", path, "--out", out), str(path), *fragments)
+    assert_user_error(invoke("analyze", path, "--out", out), str(path), *fragments)
     assert not out.exists()
 
 
@@ -114,7 +114,7 @@ def test_a_virtual_dataset_source_is_found_where_hdf5_finds_it(tmp_path, monkeyp
     assert invoke("analyze", path, "--out", tmp_path / "r.parquet").exit_code == 0
     moved = tmp_path / "elsewhere"
     (tmp_path / "case" / "labels.shards").rename(moved)
-    assert_clean_failure(invoke("analyze", path, "--out", tmp_path / "r.parquet"), "labels.shards/part0.h5", "missing")
+    assert_user_error(invoke("analyze", path, "--out", tmp_path / "r.parquet"), "labels.shards/part0.h5", "missing")
     (moved / "labels.shards").mkdir()
     for part in moved.glob("part*.h5"):
         part.rename(moved / "labels.shards" / part.name)
@@ -129,14 +129,14 @@ def test_a_virtual_dataset_source_is_found_where_hdf5_finds_it(tmp_path, monkeyp
 def test_non_hdf5_bytes_and_truncations_are_refused(tmp_path):
     junk = tmp_path / "junk.h5"
     junk.write_bytes(os.urandom(5000))
-    assert_clean_failure(invoke("analyze", junk, "--out", tmp_path / "r.parquet"), str(junk), "not an HDF5 file")
+    assert_user_error(invoke("analyze", junk, "--out", tmp_path / "r.parquet"), str(junk), "not an HDF5 file")
     real = fuzz.real_files(tmp_path / "real")[0]
     data = real.read_bytes()
     for cut in (0, 7, 100, 2048, len(data) // 2, len(data) - 1):
         truncated = tmp_path / f"cut{cut}.h5"
         truncated.write_bytes(data[:cut])
         result = invoke("analyze", truncated, "--out", tmp_path / "r.parquet")
-        assert_clean_failure(result, str(truncated))
+        assert_user_error(result, str(truncated))
 
 
 def _hang(*args, **kwargs):
@@ -175,6 +175,6 @@ def test_hostile_headers_are_refused_before_anything_of_their_size_is_allocated(
         layer[...] = 0.0  # every chunk written: one 64 MiB row (512 MiB as float64 blocks) in a few kilobytes
         layer.attrs["order"] = 0
     assert path.stat().st_size < 2**20
-    assert_clean_failure(
+    assert_user_error(
         invoke("analyze", path, "--out", tmp_path / "r.parquet"), "'/layers/x'", "width d = 16777217", "limit"
     )

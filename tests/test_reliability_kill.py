@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import invoke
 
 from nccli.io import writer
 
@@ -33,11 +34,9 @@ def harness():
 
 def reference_file(harness, directory: Path, settings, monkeypatch) -> Path:
     """The uninterrupted run, in this process (no start-up cost), with the children's writer settings."""
-    from extract_helpers import run
-
     monkeypatch.setattr(writer, "CHUNK_BYTES", settings.chunk_bytes)
     reference = directory / "reference.h5"
-    result = run(*harness.extract_args(reference, settings.compression, settings.limit))
+    result = invoke(*harness.extract_args(reference, settings.compression, settings.limit))
     assert result.exit_code == 0, result.stderr
     return reference
 

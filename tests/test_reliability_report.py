@@ -6,7 +6,8 @@ import os
 import random
 
 import pyarrow.parquet as pq
-from test_analyze_cli import assert_clean_failure, good_file, invoke
+from cli_helpers import assert_user_error, invoke
+from test_analyze_cli import good_file
 from test_reliability_kill import load_benchmark
 
 from nccli.io.lock import OutputLock, lock_path
@@ -37,7 +38,7 @@ def test_a_write_failing_midway_keeps_every_earlier_output(tmp_path, monkeypatch
     monkeypatch.setattr(pq, "write_table", failing_write)
     path = good_file(tmp_path / "f.h5")
     result = invoke("analyze", path, "--out", outputs[0], "--classes", outputs[1], "--pairs", outputs[2])
-    assert_clean_failure(result, "No space left on device")
+    assert_user_error(result, "No space left on device")
     for output in outputs:
         assert output.read_bytes() == b"earlier " + output.name.encode()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["f.h5", *(p.name for p in outputs)])
@@ -47,10 +48,10 @@ def test_a_second_analyze_of_the_same_report_is_refused_naming_the_first(tmp_pat
     path, out = good_file(tmp_path / "f.h5"), tmp_path / "r.parquet"
     out.write_bytes(b"earlier report")
     with OutputLock(out):
-        assert_clean_failure(
+        assert_user_error(
             invoke("analyze", path, "--out", out), f"'{out}' is being written by another process", f"pid {os.getpid()}"
         )
-        assert_clean_failure(
+        assert_user_error(
             invoke("analyze", path, "--out", tmp_path / "other.parquet", "--pairs", out), "being written"
         )
     assert out.read_bytes() == b"earlier report"

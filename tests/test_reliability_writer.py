@@ -19,7 +19,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from extract_helpers import assert_user_error, random_images, run, tiny_cnn, write_npz
+from cli_helpers import assert_user_error, invoke
+from extract_helpers import random_images, tiny_cnn, write_npz
 
 from nccli import schema
 from nccli.io import writer
@@ -135,7 +136,7 @@ def data(tmp_path):
 
 def _extract(directory, out, *options):
     arch = ("--arch", "extract_helpers:tiny_cnn")
-    return run("extract", directory / "model.pt", directory / "data.npz", *arch, "--out", out, "--workers", 0, *options)
+    return invoke("extract", directory / "model.pt", directory / "data.npz", *arch, "--out", out, "--workers", 0, *options)
 
 
 def test_a_second_extract_of_the_same_file_is_refused_naming_the_first(data):

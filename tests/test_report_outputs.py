@@ -11,8 +11,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from analysis_helpers import table_rows
+from cli_helpers import assert_user_error, invoke
 from h5files import write_feature_file
-from test_analyze_cli import assert_clean_failure, good_file, invoke
+from test_analyze_cli import good_file
 
 from nccli import __version__, schema
 from nccli.analyze import AnalyzeConfig
@@ -95,7 +96,7 @@ def test_a_too_large_pair_table_is_refused_before_reading_with_the_flag_to_use(t
     path = many_classes_file(tmp_path / "f.h5")
     before = sorted(os.listdir(tmp_path))
     result = invoke("analyze", path, "--out", tmp_path / "r.parquet", "--pairs", tmp_path / "p.parquet")
-    assert_clean_failure(result, "--pairs would write up to 506 rows", "above the limit of 400", "--pairs-top N")
+    assert_user_error(result, "--pairs would write up to 506 rows", "above the limit of 400", "--pairs-top N")
     assert sorted(os.listdir(tmp_path)) == before
     assert invoke("analyze", path, "--out", tmp_path / "r.parquet", "--pairs", tmp_path / "p.parquet", "--pairs-top", 3).exit_code == 0
     assert pq.read_table(tmp_path / "p.parquet").num_rows == 6
@@ -103,8 +104,8 @@ def test_a_too_large_pair_table_is_refused_before_reading_with_the_flag_to_use(t
 
 def test_pairs_top_without_pairs_and_below_one_are_refused(tmp_path):
     path = many_classes_file(tmp_path / "f.h5")
-    assert_clean_failure(invoke("analyze", path, "--out", tmp_path / "r.parquet", "--pairs-top", 3), "--pairs-top", "--pairs FILE")
-    assert_clean_failure(invoke("analyze", path, "--out", tmp_path / "r.parquet", "--pairs", tmp_path / "p.parquet", "--pairs-top", 0), "≥ 1")
+    assert_user_error(invoke("analyze", path, "--out", tmp_path / "r.parquet", "--pairs-top", 3), "--pairs-top", "--pairs FILE")
+    assert_user_error(invoke("analyze", path, "--out", tmp_path / "r.parquet", "--pairs", tmp_path / "p.parquet", "--pairs-top", 0), "≥ 1")
     assert not (tmp_path / "r.parquet").exists()
 
 
@@ -135,7 +136,7 @@ def test_outputs_never_overlap_inputs_or_each_other(tmp_path):
     digests = {path: digest(path) for path in inputs}
     before = sorted(os.listdir(tmp_path))
     for arguments, fragment in cases:
-        assert_clean_failure(invoke("analyze", *arguments), fragment)
+        assert_user_error(invoke("analyze", *arguments), fragment)
         assert sorted(os.listdir(tmp_path)) == before, arguments
     assert {path: digest(path) for path in inputs} == digests
 

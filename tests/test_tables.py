@@ -8,11 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from cli_helpers import invoke
 from rich.console import Console
+from test_analyze_cli import good_file
+from test_analyze_robustness import snapshot
 
 from nccli.report.formats import compact, to_rich
-from test_analyze_cli import good_file, invoke
-from test_analyze_robustness import snapshot
 
 NUMBER = re.compile(r"(?<![\w.+-])-?\d[\d.]*(?:e[+-]\d+)?(?![\w.])")
 

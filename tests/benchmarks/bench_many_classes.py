@@ -41,7 +41,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
 from bench_analyze import measure
 
 HERE = Path(__file__).resolve().parent

@@ -16,7 +16,12 @@ import json
 import h5py
 import numpy as np
 import torch
-from neural_collapse.accumulate import CovarAccumulator, DecAccumulator, MeanAccumulator, VarNormAccumulator
+from neural_collapse.accumulate import (
+    CovarAccumulator,
+    DecAccumulator,
+    MeanAccumulator,
+    VarNormAccumulator,
+)
 from neural_collapse.kernels import kernel_stats, log_kernel
 from neural_collapse.measure import (
     clf_ncc_agreement,
