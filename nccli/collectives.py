@@ -7,7 +7,7 @@ file's rows (:func:`rank_rows`):
 
 - a torchrun shard index (``extract`` under torchrun; :mod:`nccli.io.shards`) of S shards read by W
   ranks, S a multiple of W: rank r reads shards [r·S/W, (r+1)·S/W), the rows rank r wrote when
-  ``extract`` ran with the same layout (on its node's disk where shards stay local);
+  ``extract`` ran with the same layout (one shard file per rank, often still in its node's cache);
 - any other file: W consecutive ranges cut at multiples of the block size (the last ranks may get none
   when the file has fewer blocks than ranks).
 
