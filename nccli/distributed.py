@@ -43,6 +43,7 @@ from nccli.extract.messages import first_line
 
 INIT_TIMEOUT = timedelta(minutes=10)  # joining the job, and the process group's own collectives
 POLL_SECONDS = 0.2  # how often a waiting rank asks the store whether the others are done
+REPORT_SECONDS = 5.0  # how long the other ranks of a failed job wait for rank 0 to report and exit
 FAILURES = "failures"
 END_OK, END_FAILED, END_STOPPED, END_INTERRUPTED = "ok", "failed:", "stopped", "interrupted"
 
@@ -220,6 +221,7 @@ def session(device: str, command: str, advice: str = "") -> Iterator[Session | N
     current = Session(launch, spec, dist.PrefixStore(f"nccli/{command}/{attempt}", store), advice)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # how torchrun stops ranks
+    reported = False  # a failure rank 0 reports for the job
     try:
         try:
             yield current
@@ -228,8 +230,10 @@ def session(device: str, command: str, advice: str = "") -> Iterator[Session | N
             outcome = current.fail(error)
             if outcome is error:
                 raise
+            reported = True
             raise outcome from None
         if any(ending != END_OK for ending in endings):  # a rank failed after the last agreement
+            reported = True
             raise DistributedError(summary(endings, current.world, advice), echo=current.rank == 0)
         dist.barrier()  # every rank has ended well: returns at once
     finally:
@@ -237,3 +241,7 @@ def session(device: str, command: str, advice: str = "") -> Iterator[Session | N
             signal.signal(signal.SIGTERM, previous)
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
+        if reported and current.rank:
+            # torchrun stops every rank as soon as one exits: leave rank 0 the time to print the job's line
+            # and exit first (this rank then ends by SIGTERM, quietly, or after the pause, non-zero either way)
+            time.sleep(REPORT_SECONDS)

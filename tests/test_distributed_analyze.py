@@ -124,7 +124,8 @@ def test_ranks_read_their_own_shards_else_block_aligned_parts():
 
 
 def assert_refused(done: subprocess.CompletedProcess, *fragments: str) -> None:
-    """One error line, from rank 0, and no traceback from nccli; rank 0 exits 2 and rank 1 non-zero."""
+    """One error line, from rank 0, and no traceback from nccli; rank 0 exits 2 and rank 1 non-zero (2, or
+    stopped by torchrun once rank 0 has exited)."""
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, done.stderr
     assert all(fragment in errors[0] for fragment in fragments), errors[0]
