@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from typer.testing import CliRunner
 
 import nccli
 from nccli.cli import app
-from nccli.collectives import rank_rows
+from nccli.collectives import _arrays, _rebuilt, rank_rows
 from nccli.io import shards
 
 RUN_SECONDS = 180  # a hang fails the test instead of the CI job
@@ -149,3 +150,22 @@ def test_a_nan_met_by_one_rank_stops_the_job_without_a_report(tmp_path):
     done = torchrun(path, "--out", tmp_path / "r.parquet", "--block-rows", "32", cwd=tmp_path)
     assert_refused(done, "rank 1 of 2", "non-finite feature value", "row 900", "no report was written")
     assert sorted(os.listdir(tmp_path)) == ["nan.h5"]
+
+
+def test_a_state_travels_as_its_fields_whatever_they_are():
+    """Ranks send a state field by field (arrays as they are, numbers as 0-d arrays, None not at all) and
+    rebuild it on the shapes of their own: a field added to a state needs no change to the collectives."""
+
+    @dataclass
+    class State:
+        sums: np.ndarray
+        smallest: float = float("inf")
+        seen: int = 0
+        matrix: object = None
+
+    sent = State(np.arange(6.0).reshape(2, 3), -1.5, 7)
+    arrays = _arrays(sent)
+    assert [array.shape for array in arrays] == [(2, 3), (), ()]
+    received = _rebuilt(State(np.zeros((2, 3))), [array.copy() for array in arrays])
+    assert np.array_equal(received.sums, sent.sums) and (received.smallest, received.seen) == (-1.5, 7)
+    assert type(received.seen) is int and received.matrix is None
