@@ -5,16 +5,20 @@ Per file, two passes over the rows serve all selected layers at once
 NCC / classifier decisions), or each group of layers in turn when their state
 does not fit in memory together (``plan.py``). Everything is validated before
 the first row is read, so a bad input fails in seconds, not after an hour.
+Under torchrun each rank reads its part of the rows and rank 0 reports
+(:mod:`nccli.collectives`).
 """
 
 import contextlib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 
-from nccli import schema
+from nccli import distributed, schema
+from nccli.collectives import Group, job
 from nccli.conventions import conventions
 from nccli.errors import DegenerateMetricWarning, UsageError
 from nccli.io.reader import (
@@ -86,7 +90,7 @@ class AnalysisResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None) -> AnalysisResult:
+def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None, group: Group | None = None) -> AnalysisResult:
     """Compute the metrics of ``metrics.md`` for every selected layer of every file.
 
     Every input is validated first (opened, checked and closed again); then each file is opened only
@@ -94,9 +98,16 @@ def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None) -> An
     given, receives the per-pair table as Arrow record batches while it is computed (never gathered
     here); without ``config.pairs_top`` a table above ``tables.PAIRS_ROWS_MAX`` rows is refused
     before any row is read.
+
+    Under torchrun, every rank calls it: each reads its part of the rows, and only rank 0's result holds
+    the tables (the other ranks' are empty; ``pairs`` is called on rank 0 only). ``group``: the job,
+    when the caller has joined it already (:func:`analysis_job`); by default it is joined here.
     """
+    if group is None and distributed.launch_from_env() is not None:
+        with analysis_job(config) as group:
+            return analyze_features(config, pairs, group)
     _check_config(config, pairs is not None)
-    xp = select_backend("cpu" if config.jobs > 1 else config.device)
+    xp = select_backend(_device(config) if group is None else group.device)
     infos = [read_info(path) for path in config.files]
     selections = [info.select_layers(config.layers) for info in infos]
     references = (
@@ -120,9 +131,13 @@ def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None) -> An
     total += sum(reference.n_samples * len(reference_plans[path]) for path, (reference, _) in needed.items())
     total += ood_info.n_samples if ood_info else 0
     result = AnalysisResult()
+    if group is not None:
+        group.agree()  # every rank has validated its inputs: none reads a row if one has failed
     with contextlib.ExitStack() as stack:
-        advance = stack.enter_context(progress_bar(config.show_progress, "analyze", total))
-        scanner = Scanner(xp, config.jobs, config.block_rows, advance)
+        advance = stack.enter_context(progress_bar(config.show_progress and (group is None or group.main), "analyze", total))
+        if group is not None:
+            advance = _every_rank(advance, group.world)
+        scanner = Scanner(xp, config.jobs, config.block_rows, advance, group)
         stack.callback(scanner.close)
         ood = ood_means(scanner, ood_info, ood_layers) if ood_info else None
         means: dict[str, dict[str, ClassMeans]] = {}
@@ -136,6 +151,22 @@ def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None) -> An
                 del means[reference.path]  # a reference's means are kept only while a later file uses them
     result.conventions = conventions(config, xp.name, result.summary, dict(zip(config.files, references)))
     return result
+
+
+def analysis_job(config: AnalyzeConfig):
+    """Join the torchrun job this process is in, if any (a context yielding its
+    :class:`~nccli.collectives.Group`, else None): ranks compute on ``cuda:LOCAL_RANK`` where CUDA is
+    there (``--device auto``/``cuda``), on the CPU with ``--jobs``."""
+    return job(_device(config))
+
+
+def _every_rank(advance: Callable[[int], None], ranks: int) -> Callable[[int], None]:
+    """Rank 0's progress counts for every rank's: the ranks read parts of about the same size."""
+    return lambda n: advance(n * ranks)
+
+
+def _device(config: AnalyzeConfig) -> str:
+    return "cpu" if config.jobs > 1 else config.device
 
 
 def _reference_layers(references, selections) -> dict[str, tuple[FeatureFileInfo, tuple[LayerInfo, ...]]]:
@@ -158,7 +189,8 @@ def _reference_means(scanner: Scanner, reference: FeatureFileInfo, groups: list[
     with open_feature_file(reference.path, probed=True, expected=reference) as feature_file:
         for layers in groups:
             moments = scanner.moments(feature_file, layers, None)
-            means.update((name, ClassMeans.of(state)) for name, state in moments.items())
+            if scanner.main:  # elsewhere rank 0 holds the merged states
+                means.update((name, ClassMeans.of(state)) for name, state in moments.items())
     return means
 
 
@@ -219,11 +251,13 @@ def analyze_file(
     info = feature_file.info
     pair_output = pair_output or _PairOutput(None, info.class_names is not None, None)
     for option, asked, names in (("--mse", config.mse, "mse_*"), ("--snr", config.snr, "snr_*")):
-        if asked and feature_file.classifier is None:
+        if asked and feature_file.classifier is None and scanner.main:
             _warn(result, info.path, None, f"no /classifier/weight: {names} reported as null ({option})")
     file_rows = []
     for group in groups or [layers]:
         file_rows.extend(_analyze_layers(xp, scanner, feature_file, group, reference_means, config, result, pair_output, ood))
+    if not scanner.main:
+        return  # another rank of a torchrun job: rank 0 reports
     depth = effective_depth(file_rows, config.depth_epsilon)
     for row in file_rows:
         row[schema.COL_EFFECTIVE_DEPTH] = depth
@@ -242,20 +276,28 @@ def _analyze_layers(
     pair_output: "_PairOutput",
     ood: dict[str, np.ndarray] | None,
 ) -> list[dict]:
-    """Pass 1, geometry, pass 2 and the summaries of ``layers``: their summary rows."""
+    """Pass 1, geometry, pass 2 and the summaries of ``layers``: their summary rows (none on the ranks
+    of a torchrun job other than 0, which only scan their rows)."""
     info = feature_file.info
     classifier_layer = info.classifier_layer if feature_file.classifier is not None else None
     moments = scanner.moments(feature_file, layers, classifier_layer if config.mse or config.snr else None)
 
-    spectra, geometries = {}, {}
-    for layer in layers:
-        host = moments[layer.name]
-        spectra[layer.name] = formulas.between_class_spectrum(ClassMeans.of(host).centred)
-        ncc_reference = reference_means[layer.name] if reference_means else ClassMeans.of(host)
-        classifier = feature_file.classifier if layer.name == classifier_layer else None
-        geometries[layer.name] = build_geometry(xp, host, spectra[layer.name], ncc_reference, classifier)
-    decisions = scanner.decisions(feature_file, layers, geometries)
-    del geometries  # (K, d) arrays per layer that the summaries no longer need
+    spectra = {}
+
+    def geometries() -> dict:  # from the merged states: built once, on rank 0 in a torchrun job
+        built = {}
+        for layer in layers:
+            host = moments[layer.name]
+            spectra[layer.name] = formulas.between_class_spectrum(ClassMeans.of(host).centred)
+            ncc_reference = reference_means[layer.name] if reference_means else ClassMeans.of(host)
+            classifier = feature_file.classifier if layer.name == classifier_layer else None
+            built[layer.name] = build_geometry(xp, host, spectra[layer.name], ncc_reference, classifier)
+        return built
+
+    # the geometries are (K, d) arrays per layer that the summaries no longer need: not kept past pass 2
+    decisions = scanner.decisions(feature_file, layers, scanner.shared(geometries))
+    if not scanner.main:
+        return []
 
     file_rows = []
     for layer in layers:

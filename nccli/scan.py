@@ -3,8 +3,9 @@
 With ``jobs > 1`` each file's rows are cut into block-aligned ranges; each
 worker opens the file itself, accumulates its range, and returns its state
 (O(K·d) per layer). States merge exactly (``ClassMoments.merge``,
-``Decisions.merge``), so the result equals a single pass to rounding. The same
-states could be saved and merged across machines. Each worker's BLAS gets
+``Decisions.merge``), so the result equals a single pass to rounding. Under
+torchrun (``group``, :mod:`nccli.collectives`) this process scans only its
+rank's rows, and the ranks' states merge with the same ``merge``. Each worker's BLAS gets
 its share of the cores (``cores // jobs`` threads): left at its default, every
 worker would start one thread per core and they would fight over them.
 """
@@ -16,7 +17,7 @@ import os
 import resource
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from nccli.errors import UsageError
 from nccli.io.reader import FeatureFile, LayerInfo, open_feature_file
@@ -25,16 +26,19 @@ from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import Backend, NumpyBackend
 from nccli.metrics.geometry import Geometry
 
+if TYPE_CHECKING:  # torch, only under torchrun
+    from nccli.collectives import Group
+
 RANGES_PER_JOB = 4  # more ranges than workers evens out slow ones
 POOL_START_SECONDS = 120.0  # spawned workers import numpy and h5py: seconds on a loaded machine
 BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def row_ranges(n_samples: int, block_rows: int, parts: int) -> list[tuple[int, int]]:
-    """About ``parts`` consecutive ranges covering [0, N), cut at multiples of ``block_rows``."""
-    blocks = -(-n_samples // block_rows)
+def row_ranges(stop: int, block_rows: int, parts: int, start: int = 0) -> list[tuple[int, int]]:
+    """About ``parts`` consecutive ranges covering [start, stop), cut every so many ``block_rows`` from ``start``."""
+    blocks = -(-(stop - start) // block_rows)
     per_part = max(1, -(-blocks // parts))
-    cuts = list(range(0, n_samples, per_part * block_rows)) + [n_samples]
+    cuts = list(range(start, stop, per_part * block_rows)) + [stop]
     return list(zip(cuts, cuts[1:]))
 
 
@@ -129,10 +133,14 @@ def _memory_limit() -> str:
 
 
 class Scanner:
-    """Runs passes over files, on ``jobs`` worker processes when ``jobs > 1``, and merges the states."""
+    """Runs passes over files, on ``jobs`` worker processes when ``jobs > 1``, and merges the states; in a
+    torchrun job (``group``), over this rank's rows, merged with the other ranks' states on rank 0."""
 
-    def __init__(self, xp: Backend, jobs: int, block_rows: int | None, advance: Callable[[int], None]):
-        self.xp, self.jobs, self.block_rows, self.advance = xp, jobs, block_rows, advance
+    def __init__(
+        self, xp: Backend, jobs: int, block_rows: int | None, advance: Callable[[int], None], group: "Group | None" = None
+    ):
+        self.xp, self.jobs, self.block_rows, self.advance, self.group = xp, jobs, block_rows, advance, group
+        self.main = group is None or group.main  # the process that holds the merged states and reports
         self._pool = None
         self._variables_set: list[str] = []
         if jobs > 1:
@@ -159,18 +167,29 @@ class Scanner:
             os.environ.pop(variable, None)
 
     def moments(self, feature_file: FeatureFile, layers: tuple[LayerInfo, ...], matrix_layer: str | None):
+        """Pass-1 states of ``layers`` over every row (None on the ranks other than 0)."""
         return self._run(moments_over, feature_file, layers, matrix_layer)
 
     def decisions(self, feature_file: FeatureFile, layers: tuple[LayerInfo, ...], geometries: dict[str, Geometry]):
+        """Pass-2 states of ``layers`` over every row (None on the ranks other than 0)."""
         return self._run(decisions_over, feature_file, layers, geometries)
+
+    def shared(self, build: Callable[[], dict]) -> dict:
+        """What ``build()`` returns, built once (on rank 0 in a job) and the same on every rank."""
+        return build() if self.group is None else self.group.share(build)
 
     def _run(self, pass_function, feature_file: FeatureFile, layers, argument):
         block_rows = feature_file.block_rows(layers, self.block_rows)
-        n = feature_file.info.n_samples
-        if self._pool is None:
-            return pass_function(self.xp, feature_file, layers, argument, block_rows, 0, n, self.advance)
+        start, stop = (0, feature_file.info.n_samples) if self.group is None else self.group.rows(feature_file, block_rows)
+        states = self._scan(pass_function, feature_file, layers, argument, block_rows, start, stop)
+        return states if self.group is None else self.group.reduce(states)
+
+    def _scan(self, pass_function, feature_file: FeatureFile, layers, argument, block_rows: int, start: int, stop: int):
+        """States over rows [start, stop), merged in range order."""
+        if self._pool is None or start == stop:
+            return pass_function(self.xp, feature_file, layers, argument, block_rows, start, stop, self.advance)
         names = tuple(layer.name for layer in layers)
-        ranges = row_ranges(n, block_rows, self.jobs * RANGES_PER_JOB)
+        ranges = row_ranges(stop, block_rows, self.jobs * RANGES_PER_JOB, start)
         futures = {
             self._pool.submit(_in_worker, pass_function, feature_file.info.path, names, argument, block_rows, start, stop): index
             for index, (start, stop) in enumerate(ranges)

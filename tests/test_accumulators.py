@@ -94,3 +94,32 @@ def test_torch_backend_equals_numpy():
 def test_device_selection():
     assert isinstance(select_backend("cpu"), NumpyBackend)
     assert select_backend("auto").name in ("cpu", "cuda")
+
+
+def test_states_of_a_torch_run_merge_on_the_host_with_numpy_states():
+    """A CUDA run's states, moved to the host, merge with states computed anywhere else (they once kept
+    their torch backend and raised TypeError on numpy arrays). TorchBackend on the CPU stands in for CUDA."""
+    pytest.importorskip("torch")
+    features, labels = data(11, n=90)
+    torch_part = one_pass(TorchBackend("cpu"), features[:50], labels[:50]).host()
+    numpy_part = one_pass(NumpyBackend(), features[50:], labels[50:])
+    assert isinstance(torch_part.mean, np.ndarray)
+    assert_moments_equal(torch_part.merge(numpy_part), one_pass(NumpyBackend(), features, labels))
+    assert_moments_equal(numpy_part.merge(torch_part), one_pass(NumpyBackend(), features, labels))
+
+    moments = one_pass(NumpyBackend(), features, labels)
+    spectrum = formulas.between_class_spectrum(ClassMeans.of(moments).centred)
+    classifier = Classifier(np.random.default_rng(2).normal(size=(NUM_CLASSES, DIM)), np.zeros(NUM_CLASSES))
+    halves = []
+    for xp, rows in ((TorchBackend("cpu"), slice(0, 50)), (NumpyBackend(), slice(50, None))):
+        geometry = build_geometry(xp, moments, spectrum, ClassMeans.of(moments), classifier)
+        state = Decisions.empty(xp, NUM_CLASSES, spectrum.rank)
+        state.update(geometry, xp.features(features[rows]), xp.labels(labels[rows]))
+        halves.append(state.host())
+    merged = halves[0].merge(halves[1])
+    geometry = build_geometry(NumpyBackend(), moments, spectrum, ClassMeans.of(moments), classifier)
+    whole = Decisions.of_block(NumpyBackend(), geometry, features, labels, NUM_CLASSES)
+    np.testing.assert_allclose(merged.projected_sq, whole.projected_sq, rtol=1e-12)
+    np.testing.assert_array_equal(merged.ncc_correct, whole.ncc_correct)
+    np.testing.assert_array_equal(merged.clf_correct, whole.clf_correct)
+    assert merged.margin_sum == pytest.approx(whole.margin_sum, rel=1e-12)

@@ -26,7 +26,8 @@ from extract_helpers import read_datasets
 
 from nccli import schema
 from nccli.errors import DistributedError, UsageError
-from nccli.extract import distributed
+from nccli import distributed
+from nccli.extract.distributed import ADVICE
 from nccli.io import shards
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
@@ -240,5 +241,5 @@ def test_the_environment_says_whether_this_is_a_job():
 def test_the_job_summary_is_one_line():
     same = distributed.summary(["failed:'x.h5' already exists"] * 3, 3)
     assert same == "'x.h5' already exists"
-    mixed = distributed.summary(["stopped", "failed:disk full", "stopped", "failed:disk full"], 4)
+    mixed = distributed.summary(["stopped", "failed:disk full", "stopped", "failed:disk full"], 4, ADVICE)
     assert mixed.startswith("ranks 1, 3 of 4: disk full; ") and "--resume" in mixed and "\n" not in mixed

@@ -85,6 +85,7 @@ def analyze(
     """
     with user_errors():
         from nccli.analyze import AnalyzeConfig
+        from nccli.distributed import main_process
         from nccli.report.formats import compact
         from nccli.report.outputs import write_analysis
         from nccli.report.parquet import to_table
@@ -101,10 +102,12 @@ def analyze(
             depth_epsilon=epsilon,
             block_rows=block_rows,
             jobs=jobs,
-            show_progress=stderr_is_terminal(),
+            show_progress=stderr_is_terminal(),  # on rank 0 only, under torchrun
             pairs_top=pairs_top,
         )
         result = write_analysis(config, out, classes, pairs, command_line(context))
+        if not main_process():  # under torchrun, rank 0 reports for the job
+            return
         if stderr_is_terminal():
             summary = to_table(result.summary, schema.SUMMARY_COLUMNS, {})
             advice = f"choose columns with `nccli report {out} --columns ...`"

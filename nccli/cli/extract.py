@@ -95,7 +95,7 @@ def extract(
     """
     with user_errors():
         from nccli.extract import ExtractConfig, ExtractionInterrupted, extract_features
-        from nccli.extract.distributed import main_process
+        from nccli.distributed import main_process
 
         config = ExtractConfig(
             models=tuple(models),

@@ -15,12 +15,20 @@ Two passes over the rows, state in float64, O(K·d) per layer:
   classes (:mod:`nccli.metrics.geometry`).
 
 ``merge(a, b)`` equals one pass over the rows of both.
+
+States are plain data: dataclasses of arrays (and a few floats), with no
+backend object inside. Their kernels take the backend from the arrays
+(:func:`~nccli.metrics.backend.backend_of`), so a state moved to the host
+(:meth:`host`), pickled to another process or sent to another rank
+(:mod:`nccli.collectives`) merges with any other state of the same layer,
+wherever each was computed.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nccli.metrics.backend import Backend
+from nccli.metrics.backend import Backend, backend_of
 
 if TYPE_CHECKING:  # geometry.py imports layer.py, which imports this module
     from nccli.metrics.geometry import Geometry
@@ -35,7 +43,6 @@ class ClassMoments:
     state and its merge cost O(classes in the block · d), not O(K · d).
     """
 
-    xp: Backend
     count: object  # (C,) float64: n_c (exact below 2**53)
     mean: object  # (C, d) μ_c
     scatter: object  # (C,) Σ_{i∈c} ‖h_i − μ_c‖²
@@ -47,7 +54,6 @@ class ClassMoments:
     @classmethod
     def empty(cls, xp: Backend, num_classes: int, dim: int, with_matrix: bool = False) -> "ClassMoments":
         return cls(
-            xp,
             xp.zeros(num_classes),
             xp.zeros(num_classes, dim),
             xp.zeros(num_classes),
@@ -76,11 +82,11 @@ class ClassMoments:
         unit_sum = xp.segment_sum(rows / (norms + ~nonzero)[:, None], groups)
         unit_count = xp.group_sum(1.0 * nonzero, groups)
         within = residuals.T @ residuals if with_matrix else None
-        return cls(xp, groups.count, mean, scatter, unit_sum, unit_count, within, groups.ids)
+        return cls(groups.count, mean, scatter, unit_sum, unit_count, within, groups.ids)
 
     def _combined(self, other: "ClassMoments"):
         """Chan et al. pairwise update of this state's rows for ``other``'s classes: exact and centred."""
-        xp, at = self.xp, slice(None) if other.ids is None else other.ids
+        xp, at = backend_of(self.count), slice(None) if other.ids is None else other.ids
         count_a, mean_a = self.count[at], self.mean[at]
         count = count_a + other.count
         share = other.count / xp.at_least_one(count)  # n_b / n, 0 for absent classes
@@ -100,11 +106,11 @@ class ClassMoments:
 
     def merge(self, other: "ClassMoments") -> "ClassMoments":
         """Both states (over all classes) merged, as one pass over both."""
-        return ClassMoments(self.xp, *self._combined(other))
+        return ClassMoments(*self._combined(other))
 
     def update(self, rows, labels) -> None:
         """Fold one block of rows into this state, in place, touching only the block's classes."""
-        block = ClassMoments.of_block(self.xp, rows, labels, self.within is not None)
+        block = ClassMoments.of_block(backend_of(self.count), rows, labels, self.within is not None)
         count, mean, scatter, unit_sum, unit_count, self.within = self._combined(block)
         at = block.ids
         self.count[at], self.mean[at], self.scatter[at] = count, mean, scatter
@@ -112,11 +118,7 @@ class ClassMoments:
 
     def host(self) -> "ClassMoments":
         """The same state as numpy arrays."""
-        h = self.xp.host
-        within = None if self.within is None else h(self.within)
-        return ClassMoments(
-            self.xp, h(self.count), h(self.mean), h(self.scatter), h(self.unit_sum), h(self.unit_count), within
-        )
+        return on_host(self)
 
 
 @dataclass
@@ -129,7 +131,6 @@ class Decisions:
     ``002_*``, ``003_*``, ``004_*``), over every present class tile by tile.
     """
 
-    xp: Backend
     projected_sq: object  # (r,) Σ_i (v_j·(h_i − μ_{y_i}))²
     ncc_correct: object  # (C,)
     clf_correct: object  # (C,)
@@ -144,7 +145,7 @@ class Decisions:
 
     @classmethod
     def empty(cls, xp: Backend, num_classes: int, rank: int) -> "Decisions":
-        return cls(xp, xp.zeros(rank), xp.zeros(num_classes), xp.zeros(num_classes))
+        return cls(xp.zeros(rank), xp.zeros(num_classes), xp.zeros(num_classes))
 
     @classmethod
     def of_block(cls, xp: Backend, geometry: "Geometry", rows, labels, num_classes: int) -> "Decisions":
@@ -153,7 +154,6 @@ class Decisions:
         projected = residuals @ geometry.basis
         ncc_pred = geometry.nearest(xp, block)
         state = cls(
-            xp,
             (projected * projected).sum(0),
             xp.bincount(labels, num_classes, weights=1.0 * (ncc_pred == labels)),
             xp.zeros(num_classes),
@@ -179,7 +179,6 @@ class Decisions:
 
     def merge(self, other: "Decisions") -> "Decisions":
         return Decisions(
-            self.xp,
             self.projected_sq + other.projected_sq,
             self.ncc_correct + other.ncc_correct,
             self.clf_correct + other.clf_correct,
@@ -194,22 +193,17 @@ class Decisions:
         )
 
     def update(self, geometry: "Geometry", rows, labels) -> None:
-        block = Decisions.of_block(self.xp, geometry, rows, labels, self.ncc_correct.shape[0])
+        block = Decisions.of_block(backend_of(self.projected_sq), geometry, rows, labels, self.ncc_correct.shape[0])
         self.__dict__.update(self.merge(block).__dict__)
 
     def host(self) -> "Decisions":
-        h = self.xp.host
-        return Decisions(
-            self.xp,
-            h(self.projected_sq),
-            h(self.ncc_correct),
-            h(self.clf_correct),
-            self.mismatch,
-            self.margin_min,
-            self.margin_sum,
-            self.own_distance_sum,
-            self.global_distance_sum,
-            self.free_margin_min,
-            self.ce_sum,
-            self.free_ce_sum,
-        )
+        """The same state as numpy arrays."""
+        return on_host(self)
+
+
+def on_host(state):
+    """A state (any dataclass of arrays, floats and None) with every array moved to numpy on the host."""
+    def moved(value):
+        return value if value is None or isinstance(value, (int, float)) else backend_of(value).host(value)
+
+    return dataclasses.replace(state, **{item.name: moved(getattr(state, item.name)) for item in dataclasses.fields(state)})

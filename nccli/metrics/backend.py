@@ -6,6 +6,7 @@ On the CPU analyze never imports torch: ``auto`` only looks for torch when an
 NVIDIA driver is present.
 """
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,6 +285,21 @@ class TorchBackend:
 
 
 Backend = NumpyBackend | TorchBackend
+_NUMPY = NumpyBackend()
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_backend(device: str) -> TorchBackend:
+    return TorchBackend(device)
+
+
+def backend_of(array) -> "Backend":
+    """The backend whose kernels apply to ``array``: numpy for a numpy array, torch on the tensor's device.
+
+    Accumulator states hold arrays only (:mod:`nccli.metrics.accumulators`); they take their backend from
+    their arrays, so a state keeps working wherever it moves (to the host, another process, another rank).
+    """
+    return _NUMPY if isinstance(array, np.ndarray) else _torch_backend(str(array.device))
 
 
 def _nvidia_driver_present() -> bool:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nccli import schema
-from nccli.analyze import AnalysisResult, AnalyzeConfig, analyze_features
+from nccli.analyze import AnalysisResult, AnalyzeConfig, analysis_job, analyze_features
 from nccli.errors import OutputError, UsageError
 from nccli.references import reference_paths
 from nccli.report.parquet import (
@@ -49,17 +49,29 @@ def write_analysis(
     """Analyze ``config.files`` and write the summary to ``out``, the per-class table to ``classes``
     and the per-pair table (streamed; ``config.pairs_top`` keeps the top pairs) to ``pairs``.
 
-    ``command`` is recorded in the reports' metadata. Raises
+    ``command`` is recorded in the reports' metadata. Under torchrun every rank calls it; rank 0 writes
+    (and returns the result), the others compute their rows (and return an empty result). Raises
     :class:`~nccli.errors.NcCliError` before reading a row for outputs that
     cannot be written, overlap each other or an input, or a per-pair table
     that would be too large.
     """
+    with analysis_job(config) as group:
+        if group is not None and not group.main:  # the other ranks of a torchrun job compute; rank 0 writes
+            return analyze_features(config, _nowhere if pairs is not None else None, group)
+        return _write(config, out, classes, pairs, command, group)
+
+
+def _nowhere(batch: pa.RecordBatch) -> None:
+    """The pair sink of the ranks that do not write (they never summarize, so it is never called)."""
+
+
+def _write(config: AnalyzeConfig, out: PathLike, classes: PathLike | None, pairs: PathLike | None, command: str, group) -> AnalysisResult:
     requested = {"--out": out, "--classes": classes, "--pairs": pairs}
     targets = {option: check_writable(path, option) for option, path in requested.items() if path is not None}
     check_apart(targets, [*config.files, *(reference_paths(config.means_from)[0] if config.means_from else [])])
     with reserve_outputs(targets.values()), _Staged(targets.values()) as staged:
         stream = _ParquetStream(staged.path(targets["--pairs"])) if pairs is not None else None
-        result = analyze_features(config, pairs=stream.write if stream is not None else None)
+        result = analyze_features(config, stream.write if stream is not None else None, group)
         metadata = report_metadata(result, command)
         staged.write(targets["--out"], to_table(result.summary, schema.SUMMARY_COLUMNS, metadata))
         if classes is not None:
