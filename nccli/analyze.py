@@ -37,8 +37,8 @@ from nccli.metrics.spectra import snr_columns
 from nccli.ood import check_ood, ood_columns, ood_means
 from nccli.plan import layer_groups, state_budget
 from nccli.progress import progress_bar
-from nccli.references import pair_references
-from nccli.report.tables import LayerPairs, PairSink, check_pairs_size, class_table
+from nccli.references import pair_references, read_reference_means, reference_layers
+from nccli.report.tables import PairOutput, PairSink, check_pairs_size, class_table
 from nccli.scan import Scanner
 
 
@@ -120,8 +120,8 @@ def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None, group
     ood_layers = check_ood(ood_info, infos, selections) if ood_info else ()
     if pairs is not None and config.pairs_top is None:
         check_pairs_size([info.num_classes for info, layers in zip(infos, selections) for _ in layers])
-    pair_output = _PairOutput(pairs, any(info.class_names is not None for info in infos), config.pairs_top)
-    needed = _reference_layers(references, selections)
+    pair_output = PairOutput(pairs, any(info.class_names is not None for info in infos), config.pairs_top)
+    needed = reference_layers(references, selections)
     budget = state_budget(xp) - sum(  # the reference means kept while files use them
         8 * reference.num_classes * layer.dim for reference, layers in needed.values() for layer in layers
     )
@@ -143,7 +143,7 @@ def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None, group
         means: dict[str, dict[str, ClassMeans]] = {}
         for index, (info, layers, groups, reference) in enumerate(zip(infos, selections, plans, references)):
             if reference is not None and reference.path not in means:
-                means[reference.path] = _reference_means(scanner, reference, reference_plans[reference.path])
+                means[reference.path] = read_reference_means(scanner, reference, reference_plans[reference.path])
             with open_feature_file(info.path, probed=True, expected=info) as feature_file:
                 reference_means = None if reference is None else means[reference.path]
                 analyze_file(xp, scanner, feature_file, layers, reference_means, config, result, groups, pair_output, ood)
@@ -167,31 +167,6 @@ def _every_rank(advance: Callable[[int], None], ranks: int) -> Callable[[int], N
 
 def _device(config: AnalyzeConfig) -> str:
     return "cpu" if config.jobs > 1 else config.device
-
-
-def _reference_layers(references, selections) -> dict[str, tuple[FeatureFileInfo, tuple[LayerInfo, ...]]]:
-    """Per reference file, its layers that the files paired with it select."""
-    names: dict[str, set[str]] = {}
-    for reference, layers in zip(references, selections):
-        if reference is not None:
-            names.setdefault(reference.path, set()).update(layer.name for layer in layers)
-    found = {reference.path: reference for reference in references if reference is not None}
-    return {
-        path: (found[path], tuple(layer for layer in found[path].layers if layer.name in chosen))
-        for path, chosen in names.items()
-    }
-
-
-def _reference_means(scanner: Scanner, reference: FeatureFileInfo, groups: list[tuple[LayerInfo, ...]]) -> dict[str, ClassMeans]:
-    """The class means of the layers in ``groups`` in a --means-from file: one pass over its rows per group,
-    once per run."""
-    means = {}
-    with open_feature_file(reference.path, probed=True, expected=reference) as feature_file:
-        for layers in groups:
-            moments = scanner.moments(feature_file, layers, None)
-            if scanner.main:  # elsewhere rank 0 holds the merged states
-                means.update((name, ClassMeans.of(state)) for name, state in moments.items())
-    return means
 
 
 def _check_config(config: AnalyzeConfig, with_pairs: bool) -> None:
@@ -238,7 +213,7 @@ def analyze_file(
     config: AnalyzeConfig,
     result: AnalysisResult,
     groups: list[tuple[LayerInfo, ...]] | None = None,
-    pair_output: "_PairOutput | None" = None,
+    pair_output: "PairOutput | None" = None,
     ood: dict[str, np.ndarray] | None = None,
 ) -> None:
     """One file's passes, its rows appended to ``result``; ``measure_collapse`` runs it on batches in memory.
@@ -249,7 +224,7 @@ def analyze_file(
     ``nc5_ood_orthogonality``.
     """
     info = feature_file.info
-    pair_output = pair_output or _PairOutput(None, info.class_names is not None, None)
+    pair_output = pair_output or PairOutput(None, info.class_names is not None, None)
     for option, asked, names in (("--mse", config.mse, "mse_*"), ("--snr", config.snr, "snr_*")):
         if asked and feature_file.classifier is None and scanner.main:
             _warn(result, info.path, None, f"no /classifier/weight: {names} reported as null ({option})")
@@ -273,7 +248,7 @@ def _analyze_layers(
     reference_means,
     config: AnalyzeConfig,
     result: AnalysisResult,
-    pair_output: "_PairOutput",
+    pair_output: "PairOutput",
     ood: dict[str, np.ndarray] | None,
 ) -> list[dict]:
     """Pass 1, geometry, pass 2 and the summaries of ``layers``: their summary rows (none on the ranks
@@ -347,18 +322,6 @@ def effective_depth(rows: list[dict], epsilon: float) -> int:
         if 1.0 - row["ncc_accuracy"] <= epsilon + 1e-12:  # tolerance: 1 − 0.99 is not exactly 0.01
             return row[schema.COL_LAYER_ORDER]
     return ordered[-1][schema.COL_LAYER_ORDER]
-
-
-@dataclass(frozen=True)
-class _PairOutput:
-    """Where per-pair rows go: ``sink`` (None = nowhere), with class-name columns if any file has names."""
-
-    sink: PairSink | None
-    named: bool
-    top: int | None
-
-    def layer(self, info, layer: str) -> LayerPairs | None:
-        return None if self.sink is None else LayerPairs(self.sink, info.path, layer, info.class_names, self.named, self.top)
 
 
 def _warn(result: AnalysisResult, file: str, layer: str | None, message: str) -> None:

@@ -15,7 +15,9 @@ import os
 
 from nccli import schema
 from nccli.errors import FeatureFileError, UsageError
-from nccli.io.reader import FeatureFileInfo, LayerInfo, read_info
+from nccli.io.reader import FeatureFileInfo, LayerInfo, open_feature_file, read_info
+from nccli.metrics.layer import ClassMeans
+from nccli.scan import Scanner
 
 FEATURE_FILE_GLOB = "*.h5"
 
@@ -129,3 +131,28 @@ def _same_file(first: str, second: str) -> bool:
         return os.path.samefile(first, second)
     except OSError:
         return False
+
+
+def reference_layers(references, selections) -> dict[str, tuple[FeatureFileInfo, tuple[LayerInfo, ...]]]:
+    """Per reference file, its layers that the files paired with it select."""
+    names: dict[str, set[str]] = {}
+    for reference, layers in zip(references, selections):
+        if reference is not None:
+            names.setdefault(reference.path, set()).update(layer.name for layer in layers)
+    found = {reference.path: reference for reference in references if reference is not None}
+    return {
+        path: (found[path], tuple(layer for layer in found[path].layers if layer.name in chosen))
+        for path, chosen in names.items()
+    }
+
+
+def read_reference_means(scanner: Scanner, reference: FeatureFileInfo, groups: list[tuple[LayerInfo, ...]]) -> dict[str, ClassMeans]:
+    """The class means of the layers in ``groups`` in a --means-from file: one pass over its rows per group,
+    once per run."""
+    means = {}
+    with open_feature_file(reference.path, probed=True, expected=reference) as feature_file:
+        for layers in groups:
+            moments = scanner.moments(feature_file, layers, None)
+            if scanner.main:  # elsewhere rank 0 holds the merged states
+                means.update((name, ClassMeans.of(state)) for name, state in moments.items())
+    return means

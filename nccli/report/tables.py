@@ -8,6 +8,7 @@ confusable pairs of each layer are kept (:class:`~nccli.metrics.pairs.TopPairs`)
 """
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -122,3 +123,15 @@ class LayerPairs:
 def _no_pairs() -> PairTile:
     ints, floats = np.zeros(0, dtype=np.int64), np.zeros(0)
     return PairTile(ints, ints, floats, floats, floats, floats, floats)
+
+
+@dataclass(frozen=True)
+class PairOutput:
+    """Where per-pair rows go: ``sink`` (None = nowhere), with class-name columns if any file has names."""
+
+    sink: PairSink | None
+    named: bool
+    top: int | None
+
+    def layer(self, info, layer: str) -> LayerPairs | None:
+        return None if self.sink is None else LayerPairs(self.sink, info.path, layer, info.class_names, self.named, self.top)
