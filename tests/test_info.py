@@ -87,8 +87,10 @@ def test_a_bad_file_is_one_line(tmp_path):
     assert snapshot(tmp_path) == before
 
 
-def test_layers_given_a_feature_file_points_to_info(tmp_path):
+@pytest.mark.parametrize("command", [("layers",), ("extract",)])
+def test_layers_and_extract_given_a_feature_file_as_the_model_point_to_info(tmp_path, command):
     path = good_file(tmp_path / "run.h5")
     before = snapshot(tmp_path)
-    assert_user_error(invoke("layers", path), str(path), "not a model", f"nccli info {path}")
+    extra = ("fake:4", "--out", tmp_path / "out.h5") if command == ("extract",) else ()
+    assert_user_error(invoke(*command, path, *extra), str(path), "not a model", f"nccli info {path}")
     assert snapshot(tmp_path) == before

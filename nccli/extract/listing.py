@@ -1,11 +1,7 @@
 """``list_layers``: every capturable layer of a model, from one probe batch, with the default picks marked."""
 
-import os
-
-import h5py
 import torch
 
-from nccli.errors import UsageError
 from nccli.extract.config import DEFAULT_INPUT_SIZE, ModelOptions
 from nccli.extract.hooks import LayerCall, probe_model
 from nccli.extract.models import load_model
@@ -20,11 +16,6 @@ def list_layers(
 
     The default size is the weights' crop size when ``--weights`` is given, else 3×224×224.
     """
-    if os.path.isfile(model) and h5py.is_hdf5(model):
-        raise UsageError(
-            f"'{model}' is an HDF5 file (features?), not a model; `nccli layers` lists a model's layers: "
-            f"see what a feature file holds with `nccli info {model}`"
-        )
     loaded = load_model(model, options or ModelOptions())
     if input_size is None:
         crop = getattr(loaded.transforms, "crop_size", None)

@@ -16,6 +16,8 @@ from nccli.extract.checkpoints import CHECKPOINT_SUFFIXES, Checkpoint, epoch_fro
 from nccli.extract.config import ModelOptions
 from nccli.extract.messages import did_you_mean, first_line
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # a file's first 8 bytes (superblock at offset 0, as h5py writes)
+
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 MAX_LISTED_KEYS = 5
 
@@ -55,6 +57,11 @@ def expand_model_args(args: tuple[str, ...]) -> list[str]:
 
 def load_model(source: str, options: ModelOptions, epoch: int | None = None) -> LoadedModel:
     """Build or load ``source`` (a torchvision name or a checkpoint path) and put it in eval mode."""
+    if os.path.isfile(source) and _is_hdf5(source):
+        raise ModelError(
+            f"'{source}' is an HDF5 file (features?), not a model; see what a feature file holds with "
+            f"`nccli info {source}`"
+        )
     if os.path.isfile(source):
         loaded = _from_checkpoint(source, options, epoch)
     elif _looks_like_path(source):
@@ -63,6 +70,11 @@ def load_model(source: str, options: ModelOptions, epoch: int | None = None) -> 
         loaded = _from_torchvision(source, options, epoch)
     loaded.module.eval()
     return loaded
+
+
+def _is_hdf5(path: str) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
 
 
 def _looks_like_path(source: str) -> bool:
