@@ -23,6 +23,7 @@ from nccli.errors import ModelError, NcCliError, UsageError
 from nccli.extract.capture import FeatureCapture
 from nccli.extract.config import Precision
 from nccli.extract.datasets import already_batched
+from nccli.io.checks import first_nonfinite_row
 
 QUEUE_DEPTH = 4  # batches waiting for the writer; bounds host memory
 PREFETCH_BATCHES = 4  # per DataLoader worker
@@ -180,9 +181,9 @@ def check_finite(arrays: dict[str, np.ndarray], precision: Precision, storage: s
             continue
         with np.errstate(over="ignore"):  # an overflow becomes Inf, reported below
             stored = values.astype(storage, copy=False)
-        if np.isfinite(stored).all():
+        row = first_nonfinite_row(stored)
+        if row is None:
             continue
-        row = int(np.flatnonzero(~np.isfinite(stored).reshape(len(stored), -1).all(axis=1))[0])
         what = "the model's output" if path == schema.LOGITS else f"layer '{path.removeprefix(schema.LAYERS + '/')}'"
         if np.isfinite(values[row]).all():
             cause = f"a value exceeds {np.finfo(storage).max:g}, the largest {storage}: use --dtype float32"

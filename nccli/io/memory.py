@@ -204,10 +204,9 @@ class BatchRows:
         if shape[1] != layer.dim:
             raise DataError(f"{where}: has width {shape[1]} but the first batch's has {layer.dim}")
         value = self._on_backend(value)
-        finite = value.isfinite().all(dim=1) if _is_tensor(value) else np.isfinite(value).all(axis=1)
-        if not bool(finite.all()):
-            bad = int((~finite).nonzero()[0, 0]) if _is_tensor(value) else int(np.flatnonzero(~finite)[0])
-            raise checks.nonfinite_error(row + bad, where)
+        xp = self.xp if _is_tensor(value) else NumpyBackend()
+        if not xp.all_finite(value):
+            raise checks.nonfinite_error(row + xp.first_nonfinite_row(value), where)
         return value
 
     def _end_pass(self, counts: np.ndarray) -> None:

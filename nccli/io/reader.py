@@ -31,6 +31,7 @@ from h5py._objects import phil
 from nccli import schema
 from nccli.errors import FeatureFileError
 from nccli.io.arrays import conversion_hint
+from nccli.io.checks import first_nonfinite_row
 from nccli.io.validate import (
     LABEL_BLOCK_ROWS,
     READ_ERRORS,
@@ -83,9 +84,9 @@ class FeatureFile:
             for layer in layers:
                 path = schema.layer_path(layer.name)
                 block = self._read(path, start, stop)
-                if not np.isfinite(block).all():
-                    bad = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-                    raise self._fail(path, f"non-finite feature value (NaN or Inf) in row {bad}")
+                bad = first_nonfinite_row(block)
+                if bad is not None:
+                    raise self._fail(path, f"non-finite feature value (NaN or Inf) in row {start + bad}")
                 rows[layer.name] = block
             yield labels, rows
 

@@ -127,9 +127,6 @@ class NumpyBackend:
     def argmax(self, a):
         return np.argmax(a, axis=1)
 
-    def row_max(self, a):
-        return np.max(a, axis=1)
-
     def row_min(self, a):
         return np.min(a, axis=1)
 
@@ -240,9 +237,6 @@ class TorchBackend:
 
     def argmax(self, a):
         return self.torch.argmax(a, dim=1)
-
-    def row_max(self, a):
-        return self.torch.max(a, dim=1).values
 
     def row_min(self, a):
         return self.torch.min(a, dim=1).values
