@@ -174,7 +174,8 @@ def test_near_ties_below_float32_resolution_are_decided_in_float64():
             geometry = build_geometry(xp, moments, spectrum, geometry_means, classifier, tile_classes)
             block = geometry.block(xp, xp.features(features))
             ncc = xp.host(geometry.nearest(xp, block))
-            clf, own, other = (xp.host(v) for v in geometry.classify(xp, block, xp.labels(labels)))
+            scored = geometry.classify(xp, block, xp.labels(labels))
+            clf, own, other = (xp.host(v) for v in (scored.prediction, scored.own, scored.other))
             np.testing.assert_array_equal(ncc, expected)
             np.testing.assert_array_equal(clf, expected)
             logits = features @ means.T + classifier.bias

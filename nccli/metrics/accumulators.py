@@ -160,21 +160,17 @@ class Decisions:
         )
         state.own_distance_sum = xp.scalar(xp.sqrt(xp.rowdot(residuals, residuals)).sum())
         state.global_distance_sum = xp.scalar(block.norms.sum())
-        if geometry.weight is None:
+        if geometry.weight is None or not len(labels):
             return state
-        clf_pred, own, other = geometry.classify(xp, block, labels)
-        state.clf_correct = xp.bincount(labels, num_classes, weights=1.0 * (clf_pred == labels))
-        state.mismatch = xp.scalar((clf_pred != ncc_pred).sum())
-        if not len(labels):
-            return state
-        _, own_free, other_free = geometry.classify(xp, block, labels, free=True)
-        ce, free_ce = geometry.cross_entropies(xp, block, labels)
-        state.ce_sum, state.free_ce_sum = xp.scalar(ce.sum()), xp.scalar(free_ce.sum())
+        scored = geometry.classify(xp, block, labels)
+        state.clf_correct = xp.bincount(labels, num_classes, weights=1.0 * (scored.prediction == labels))
+        state.mismatch = xp.scalar((scored.prediction != ncc_pred).sum())
+        state.ce_sum, state.free_ce_sum = xp.scalar(scored.ce.sum()), xp.scalar(scored.free_ce.sum())
         if len(geometry.own_centres) > 1:
-            margins = own - other
+            margins = scored.own - scored.other
             state.margin_min = xp.scalar(margins.min())
             state.margin_sum = xp.scalar(margins.sum())
-            state.free_margin_min = xp.scalar((own_free - other_free).min())
+            state.free_margin_min = xp.scalar((scored.free_own - scored.free_other).min())
         return state
 
     def merge(self, other: "Decisions") -> "Decisions":

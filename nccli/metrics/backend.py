@@ -130,8 +130,27 @@ class NumpyBackend:
     def row_min(self, a):
         return np.min(a, axis=1)
 
+    def row_max(self, a):
+        return np.max(a, axis=1)
+
     def single(self, a):
         return a.astype(np.float32)
+
+    def wide(self, a):
+        return a.astype(np.float64)
+
+    def scratch(self, size: int):
+        """A float32 buffer that a block's tile products are written into, one after another (no page
+        faults of a fresh array per tile)."""
+        return np.empty(size, dtype=np.float32)
+
+    def product_into(self, a, b, buffer):
+        """a @ bᵀ, written into the start of ``buffer``."""
+        return np.matmul(a, b.T, out=buffer[: len(a) * len(b)].reshape(len(a), len(b)))
+
+    def add_into(self, a, b, buffer):
+        """a + b (broadcast to a's shape), written into the start of ``buffer`` (may be a's own)."""
+        return np.add(a, b, out=buffer[: a.size].reshape(a.shape))
 
     def full(self, n: int, value: float):
         return np.full(n, value)
@@ -241,8 +260,23 @@ class TorchBackend:
     def row_min(self, a):
         return self.torch.min(a, dim=1).values
 
+    def row_max(self, a):
+        return self.torch.max(a, dim=1).values
+
     def single(self, a):
         return a.float()
+
+    def wide(self, a):
+        return a.double()
+
+    def scratch(self, size: int):
+        return self.torch.empty(size, dtype=self.torch.float32, device=self.device)
+
+    def product_into(self, a, b, buffer):
+        return self.torch.matmul(a, b.T, out=buffer[: len(a) * len(b)].view(len(a), len(b)))
+
+    def add_into(self, a, b, buffer):
+        return self.torch.add(a, b, out=buffer[: a.numel()].view(a.shape))
 
     def full(self, n: int, value: float):
         return self.torch.full((n,), value, dtype=self.torch.float64, device=self.device)
@@ -282,7 +316,7 @@ Backend = NumpyBackend | TorchBackend
 _NUMPY = NumpyBackend()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _torch_backend(device: str) -> TorchBackend:
     return TorchBackend(device)
 

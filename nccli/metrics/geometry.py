@@ -4,18 +4,16 @@ Pass 2 compares every row with every class: NCC distances ‖h_i − μ_c‖² a
 classifier logits w_cᵀh_i + b_c, O(N·K·d), the bulk of analyze's work at
 large K. At K = 100 000 a block × K product would not fit in memory, so both
 run over tiles of classes whose block × tile product stays within the
-backend's ``tile_bytes``.
+backend's ``tile_bytes``, multiplied into one scratch buffer per block.
 
 Each tile is screened in float32 (half the bytes, twice the BLAS rate) and
-decided in float64. A float32 value is within δ_i of the exact one (the
-bound of :meth:`Geometry.nearest`); every class whose float32 value is
-within 2δ_i of the row's float32 best is a candidate, so the exact best is
-always among them, and only the candidates (a handful per row) are
-recomputed in float64 as explicit dot products. Per row a running best
-(value, class) goes across tiles, replaced only when strictly better; within
-a tile the first (lowest-id) candidate wins equal values. The exact value of
-a (row, class) pair does not depend on the tiling, so neither do the
-decisions: ties go to the lowest class id (the rule of ``metrics.md``).
+decided in float64. A float32 value is within δ_i of the exact one
+(:meth:`Geometry.slack`); for the NCC rule every class whose float32 value
+is within 2δ_i of the row's float32 best is a candidate, so the exact best
+is always among them, and only the candidates (a handful per row) are
+recomputed in float64 as explicit dot products; ties go to the lowest class
+id (the rule of ``metrics.md``). The classifier's side (decisions, margins,
+cross-entropies) is :mod:`nccli.metrics.logits`.
 
 Exact ties come from classes with identical centres (coincident means made
 identical by ``ClassMeans.with_ties_exact``) or identical classifier rows
@@ -27,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nccli.metrics import logits
 from nccli.metrics.backend import Backend
-from nccli.metrics.classifier import RunningLogSumExp
 from nccli.metrics.formulas import Spectrum
 from nccli.metrics.layer import Classifier, ClassMeans
 
@@ -49,8 +47,8 @@ class Geometry:
     when another class has the same row; ``free_bias`` (W·origin) gives the
     bias-free logits w_cᵀh_i of seed ``002_*``, ``multiplicity`` the number of
     classes that share each candidate's row (the cross-entropy sums over
-    classes). ``ncc_single`` (−2·``ncc_centres``)
-    and ``weight_single`` (−``weight``) are the float32 copies the screening
+    classes), ``bias_is_zero`` whether b = 0 (then both kinds of logits are one). ``ncc_single``
+    (−2·``ncc_centres``) and ``weight_single`` (``weight``) are the float32 copies the screening
     multiplies, with unit roundoff ``single_unit``. ``tile_classes`` fixes the
     tile width (tests); None sizes float32 tiles by ``tile_bytes``.
     """
@@ -71,6 +69,7 @@ class Geometry:
     clf_shared: object = None
     free_bias: object = None
     multiplicity: object = None
+    bias_is_zero: bool = False
     tile_bytes: int = 32 * 2**20
     tile_classes: int | None = None
     single_unit: float = 2.0**-24
@@ -79,7 +78,7 @@ class Geometry:
     def rank(self) -> int:
         return self.basis.shape[1]
 
-    def _tiles(self, classes: int, rows: int) -> list[tuple[int, int]]:
+    def tiles(self, classes: int, rows: int) -> list[tuple[int, int]]:
         width = self.tile_classes or max(1, self.tile_bytes // (4 * max(rows, 1)))
         return [(start, min(start + width, classes)) for start in range(0, classes, width)]
 
@@ -88,7 +87,7 @@ class Geometry:
         centred = rows - self.origin
         return Block(centred, xp.single(centred), xp.sqrt(xp.rowdot(centred, centred)))
 
-    def _slack(self, block: "Block", norm_max: float, offset_max: float):
+    def slack(self, block: "Block", norm_max: float, offset_max: float):
         """2δ_i: twice the bound on |float32 − exact| of (h_i − origin)·v + a over rows v of norm ≤
         ``norm_max`` and offsets |a| ≤ ``offset_max``: (d + 4)·u·‖h_i − origin‖·norm_max + 2u·offset_max
         (float32 casts, a d-term sum, |fl(xᵀy) − xᵀy| ≤ γ_d|x|ᵀ|y| (Higham 2002, §3.1), the offset's
@@ -96,9 +95,8 @@ class Geometry:
         d, u = block.centred.shape[1], self.single_unit
         return 4.0 * u * ((d + 4) * block.norms * norm_max + 2.0 * offset_max)
 
-    def _lowest(self, xp: Backend, block: "Block", count: int, tile, slack, exact, values: bool):
-        """Per row, the exact smallest value (if ``values``) and its column among ``count`` columns;
-        (+inf, 0) for a row whose every entry is +inf (masked out).
+    def _lowest(self, xp: Backend, block: "Block", count: int, tile, slack, exact):
+        """Per row, the column of the exact smallest value among ``count`` columns (lowest column on ties).
 
         ``tile(start, stop)`` gives the float32 values of a tile of columns,
         ``exact(rows, columns)`` the float64 ones of given pairs. Screening keeps
@@ -107,12 +105,12 @@ class Geometry:
         decided in float64 once per block. Most rows have one candidate per
         tile, the float32 smallest; only rows whose second smallest is within
         the slack are searched for more, and a row left with one candidate
-        needs no float64 product unless its value is asked for.
+        needs no float64 product.
         """
         n = len(block.centred)
         everyone = xp.arange(n)
         found, low = [], None
-        for start, stop in self._tiles(count, n):
+        for start, stop in self.tiles(count, n):
             approx = tile(start, stop)
             column = xp.argmin(approx)
             smallest = approx[everyone, column]
@@ -124,96 +122,48 @@ class Geometry:
             found.append((several[more_rows], more_columns + start, approx[several[more_rows], more_columns]))
             low = smallest if low is None else xp.where(smallest < low, smallest, low)
         rows, columns, approx_values = (xp.concatenate(*parts) for parts in zip(*found))
-        keep = xp.flatnonzero((approx_values <= low[rows] + slack[rows]) & (approx_values < np.inf))  # +inf: masked
+        keep = xp.flatnonzero(approx_values <= low[rows] + slack[rows])
         rows, columns = rows[keep], columns[keep]
-        best = xp.full(n, np.inf)
         best_column = xp.labels(np.zeros(n, dtype=np.int64))
-        if not values:
-            alone = xp.flatnonzero(xp.bincount(rows, n)[rows] == 1)
-            best_column[rows[alone]] = columns[alone]
-            contested = xp.flatnonzero(xp.bincount(rows, n)[rows] > 1)
-            rows, columns = rows[contested], columns[contested]
+        alone = xp.flatnonzero(xp.bincount(rows, n)[rows] == 1)
+        best_column[rows[alone]] = columns[alone]
+        contested = xp.flatnonzero(xp.bincount(rows, n)[rows] > 1)
+        rows, columns = rows[contested], columns[contested]
         exact_values = exact(block.centred[rows], columns)
         first = xp.first_per_row(rows, exact_values, columns)
-        best[rows[first]], best_column[rows[first]] = exact_values[first], columns[first]
-        return best, best_column
+        best_column[rows[first]] = columns[first]
+        return best_column
 
     def nearest(self, xp: Backend, block: "Block"):
         """NCC decision of each row: argmin_c ‖c‖² − 2(h_i − origin)·c over c = μ_c − origin, which is
         ‖h_i − μ_c‖² less a per-row constant."""
         norm_max = xp.scalar(self.ncc_sqnorms.max()) ** 0.5
-        slack = xp.single(2.0 * self._slack(block, norm_max, norm_max**2))
+        slack = xp.single(2.0 * self.slack(block, norm_max, norm_max**2))
+        tiles = self.tiles(len(self.ncc_ids), len(block.centred))
+        scratch = xp.scratch(len(block.centred) * (tiles[0][1] - tiles[0][0]) if tiles else 0)
 
         def tile(start, stop):
-            approx = block.single @ self.ncc_single[start:stop].T  # −2(μ_c − origin) in float32: × −2 is exact
+            approx = xp.product_into(block.single, self.ncc_single[start:stop], scratch)  # −2(μ_c − origin): × −2 is exact
             approx += xp.single(self.ncc_sqnorms[start:stop])
             return approx
 
         def exact(rows, columns):
             return self.ncc_sqnorms[columns] - 2.0 * xp.rowdot(rows, self.ncc_centres[columns])
 
-        _, column = self._lowest(xp, block, len(self.ncc_ids), tile, slack, exact, values=False)
-        return self.ncc_ids[column]
+        return self.ncc_ids[self._lowest(xp, block, len(self.ncc_ids), tile, slack, exact)]
 
-    def classify(self, xp: Backend, block: "Block", labels, free: bool = False):
-        """Classifier decision, own-class logit and best other logit of each row, exact in float64.
+    def classify(self, xp: Backend, block: "Block", labels):
+        """The classifier's decisions, logits and losses of each row (:func:`nccli.metrics.logits.classify`)."""
+        return logits.classify(self, xp, block, labels)
 
-        Logits z_ic = w_cᵀ(h_i − origin) + (b_c + w_cᵀorigin) = w_cᵀh_i + b_c,
-        screened as −z (the smallest −z is the largest logit). The best other
-        logit max_{c ≠ y_i} z_ic (−inf when K = 1) leaves out y_i's candidate
-        unless another class shares its row (then it counts, as that class's
-        logit). The decision is y_i's class when its logit beats the best
-        other, or equals it with a lower id. ``free``: the same for the bias-free
-        logits w_cᵀh_i (the margins of seed ``002_*``).
-        """
-        bias = self.free_bias if free else self.bias
-        columns = self.clf_column[labels]
-        own = xp.rowdot(block.centred, self.weight[columns]) + bias[columns]
-        norm_max = xp.scalar(xp.rowdot(self.weight, self.weight).max()) ** 0.5
-        bias_max = xp.scalar(abs(bias).max())
-        slack = xp.single(self._slack(block, norm_max, bias_max))
-        alone = xp.flatnonzero(~self.clf_shared[columns])
-
-        def tile(start, stop):
-            approx = block.single @ self.weight_single[start:stop].T  # −W in float32
-            approx -= xp.single(bias[start:stop])
-            inside = alone[(columns[alone] >= start) & (columns[alone] < stop)]
-            approx[inside, columns[inside] - start] = np.inf
-            return approx
-
-        def exact(rows, candidates):
-            return -(xp.rowdot(rows, self.weight[candidates]) + bias[candidates])
-
-        lowest, other_column = self._lowest(xp, block, len(self.clf_ids), tile, slack, exact, values=True)
-        other = -lowest
-        wins = (own > other) | ((own == other) & (columns <= other_column))
-        return self.clf_ids[xp.where(wins, columns, other_column)], own, other
-
-    def cross_entropies(self, xp: Backend, block: "Block", labels):
-        """Per row, −log softmax(z)_{y_i} over every present class, for z = Wh + b and for the bias-free Wh.
-
-        Exact float64 logits, tile by tile over the classifier's distinct rows,
-        folded into a running log Σ exp (:class:`~nccli.metrics.classifier.RunningLogSumExp`;
-        a row shared by m classes counts m times): O(N·K·d) like the screening, in float64.
-        The own logit is read from the same products as the others, so that a
-        collapsed row's loss, e^{−gap}-small, is not drowned by the rounding of
-        two ways of computing one logit.
-        """
-        n = len(block.centred)
-        columns = self.clf_column[labels]
-        with_bias, bias_free = RunningLogSumExp(xp, n), RunningLogSumExp(xp, n)
-        own, own_free = xp.zeros(n), xp.zeros(n)
-        # About six float64 arrays of rows × tile live at once: a sixth of the float32 width keeps
-        # them within 2 × tile_bytes, inside the plan's 3 × tile_bytes of working memory.
-        for start, stop in self._tiles(len(self.clf_ids), 6 * n):
-            products = block.centred @ self.weight[start:stop].T
-            logits, free = products + self.bias[start:stop], products + self.free_bias[start:stop]
-            inside = xp.flatnonzero((columns >= start) & (columns < stop))
-            own[inside] = logits[inside, columns[inside] - start]
-            own_free[inside] = free[inside, columns[inside] - start]
-            with_bias.add(logits, self.multiplicity[start:stop])
-            bias_free.add(free, self.multiplicity[start:stop])
-        return with_bias.cross_entropy(own), bias_free.cross_entropy(own_free)
+    def exact_products(self, xp: Backend, block: "Block", rows, columns):
+        """w_cᵀ(h_i − origin) in float64 for the given (row, classifier column) pairs, in chunks of a tile's bytes."""
+        chunk = max(1, self.tile_bytes // (16 * max(block.centred.shape[1], 1)))
+        parts = [
+            xp.rowdot(block.centred[rows[start : start + chunk]], self.weight[columns[start : start + chunk]])
+            for start in range(0, len(rows), chunk)
+        ]
+        return xp.concatenate(*parts) if parts else xp.zeros(0)
 
 
 @dataclass(frozen=True)
@@ -269,7 +219,8 @@ def build_geometry(
         clf_column[present.ids] = group
         parts = dict(
             weight=xp.constant(weight),
-            weight_single=xp.single(xp.constant(-weight)),
+            weight_single=xp.single(xp.constant(weight)),
+            bias_is_zero=not np.any(rows[first_row, -1]),
             bias=xp.constant(rows[first_row, -1] + weight @ origin),
             free_bias=xp.constant(weight @ origin),
             multiplicity=xp.constant(np.bincount(group).astype(np.float64)),
