@@ -14,7 +14,7 @@ from nccli.io.reader import FeatureFile, read_info
 from nccli.metrics import formulas
 from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import LONG_RUN, NumpyBackend, TorchBackend
-from nccli.metrics.geometry import build_geometry
+from nccli.metrics.geometry import build_geometry, distinct_rows
 from nccli.metrics.layer import Classifier, ClassMeans
 
 
@@ -299,3 +299,16 @@ def test_pass_two_losses_margins_and_distances_over_class_tiles_equal_the_oracle
         assert state.free_margin_min == pytest.approx(min(free_margins), rel=1e-12)
         assert state.own_distance_sum == pytest.approx(own_distance, rel=1e-12)
         assert state.global_distance_sum == pytest.approx(global_distance, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_distinct_rows_equals_pairwise_comparison(seed):
+    """Identical rows (−0.0 = +0.0, any width, d = 0 included) share the group of their lowest index."""
+    rng = np.random.default_rng(seed)
+    k, d = int(rng.integers(1, 12)), int(rng.integers(0, 4))
+    matrix = rng.integers(-1, 2, (k, d)).astype(float)
+    matrix[matrix == 0] *= rng.choice([1.0, -1.0], size=int((matrix == 0).sum()))
+    first, group = distinct_rows(matrix)
+    lowest = np.array([min(j for j in range(k) if np.array_equal(matrix[i], matrix[j])) for i in range(k)])
+    np.testing.assert_array_equal(first, np.unique(lowest))
+    np.testing.assert_array_equal(first[group], lowest)

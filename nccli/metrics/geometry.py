@@ -177,12 +177,24 @@ class Block:
 
 def distinct_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(first, group): ascending indices of the first row of each set of identical rows, and for
-    each row the position in ``first`` of its set."""
-    _, first, inverse = np.unique(matrix, axis=0, return_index=True, return_inverse=True)
-    order = np.argsort(first)
-    position = np.empty_like(order)
-    position[order] = np.arange(len(order))
-    return first[order], position[inverse.ravel()]
+    each row the position in ``first`` of its set.
+
+    Only rows whose first entry equals another row's can repeat: those are compared as bytes (−0.0
+    made +0.0 first), one sort key per row; ``np.unique(axis=0)`` would build a d-field record type
+    (seconds at d = 60 000 or K = 100 000).
+    """
+    lead = matrix[:, 0] if matrix.shape[1] else np.zeros(len(matrix))
+    order = np.argsort(lead, kind="stable")
+    repeated = lead[order[1:]] == lead[order[:-1]]
+    candidates = np.sort(order[np.r_[repeated, False] | np.r_[False, repeated]])
+    representative = np.arange(len(matrix))
+    if len(candidates):
+        rows = np.concatenate([matrix[candidates] + 0.0, np.zeros((len(candidates), 1))], axis=1)  # ≥ 1 column
+        keys = rows.view(np.dtype((np.void, 8 * rows.shape[1]))).ravel()
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        representative[candidates] = candidates[first[inverse.ravel()]]  # the lowest index of each set
+    first = np.flatnonzero(representative == np.arange(len(matrix)))
+    return first, np.searchsorted(first, representative)
 
 
 def build_geometry(
