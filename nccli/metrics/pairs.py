@@ -125,23 +125,25 @@ class PairInputs:
         ranges = blocks(len(self.ids), tile)
         with parallel_tiles() as pool:
             for index, rows in enumerate(ranges):
-                for cols in ranges[index:]:
-                    shape = (rows[1] - rows[0], cols[1] - cols[0])
-                    counted = upper[: shape[0], : shape[1]] if rows == cols else None
-                    kept = [np.empty(shape) for _ in _KEPT] if pairs is not None else None
-                    task = partial(self._strip, rows, cols, counted, kept, local, tile)
-                    strips = list(pool.map(task, blocks(shape[0], strip_rows(tile))))
-                    for part, _ in strips:
+                strips, row = blocks(rows[1] - rows[0], strip_rows(tile)), ranges[index:]
+                # a whole row of tiles at a time (fewer waits), or with a consumer one tile, in fresh arrays
+                for batch in [row] if pairs is None else [[cols] for cols in row]:
+                    shape = (rows[1] - rows[0], batch[0][1] - batch[0][0])
+                    kept = None if pairs is None else [np.empty(shape) for _ in _KEPT]
+                    task = partial(self._strip, rows, upper, kept, local, tile)
+                    done = list(pool.map(task, [(cols, strip) for cols in batch for strip in strips]))
+                    for part, _ in done:
                         stats.merge(part)
                     if pairs is not None:
-                        coincident = tuple(np.concatenate(ids) for ids in zip(*(ids for _, ids in strips)))
-                        pairs(self._tile(rows, cols, counted, kept, coincident))
+                        coincident = tuple(np.concatenate(ids) for ids in zip(*(ids for _, ids in done)))
+                        pairs(self._tile(rows, batch[0], upper, kept, coincident))
         return stats
 
-    def _strip(self, rows, cols, upper, kept, local, tile: int, strip) -> tuple[PairStats, tuple]:
-        """Rows ``strip`` (within the tile) of a tile: their statistics and coincident pairs, and their
-        values into the rows of ``kept`` (:data:`_KEPT`) if given."""
-        (s0, s1), (c0, c1) = strip, cols
+    def _strip(self, rows, upper, kept, local, tile: int, task) -> tuple[PairStats, tuple]:
+        """Rows ``strip`` (within the row tile) of the tile ``cols``: their statistics and coincident pairs,
+        and their values into the rows of ``kept`` (:data:`_KEPT`) if given."""
+        cols, (s0, s1) = task
+        c0, c1 = cols
         first, last = rows[0] + s0, rows[0] + s1
         if not hasattr(local, "arrays"):
             local.arrays = _Arrays(8, strip_rows(tile) * tile)
@@ -153,7 +155,7 @@ class PairInputs:
             w_cos = None
         else:
             np.matmul(self.weight_unit[first:last], self.weight_unit[c0:c1].T, out=w_cos)
-        upper = None if upper is None else upper[s0:s1]
+        upper = upper[s0:s1, : c1 - c0] if cols == rows else None
         self.means.gram((first, last), cols, gram)
         half_rows, half_cols = self.half_variances[first:last], self.half_variances[c0:c1]
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -181,6 +183,7 @@ class PairInputs:
     def _tile(self, rows, cols, upper, kept: list, coincident) -> Tile:
         """A whole tile for a per-pair consumer, with the inter-class cosines."""
         (r0, r1), (c0, c1) = rows, cols
+        upper = upper[: r1 - r0, : c1 - c0] if rows == cols else None
         sq, cos, unit_dist, w_cos, cdnv = kept
         with np.errstate(invalid="ignore"):
             inter = self.unit_sum[r0:r1] @ self.unit_sum[c0:c1].T

@@ -19,7 +19,8 @@ from threadpoolctl import threadpool_limits
 # Working set of one tile: about _TILE_ARRAYS float64 arrays of T × T entries.
 TILE_BYTES = 64 * 2**20
 _TILE_ARRAYS = 16
-# Strips per tile: with ~180 rows each (T ≈ 724), a strip's products run at the BLAS rate of whole tiles.
+# Strips per tile, and the most threads working on them (each holds a few strip arrays): with ~180 rows
+# each (T ≈ 724), a strip's products run at the BLAS rate of whole tiles.
 STRIPS = 4
 # Below this fraction of ‖m_c‖² + ‖m_c'‖², the Gram form of d² keeps fewer than
 # ~12 significant digits (rounding of the dot product ~ √d·ε·(‖m_c‖² + ‖m_c'‖²)).
@@ -43,10 +44,11 @@ def strip_rows(tile: int) -> int:
 
 @contextmanager
 def parallel_tiles() -> Iterator[ThreadPoolExecutor]:
-    """A pool of one thread per core for work on tiles, each thread making its own BLAS calls, with BLAS
-    held to one thread meanwhile (numpy releases the GIL; an idle BLAS thread spins waiting for work and
-    would take a core from the pool). Work is cut the same way whatever the number of threads."""
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(os.cpu_count()) as pool:
+    """A pool of one thread per core (at most ``STRIPS``) for work on tiles, each thread making its own
+    BLAS calls, with BLAS held to one thread meanwhile (numpy releases the GIL; an idle BLAS thread spins
+    waiting for work and would take a core from the pool). Work is cut the same way whatever the number
+    of threads."""
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(min(os.cpu_count() or 1, STRIPS)) as pool:
         yield pool
 
 
