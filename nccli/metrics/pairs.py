@@ -21,8 +21,9 @@ thread pool each (:func:`~nccli.metrics.tiles.parallel_tiles`): its
 products, its values in arrays of its thread (allocated once) and their
 statistics (:class:`~nccli.metrics.pair_stats.PairStats`), merged in row
 order, so results never depend on the number of threads. The summaries
-need no per-pair array: the CDNV sum is Σ_c V_c/2 · Σ_c' 1/d² (two
-matrix-vector products), ``inter_cos_*`` come from :mod:`nccli.metrics.inter`.
+keep no per-pair array: the CDNV sum Σ (V_c + V_c')/(2d²) is two
+matrix-vector products with the block of 1/d²; ``inter_cos_*`` come from
+:mod:`nccli.metrics.inter`.
 A per-pair consumer (``--pairs``, ``--pairs-top``; :class:`TopPairs` keeps
 the most confusable pairs) gets each tile in fresh arrays, with the
 cosine-view inter-class similarities from a float64 product.
@@ -81,16 +82,11 @@ class Tile:
     cdnv: np.ndarray
     mean_cos: np.ndarray
     inter_cos: np.ndarray
-    coincident: tuple[np.ndarray, np.ndarray]  # class ids (c, c') of the coincident pairs
-    unit_dist: np.ndarray  # ‖m̂_c − m̂_c'‖, NaN where a centred mean is zero
     w_cos: np.ndarray  # cos(w_c, w_c'), NaN without a classifier or where a row is zero
 
     def select(self, block: np.ndarray) -> np.ndarray:
         """The counted entries, row by row (a view when every entry counts)."""
         return block.ravel() if self.upper is None else block[self.upper]
-
-    def __len__(self) -> int:
-        return self.sq.size if self.upper is None else int(self.upper.sum())
 
     def pairs(self, where: np.ndarray | None = None) -> PairTile:
         """The counted pairs as flat columns, row by row; only those ``where`` is true, if given."""
@@ -132,16 +128,15 @@ class PairInputs:
                     kept = None if pairs is None else [np.empty(shape) for _ in _KEPT]
                     task = partial(self._strip, rows, upper, kept, local, tile)
                     done = list(pool.map(task, [(cols, strip) for cols in batch for strip in strips]))
-                    for part, _ in done:
+                    for part in done:
                         stats.merge(part)
                     if pairs is not None:
-                        coincident = tuple(np.concatenate(ids) for ids in zip(*(ids for _, ids in done)))
-                        pairs(self._tile(rows, batch[0], upper, kept, coincident))
+                        pairs(self._tile(rows, batch[0], upper, kept))
         return stats
 
-    def _strip(self, rows, upper, kept, local, tile: int, task) -> tuple[PairStats, tuple]:
-        """Rows ``strip`` (within the row tile) of the tile ``cols``: their statistics and coincident pairs,
-        and their values into the rows of ``kept`` (:data:`_KEPT`) if given."""
+    def _strip(self, rows, upper, kept, local, tile: int, task) -> PairStats:
+        """For ``task`` = (cols, strip), the rows ``strip`` (within the row tile) of the tile ``cols``: their
+        statistics, and their values into the rows of ``kept`` (:data:`_KEPT`) if given."""
         cols, (s0, s1) = task
         c0, c1 = cols
         first, last = rows[0] + s0, rows[0] + s1
@@ -149,8 +144,8 @@ class PairInputs:
             local.arrays = _Arrays(8, strip_rows(tile) * tile)
         arrays = local.arrays.shaped((s1 - s0, c1 - c0))
         if kept is not None:
-            arrays[:4] = (values[s0:s1] for values in kept[:4])
-        sq, cos, unit_dist, w_cos, gram, inverse, shifted, deviations = arrays
+            arrays[:3] = (values[s0:s1] for values in kept[:3])
+        sq, cos, w_cos, unit_dist, gram, inverse, shifted, deviations = arrays
         if self.weight_unit is None:
             w_cos = None
         else:
@@ -167,7 +162,7 @@ class PairInputs:
                 inverse[~upper] = 0.0
             cdnv_sum = float((inverse @ half_cols).sum() + (half_rows @ inverse).sum())  # Σ (V_c + V_c')/2d²
             if kept is not None:
-                cdnv = np.add(half_rows[:, None], half_cols[None, :], out=kept[4][s0:s1])
+                cdnv = np.add(half_rows[:, None], half_cols[None, :], out=kept[3][s0:s1])
                 cdnv /= sq
                 cdnv[i[close], j[close]] = np.nan
             np.multiply(cos, -2.0, out=unit_dist)
@@ -178,20 +173,20 @@ class PairInputs:
         coincident = (row_ids[i[close]], col_ids[j[close]])
         stats = PairStats(len(self.ids))
         stats.add(Block(upper, cdnv_sum, cos, unit_dist, w_cos, coincident), (shifted, deviations))
-        return stats, coincident
+        return stats
 
-    def _tile(self, rows, cols, upper, kept: list, coincident) -> Tile:
+    def _tile(self, rows, cols, upper, kept: list) -> Tile:
         """A whole tile for a per-pair consumer, with the inter-class cosines."""
         (r0, r1), (c0, c1) = rows, cols
         upper = upper[: r1 - r0, : c1 - c0] if rows == cols else None
-        sq, cos, unit_dist, w_cos, cdnv = kept
+        sq, cos, w_cos, cdnv = kept
         with np.errstate(invalid="ignore"):
             inter = self.unit_sum[r0:r1] @ self.unit_sum[c0:c1].T
             inter *= self.inverse_counts[r0:r1, None]
             inter *= self.inverse_counts[None, c0:c1]
         if self.weight_unit is None:
             w_cos.fill(np.nan)
-        return Tile(self.ids[r0:r1], self.ids[c0:c1], upper, sq, cdnv, cos, inter, coincident, unit_dist, w_cos)
+        return Tile(self.ids[r0:r1], self.ids[c0:c1], upper, sq, cdnv, cos, inter, w_cos)
 
     def _unit_distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """‖m̂_a − m̂_b‖ from explicit differences, for the pairs where √(2 − 2cos) would cancel."""
@@ -202,7 +197,7 @@ class PairInputs:
 
 
 # The per-pair values a consumer keeps, in fresh arrays per tile (the rest of a tile's work is reused).
-_KEPT = ("sq", "cos", "unit_dist", "w_cos", "cdnv")
+_KEPT = ("sq", "cos", "w_cos", "cdnv")
 
 
 class _Arrays:
