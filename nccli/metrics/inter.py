@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 
-from nccli.metrics.tiles import above_diagonal, blocks, parallel_tiles, strip_rows
+from nccli.metrics.tiles import above_diagonal, blocks, parallel_tiles
 
 PAIR_SUM_ROWS = 256
 SINGLE_UNIT = 2.0**-24
@@ -47,44 +47,46 @@ def pair_sum(a: np.ndarray) -> float:
 def pair_max(a: np.ndarray, tile: int) -> float:
     """max_{c<c'} a_c·a_c' for rows ‖a_c‖ ≤ 1, exactly (the float64 value of the largest pair).
 
-    Screened in float32, a strip of rows at a time (one task of the thread
-    pool each) against column tiles of ``tile``: a value is within
+    Screened in float32, a row tile at a time (one task of the thread pool
+    each) against the column tiles to its right: a value is within
     δ = (d + 4)·u·‖a_c‖‖a_c'‖ of the exact one (float32 casts and a d-term
     sum, |fl(xᵀy) − xᵀy| ≤ γ_d|x|ᵀ|y|, Higham 2002 §3.1; u = 2⁻²⁴), plus
     d·2⁻¹²⁵ should subnormals be flushed to zero; e is that bound at the
-    block's largest norms, doubled for safety. A block's exact largest is
+    tile's largest norms, doubled for safety. A tile's exact largest is
     within 2e of its float32 largest, and can raise the task's best so far
     only if its float32 value exceeds best − e: only those candidates (most
-    blocks have none) get a float64 dot product.
+    tiles have none) get a float64 dot product.
     """
     screen = _Screen(a, tile)
     with parallel_tiles() as pool:
-        return max(pool.map(screen.largest, blocks(len(a), strip_rows(tile))))
+        return max(pool.map(screen.largest, range(len(screen.ranges))))
 
 
 class _Screen:
-    """The float32 copy of ``a`` and what bounds its errors; ``largest`` of a strip of rows."""
+    """The float32 copy of ``a`` and what bounds its errors; ``largest`` of a row tile."""
 
     def __init__(self, a: np.ndarray, tile: int):
-        self.a, self.tile = a, tile
+        self.a = a
         self.single = a.astype(np.float32)
         self.norms = np.linalg.norm(a, axis=1)
-        self.local = threading.local()  # each thread's float32 block
+        self.ranges = blocks(len(a), tile)
+        self.below = ~above_diagonal(min(tile, len(a)))
+        self.local = threading.local()  # each thread's float32 tile
 
-    def largest(self, rows: tuple[int, int]) -> float:
-        """max a_c·a_c' over c in ``rows``, c' > c."""
-        (r0, r1), d = rows, self.a.shape[1]
-        if not hasattr(self.local, "block"):
-            self.local.block = np.empty(strip_rows(self.tile) * self.tile, dtype=np.float32)
+    def largest(self, index: int) -> float:
+        """max a_c·a_c' over c in row tile ``index``, c' > c."""
+        (r0, r1), d = self.ranges[index], self.a.shape[1]
+        if not hasattr(self.local, "tile"):
+            self.local.tile = np.empty(self.below.size, dtype=np.float32)
+        row_norm = float(self.norms[r0:r1].max())
         best = -np.inf
-        for c0, c1 in blocks(len(self.a) - r0, self.tile):
-            c0, c1 = c0 + r0, c1 + r0
-            approx = self.local.block[: (r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)
+        for c0, c1 in self.ranges[index:]:
+            approx = self.local.tile[: (r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)
             np.matmul(self.single[r0:r1], self.single[c0:c1].T, out=approx)
-            if c0 < r1:  # pairs c < c' only
-                approx[~np.triu(np.ones(approx.shape, dtype=bool), k=r0 - c0 + 1)] = -np.inf
+            if c0 == r0:
+                approx[self.below[: r1 - r0, : c1 - c0]] = -np.inf  # pairs c < c' only
             top = float(approx.max())
-            slack = 2.0 * ((d + 4) * SINGLE_UNIT * float(self.norms[r0:r1].max() * self.norms[c0:c1].max()) + d * 2.0**-125)
+            slack = 2.0 * ((d + 4) * SINGLE_UNIT * row_norm * float(self.norms[c0:c1].max()) + d * 2.0**-125)
             if top == -np.inf or top < best - slack:
                 continue
             i, j = np.nonzero(approx >= max(top - 2.0 * slack, best - slack))

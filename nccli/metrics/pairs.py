@@ -141,11 +141,11 @@ class PairInputs:
         c0, c1 = cols
         first, last = rows[0] + s0, rows[0] + s1
         if not hasattr(local, "arrays"):
-            local.arrays = _Arrays(8, strip_rows(tile) * tile)
+            local.arrays = _Arrays(7, strip_rows(tile) * tile)
         arrays = local.arrays.shaped((s1 - s0, c1 - c0))
         if kept is not None:
             arrays[:3] = (values[s0:s1] for values in kept[:3])
-        sq, cos, w_cos, unit_dist, gram, inverse, shifted, deviations = arrays
+        sq, cos, w_cos, gram, inverse, shifted, deviations = arrays
         if self.weight_unit is None:
             w_cos = None
         else:
@@ -165,7 +165,7 @@ class PairInputs:
                 cdnv = np.add(half_rows[:, None], half_cols[None, :], out=kept[3][s0:s1])
                 cdnv /= sq
                 cdnv[i[close], j[close]] = np.nan
-            np.multiply(cos, -2.0, out=unit_dist)
+            unit_dist = np.multiply(cos, -2.0, out=gram)  # the products are used up
             unit_dist += 2.0
             np.sqrt(unit_dist, out=unit_dist)  # cancels only where cos ≥ 1 − 2τ: recomputed there
             unit_dist[i, j] = self._unit_distances(first + i, c0 + j)
