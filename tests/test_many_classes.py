@@ -28,13 +28,20 @@ def moments_of(features, labels, num_classes):
     return ClassMoments.of_block(XP, np.asarray(features, dtype=np.float64), np.asarray(labels), num_classes).host()
 
 
-def summarize(moments, weight=None, tile=None):
-    """summarize_layer with pass-2 state left empty (these tests are about pass-1 pair statistics)."""
+def summarize(moments, weight=None, tile=None, per_pair=True):
+    """summarize_layer with pass-2 state left empty (these tests are about pass-1 pair statistics); with
+    ``per_pair`` the tiles go to a per-pair consumer."""
     num_classes, d = moments.mean.shape
     classifier = Classifier(weight, np.zeros(len(weight))) if weight is not None else None
     tiles, warnings = [], []
     metrics = summarize_layer(
-        moments, Spectrum(np.zeros((d, 0)), np.zeros(0)), Decisions.empty(XP, num_classes, 0), classifier, warnings.append, tiles.append, tile
+        moments,
+        Spectrum(np.zeros((d, 0)), np.zeros(0)),
+        Decisions.empty(XP, num_classes, 0),
+        classifier,
+        warnings.append,
+        tiles.append if per_pair else None,
+        tile,
     )
     rows = {}
     for t in (tile.pairs() for tile in tiles):
@@ -107,6 +114,35 @@ def test_tiled_pair_statistics_equal_the_dense_computation(name, tile):
         assert listed == [f"coincident class means for pairs {', '.join(f'{a}–{b}' for a, b in dense.coincident)}: cdnv reported as null"]
     else:
         assert listed == []
+
+
+def same_summaries(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("tile", [3, 37])
+def test_the_summary_is_the_same_with_or_without_a_per_pair_consumer(name, tile):
+    """The statistics never come from the consumer's arrays: the same numbers, and the same warnings."""
+    features, labels, num_classes, weight = case(name)
+    moments = moments_of(features, labels, num_classes)
+    with_pairs, _, warnings = summarize(moments, weight, tile)
+    alone, rows, alone_warnings = summarize(moments, weight, tile, per_pair=False)
+    assert rows == {} and alone_warnings == warnings
+    assert same_summaries(dict(alone.summary), dict(with_pairs.summary))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_number_of_threads_does_not_change_a_bit(monkeypatch, threads):
+    """Strips are fixed by the tile and merged in row order: any pool gives the same numbers exactly."""
+    rng = np.random.default_rng(14)
+    labels = np.arange(600) % 150
+    moments = moments_of(rng.normal(size=(150, 7))[labels] + rng.normal(size=(600, 7)), labels, 150)
+    weight = rng.normal(size=(150, 7))
+    usual, _, _ = summarize(moments, weight, tile=41, per_pair=False)
+    monkeypatch.setattr(tiles.os, "cpu_count", lambda: threads)
+    other, _, _ = summarize(moments, weight, tile=41, per_pair=False)
+    assert same_summaries(dict(other.summary), dict(usual.summary))
 
 
 def test_every_tile_size_gives_the_same_summary_and_class_table():

@@ -14,7 +14,9 @@ from nccli import schema
 from nccli.metrics import classifier as clf
 from nccli.metrics import formulas as f
 from nccli.metrics.accumulators import ClassMoments, Decisions
-from nccli.metrics.pairs import PairInputs, PairStats, Tile
+from nccli.metrics.inter import inter_class_cosines
+from nccli.metrics.pair_stats import PairStats
+from nccli.metrics.pairs import PairInputs, Tile
 from nccli.metrics.record import SummaryRecord, class_table
 from nccli.metrics.tiles import (
     CentredMeans,
@@ -111,11 +113,8 @@ def summarize_layer(
     all_coincide = k >= 2 and bool(geometry.at_centre.all())
     some_at_global_mean = k >= 2 and bool(geometry.at_centre.any())
 
-    stats = PairStats(k)
-    for pair_tile in PairInputs(ids, geometry, variances, unit_sum, unit_count, weight_unit).tiles(tile):
-        stats.add(pair_tile)
-        if pairs is not None:
-            pairs(pair_tile)
+    stats = PairInputs(ids, geometry, variances, unit_sum, unit_count, weight_unit).fold(tile, pairs)
+    inter_cos_max, inter_cos_mean = inter_class_cosines(unit_sum, unit_count, tile)
 
     tr_sw = float(moments.scatter.sum() / n)
     tr_sb = float(np.sum(centred**2) / k)
@@ -136,8 +135,8 @@ def summarize_layer(
         ncc_accuracy=float(decisions.ncc_correct.sum() / n),
         intra_cos_min=f.strict_min(intra),
         intra_cos_mean=f.strict_mean(intra),
-        inter_cos_max=stats.inter_cos_max,
-        inter_cos_mean=stats.inter_cos_mean,
+        inter_cos_max=inter_cos_max,
+        inter_cos_mean=inter_cos_mean,
     )
     duality_cos = f.row_cosines(weight, centred) if classifier is not None else None
     if classifier is not None:

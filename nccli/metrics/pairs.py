@@ -1,39 +1,50 @@
-"""Pair statistics over tiles of the K × K Gram matrices (``metrics.md``, "Many classes").
+"""Pair values over tiles of the K × K Gram matrices (``metrics.md``, "Many classes").
 
 No K × K matrix is ever held: classes are cut into tiles of ``T`` ids and the
 pairs c < c' are visited tile by tile (T × T blocks of the Gram matrices
-M Mᵀ of the centred means and U Uᵀ of the unit-vector sums). Per tile:
+M Mᵀ of the centred means and, on the classifier layer, of the unit
+classifier rows). Per tile:
 
 * squared distances from the Gram form ‖m_c‖² + ‖m_c'‖² − 2 m_c·m_c' on
   means centred at μ_G, recomputed from explicit differences of the
   uncentred means where the form could lose digits to cancellation
-  (d² ≤ ``CANCELLATION_RATIO`` (‖m_c‖² + ‖m_c'‖²), or near the coincidence
-  tolerance): coincident pairs are found exactly as from a full matrix of
-  explicit differences;
-* cosines of centred means, cosine-view inter-class similarities, CDNV;
+  (:class:`~nccli.metrics.tiles.CentredMeans`): coincident pairs are found
+  exactly as from a full matrix of explicit differences;
+* cosines of centred means, CDNV;
 * distances ‖m̂_c − m̂_c'‖ between the centred means scaled to unit norm
   (GNC2), √(2 − 2cos) except for nearly parallel directions, where they are
   recomputed from explicit differences of the unit vectors;
 * on the classifier layer, cosines of the classifier rows (not centred).
 
-:class:`PairStats` folds tiles into the pair summaries exactly: sums, minima
-and maxima, and Chan et al.'s centred merge for the standard deviation.
-:class:`TopPairs` keeps the most confusable pairs for ``--pairs-top``.
+Each tile's rows are cut into strips (``tiles.STRIPS``), one task of a
+thread pool each (:func:`~nccli.metrics.tiles.parallel_tiles`): its
+products, its values in arrays of its thread (allocated once) and their
+statistics (:class:`~nccli.metrics.pair_stats.PairStats`), merged in row
+order, so results never depend on the number of threads. The summaries
+keep no per-pair array: the CDNV sum Σ (V_c + V_c')/(2d²) is two
+matrix-vector products with the block of 1/d²; ``inter_cos_*`` come from
+:mod:`nccli.metrics.inter`.
+A per-pair consumer (``--pairs``, ``--pairs-top``; :class:`TopPairs` keeps
+the most confusable pairs) gets each tile in fresh arrays, with the
+cosine-view inter-class similarities from a float64 product.
 Memory: O(K·d) for the inputs plus one tile (``tiles.TILE_BYTES``).
 """
 
-import math
-from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from functools import partial
 
 import numpy as np
 
-from nccli.metrics.tiles import CentredMeans, above_diagonal, blocks
-
-# Pairs listed by name in a warning; the rest are counted.
-LISTED_PAIRS = 10
-# Normalised centred means closer than this share a direction: log(1/distance) is undefined.
-SAME_DIRECTION = 1e-7
+from nccli.metrics.pair_stats import Block, PairStats
+from nccli.metrics.tiles import (
+    CentredMeans,
+    above_diagonal,
+    blocks,
+    parallel_tiles,
+    strip_rows,
+)
 
 
 @dataclass
@@ -61,7 +72,8 @@ class PairTile:
 
 @dataclass
 class Tile:
-    """One rows × cols block of pairs as 2-d arrays; in a diagonal block only entries above the diagonal count."""
+    """One rows × cols block of pairs as 2-d arrays, as a per-pair consumer gets it; in a diagonal block
+    only entries above the diagonal count."""
 
     row_ids: np.ndarray
     col_ids: np.ndarray
@@ -70,16 +82,11 @@ class Tile:
     cdnv: np.ndarray
     mean_cos: np.ndarray
     inter_cos: np.ndarray
-    coincident: tuple[np.ndarray, np.ndarray]  # class ids (c, c') of the coincident pairs
-    unit_dist: np.ndarray  # ‖m̂_c − m̂_c'‖, NaN where a centred mean is zero
     w_cos: np.ndarray  # cos(w_c, w_c'), NaN without a classifier or where a row is zero
 
     def select(self, block: np.ndarray) -> np.ndarray:
         """The counted entries, row by row (a view when every entry counts)."""
         return block.ravel() if self.upper is None else block[self.upper]
-
-    def __len__(self) -> int:
-        return self.sq.size if self.upper is None else int(self.upper.sum())
 
     def pairs(self, where: np.ndarray | None = None) -> PairTile:
         """The counted pairs as flat columns, row by row; only those ``where`` is true, if given."""
@@ -94,52 +101,92 @@ class Tile:
         return PairTile(a, b, cdnv, mean_cos, inter_cos, np.sqrt(sq), w_cos)
 
 
-@dataclass(frozen=True)
 class PairInputs:
-    """Per-class inputs of the pair statistics (rows = present classes in id order)."""
+    """Per-class inputs of the pair values (rows = present classes in id order): ``variances`` V_c,
+    ``unit_sum`` and ``unit_count`` of the cosine view, ``weight_unit`` the classifier rows w_c/‖w_c‖
+    (NaN rows where w_c = 0), or None."""
 
-    ids: np.ndarray
-    means: CentredMeans
-    variances: np.ndarray  # V_c
-    unit_sum: np.ndarray
-    unit_count: np.ndarray
-    weight_unit: np.ndarray | None = None  # classifier rows w_c/‖w_c‖ (NaN rows where w_c = 0), or None
-
-    def tiles(self, tile: int) -> Iterator[Tile]:
-        """Every pair c < c' once, tile by tile (row tile, then column tiles to its right)."""
-        half_variances = self.variances / 2.0
+    def __init__(self, ids, means: CentredMeans, variances, unit_sum, unit_count, weight_unit=None):
+        self.ids, self.means, self.unit_sum, self.weight_unit = ids, means, unit_sum, weight_unit
+        self.half_variances = variances / 2.0
         with np.errstate(divide="ignore"):
-            inverse_counts = 1.0 / self.unit_count  # inf for a class of zero vectors: 0 · inf = NaN, undefined
-        ranges = blocks(len(self.ids), tile)
-        for index, rows in enumerate(ranges):
-            for cols in ranges[index:]:
-                yield self._tile(rows, cols, half_variances, inverse_counts)
+            self.inverse_counts = 1.0 / unit_count  # inf for a class of zero vectors: 0 · inf = NaN, undefined
 
-    def _tile(self, rows, cols, half_variances, inverse_counts) -> Tile:
-        (r0, r1), (c0, c1) = rows, cols
-        gram, cos, i, j, explicit = self.means.block(rows, cols)
-        sq = self.means.sqnorms[r0:r1, None] + self.means.sqnorms[None, c0:c1]
-        sq -= gram
-        sq -= gram
-        sq[i, j] = explicit
-        close = np.sqrt(explicit) <= self.means.tolerance
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cdnv = half_variances[r0:r1, None] + half_variances[None, c0:c1]
-            cdnv /= sq
-            inter = self.unit_sum[r0:r1] @ self.unit_sum[c0:c1].T
-            inter *= inverse_counts[r0:r1, None]
-            inter *= inverse_counts[None, c0:c1]
-        cdnv[i[close], j[close]] = np.nan
-        upper = above_diagonal(r1 - r0) if rows == cols else None
-        row_ids, col_ids = self.ids[r0:r1], self.ids[c0:c1]
-        unit_dist = np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0))
-        unit_dist[i, j] = self._unit_distances(r0 + i, c0 + j)
+    def fold(self, tile: int, pairs: Callable[[Tile], None] | None = None) -> PairStats:
+        """The statistics of every pair c < c', tile by tile (row tile, then column tiles to its right);
+        each tile also handed to ``pairs`` if given."""
+        stats = PairStats(len(self.ids))
+        local = threading.local()  # each thread's strip arrays
+        upper = above_diagonal(min(tile, len(self.ids)))
+        ranges = blocks(len(self.ids), tile)
+        with parallel_tiles() as pool:
+            for index, rows in enumerate(ranges):
+                strips, row = blocks(rows[1] - rows[0], strip_rows(tile)), ranges[index:]
+                # a whole row of tiles at a time (fewer waits), or with a consumer one tile, in fresh arrays
+                for batch in [row] if pairs is None else [[cols] for cols in row]:
+                    shape = (rows[1] - rows[0], batch[0][1] - batch[0][0])
+                    kept = None if pairs is None else [np.empty(shape) for _ in _KEPT]
+                    task = partial(self._strip, rows, upper, kept, local, tile)
+                    done = list(pool.map(task, [(cols, strip) for cols in batch for strip in strips]))
+                    for part in done:
+                        stats.merge(part)
+                    if pairs is not None:
+                        pairs(self._tile(rows, batch[0], upper, kept))
+        return stats
+
+    def _strip(self, rows, upper, kept, local, tile: int, task) -> PairStats:
+        """For ``task`` = (cols, strip), the rows ``strip`` (within the row tile) of the tile ``cols``: their
+        statistics, and their values into the rows of ``kept`` (:data:`_KEPT`) if given."""
+        cols, (s0, s1) = task
+        c0, c1 = cols
+        first, last = rows[0] + s0, rows[0] + s1
+        if not hasattr(local, "arrays"):
+            local.arrays = _Arrays(7, strip_rows(tile) * tile)
+        arrays = local.arrays.shaped((s1 - s0, c1 - c0))
+        if kept is not None:
+            arrays[:3] = (values[s0:s1] for values in kept[:3])
+        sq, cos, w_cos, gram, inverse, shifted, deviations = arrays
         if self.weight_unit is None:
-            w_cos = np.full(cos.shape, np.nan)
+            w_cos = None
         else:
-            w_cos = self.weight_unit[r0:r1] @ self.weight_unit[c0:c1].T
+            np.matmul(self.weight_unit[first:last], self.weight_unit[c0:c1].T, out=w_cos)
+        upper = upper[s0:s1, : c1 - c0] if cols == rows else None
+        self.means.gram((first, last), cols, gram)
+        half_rows, half_cols = self.half_variances[first:last], self.half_variances[c0:c1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            i, j, explicit = self.means.block((first, last), cols, gram, sq, cos, upper)
+            close = np.sqrt(explicit) <= self.means.tolerance
+            np.divide(1.0, sq, out=inverse)
+            inverse[i[close], j[close]] = np.nan  # cdnv undefined
+            if upper is not None:
+                inverse[~upper] = 0.0
+            cdnv_sum = float((inverse @ half_cols).sum() + (half_rows @ inverse).sum())  # Σ (V_c + V_c')/2d²
+            if kept is not None:
+                cdnv = np.add(half_rows[:, None], half_cols[None, :], out=kept[3][s0:s1])
+                cdnv /= sq
+                cdnv[i[close], j[close]] = np.nan
+            unit_dist = np.multiply(cos, -2.0, out=gram)  # the products are used up
+            unit_dist += 2.0
+            np.sqrt(unit_dist, out=unit_dist)  # cancels only where cos ≥ 1 − 2τ: recomputed there
+            unit_dist[i, j] = self._unit_distances(first + i, c0 + j)
+        row_ids, col_ids = self.ids[first:last], self.ids[c0:c1]
         coincident = (row_ids[i[close]], col_ids[j[close]])
-        return Tile(row_ids, col_ids, upper, sq, cdnv, cos, inter, coincident, unit_dist, w_cos)
+        stats = PairStats(len(self.ids))
+        stats.add(Block(upper, cdnv_sum, cos, unit_dist, w_cos, coincident), (shifted, deviations))
+        return stats
+
+    def _tile(self, rows, cols, upper, kept: list) -> Tile:
+        """A whole tile for a per-pair consumer, with the inter-class cosines."""
+        (r0, r1), (c0, c1) = rows, cols
+        upper = upper[: r1 - r0, : c1 - c0] if rows == cols else None
+        sq, cos, w_cos, cdnv = kept
+        with np.errstate(invalid="ignore"):
+            inter = self.unit_sum[r0:r1] @ self.unit_sum[c0:c1].T
+            inter *= self.inverse_counts[r0:r1, None]
+            inter *= self.inverse_counts[None, c0:c1]
+        if self.weight_unit is None:
+            w_cos.fill(np.nan)
+        return Tile(self.ids[r0:r1], self.ids[c0:c1], upper, sq, cdnv, cos, inter, w_cos)
 
     def _unit_distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """‖m̂_a − m̂_b‖ from explicit differences, for the pairs where √(2 − 2cos) would cancel."""
@@ -149,130 +196,19 @@ class PairInputs:
         return np.sqrt(np.einsum("ij,ij->i", diff, diff))
 
 
-@dataclass
-class Running:
-    """Count, mean and centred sum of squares over values seen in parts, merged as Chan et al. do (exact
-    and centred, never E[x²] − E[x]²: at collapse the spread → 0 where that form cancels). NaN propagates."""
-
-    count: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
-
-    def add(self, values: np.ndarray) -> None:
-        n = len(values)
-        if n == 0:
-            return
-        mean = float(values.sum()) / n
-        scratch = values - mean
-        m2 = float(np.dot(scratch, scratch))
-        total = self.count + n
-        delta = mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += m2 + delta * delta * self.count * n / total
-        self.count = total
-
-    @property
-    def variance(self) -> float:
-        """Population variance (ddof 0); NaN without values."""
-        return self.m2 / self.count if self.count else np.nan
+# The per-pair values a consumer keeps, in fresh arrays per tile (the rest of a tile's work is reused).
+_KEPT = ("sq", "cos", "w_cos", "cdnv")
 
 
-@dataclass
-class PairStats:
-    """Running pair summaries over tiles; each equals the statistic over all K(K−1)/2 pairs at once.
+class _Arrays:
+    """``count`` float64 arrays allocated once (a fresh large array costs page faults each time), viewed
+    as contiguous arrays of any shape of at most ``size`` entries."""
 
-    Strict like ``formulas.strict_*``: a NaN pair value makes its summary NaN
-    (NaN propagates through the sums, the Chan merge and ``np.maximum``).
-    """
+    def __init__(self, count: int, size: int):
+        self.flat = [np.empty(size) for _ in range(count)]
 
-    k: int
-    pairs: int = 0
-    cdnv_sum: float = 0.0
-    cos: Running = field(default_factory=Running)  # cos(μ_c − μ_G, μ_c' − μ_G)
-    cos_deviation_sum: float = 0.0  # Σ |cos + 1/(K − 1)|
-    inter_max: float = -np.inf
-    inter_sum: float = 0.0
-    coincident_count: int = 0
-    coincident_first: tuple[tuple[int, int], ...] = ()
-    unit_dist: Running = field(default_factory=Running)  # ‖m̂_c − m̂_c'‖ (GNC2)
-    log_dist: Running = field(default_factory=Running)  # log(1/‖m̂_c − m̂_c'‖)
-    unit_dist_min: float = np.inf
-    w_cos: Running = field(default_factory=Running)
-    w_cos_deviation_sum: float = 0.0  # Σ |cos(w_c, w_c') + 1/(K − 1)|
-
-    def add(self, tile: Tile) -> None:
-        n = len(tile)
-        if n == 0:
-            return
-        self.cdnv_sum += float(tile.select(tile.cdnv).sum())
-        cos = tile.select(tile.mean_cos)
-        self.cos.add(cos)
-        scratch = cos + 1.0 / (self.k - 1)
-        self.cos_deviation_sum += float(np.abs(scratch, out=scratch).sum())
-        inter = tile.select(tile.inter_cos)
-        self.inter_max = float(np.maximum(self.inter_max, inter.max()))
-        self.inter_sum += float(inter.sum())
-        distances = tile.select(tile.unit_dist)
-        self.unit_dist.add(distances)
-        self.unit_dist_min = float(np.minimum(self.unit_dist_min, distances.min()))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            self.log_dist.add(-np.log(distances))  # +inf at a zero distance: the log variance is then NaN
-        w_cos = tile.select(tile.w_cos)
-        self.w_cos.add(w_cos)
-        self.w_cos_deviation_sum += float(np.abs(w_cos + 1.0 / (self.k - 1)).sum())
-        self.pairs += n
-        if len(tile.coincident[0]):
-            self._add_coincident(*tile.coincident)
-
-    def _add_coincident(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Count them; keep the first few in (class, class_b) order, as a full matrix would list them."""
-        self.coincident_count += len(a)
-        kept = np.array(self.coincident_first, dtype=np.int64).reshape(-1, 2)
-        a, b = np.concatenate([kept[:, 0], a]), np.concatenate([kept[:, 1], b])
-        order = np.lexsort((b, a))[:LISTED_PAIRS]
-        self.coincident_first = tuple((int(a[i]), int(b[i])) for i in order)
-
-    def _mean(self, total: float) -> float:
-        return total / self.pairs if self.pairs else np.nan
-
-    @property
-    def cdnv(self) -> float:
-        return self._mean(self.cdnv_sum)
-
-    @property
-    def equiangular(self) -> float:
-        """Population std of the cosines of centred means over pairs."""
-        return math.sqrt(self.cos.variance)
-
-    @property
-    def max_angle(self) -> float:
-        return self._mean(self.cos_deviation_sum)
-
-    @property
-    def w_equiangular(self) -> float:
-        """Population std of the cosines of classifier rows over pairs."""
-        return math.sqrt(self.w_cos.variance)
-
-    @property
-    def w_max_angle(self) -> float:
-        return self._mean(self.w_cos_deviation_sum)
-
-    @property
-    def gnc2(self) -> tuple[float, float]:
-        """(``gnc2_dist_var``, ``gnc2_log_var``): population variances over pairs of ‖m̂_c − m̂_c'‖ and of
-        log(1/‖m̂_c − m̂_c'‖) (Liu et al. 2023, hyperspherical uniformity; the Riesz and logarithmic kernels
-        of rhubarbwu/neural-collapse ``kernel_stats``); the log one NaN when two directions coincide
-        (distance ≤ :data:`SAME_DIRECTION`)."""
-        log_var = np.nan if not self.unit_dist_min > SAME_DIRECTION else self.log_dist.variance
-        return self.unit_dist.variance, log_var
-
-    @property
-    def inter_cos_max(self) -> float:
-        return self.inter_max if self.pairs else np.nan
-
-    @property
-    def inter_cos_mean(self) -> float:
-        return self._mean(self.inter_sum)
+    def shaped(self, shape: tuple[int, int]) -> list[np.ndarray]:
+        return [flat[: shape[0] * shape[1]].reshape(shape) for flat in self.flat]
 
 
 class TopPairs:

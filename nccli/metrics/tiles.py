@@ -1,5 +1,6 @@
-"""Class-mean geometry without a K × K matrix (``metrics.md``, "Many classes"): tiles and their budget,
-distances exact where the Gram form would cancel, coincident means, and ETF distances of K × K products.
+"""Class-mean geometry without a K × K matrix (``metrics.md``, "Many classes"): tiles, their budget and
+the threads that work on them, distances exact where the Gram form would cancel, coincident means, and
+ETF distances of K × K products.
 
 Classes are cut into tiles of T ids (``tile_classes``: about ``TILE_BYTES``
 of float64 work per tile); a K × K quantity is only ever seen T × T at a time.
@@ -7,12 +8,20 @@ Memory O(K·d) for the inputs plus one tile.
 """
 
 import math
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 # Working set of one tile: about _TILE_ARRAYS float64 arrays of T × T entries.
 TILE_BYTES = 64 * 2**20
 _TILE_ARRAYS = 16
+# Strips per tile, and the most threads working on them (each holds a few strip arrays): with ~180 rows
+# each (T ≈ 724), a strip's products run at the BLAS rate of whole tiles.
+STRIPS = 4
 # Below this fraction of ‖m_c‖² + ‖m_c'‖², the Gram form of d² keeps fewer than
 # ~12 significant digits (rounding of the dot product ~ √d·ε·(‖m_c‖² + ‖m_c'‖²)).
 CANCELLATION_RATIO = 1.0 / 16.0
@@ -28,18 +37,34 @@ def blocks(k: int, tile: int) -> list[tuple[int, int]]:
     return [(start, min(start + tile, k)) for start in range(0, k, tile)]
 
 
+def strip_rows(tile: int) -> int:
+    """Rows of the strips a tile is cut into, one task of a thread pool each (``STRIPS`` per tile)."""
+    return -(-tile // STRIPS)
+
+
+@contextmanager
+def parallel_tiles() -> Iterator[ThreadPoolExecutor]:
+    """A pool of one thread per core (at most ``STRIPS``) for work on tiles, each thread making its own
+    BLAS calls, with BLAS held to one thread meanwhile (numpy releases the GIL; an idle BLAS thread spins
+    waiting for work and would take a core from the pool). Work is cut the same way whatever the number
+    of threads."""
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(min(os.cpu_count() or 1, STRIPS)) as pool:
+        yield pool
+
+
 class CentredMeans:
     """Class means for tiled distances: ``means`` (K, d) and the same centred at their mean.
 
-    ``block(rows, cols)`` gives the Gram block of the centred means, their
-    cosines, and the pairs where the Gram form of d² = ‖m_c‖² + ‖m_c'‖² − 2 m_c·m_c'
-    may lose digits (d² ≤ ``CANCELLATION_RATIO`` (‖m_c‖² + ‖m_c'‖²) + 4 tol², tol
-    the coincidence distance),
-    with d² recomputed there from explicit differences of the uncentred means.
-    Those pairs are found from the cosines: for classes with ‖m_c‖ > r = 2 tol/√τ
-    (τ = ``CANCELLATION_RATIO``), the condition implies cos ≥ 1 − 3τ/2, so the
-    candidates are the pairs with cos ≥ 1 − 2τ and every pair of a class with
-    ‖m_c‖ ≤ r; they are all recomputed (a superset costs time, not accuracy).
+    ``gram(rows, cols, out)`` gives −2 × a Gram block of the centred means
+    (the factor, exact, saves a pass); ``block`` turns rows of it into d² =
+    ‖m_c‖² + ‖m_c'‖² − 2 m_c·m_c' and the cosines, with d² recomputed from
+    explicit differences of the uncentred means where the Gram form may lose
+    digits (d² ≤ ``CANCELLATION_RATIO`` (‖m_c‖² + ‖m_c'‖²) + 4 tol², tol the
+    coincidence distance). Those pairs are found from the cosines: for
+    classes with ‖m_c‖ > r = 2 tol/√τ (τ = ``CANCELLATION_RATIO``), the
+    condition implies cos ≥ 1 − 3τ/2, so the candidates are the pairs with
+    cos ≥ 1 − 2τ and every pair of a class with ‖m_c‖ ≤ r; they are all
+    recomputed (a superset costs time, not accuracy).
     """
 
     def __init__(self, means: np.ndarray, tolerance: float):
@@ -53,28 +78,41 @@ class CentredMeans:
             self.inverse_norms = np.where(self.at_centre, np.nan, 1.0 / self.norms)
         self.small = self.norms <= 2.0 * tolerance / math.sqrt(CANCELLATION_RATIO)
 
-    def block(self, rows: tuple[int, int], cols: tuple[int, int]):
-        """(gram, cos, i, j, sq): the rows × cols blocks, and d² at positions (i, j) from explicit differences.
+    def gram(self, rows: tuple[int, int], cols: tuple[int, int], out: np.ndarray) -> np.ndarray:
+        """−2 M_rows M_colsᵀ into ``out``."""
+        return np.matmul(-2.0 * self.centred[rows[0] : rows[1]], self.centred[cols[0] : cols[1]].T, out=out)
 
-        In a diagonal block (rows == cols) only positions above the diagonal are returned in (i, j).
+    def block(self, rows, cols, gram, sq, cos, upper=None):
+        """d² into ``sq`` and the cosines into ``cos`` for the rows × cols block whose ``gram`` is given;
+        returns (i, j, d²) of the pairs recomputed from explicit differences (with ``upper``, the mask
+        of the counted entries of a diagonal block, only those).
         """
         (r0, r1), (c0, c1) = rows, cols
-        gram = self.centred[r0:r1] @ self.centred[c0:c1].T
-        cos = gram * self.inverse_norms[r0:r1, None]
+        np.add(gram, self.sqnorms[r0:r1, None], out=sq)
+        sq += self.sqnorms[None, c0:c1]
+        np.multiply(gram, -0.5 * self.inverse_norms[r0:r1, None], out=cos)  # exact: the −2 undone
         cos *= self.inverse_norms[None, c0:c1]
-        candidates = cos >= 1.0 - 2.0 * CANCELLATION_RATIO
-        candidates[self.small[r0:r1], :] = True
-        candidates[:, self.small[c0:c1]] = True
-        if rows == cols:
-            candidates &= above_diagonal(r1 - r0)
+        small_rows, small_cols = self.small[r0:r1], self.small[c0:c1]
+        limit = 1.0 - 2.0 * CANCELLATION_RATIO
+        if upper is None and not small_rows.any() and not small_cols.any() and not cos.max() >= limit:
+            return _NO_PAIRS, _NO_PAIRS, np.zeros(0)  # the usual tile: nothing to recompute
+        candidates = cos >= limit
+        candidates[small_rows, :] = True
+        candidates[:, small_cols] = True
+        if upper is not None:
+            candidates &= upper
         i, j = np.nonzero(candidates)
-        sq = np.empty(len(i))
+        explicit = np.empty(len(i))
         chunk = max(1, TILE_BYTES // (8 * _TILE_ARRAYS * max(1, self.means.shape[1])))
         for start in range(0, len(i), chunk):
             end = start + chunk
             diff = self.means[c0 + j[start:end]] - self.means[r0 + i[start:end]]
-            sq[start:end] = np.einsum("ij,ij->i", diff, diff)
-        return gram, cos, i, j, sq
+            explicit[start:end] = np.einsum("ij,ij->i", diff, diff)
+        sq[i, j] = explicit
+        return i, j, explicit
+
+
+_NO_PAIRS = np.zeros(0, dtype=np.intp)
 
 
 def above_diagonal(size: int) -> np.ndarray:
