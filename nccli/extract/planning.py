@@ -114,9 +114,9 @@ def create_file(
 ) -> FeatureWriter:
     """A new ``target.partial`` with every dataset at full size and every attribute but the rows."""
     parent = os.path.dirname(target)
-    if parent and not os.path.isdir(parent):
+    if parent:
         try:
-            os.makedirs(parent)
+            os.makedirs(parent, exist_ok=True)  # torchrun: every rank creates the shards folder at once
         except OSError as error:
             raise OutputError(f"cannot create directory '{parent}': {error}") from None
     datasets = [RowDataset(schema.LABELS, None, "int64"), RowDataset(schema.SAMPLE_INDEX, None, "int64")]
