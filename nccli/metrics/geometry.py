@@ -87,12 +87,12 @@ class Geometry:
         centred = rows - self.origin
         return Block(centred, xp.single(centred), xp.sqrt(xp.rowdot(centred, centred)))
 
-    def slack(self, block: "Block", norm_max: float, offset_max: float):
+    def slack(self, block: "Block", norm_max: float, offset_max: float, unit: float | None = None):
         """2δ_i: twice the bound on |float32 − exact| of (h_i − origin)·v + a over rows v of norm ≤
         ``norm_max`` and offsets |a| ≤ ``offset_max``: (d + 4)·u·‖h_i − origin‖·norm_max + 2u·offset_max
         (float32 casts, a d-term sum, |fl(xᵀy) − xᵀy| ≤ γ_d|x|ᵀ|y| (Higham 2002, §3.1), the offset's
-        addition), doubled for safety."""
-        d, u = block.centred.shape[1], self.single_unit
+        addition), doubled for safety; ``unit`` u (default float32's, ``single_unit``)."""
+        d, u = block.centred.shape[1], unit or self.single_unit
         return 4.0 * u * ((d + 4) * block.norms * norm_max + 2.0 * offset_max)
 
     def _lowest(self, xp: Backend, block: "Block", count: int, tile, slack, exact):

@@ -12,7 +12,10 @@ exact in float64. Each tile of classes is multiplied once in float32 (within
   sum in the loss: below float64 rounding;
 * a row whose tile holds many candidates (real logits spread over tens of
   nats, not thousands) is cheaper as one float64 product of its rows with the
-  tile: every logit of it exact. When most rows of a block's first tile are
+  tile: every logit of it exact for the loss; its best other is still decided
+  from explicit dot products (the entries within the product's rounding of its
+  largest), as the candidates are, so that no decision or margin depends on the
+  block's shape. When most rows of a block's first tile are
   like that, the rest of the block skips the float32 screen.
 
 The own class's column is left out of the tiles; its logit (one float64 dot
@@ -113,8 +116,8 @@ class _View:
     """One kind of logit (with or without the bias) of one block: its offsets a_c (z = w_cᵀ(h − origin) + a_c),
     the row's own logit, the float32 screen's running best other, the loss and the exact best other so far."""
 
-    def __init__(self, xp: Backend, offsets, own, slack, classes: int):
-        self.xp, self.offsets, self.own = xp, offsets, own
+    def __init__(self, xp: Backend, offsets, own, slack, product_slack, classes: int):
+        self.xp, self.offsets, self.own, self.product_slack = xp, offsets, own, product_slack
         self.offsets_single = xp.single(offsets)
         self.screen = xp.full(len(own), -np.inf)
         # Candidates: within this of the best other; widened by 2u(|best| + margin) for the float32 cast.
@@ -160,10 +163,11 @@ def classify(geometry, xp: Backend, block, labels) -> ClassifierRows:
     dot = xp.rowdot(block.centred, g.weight[own_column])
     norm_max = xp.scalar(xp.rowdot(g.weight, g.weight).max()) ** 0.5
     classes = int(xp.scalar(g.multiplicity.sum()))
-    views = [
-        _View(xp, offsets, dot + offsets[own_column], g.slack(block, norm_max, xp.scalar(abs(offsets).max())), classes)
-        for offsets in ((g.bias,) if g.bias_is_zero else (g.bias, g.free_bias))
-    ]
+    views = []
+    for offsets in (g.bias,) if g.bias_is_zero else (g.bias, g.free_bias):
+        offset_max = xp.scalar(abs(offsets).max())
+        slacks = g.slack(block, norm_max, offset_max), g.slack(block, norm_max, offset_max, unit=2.0**-53)
+        views.append(_View(xp, offsets, dot + offsets[own_column], *slacks, classes))
     screened = True
     scratch = None
     for start, stop in g.tiles(len(g.clf_ids), n):
@@ -225,4 +229,10 @@ def _exact_tile(g, xp: Backend, block, views, start: int, stop: int, rows, insid
         logits[at_rows, own_at[mine]] = -np.inf
         column, top = view.loss.add(logits, g.multiplicity[start:stop], rows)
         view.screen[rows] = xp.where(top > view.screen[rows], top, view.screen[rows])
-        view.update_best(rows, column + start, top)
+        # The best other from the same explicit dot products as the candidates of _screen: within the
+        # product's rounding of its largest entry, so that decisions never depend on the block's shape.
+        near = xp.where(top > -np.inf, top - view.product_slack[rows], np.inf)
+        flat = xp.flatnonzero((logits >= near[:, None]).reshape(-1))
+        at, columns = flat // (stop - start), flat % (stop - start)
+        exact = g.exact_products(xp, block, rows[at], columns + start) + view.offsets[columns + start]
+        view.update_best(rows[at], columns + start, exact)

@@ -48,7 +48,7 @@ def parallel_tiles() -> Iterator[ThreadPoolExecutor]:
     BLAS calls, with BLAS held to one thread meanwhile (numpy releases the GIL; an idle BLAS thread spins
     waiting for work and would take a core from the pool). Work is cut the same way whatever the number
     of threads."""
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(min(os.cpu_count() or 1, STRIPS)) as pool:
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(min(len(os.sched_getaffinity(0)), STRIPS)) as pool:
         yield pool
 
 
