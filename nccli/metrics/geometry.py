@@ -78,8 +78,12 @@ class Geometry:
     def rank(self) -> int:
         return self.basis.shape[1]
 
+    def tile_width(self, rows: int) -> int:
+        """Classes per tile for a block of ``rows``: ``tile_classes``, else a float32 product of ``tile_bytes``."""
+        return self.tile_classes or max(1, self.tile_bytes // (4 * max(rows, 1)))
+
     def tiles(self, classes: int, rows: int) -> list[tuple[int, int]]:
-        width = self.tile_classes or max(1, self.tile_bytes // (4 * max(rows, 1)))
+        width = self.tile_width(rows)
         return [(start, min(start + width, classes)) for start in range(0, classes, width)]
 
     def block(self, xp: Backend, rows) -> "Block":
@@ -125,9 +129,10 @@ class Geometry:
         keep = xp.flatnonzero(approx_values <= low[rows] + slack[rows])
         rows, columns = rows[keep], columns[keep]
         best_column = xp.labels(np.zeros(n, dtype=np.int64))
-        alone = xp.flatnonzero(xp.bincount(rows, n)[rows] == 1)
+        candidates = xp.bincount(rows, n)[rows]
+        alone = xp.flatnonzero(candidates == 1)
         best_column[rows[alone]] = columns[alone]
-        contested = xp.flatnonzero(xp.bincount(rows, n)[rows] > 1)
+        contested = xp.flatnonzero(candidates > 1)
         rows, columns = rows[contested], columns[contested]
         exact_values = exact(block.centred[rows], columns)
         first = xp.first_per_row(rows, exact_values, columns)
@@ -139,8 +144,7 @@ class Geometry:
         ‖h_i − μ_c‖² less a per-row constant."""
         norm_max = xp.scalar(self.ncc_sqnorms.max()) ** 0.5
         slack = xp.single(2.0 * self.slack(block, norm_max, norm_max**2))
-        tiles = self.tiles(len(self.ncc_ids), len(block.centred))
-        scratch = xp.scratch(len(block.centred) * (tiles[0][1] - tiles[0][0]) if tiles else 0)
+        scratch = xp.scratch(len(block.centred) * self.tile_width(len(block.centred)))
 
         def tile(start, stop):
             approx = xp.product_into(block.single, self.ncc_single[start:stop], scratch)  # −2(μ_c − origin): × −2 is exact

@@ -132,6 +132,11 @@ class _View:
         low = self.screen - self.margin * (1.0 + 2.0 * unit) - 2.0 * unit * abs(self.screen)
         return xp.single(xp.where(self.screen > -np.inf, low, np.inf))
 
+    def raise_screen(self, rows, top) -> None:
+        """The running best other logit of ``rows`` (or every row, ``rows`` None) raised to ``top`` where higher."""
+        rows = slice(None) if rows is None else rows
+        self.screen[rows] = self.xp.where(top > self.screen[rows], top, self.screen[rows])
+
     def update_best(self, rows, columns, values) -> None:
         """Keep, per row, the largest exact value and its lowest column; strictly larger replaces."""
         xp = self.xp
@@ -169,18 +174,18 @@ def classify(geometry, xp: Backend, block, labels) -> ClassifierRows:
         slacks = g.slack(block, norm_max, offset_max), g.slack(block, norm_max, offset_max, unit=2.0**-53)
         views.append(_View(xp, offsets, dot + offsets[own_column], *slacks, classes))
     screened = True
-    scratch = None
+    scratch = [xp.scratch(n * g.tile_width(n)) for _ in views]
+    quarter = max(1, n // 4)  # float64 products in quarters of the block
     for start, stop in g.tiles(len(g.clf_ids), n):
         inside = xp.flatnonzero((own_column >= start) & (own_column < stop))
         own_at = own_column[inside] - start
         if screened:
-            scratch = scratch or [xp.scratch(n * (stop - start)) for _ in views]
             dense = _screen(g, xp, block, views, start, stop, inside, own_at, scratch)
             screened = start > 0 or 2 * len(dense) <= n
         else:
             dense = xp.arange(n)
-        for part in range(0, len(dense), max(1, n // 4)):  # float64 products in quarters of the block
-            _exact_tile(g, xp, block, views, start, stop, dense[part : part + max(1, n // 4)], inside, own_at)
+        for part in range(0, len(dense), quarter):
+            _exact_tile(g, xp, block, views, start, stop, dense[part : part + quarter], inside, own_at)
     shared = g.clf_shared[own_column]
     with_bias = views[0].result(g, own_column, shared)
     free = views[-1].result(g, own_column, shared) if len(views) > 1 else with_bias
@@ -196,12 +201,10 @@ def _screen(g, xp: Backend, block, views, start: int, stop: int, inside, own_at,
     for index, view in enumerate(views):
         values = xp.add_into(product, view.offsets_single[None, start:stop], scratch[len(views) - 1 - index])
         values[inside, own_at] = -np.inf
-        top = xp.wide(xp.row_max(values))
-        view.screen = xp.where(top > view.screen, top, view.screen)
+        view.raise_screen(None, xp.wide(xp.row_max(values)))
         masks.append(values >= view.threshold(g.single_unit)[:, None])
-    mask = masks[0] if len(masks) == 1 else masks[0] | masks[1]
-    flat = xp.flatnonzero(mask.reshape(-1))
-    rows, columns = flat // width, flat % width + start
+    rows, columns = xp.pairs(masks[0] if len(masks) == 1 else masks[0] | masks[1])
+    columns = columns + start
     dense = xp.flatnonzero(xp.bincount(rows, n) * DENSE_SHARE > width)
     if len(dense):
         is_dense = xp.bincount(dense, n) > 0
@@ -228,11 +231,11 @@ def _exact_tile(g, xp: Backend, block, views, start: int, stop: int, rows, insid
         logits = products + view.offsets[None, start:stop]
         logits[at_rows, own_at[mine]] = -np.inf
         column, top = view.loss.add(logits, g.multiplicity[start:stop], rows)
-        view.screen[rows] = xp.where(top > view.screen[rows], top, view.screen[rows])
+        view.raise_screen(rows, top)
         # The best other from the same explicit dot products as the candidates of _screen: within the
         # product's rounding of its largest entry, so that decisions never depend on the block's shape.
         near = xp.where(top > -np.inf, top - view.product_slack[rows], np.inf)
-        flat = xp.flatnonzero((logits >= near[:, None]).reshape(-1))
-        at, columns = flat // (stop - start), flat % (stop - start)
-        exact = g.exact_products(xp, block, rows[at], columns + start) + view.offsets[columns + start]
-        view.update_best(rows[at], columns + start, exact)
+        at, columns = xp.pairs(logits >= near[:, None])
+        columns = columns + start
+        exact = g.exact_products(xp, block, rows[at], columns) + view.offsets[columns]
+        view.update_best(rows[at], columns, exact)
