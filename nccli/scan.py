@@ -17,8 +17,10 @@ import os
 import resource
 import threading
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Callable
 
+from nccli.allocator import keep_freed_memory
 from nccli.errors import UsageError
 from nccli.io.reader import FeatureFile, LayerInfo, open_feature_file
 from nccli.io.validate import shown
@@ -49,11 +51,13 @@ def moments_over(xp, feature_file, layers, matrix_layer, block_rows, start, stop
         layer.name: ClassMoments.empty(xp, num_classes, layer.dim, with_matrix=layer.name == matrix_layer)
         for layer in layers
     }
-    for labels, rows in feature_file.blocks(layers, block_rows, start, stop):
-        y = xp.labels(labels)
-        for name, block in rows.items():
-            moments[name].update(xp.features(block), y)
-        advance(len(labels))
+    with xp.piece_pool() as pool:
+        for labels, rows in feature_file.blocks(layers, block_rows, start, stop):
+            for name, block in rows.items():
+                with_matrix = moments[name].within is not None
+                for state in _each_piece(xp, pool, block, labels, partial(ClassMoments.of_block, xp, with_matrix=with_matrix)):
+                    moments[name].fold(state)
+            advance(len(labels))
     return {name: state.host() for name, state in moments.items()}
 
 
@@ -61,12 +65,24 @@ def decisions_over(xp, feature_file, layers, geometries, block_rows, start, stop
     """Pass 2 over rows [start, stop) of ``layers``; states on the host."""
     num_classes = feature_file.info.num_classes
     decisions = {layer.name: Decisions.empty(xp, num_classes, geometries[layer.name].rank) for layer in layers}
-    for labels, rows in feature_file.blocks(layers, block_rows, start, stop):
-        y = xp.labels(labels)
-        for name, block in rows.items():
-            decisions[name].update(geometries[name], xp.features(block), y)
-        advance(len(labels))
+    with xp.piece_pool() as pool:
+        for labels, rows in feature_file.blocks(layers, block_rows, start, stop):
+            for name, block in rows.items():
+                kernel = partial(Decisions.of_block, xp, geometries[name], num_classes=num_classes)
+                for state in _each_piece(xp, pool, block, labels, kernel):
+                    decisions[name].fold(state)
+            advance(len(labels))
     return {name: state.host() for name, state in decisions.items()}
+
+
+def _each_piece(xp, pool, block, labels, kernel: Callable):
+    """``kernel(rows, labels)`` of each piece of a block (``xp.pieces``), in order; on ``pool`` if there is one."""
+    pieces = xp.pieces(*block.shape)
+
+    def state(piece: slice):
+        return kernel(xp.features(block[piece]), xp.labels(labels[piece]))
+
+    return pool.map(state, pieces) if pool is not None and len(pieces) > 1 else map(state, pieces)
 
 
 def _in_worker(pass_function, path: str, layer_names: tuple[str, ...], *args):
@@ -78,6 +94,7 @@ def _in_worker(pass_function, path: str, layer_names: tuple[str, ...], *args):
 
 def _ready() -> int:
     """A worker's first task: it has started and imported what the passes need."""
+    keep_freed_memory()
     return os.getpid()
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from dense import dense_pairs, dense_ties
 
+from nccli.metrics import threads as threads_module
 from nccli.metrics import tiles
 from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import select_backend
@@ -140,7 +141,7 @@ def test_the_number_of_threads_does_not_change_a_bit(monkeypatch, threads):
     moments = moments_of(rng.normal(size=(150, 7))[labels] + rng.normal(size=(600, 7)), labels, 150)
     weight = rng.normal(size=(150, 7))
     usual, _, _ = summarize(moments, weight, tile=41, per_pair=False)
-    monkeypatch.setattr(tiles.os, "cpu_count", lambda: threads)
+    monkeypatch.setattr(threads_module, "pool_size", lambda: threads)
     other, _, _ = summarize(moments, weight, tile=41, per_pair=False)
     assert same_summaries(dict(other.summary), dict(usual.summary))
 

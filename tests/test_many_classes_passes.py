@@ -7,6 +7,8 @@ import pytest
 from h5files import write_feature_file
 from typer.testing import CliRunner
 
+import nccli.metrics.backend
+import nccli.metrics.threads
 import nccli.plan
 from nccli.analyze import AnalyzeConfig, analyze_features
 from nccli.cli import app
@@ -255,6 +257,27 @@ def test_a_small_memory_budget_gives_the_same_report_in_more_passes(tmp_path, mo
         for key, value in theirs.items():
             if isinstance(value, float):
                 np.testing.assert_allclose(ours[key], value, rtol=1e-12, err_msg=key)
+            else:
+                assert ours[key] == value, key
+
+
+def test_pieces_on_any_number_of_threads_give_the_same_report_to_the_bit(tmp_path, monkeypatch):
+    """Blocks cut into pieces (one task of the thread pool each) whose states merge in row order: the
+    pool's size never changes a bit, and the report equals one piece per block to rounding."""
+    path = str(three_layer_file(tmp_path / "three.h5"))
+    config = AnalyzeConfig(files=(path,), device="cpu", block_rows=40)
+    whole = analyze_features(config).summary
+    monkeypatch.setattr(nccli.metrics.backend, "PIECE_BYTES", 1)  # pieces of MIN_PIECE_ROWS rows
+    monkeypatch.setattr(nccli.metrics.backend, "MIN_PIECE_ROWS", 7)
+    reports = []
+    for threads in (1, 3):
+        monkeypatch.setattr(nccli.metrics.threads, "pool_size", lambda threads=threads: threads)
+        reports.append(analyze_features(config).summary)
+    assert reports[0] == reports[1]
+    for ours, theirs in zip(reports[0], whole):
+        for key, value in theirs.items():
+            if isinstance(value, float):
+                np.testing.assert_allclose(ours[key], value, rtol=1e-12, atol=1e-300, err_msg=key)
             else:
                 assert ours[key] == value, key
 

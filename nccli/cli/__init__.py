@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from nccli import __version__
+from nccli.allocator import keep_freed_memory
 from nccli.cli import analyze, convert, demo, extract, info, layers, plot, report
 
 app = typer.Typer(
@@ -52,4 +53,5 @@ app.command("info")(info.info)
 
 def main() -> None:
     """Console-script entry point."""
+    keep_freed_memory()
     app()

@@ -109,8 +109,11 @@ class ClassMoments:
         return ClassMoments(*self._combined(other))
 
     def update(self, rows, labels) -> None:
-        """Fold one block of rows into this state, in place, touching only the block's classes."""
-        block = ClassMoments.of_block(backend_of(self.count), rows, labels, self.within is not None)
+        """Fold one block of rows into this state, in place."""
+        self.fold(ClassMoments.of_block(backend_of(self.count), rows, labels, self.within is not None))
+
+    def fold(self, block: "ClassMoments") -> None:
+        """Fold a block's state (``of_block``) into this state, in place, touching only the block's classes."""
         count, mean, scatter, unit_sum, unit_count, self.within = self._combined(block)
         at = block.ids
         self.count[at], self.mean[at], self.scatter[at] = count, mean, scatter
@@ -189,7 +192,11 @@ class Decisions:
         )
 
     def update(self, geometry: "Geometry", rows, labels) -> None:
-        block = Decisions.of_block(backend_of(self.projected_sq), geometry, rows, labels, self.ncc_correct.shape[0])
+        """Fold one block of rows into this state, in place."""
+        self.fold(Decisions.of_block(backend_of(self.projected_sq), geometry, rows, labels, self.ncc_correct.shape[0]))
+
+    def fold(self, block: "Decisions") -> None:
+        """Fold a block's state (``of_block``) into this state, in place."""
         self.__dict__.update(self.merge(block).__dict__)
 
     def host(self) -> "Decisions":

@@ -6,6 +6,7 @@ On the CPU analyze never imports torch: ``auto`` only looks for torch when an
 NVIDIA driver is present.
 """
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from nccli.errors import UsageError
+from nccli.metrics.threads import thread_pool
 
 # Label runs at least this long are summed by one BLAS product each; shorter ones in batches (segment_sum).
 LONG_RUN = 32
+# The numpy backend works through a block in pieces of about this many float64 bytes (at least
+# MIN_PIECE_ROWS rows), one task of a thread pool each: the elementwise work between BLAS calls runs
+# on every core, and a piece's temporaries stay in the CPU's caches.
+PIECE_BYTES = 4 * 2**20
+MIN_PIECE_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,15 @@ class NumpyBackend:
     name = "cpu"
     tile_bytes = 32 * 2**20  # pass 2's block × class-tile products (metrics/geometry.py)
     single_unit = 2.0**-24  # unit roundoff of its float32 products
+
+    def pieces(self, rows: int, dim: int) -> list[slice]:
+        """Consecutive row ranges of a block of ``rows`` × ``dim``, each about PIECE_BYTES of float64."""
+        step = max(MIN_PIECE_ROWS, PIECE_BYTES // (8 * max(dim, 1)))
+        return [slice(start, start + step) for start in range(0, rows, step)]
+
+    def piece_pool(self):
+        """A context giving the thread pool that works on the pieces (:mod:`nccli.metrics.threads`)."""
+        return thread_pool()
 
     def features(self, block: np.ndarray):
         return np.asarray(block, dtype=np.float64)
@@ -136,6 +152,12 @@ class NumpyBackend:
     def single(self, a):
         return a.astype(np.float32)
 
+    def single_with_ones(self, a):
+        """(a, 1): float32 rows with one more column of ones (it multiplies offsets folded into a product)."""
+        out = np.empty((a.shape[0], a.shape[1] + 1), dtype=np.float32)
+        out[:, :-1], out[:, -1] = a, 1.0
+        return out
+
     def wide(self, a):
         return a.astype(np.float64)
 
@@ -199,6 +221,14 @@ class TorchBackend:
         self.tile_bytes = 256 * 2**20  # larger products keep a GPU busy; device memory is larger than caches
         # float32 matmuls may run in TF32 or bfloat16 unless the precision is "highest"
         self.single_unit = 2.0**-24 if torch.get_float32_matmul_precision() == "highest" else 2.0**-8
+
+    def pieces(self, rows: int, dim: int) -> list[slice]:
+        """The whole block at once: a GPU wants large products, and its memory is not a cache."""
+        return [slice(0, rows)]
+
+    def piece_pool(self):
+        """No pool: the device works on one block at a time."""
+        return contextlib.nullcontext()
 
     def features(self, block: np.ndarray):
         # Move the stored width (often float32) and widen on the device: half the transfer.
@@ -267,6 +297,11 @@ class TorchBackend:
 
     def single(self, a):
         return a.float()
+
+    def single_with_ones(self, a):
+        out = self.torch.empty((a.shape[0], a.shape[1] + 1), dtype=self.torch.float32, device=self.device)
+        out[:, :-1], out[:, -1] = a, 1.0
+        return out
 
     def wide(self, a):
         return a.double()

@@ -47,9 +47,10 @@ class Geometry:
     when another class has the same row; ``free_bias`` (W·origin) gives the
     bias-free logits w_cᵀh_i of seed ``002_*``, ``multiplicity`` the number of
     classes that share each candidate's row (the cross-entropy sums over
-    classes), ``bias_is_zero`` whether b = 0 (then both kinds of logits are one). ``ncc_single``
-    (−2·``ncc_centres``) and ``weight_single`` (``weight``) are the float32 copies the screening
-    multiplies, with unit roundoff ``single_unit``. ``tile_classes`` fixes the
+    classes), ``bias_is_zero`` whether b = 0 (then both kinds of logits are one). The screening
+    multiplies float32 rows (h_i − origin, 1) by ``ncc_single`` (−2·``ncc_centres``, ‖c‖²) and
+    ``weight_single`` (``weight``, ``bias``): the offsets come out of the product, with unit roundoff
+    ``single_unit``. ``tile_classes`` fixes the
     tile width (tests); None sizes float32 tiles by ``tile_bytes``.
     """
 
@@ -89,15 +90,16 @@ class Geometry:
     def block(self, xp: Backend, rows) -> "Block":
         """What both decisions need of a block of float64 rows, computed once."""
         centred = rows - self.origin
-        return Block(centred, xp.single(centred), xp.sqrt(xp.rowdot(centred, centred)))
+        return Block(centred, xp.single_with_ones(centred), xp.sqrt(xp.rowdot(centred, centred)))
 
-    def slack(self, block: "Block", norm_max: float, offset_max: float, unit: float | None = None):
-        """2δ_i: twice the bound on |float32 − exact| of (h_i − origin)·v + a over rows v of norm ≤
-        ``norm_max`` and offsets |a| ≤ ``offset_max``: (d + 4)·u·‖h_i − origin‖·norm_max + 2u·offset_max
-        (float32 casts, a d-term sum, |fl(xᵀy) − xᵀy| ≤ γ_d|x|ᵀ|y| (Higham 2002, §3.1), the offset's
-        addition), doubled for safety; ``unit`` u (default float32's, ``single_unit``)."""
+    def slack(self, block: "Block", norm_max: float, folded_max: float, added_max: float = 0.0, unit: float | None = None):
+        """2δ_i: twice the bound on |float32 − exact| of (h_i − origin)·v + a + e over rows v of norm ≤
+        ``norm_max``, offsets a folded into the product (|a| ≤ ``folded_max``, the product's last column)
+        and offsets e added to it (|e| ≤ ``added_max``): (d + 4)·u·(‖h_i − origin‖·norm_max + folded_max)
+        + 2u·added_max (float32 casts, a (d + 1)-term sum, |fl(xᵀy) − xᵀy| ≤ γ_{d+1}|x|ᵀ|y| (Higham 2002,
+        §3.1), the addition), doubled for safety; ``unit`` u (default float32's, ``single_unit``)."""
         d, u = block.centred.shape[1], unit or self.single_unit
-        return 4.0 * u * ((d + 4) * block.norms * norm_max + 2.0 * offset_max)
+        return 4.0 * u * ((d + 4) * (block.norms * norm_max + folded_max) + 2.0 * added_max)
 
     def _lowest(self, xp: Backend, block: "Block", count: int, tile, slack, exact):
         """Per row, the column of the exact smallest value among ``count`` columns (lowest column on ties).
@@ -143,13 +145,11 @@ class Geometry:
         """NCC decision of each row: argmin_c ‖c‖² − 2(h_i − origin)·c over c = μ_c − origin, which is
         ‖h_i − μ_c‖² less a per-row constant."""
         norm_max = xp.scalar(self.ncc_sqnorms.max()) ** 0.5
-        slack = xp.single(2.0 * self.slack(block, norm_max, norm_max**2))
+        slack = xp.single(2.0 * self.slack(block, norm_max, norm_max**2))  # rows −2c: norm 2·norm_max, × 2
         scratch = xp.scratch(len(block.centred) * self.tile_width(len(block.centred)))
 
         def tile(start, stop):
-            approx = xp.product_into(block.single, self.ncc_single[start:stop], scratch)  # −2(μ_c − origin): × −2 is exact
-            approx += xp.single(self.ncc_sqnorms[start:stop])
-            return approx
+            return xp.product_into(block.single, self.ncc_single[start:stop], scratch)
 
         def exact(rows, columns):
             return self.ncc_sqnorms[columns] - 2.0 * xp.rowdot(rows, self.ncc_centres[columns])
@@ -172,7 +172,7 @@ class Geometry:
 
 @dataclass(frozen=True)
 class Block:
-    """One block of rows for pass 2: h_i − origin in float64 and float32, and ‖h_i − origin‖."""
+    """One block of rows for pass 2: h_i − origin in float64, (h_i − origin, 1) in float32, and ‖h_i − origin‖."""
 
     centred: object
     single: object
@@ -224,6 +224,7 @@ def build_geometry(
     shared = np.array_equal(ncc.ids[first], present.ids) and np.array_equal(ncc.means, present.means)
     ncc_centres = own if shared else ncc.means[first] - origin
     ncc_device = own_centres if shared else xp.constant(ncc_centres)
+    sqnorms = np.einsum("ij,ij->i", ncc_centres, ncc_centres)
     column_of_class = np.zeros(len(moments.count), dtype=np.int64)
     column_of_class[present.ids] = np.arange(len(present.ids))
     parts = {}
@@ -231,13 +232,14 @@ def build_geometry(
         rows = np.hstack([classifier.weight[present.ids], classifier.bias[present.ids, None]])
         first_row, group = distinct_rows(rows)
         weight = rows[first_row, :-1]
+        bias = rows[first_row, -1] + weight @ origin
         clf_column = np.zeros(len(moments.count), dtype=np.int64)
         clf_column[present.ids] = group
         parts = dict(
             weight=xp.constant(weight),
-            weight_single=xp.single(xp.constant(weight)),
+            weight_single=xp.single(xp.constant(np.hstack([weight, bias[:, None]]))),
             bias_is_zero=not np.any(rows[first_row, -1]),
-            bias=xp.constant(rows[first_row, -1] + weight @ origin),
+            bias=xp.constant(bias),
             free_bias=xp.constant(weight @ origin),
             multiplicity=xp.constant(np.bincount(group).astype(np.float64)),
             clf_ids=xp.labels(present.ids[first_row]),
@@ -250,8 +252,8 @@ def build_geometry(
         own_centres=own_centres,
         column_of_class=xp.labels(column_of_class),
         ncc_centres=ncc_device,
-        ncc_single=xp.single(-2.0 * ncc_device),
-        ncc_sqnorms=xp.constant(np.einsum("ij,ij->i", ncc_centres, ncc_centres)),
+        ncc_single=xp.single(xp.constant(np.hstack([-2.0 * ncc_centres, sqnorms[:, None]]))),
+        ncc_sqnorms=xp.constant(sqnorms),
         ncc_ids=xp.labels(ncc.ids[first]),
         tile_bytes=xp.tile_bytes,
         tile_classes=tile_classes,
@@ -265,5 +267,5 @@ def geometry_bytes(num_classes: int, dim: int, classifier: bool, shared_ncc: boo
     NCC means are another file's) and classifier rows, their float32 copies for the screening, V of
     rank ≤ min(C − 1, d) and a few (C,) vectors."""
     rank = min(max(num_classes - 1, 0), dim)
-    matrices = num_classes * dim * (8 * (1 + (not shared_ncc) + classifier) + 4 * (1 + classifier))
+    matrices = num_classes * (8 * dim * (1 + (not shared_ncc) + classifier) + 4 * (dim + 1) * (1 + classifier))
     return matrices + 8 * (dim * rank + 8 * num_classes)

@@ -14,7 +14,8 @@ import threading
 
 import numpy as np
 
-from nccli.metrics.tiles import above_diagonal, blocks, parallel_tiles
+from nccli.metrics.threads import thread_pool
+from nccli.metrics.tiles import above_diagonal, blocks
 
 PAIR_SUM_ROWS = 256
 SINGLE_UNIT = 2.0**-24
@@ -58,7 +59,7 @@ def pair_max(a: np.ndarray, tile: int) -> float:
     tiles have none) get a float64 dot product.
     """
     screen = _Screen(a, tile)
-    with parallel_tiles() as pool:
+    with thread_pool() as pool:
         return max(pool.map(screen.largest, range(len(screen.ranges))))
 
 

@@ -116,9 +116,9 @@ class _View:
     """One kind of logit (with or without the bias) of one block: its offsets a_c (z = w_cᵀ(h − origin) + a_c),
     the row's own logit, the float32 screen's running best other, the loss and the exact best other so far."""
 
-    def __init__(self, xp: Backend, offsets, own, slack, product_slack, classes: int):
+    def __init__(self, xp: Backend, offsets, added, own, slack, product_slack, classes: int):
         self.xp, self.offsets, self.own, self.product_slack = xp, offsets, own, product_slack
-        self.offsets_single = xp.single(offsets)
+        self.added = None if added is None else xp.single(added)  # float32, added to the screen's product
         self.screen = xp.full(len(own), -np.inf)
         # Candidates: within this of the best other; widened by 2u(|best| + margin) for the float32 cast.
         self.margin = slack + (math.log(classes) + NEGLIGIBLE)
@@ -169,10 +169,13 @@ def classify(geometry, xp: Backend, block, labels) -> ClassifierRows:
     norm_max = xp.scalar(xp.rowdot(g.weight, g.weight).max()) ** 0.5
     classes = int(xp.scalar(g.multiplicity.sum()))
     views = []
+    bias_max = xp.scalar(abs(g.bias).max())  # the screen's product holds the first view's offsets
     for offsets in (g.bias,) if g.bias_is_zero else (g.bias, g.free_bias):
-        offset_max = xp.scalar(abs(offsets).max())
-        slacks = g.slack(block, norm_max, offset_max), g.slack(block, norm_max, offset_max, unit=2.0**-53)
-        views.append(_View(xp, offsets, dot + offsets[own_column], *slacks, classes))
+        added = None if offsets is g.bias else offsets - g.bias
+        added_max = 0.0 if added is None else xp.scalar(abs(added).max())
+        slack = g.slack(block, norm_max, bias_max, added_max)
+        product_slack = g.slack(block, norm_max, 0.0, xp.scalar(abs(offsets).max()), unit=2.0**-53)
+        views.append(_View(xp, offsets, added, dot + offsets[own_column], slack, product_slack, classes))
     screened = True
     scratch = [xp.scratch(n * g.tile_width(n)) for _ in views]
     quarter = max(1, n // 4)  # float64 products in quarters of the block
@@ -199,7 +202,7 @@ def _screen(g, xp: Backend, block, views, start: int, stop: int, inside, own_at,
     product = xp.product_into(block.single, g.weight_single[start:stop], scratch[0])
     masks = []
     for index, view in enumerate(views):
-        values = xp.add_into(product, view.offsets_single[None, start:stop], scratch[len(views) - 1 - index])
+        values = product if view.added is None else xp.add_into(product, view.added[None, start:stop], scratch[1])
         values[inside, own_at] = -np.inf
         view.raise_screen(None, xp.wide(xp.row_max(values)))
         masks.append(values >= view.threshold(g.single_unit)[:, None])

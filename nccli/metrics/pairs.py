@@ -17,7 +17,7 @@ classifier rows). Per tile:
 * on the classifier layer, cosines of the classifier rows (not centred).
 
 Each tile's rows are cut into strips (``tiles.STRIPS``), one task of a
-thread pool each (:func:`~nccli.metrics.tiles.parallel_tiles`): its
+thread pool each (:func:`~nccli.metrics.threads.thread_pool`): its
 products, its values in arrays of its thread (allocated once) and their
 statistics (:class:`~nccli.metrics.pair_stats.PairStats`), merged in row
 order, so results never depend on the number of threads. The summaries
@@ -38,11 +38,11 @@ from functools import partial
 import numpy as np
 
 from nccli.metrics.pair_stats import Block, PairStats
+from nccli.metrics.threads import thread_pool
 from nccli.metrics.tiles import (
     CentredMeans,
     above_diagonal,
     blocks,
-    parallel_tiles,
     strip_rows,
 )
 
@@ -119,7 +119,7 @@ class PairInputs:
         local = threading.local()  # each thread's strip arrays
         upper = above_diagonal(min(tile, len(self.ids)))
         ranges = blocks(len(self.ids), tile)
-        with parallel_tiles() as pool:
+        with thread_pool() as pool:
             for index, rows in enumerate(ranges):
                 strips, row = blocks(rows[1] - rows[0], strip_rows(tile)), ranges[index:]
                 # a whole row of tiles at a time (fewer waits), or with a consumer one tile, in fresh arrays

@@ -1,6 +1,5 @@
-"""Class-mean geometry without a K × K matrix (``metrics.md``, "Many classes"): tiles, their budget and
-the threads that work on them, distances exact where the Gram form would cancel, coincident means, and
-ETF distances of K × K products.
+"""Class-mean geometry without a K × K matrix (``metrics.md``, "Many classes"): tiles, their budget,
+distances exact where the Gram form would cancel, coincident means, and ETF distances of K × K products.
 
 Classes are cut into tiles of T ids (``tile_classes``: about ``TILE_BYTES``
 of float64 work per tile); a K × K quantity is only ever seen T × T at a time.
@@ -8,18 +7,13 @@ Memory O(K·d) for the inputs plus one tile.
 """
 
 import math
-import os
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 # Working set of one tile: about _TILE_ARRAYS float64 arrays of T × T entries.
 TILE_BYTES = 64 * 2**20
 _TILE_ARRAYS = 16
-# Strips per tile, and the most threads working on them (each holds a few strip arrays): with ~180 rows
+# Strips per tile, each a task of the thread pool (and holding a few strip arrays): with ~180 rows
 # each (T ≈ 724), a strip's products run at the BLAS rate of whole tiles.
 STRIPS = 4
 # Below this fraction of ‖m_c‖² + ‖m_c'‖², the Gram form of d² keeps fewer than
@@ -40,16 +34,6 @@ def blocks(k: int, tile: int) -> list[tuple[int, int]]:
 def strip_rows(tile: int) -> int:
     """Rows of the strips a tile is cut into, one task of a thread pool each (``STRIPS`` per tile)."""
     return -(-tile // STRIPS)
-
-
-@contextmanager
-def parallel_tiles() -> Iterator[ThreadPoolExecutor]:
-    """A pool of one thread per core (at most ``STRIPS``) for work on tiles, each thread making its own
-    BLAS calls, with BLAS held to one thread meanwhile (numpy releases the GIL; an idle BLAS thread spins
-    waiting for work and would take a core from the pool). Work is cut the same way whatever the number
-    of threads."""
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(min(len(os.sched_getaffinity(0)), STRIPS)) as pool:
-        yield pool
 
 
 class CentredMeans:
