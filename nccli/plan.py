@@ -34,8 +34,9 @@ def layer_bytes(xp: Backend, info: FeatureFileInfo, layer: LayerInfo, config: "A
     pass-2 geometry and one stored block (in each of ``jobs`` workers, and
     twice in the parent that merges them). Working, for one layer at a time:
     building the geometry or summarizing (four (C, d) float64 arrays), one
-    block's float64 copies (six) and pass 2's class tiles (about five: two float32
-    screens, their masks, float64 products of a quarter of the block).
+    block's float64 copies (six, over its pieces) and pass 2's class tiles for
+    each piece worked on at once (about five: two float32 screens, their masks,
+    float64 products of a quarter of the piece).
     """
     classes, dim = info.num_classes, layer.dim
     classifier = layer.name == info.classifier_layer
@@ -45,7 +46,7 @@ def layer_bytes(xp: Backend, info: FeatureFileInfo, layer: LayerInfo, config: "A
         + geometry_bytes(classes, dim, classifier, shared_ncc=config.means_from is None)
         + block
     )
-    working = 8 * 4 * classes * dim + 6 * block + 5 * xp.tile_bytes
+    working = 8 * 4 * classes * dim + 6 * block + 5 * xp.tile_bytes * xp.pieces_at_once()
     if config.jobs > 1:  # each worker holds its own state; the parent a merged one and the next to merge
         resident *= config.jobs + 2
     return resident, working

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from nccli.errors import UsageError
-from nccli.metrics.threads import thread_pool
+from nccli.metrics.threads import pool_size, thread_pool
 
 # Label runs at least this long are summed by one BLAS product each; shorter ones in batches (segment_sum).
 LONG_RUN = 32
@@ -52,6 +52,10 @@ class NumpyBackend:
     def piece_pool(self):
         """A context giving the thread pool that works on the pieces (:mod:`nccli.metrics.threads`)."""
         return thread_pool()
+
+    def pieces_at_once(self) -> int:
+        """Pieces worked on at the same time: the pool's threads."""
+        return pool_size()
 
     def features(self, block: np.ndarray):
         return np.asarray(block, dtype=np.float64)
@@ -229,6 +233,9 @@ class TorchBackend:
     def piece_pool(self):
         """No pool: the device works on one block at a time."""
         return contextlib.nullcontext()
+
+    def pieces_at_once(self) -> int:
+        return 1
 
     def features(self, block: np.ndarray):
         # Move the stored width (often float32) and widen on the device: half the transfer.
