@@ -7,7 +7,7 @@ import pytest
 from h5files import write_feature_file
 from typer.testing import CliRunner
 
-import nccli.metrics.backend
+import nccli.metrics.numpy_backend
 import nccli.metrics.threads
 import nccli.plan
 from nccli.analyze import AnalyzeConfig, analyze_features
@@ -15,7 +15,8 @@ from nccli.cli import app
 from nccli.io.reader import FeatureFile, read_info
 from nccli.metrics import formulas
 from nccli.metrics.accumulators import ClassMoments, Decisions
-from nccli.metrics.backend import LONG_RUN, NumpyBackend, TorchBackend
+from nccli.metrics.backend import NumpyBackend, TorchBackend
+from nccli.metrics.numpy_backend import LONG_RUN
 from nccli.metrics.geometry import build_geometry, distinct_rows
 from nccli.metrics.layer import Classifier, ClassMeans
 
@@ -267,8 +268,8 @@ def test_pieces_on_any_number_of_threads_give_the_same_report_to_the_bit(tmp_pat
     path = str(three_layer_file(tmp_path / "three.h5"))
     config = AnalyzeConfig(files=(path,), device="cpu", block_rows=40)
     whole = analyze_features(config).summary
-    monkeypatch.setattr(nccli.metrics.backend, "PIECE_BYTES", 1)  # pieces of MIN_PIECE_ROWS rows
-    monkeypatch.setattr(nccli.metrics.backend, "MIN_PIECE_ROWS", 7)
+    monkeypatch.setattr(nccli.metrics.numpy_backend, "PIECE_BYTES", 1)  # pieces of MIN_PIECE_ROWS rows
+    monkeypatch.setattr(nccli.metrics.numpy_backend, "MIN_PIECE_ROWS", 7)
     reports = []
     for threads in (1, 3):
         monkeypatch.setattr(nccli.metrics.threads, "pool_size", lambda threads=threads: threads)
