@@ -1,12 +1,15 @@
 """Running analyze's two passes over a file's rows: here, or in row ranges on worker processes.
 
+Each block of rows is worked on in pieces (``xp.pieces``; on the CPU one task
+of a thread pool each, :mod:`nccli.metrics.threads`) whose states fold into
+the layer's state in row order, so the number of threads changes nothing.
 With ``jobs > 1`` each file's rows are cut into block-aligned ranges; each
 worker opens the file itself, accumulates its range, and returns its state
 (O(K·d) per layer). States merge exactly (``ClassMoments.merge``,
 ``Decisions.merge``), so the result equals a single pass to rounding. Under
 torchrun (``group``, :mod:`nccli.collectives`) this process scans only its
-rank's rows, and the ranks' states merge with the same ``merge``. Each worker's BLAS gets
-its share of the cores (``cores // jobs`` threads): left at its default, every
+rank's rows, and the ranks' states merge with the same ``merge``. Each worker's BLAS, and so its
+thread pool, gets its share of the cores (``cores // jobs`` threads): left at its default, every
 worker would start one thread per core and they would fight over them.
 """
 
