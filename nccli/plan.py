@@ -31,8 +31,9 @@ def layer_bytes(xp: Backend, info: FeatureFileInfo, layer: LayerInfo, config: "A
     """(resident, working) bytes of one layer, bounds at C = num_classes classes all present.
 
     Resident while its group of layers is scanned: the pass-1 state, the
-    pass-2 geometry and one stored block (in each of ``jobs`` workers, and
-    twice in the parent that merges them). Working, for one layer at a time:
+    pass-2 geometry and two stored blocks (the next is read while the pool
+    works on one), in each of ``jobs`` workers, and twice in the parent that
+    merges them. Working, for one layer at a time:
     building the geometry or summarizing (four (C, d) float64 arrays), one
     block's float64 copies (six, over its pieces) and pass 2's class tiles for
     each piece worked on at once (about five: two float32 screens, their masks,
@@ -44,7 +45,7 @@ def layer_bytes(xp: Backend, info: FeatureFileInfo, layer: LayerInfo, config: "A
     resident = (
         ClassMoments.state_bytes(classes, dim, (config.mse or config.snr) and classifier)
         + geometry_bytes(classes, dim, classifier, shared_ncc=config.means_from is None)
-        + block
+        + 2 * block
     )
     working = 8 * 4 * classes * dim + 6 * block + 5 * xp.tile_bytes * xp.pieces_at_once()
     if config.jobs > 1:  # each worker holds its own state; the parent a merged one and the next to merge

@@ -54,13 +54,8 @@ def moments_over(xp, feature_file, layers, matrix_layer, block_rows, start, stop
         layer.name: ClassMoments.empty(xp, num_classes, layer.dim, with_matrix=layer.name == matrix_layer)
         for layer in layers
     }
-    with xp.piece_pool() as pool:
-        for labels, rows in feature_file.blocks(layers, block_rows, start, stop):
-            for name, block in rows.items():
-                with_matrix = moments[name].within is not None
-                for state in _each_piece(xp, pool, block, labels, partial(ClassMoments.of_block, xp, with_matrix=with_matrix)):
-                    moments[name].fold(state)
-            advance(len(labels))
+    kernels = {name: partial(ClassMoments.of_block, xp, with_matrix=state.within is not None) for name, state in moments.items()}
+    _fold_blocks(xp, feature_file, layers, block_rows, start, stop, kernels, moments, advance)
     return {name: state.host() for name, state in moments.items()}
 
 
@@ -68,24 +63,42 @@ def decisions_over(xp, feature_file, layers, geometries, block_rows, start, stop
     """Pass 2 over rows [start, stop) of ``layers``; states on the host."""
     num_classes = feature_file.info.num_classes
     decisions = {layer.name: Decisions.empty(xp, num_classes, geometries[layer.name].rank) for layer in layers}
-    with xp.piece_pool() as pool:
-        for labels, rows in feature_file.blocks(layers, block_rows, start, stop):
-            for name, block in rows.items():
-                kernel = partial(Decisions.of_block, xp, geometries[name], num_classes=num_classes)
-                for state in _each_piece(xp, pool, block, labels, kernel):
-                    decisions[name].fold(state)
-            advance(len(labels))
+    kernels = {name: partial(Decisions.of_block, xp, geometries[name], num_classes=num_classes) for name in decisions}
+    _fold_blocks(xp, feature_file, layers, block_rows, start, stop, kernels, decisions, advance)
     return {name: state.host() for name, state in decisions.items()}
 
 
+def _fold_blocks(xp, feature_file, layers, block_rows, start, stop, kernels: dict, states: dict, advance) -> None:
+    """Fold ``kernels[name](rows, labels)`` of every piece of every block into ``states[name]``, in row
+    order. With a pool, it works on one block while the next is read."""
+    with xp.piece_pool() as pool:
+        pending = None  # the block submitted last: its pieces' states (in order) and its number of rows
+        for labels, rows in feature_file.blocks(layers, block_rows, start, stop):
+            submitted = {name: _each_piece(xp, pool, block, labels, kernels[name]) for name, block in rows.items()}, len(labels)
+            if pending is not None:
+                _fold(pending, states, advance)
+            pending = submitted
+        if pending is not None:
+            _fold(pending, states, advance)
+
+
+def _fold(submitted, states: dict, advance) -> None:
+    pieces, rows = submitted
+    for name, piece_states in pieces.items():
+        for state in piece_states:
+            states[name].fold(state)
+    advance(rows)
+
+
 def _each_piece(xp, pool, block, labels, kernel: Callable):
-    """``kernel(rows, labels)`` of each piece of a block (``xp.pieces``), in order; on ``pool`` if there is one."""
+    """``kernel(rows, labels)`` of each piece of a block (``xp.pieces``), in order: submitted to ``pool`` at
+    once if there is one (results come as they are ready), else computed as they are asked for."""
     pieces = xp.pieces(*block.shape)
 
     def state(piece: slice):
         return kernel(xp.features(block[piece]), xp.labels(labels[piece]))
 
-    return pool.map(state, pieces) if pool is not None and len(pieces) > 1 else map(state, pieces)
+    return pool.map(state, pieces) if pool is not None else map(state, pieces)
 
 
 def _in_worker(pass_function, path: str, layer_names: tuple[str, ...], *args):
