@@ -47,10 +47,11 @@ class Geometry:
     when another class has the same row; ``free_bias`` (W·origin) gives the
     bias-free logits w_cᵀh_i of seed ``002_*``, ``multiplicity`` the number of
     classes that share each candidate's row (the cross-entropy sums over
-    classes), ``bias_is_zero`` whether b = 0 (then both kinds of logits are one). The screening
-    multiplies float32 rows (h_i − origin, 1) by ``ncc_single`` (−2·``ncc_centres``, ‖c‖²) and
-    ``weight_single`` (``weight``, ``bias``): the offsets come out of the product, with unit roundoff
-    ``single_unit``. ``tile_classes`` fixes the
+    classes), ``weight_norm_max`` the largest ‖w_c‖, ``bias_is_zero`` whether
+    b = 0 (then both kinds of logits are one). The screening multiplies float32
+    rows (h_i − origin, 1) by ``ncc_single`` (−2·``ncc_centres``, ‖c‖²) and
+    ``weight_single`` (``weight``, ``bias``): the offsets come out of the
+    product, with unit roundoff ``single_unit``. ``tile_classes`` fixes the
     tile width (tests); None sizes float32 tiles by ``tile_bytes``.
     """
 
@@ -70,6 +71,7 @@ class Geometry:
     clf_shared: object = None
     free_bias: object = None
     multiplicity: object = None
+    weight_norm_max: float = 0.0
     bias_is_zero: bool = False
     tile_bytes: int = 32 * 2**20
     tile_classes: int | None = None
@@ -242,6 +244,7 @@ def build_geometry(
             bias=xp.constant(bias),
             free_bias=xp.constant(weight @ origin),
             multiplicity=xp.constant(np.bincount(group).astype(np.float64)),
+            weight_norm_max=float(np.sqrt(np.einsum("ij,ij->i", weight, weight).max(initial=0.0))),
             clf_ids=xp.labels(present.ids[first_row]),
             clf_column=xp.labels(clf_column),
             clf_shared=xp.labels(np.bincount(group) > 1) > 0,

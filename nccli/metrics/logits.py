@@ -69,7 +69,7 @@ class RunningLogSumExp:
 
     def add(self, logits, multiplicity=None, rows=None):
         """Fold a (rows × classes) tile of logits (−inf: left out) for ``rows`` (default all);
-        ``multiplicity`` (classes,) or None. Returns each row's (column, value) of its largest logit."""
+        ``multiplicity`` (classes,) or None. Returns each row's largest logit."""
         xp = self.xp
         everyone = xp.arange(logits.shape[0])
         column = xp.argmax(logits)
@@ -83,7 +83,7 @@ class RunningLogSumExp:
             scaled = scaled * multiplicity[None, :]
         scaled[xp.arange(len(kept)), tile_column] -= 1.0  # the top entry is exactly m·1: m − 1 exactly
         self._merge(rows[kept], tile_top, scaled.sum(1))
-        return column, top
+        return top
 
     def add_terms(self, rows, values, multiplicity) -> None:
         """Fold single terms m·exp(value) of the given rows (repeats allowed)."""
@@ -166,15 +166,14 @@ def classify(geometry, xp: Backend, block, labels) -> ClassifierRows:
     n = len(block.centred)
     own_column = g.clf_column[labels]
     dot = xp.rowdot(block.centred, g.weight[own_column])
-    norm_max = xp.scalar(xp.rowdot(g.weight, g.weight).max()) ** 0.5
     classes = int(xp.scalar(g.multiplicity.sum()))
     views = []
     bias_max = xp.scalar(abs(g.bias).max())  # the screen's product holds the first view's offsets
     for offsets in (g.bias,) if g.bias_is_zero else (g.bias, g.free_bias):
         added = None if offsets is g.bias else offsets - g.bias
         added_max = 0.0 if added is None else xp.scalar(abs(added).max())
-        slack = g.slack(block, norm_max, bias_max, added_max)
-        product_slack = g.slack(block, norm_max, 0.0, xp.scalar(abs(offsets).max()), unit=2.0**-53)
+        slack = g.slack(block, g.weight_norm_max, bias_max, added_max)
+        product_slack = g.slack(block, g.weight_norm_max, 0.0, xp.scalar(abs(offsets).max()), unit=2.0**-53)
         views.append(_View(xp, offsets, added, dot + offsets[own_column], slack, product_slack, classes))
     screened = True
     scratch = [xp.scratch(n * g.tile_width(n)) for _ in views]
@@ -233,7 +232,7 @@ def _exact_tile(g, xp: Backend, block, views, start: int, stop: int, rows, insid
     for view in views:
         logits = products + view.offsets[None, start:stop]
         logits[at_rows, own_at[mine]] = -np.inf
-        column, top = view.loss.add(logits, g.multiplicity[start:stop], rows)
+        top = view.loss.add(logits, g.multiplicity[start:stop], rows)
         view.raise_screen(rows, top)
         # The best other from the same explicit dot products as the candidates of _screen: within the
         # product's rounding of its largest entry, so that decisions never depend on the block's shape.
