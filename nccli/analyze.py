@@ -1,8 +1,8 @@
 """``analyze``: stream feature files through the accumulators and compute every metric per layer.
 
 Per file, two passes over the rows serve all selected layers at once
-(pass 1: class moments; pass 2: projections on the between-class span and the
-NCC / classifier decisions), or each group of layers in turn when their state
+(pass 1: class means; pass 2: the scatter about them, projections on the
+between-class span and the NCC / classifier decisions), or each group of layers in turn when their state
 does not fit in memory together (``plan.py``). Everything is validated before
 the first row is read, so a bad input fails in seconds, not after an hour.
 Under torchrun each rank reads its part of the rows and rank 0 reports
@@ -255,7 +255,7 @@ def _analyze_layers(
     of a torchrun job other than 0, which only scan their rows)."""
     info = feature_file.info
     classifier_layer = info.classifier_layer if feature_file.classifier is not None else None
-    moments = scanner.moments(feature_file, layers, classifier_layer if config.mse or config.snr else None)
+    moments = scanner.moments(feature_file, layers)
 
     spectra = {}
 
@@ -270,7 +270,8 @@ def _analyze_layers(
         return built
 
     # the geometries are (K, d) arrays per layer that the summaries no longer need: not kept past pass 2
-    decisions = scanner.decisions(feature_file, layers, scanner.shared(geometries))
+    matrix_layer = classifier_layer if config.mse or config.snr else None
+    decisions = scanner.decisions(feature_file, layers, scanner.shared(geometries), matrix_layer)
     if not scanner.main:
         return []
 
@@ -290,10 +291,10 @@ def _analyze_layers(
         if layer_pairs is not None:
             layer_pairs.close()
         if classifier is not None and config.mse:
-            metrics.summary = metrics.summary.with_opt_in(mse_decomposition(moments[layer.name], classifier, config.weight_decay))
+            metrics.summary = metrics.summary.with_opt_in(mse_decomposition(moments[layer.name], decisions[layer.name], classifier, config.weight_decay))
         if classifier is not None and config.snr:
             warn = partial(_warn, result, info.path, layer.name)
-            metrics.summary = metrics.summary.with_opt_in(snr_columns(moments[layer.name], warn))
+            metrics.summary = metrics.summary.with_opt_in(snr_columns(moments[layer.name], decisions[layer.name], warn))
         if ood is not None:
             metrics.summary = metrics.summary.with_opt_in(ood_columns(ClassMeans.of(moments[layer.name]), ood[layer.name]))
         keys = {schema.COL_FILE: info.path, schema.COL_LAYER: layer.name}

@@ -67,5 +67,5 @@ def _reference_means(scanner: Scanner, path: str, rows: BatchRows) -> dict[str, 
     with open_feature_file(path) as reference:
         check_reference(reference.info, rows.info, rows.info.layers)
         layers = tuple(reference.info.layer(layer.name) for layer in rows.info.layers)
-        moments = scanner.moments(reference, layers, None)
+        moments = scanner.moments(reference, layers)
     return {name: ClassMeans.of(state) for name, state in moments.items()}

@@ -38,7 +38,7 @@ def check_ood(ood: FeatureFileInfo, infos: list[FeatureFileInfo], selections) ->
 def ood_means(scanner: Scanner, ood: FeatureFileInfo, layers: tuple[LayerInfo, ...]) -> dict[str, np.ndarray]:
     """μ_ood per layer: the mean of every row of the OOD file, Σ_c n_c μ_c / N from one pass-1 scan."""
     with open_feature_file(ood.path, probed=True, expected=ood) as feature_file:
-        moments = scanner.moments(feature_file, layers, None)
+        moments = scanner.moments(feature_file, layers)
     return {name: (state.count @ state.mean) / max(float(state.count.sum()), 1.0) for name, state in moments.items()}
 
 

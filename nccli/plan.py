@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from nccli import schema
 from nccli.errors import FeatureFileError
 from nccli.io.reader import BLOCK_BYTES, FeatureFileInfo, LayerInfo, memory_budget
-from nccli.metrics.accumulators import ClassMoments
+from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import Backend
 from nccli.metrics.geometry import geometry_bytes
 
@@ -30,7 +30,7 @@ def state_budget(xp: Backend) -> int:
 def layer_bytes(xp: Backend, info: FeatureFileInfo, layer: LayerInfo, config: "AnalyzeConfig") -> tuple[int, int]:
     """(resident, working) bytes of one layer, bounds at C = num_classes classes all present.
 
-    Resident while its group of layers is scanned: the pass-1 state, the
+    Resident while its group of layers is scanned: both passes' states, the
     pass-2 geometry and two stored blocks (the next is read while the pool
     works on one), in each of ``jobs`` workers, and twice in the parent that
     merges them. Working, for one layer at a time:
@@ -43,7 +43,8 @@ def layer_bytes(xp: Backend, info: FeatureFileInfo, layer: LayerInfo, config: "A
     classifier = layer.name == info.classifier_layer
     block = 8 * dim * min(config.block_rows or max(1, BLOCK_BYTES // (8 * dim)), max(info.n_samples, 1))
     resident = (
-        ClassMoments.state_bytes(classes, dim, (config.mse or config.snr) and classifier)
+        ClassMoments.state_bytes(classes, dim)
+        + Decisions.state_bytes(classes, dim, (config.mse or config.snr) and classifier)
         + geometry_bytes(classes, dim, classifier, shared_ncc=config.means_from is None)
         + 2 * block
     )

@@ -152,7 +152,7 @@ def read_reference_means(scanner: Scanner, reference: FeatureFileInfo, groups: l
     means = {}
     with open_feature_file(reference.path, probed=True, expected=reference) as feature_file:
         for layers in groups:
-            moments = scanner.moments(feature_file, layers, None)
+            moments = scanner.moments(feature_file, layers)
             if scanner.main:  # elsewhere rank 0 holds the merged states
                 means.update((name, ClassMeans.of(state)) for name, state in moments.items())
     return means

@@ -47,23 +47,26 @@ def row_ranges(stop: int, block_rows: int, parts: int, start: int = 0) -> list[t
     return list(zip(cuts, cuts[1:]))
 
 
-def moments_over(xp, feature_file, layers, matrix_layer, block_rows, start, stop, advance) -> dict[str, ClassMoments]:
+def moments_over(xp, feature_file, layers, block_rows, start, stop, advance) -> dict[str, ClassMoments]:
     """Pass 1 over rows [start, stop) of ``layers``; states on the host."""
     num_classes = feature_file.info.num_classes
-    moments = {
-        layer.name: ClassMoments.empty(xp, num_classes, layer.dim, with_matrix=layer.name == matrix_layer)
-        for layer in layers
-    }
-    kernels = {name: partial(ClassMoments.of_block, xp, with_matrix=state.within is not None) for name, state in moments.items()}
+    moments = {layer.name: ClassMoments.empty(xp, num_classes, layer.dim) for layer in layers}
+    kernels = {name: partial(ClassMoments.of_block, xp) for name in moments}
     _fold_blocks(xp, feature_file, layers, block_rows, start, stop, kernels, moments, advance)
     return {name: state.host() for name, state in moments.items()}
 
 
-def decisions_over(xp, feature_file, layers, geometries, block_rows, start, stop, advance) -> dict[str, Decisions]:
-    """Pass 2 over rows [start, stop) of ``layers``; states on the host."""
+def decisions_over(xp, feature_file, layers, block_rows, start, stop, advance, *, geometries, matrix_layer) -> dict[str, Decisions]:
+    """Pass 2 over rows [start, stop) of ``layers`` (with the within-class matrix of ``matrix_layer``); states on the host."""
     num_classes = feature_file.info.num_classes
-    decisions = {layer.name: Decisions.empty(xp, num_classes, geometries[layer.name].rank) for layer in layers}
-    kernels = {name: partial(Decisions.of_block, xp, geometries[name], num_classes=num_classes) for name in decisions}
+    decisions = {
+        layer.name: Decisions.empty(xp, num_classes, geometries[layer.name].rank, layer.dim if layer.name == matrix_layer else None)
+        for layer in layers
+    }
+    kernels = {
+        name: partial(Decisions.of_block, xp, geometries[name], num_classes=num_classes, with_matrix=state.within is not None)
+        for name, state in decisions.items()
+    }
     _fold_blocks(xp, feature_file, layers, block_rows, start, stop, kernels, decisions, advance)
     return {name: state.host() for name, state in decisions.items()}
 
@@ -102,7 +105,8 @@ def _each_piece(xp, pool, block, labels, kernel: Callable):
 
 
 def _in_worker(pass_function, path: str, layer_names: tuple[str, ...], *args):
-    """A worker's task: open the file, run one pass over one row range."""
+    """A worker's task: open the file, run one pass (``moments_over``, or ``decisions_over`` with its
+    geometries bound) over one row range."""
     with open_feature_file(path, probed=True) as feature_file:  # the parent opened it first
         layers = tuple(feature_file.info.layer(name) for name in layer_names)
         return pass_function(NumpyBackend(), feature_file, layers, *args, lambda n: None)
@@ -199,32 +203,35 @@ class Scanner:
         for variable in self._variables_set:
             os.environ.pop(variable, None)
 
-    def moments(self, feature_file: FeatureFile, layers: tuple[LayerInfo, ...], matrix_layer: str | None):
+    def moments(self, feature_file: FeatureFile, layers: tuple[LayerInfo, ...]):
         """Pass-1 states of ``layers`` over every row (None on the ranks other than 0)."""
-        return self._run(moments_over, feature_file, layers, matrix_layer)
+        return self._run(moments_over, feature_file, layers)
 
-    def decisions(self, feature_file: FeatureFile, layers: tuple[LayerInfo, ...], geometries: dict[str, Geometry]):
-        """Pass-2 states of ``layers`` over every row (None on the ranks other than 0)."""
-        return self._run(decisions_over, feature_file, layers, geometries)
+    def decisions(
+        self, feature_file: FeatureFile, layers: tuple[LayerInfo, ...], geometries: dict[str, Geometry], matrix_layer: str | None = None
+    ):
+        """Pass-2 states of ``layers`` over every row, with the within-class matrix of ``matrix_layer`` (None on
+        the ranks other than 0)."""
+        return self._run(partial(decisions_over, geometries=geometries, matrix_layer=matrix_layer), feature_file, layers)
 
     def shared(self, build: Callable[[], dict]) -> dict:
         """What ``build()`` returns, built once (on rank 0 in a job) and the same on every rank."""
         return build() if self.group is None else self.group.share(build)
 
-    def _run(self, pass_function, feature_file: FeatureFile, layers, argument):
+    def _run(self, pass_function, feature_file: FeatureFile, layers):
         block_rows = feature_file.block_rows(layers, self.block_rows)
         start, stop = (0, feature_file.info.n_samples) if self.group is None else self.group.rows(feature_file, block_rows)
-        states = self._scan(pass_function, feature_file, layers, argument, block_rows, start, stop)
+        states = self._scan(pass_function, feature_file, layers, block_rows, start, stop)
         return states if self.group is None else self.group.reduce(states)
 
-    def _scan(self, pass_function, feature_file: FeatureFile, layers, argument, block_rows: int, start: int, stop: int):
+    def _scan(self, pass_function, feature_file: FeatureFile, layers, block_rows: int, start: int, stop: int):
         """States over rows [start, stop), merged in range order."""
         if self._pool is None or start == stop:
-            return pass_function(self.xp, feature_file, layers, argument, block_rows, start, stop, self.advance)
+            return pass_function(self.xp, feature_file, layers, block_rows, start, stop, self.advance)
         names = tuple(layer.name for layer in layers)
         ranges = row_ranges(stop, block_rows, self.jobs * RANGES_PER_JOB, start)
         futures = {
-            self._pool.submit(_in_worker, pass_function, feature_file.info.path, names, argument, block_rows, start, stop): index
+            self._pool.submit(_in_worker, pass_function, feature_file.info.path, names, block_rows, start, stop): index
             for index, (start, stop) in enumerate(ranges)
         }
         # Merge in range order (a fixed merge order gives the same rounding every run), as soon as the

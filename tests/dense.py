@@ -59,15 +59,16 @@ class DensePairs:
     coincident: list[tuple[int, int]]
 
 
-def dense_pairs(moments, weight=None) -> DensePairs:
-    """Every pair-dependent value of ``summarize_layer`` from host ``ClassMoments``, densely."""
+def dense_pairs(moments, scatter, weight=None) -> DensePairs:
+    """Every pair-dependent value of ``summarize_layer`` from host ``ClassMoments`` and pass 2's per-class
+    ``scatter``, densely."""
     ids = np.flatnonzero(moments.count > 0)
     k = len(ids)
     means = moments.mean[ids]
     centred = means - means.mean(axis=0)
     scale = float(np.linalg.norm(means, axis=1).max())
     tolerance = COINCIDENCE_TOLERANCE * scale
-    variances = moments.scatter[ids] / moments.count[ids]
+    variances = scatter[ids] / moments.count[ids]
     norms = np.linalg.norm(centred, axis=1)
     sq = pairwise_sq_distances(means)
     coincident = np.sqrt(sq) <= tolerance

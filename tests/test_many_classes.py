@@ -8,6 +8,7 @@ both branches of the ETF distances (K − 1 > d and K ≤ d + 1).
 
 import math
 import tracemalloc
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ from nccli.metrics import threads as threads_module
 from nccli.metrics import tiles
 from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import select_backend
-from nccli.metrics.formulas import Spectrum
+from nccli.metrics.formulas import Spectrum, between_class_spectrum
+from nccli.metrics.geometry import build_geometry
 from nccli.metrics.layer import Classifier, ClassMeans, summarize_layer
 
 XP = select_backend("cpu")
@@ -25,20 +27,31 @@ RTOL, ATOL = 1e-12, 1e-15
 PAIR_METRICS = ("cdnv", "mean_cos", "inter_cos", "mean_dist", "w_cos")
 
 
-def moments_of(features, labels, num_classes):
-    return ClassMoments.of_block(XP, np.asarray(features, dtype=np.float64), np.asarray(labels), num_classes).host()
+class States(NamedTuple):
+    moments: ClassMoments
+    spectrum: Spectrum
+    decisions: Decisions
 
 
-def summarize(moments, weight=None, tile=None, per_pair=True):
-    """summarize_layer with pass-2 state left empty (these tests are about pass-1 pair statistics); with
-    ``per_pair`` the tiles go to a per-pair consumer."""
-    num_classes, d = moments.mean.shape
+def states_of(features, labels, num_classes) -> States:
+    """Both passes over the rows, without a classifier (these tests are about the pair statistics)."""
+    features, labels = XP.features(np.asarray(features)), XP.labels(np.asarray(labels))
+    moments = ClassMoments.empty(XP, num_classes, features.shape[1])
+    moments.update(features, labels)
+    spectrum = between_class_spectrum(ClassMeans.of(moments).centred)
+    decisions = Decisions.empty(XP, num_classes, spectrum.rank)
+    decisions.update(build_geometry(XP, moments, spectrum, ClassMeans.of(moments), None), features, labels)
+    return States(moments, spectrum, decisions)
+
+
+def summarize(states: States, weight=None, tile=None, per_pair=True):
+    """summarize_layer of both passes' states; with ``per_pair`` the tiles go to a per-pair consumer."""
     classifier = Classifier(weight, np.zeros(len(weight))) if weight is not None else None
     tiles, warnings = [], []
     metrics = summarize_layer(
-        moments,
-        Spectrum(np.zeros((d, 0)), np.zeros(0)),
-        Decisions.empty(XP, num_classes, 0),
+        states.moments,
+        states.spectrum,
+        states.decisions,
         classifier,
         warnings.append,
         tiles.append if per_pair else None,
@@ -101,9 +114,9 @@ CASES = ["K=37, K-1>d", "K=2", "K<=d+1", "K>N, absent and singletons", "coincide
 @pytest.mark.parametrize("tile", [1, 4, 5, 36, 37, 100])
 def test_tiled_pair_statistics_equal_the_dense_computation(name, tile):
     features, labels, num_classes, weight = case(name)
-    moments = moments_of(features, labels, num_classes)
-    metrics, rows, warnings = summarize(moments, weight, tile)
-    dense = dense_pairs(moments, weight)
+    states = states_of(features, labels, num_classes)
+    metrics, rows, warnings = summarize(states, weight, tile)
+    dense = dense_pairs(states.moments, states.decisions.scatter, weight)
     for key, expected in dense.summary.items():
         same(metrics.summary[key], expected, f"{name}, tile {tile}: {key}")
     assert set(rows) == set(dense.pairs)
@@ -126,9 +139,9 @@ def same_summaries(a: dict, b: dict) -> bool:
 def test_the_summary_is_the_same_with_or_without_a_per_pair_consumer(name, tile):
     """The statistics never come from the consumer's arrays: the same numbers, and the same warnings."""
     features, labels, num_classes, weight = case(name)
-    moments = moments_of(features, labels, num_classes)
-    with_pairs, _, warnings = summarize(moments, weight, tile)
-    alone, rows, alone_warnings = summarize(moments, weight, tile, per_pair=False)
+    states = states_of(features, labels, num_classes)
+    with_pairs, _, warnings = summarize(states, weight, tile)
+    alone, rows, alone_warnings = summarize(states, weight, tile, per_pair=False)
     assert rows == {} and alone_warnings == warnings
     assert same_summaries(dict(alone.summary), dict(with_pairs.summary))
 
@@ -138,20 +151,20 @@ def test_the_number_of_threads_does_not_change_a_bit(monkeypatch, threads):
     """Strips are fixed by the tile and merged in row order: any pool gives the same numbers exactly."""
     rng = np.random.default_rng(14)
     labels = np.arange(600) % 150
-    moments = moments_of(rng.normal(size=(150, 7))[labels] + rng.normal(size=(600, 7)), labels, 150)
+    states = states_of(rng.normal(size=(150, 7))[labels] + rng.normal(size=(600, 7)), labels, 150)
     weight = rng.normal(size=(150, 7))
-    usual, _, _ = summarize(moments, weight, tile=41, per_pair=False)
+    usual, _, _ = summarize(states, weight, tile=41, per_pair=False)
     monkeypatch.setattr(threads_module, "pool_size", lambda: threads)
-    other, _, _ = summarize(moments, weight, tile=41, per_pair=False)
+    other, _, _ = summarize(states, weight, tile=41, per_pair=False)
     assert same_summaries(dict(other.summary), dict(usual.summary))
 
 
 def test_every_tile_size_gives_the_same_summary_and_class_table():
     features, labels, num_classes, weight = case("K>N, absent and singletons")
-    moments = moments_of(features, labels, num_classes)
-    whole, _, whole_warnings = summarize(moments, weight, tile=1000)
+    states = states_of(features, labels, num_classes)
+    whole, _, whole_warnings = summarize(states, weight, tile=1000)
     for tile in (1, 2, 3, 17):
-        tiled, _, warnings = summarize(moments, weight, tile)
+        tiled, _, warnings = summarize(states, weight, tile)
         assert warnings == whole_warnings
         for key, value in whole.summary.items():
             same(tiled.summary[key], value, f"tile {tile}: {key}")
@@ -163,10 +176,10 @@ def test_coincident_pairs_are_listed_first_ten_then_counted():
     labels = np.repeat(np.arange(14), 2)
     features = np.zeros((28, 3)) + 7.0  # 14 classes, one mean: 91 coincident pairs
     features[labels >= 12] += np.array([1.0, 2.0, 3.0])  # but 12 and 13 stand apart from the rest
-    moments = moments_of(features, labels, 14)
-    _, _, warnings = summarize(moments, tile=4)
+    states = states_of(features, labels, 14)
+    _, _, warnings = summarize(states, tile=4)
     listed = [w for w in warnings if w.startswith("coincident class means")]
-    expected = dense_pairs(moments).coincident
+    expected = dense_pairs(states.moments, states.decisions.scatter).coincident
     assert len(expected) == 67
     shown = ", ".join(f"{a}–{b}" for a, b in expected[:10])
     assert listed == [f"coincident class means for pairs {shown} and 57 more: cdnv reported as null"]
@@ -209,10 +222,10 @@ def test_memory_stays_at_one_tile_not_k_by_k():
     rng = np.random.default_rng(13)
     k, d = 3000, 4
     labels = np.arange(2 * k) % k
-    moments = moments_of(rng.normal(size=(2 * k, d)) + labels[:, None] % 7, labels, k)
+    states = states_of(rng.normal(size=(2 * k, d)) + labels[:, None] % 7, labels, k)
     tracemalloc.start()
     try:
-        summarize_layer(moments, Spectrum(np.zeros((d, 0)), np.zeros(0)), Decisions.empty(XP, k, 0), None, lambda _: None, None, 256)
+        summarize_layer(*states, None, lambda _: None, None, 256)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

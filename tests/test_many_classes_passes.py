@@ -59,7 +59,8 @@ def oracle_moments(features: np.ndarray, labels: np.ndarray, num_classes: int) -
 @pytest.mark.parametrize("case", ["two classes", "more classes than rows", "all run lengths"])
 @pytest.mark.parametrize("order", ["sorted", "shuffled"])
 @pytest.mark.parametrize("block", [7, 64, 10_000])
-def test_pass_one_equals_the_oracle_whatever_the_labels(case, order, block):
+def test_class_moments_equal_the_oracle_whatever_the_labels(case, order, block):
+    """Pass 1's first moments, and pass 2's scatter and within-class matrix about pass 1's means."""
     rng = np.random.default_rng(3)
     labels, num_classes = labels_for(case, rng)
     labels = np.sort(labels) if order == "sorted" else rng.permutation(labels)
@@ -67,11 +68,18 @@ def test_pass_one_equals_the_oracle_whatever_the_labels(case, order, block):
     features[::11] = 0.0  # zero vectors leave the cosine view only
     expected = oracle_moments(features, labels, num_classes)
     for xp in backends():
-        state = ClassMoments.empty(xp, num_classes, 6, with_matrix=True)
+        moments = ClassMoments.empty(xp, num_classes, 6)
         for start in range(0, len(labels), block):
-            state.update(xp.features(features[start : start + block]), xp.labels(labels[start : start + block]))
-        state = state.host()
+            moments.update(xp.features(features[start : start + block]), xp.labels(labels[start : start + block]))
+        moments = moments.host()
+        spectrum = formulas.between_class_spectrum(ClassMeans.of(moments).centred)
+        geometry = build_geometry(xp, moments, spectrum, ClassMeans.of(moments), None)
+        centred = Decisions.empty(xp, num_classes, spectrum.rank, within_dim=6)
+        for start in range(0, len(labels), block):
+            centred.update(geometry, xp.features(features[start : start + block]), xp.labels(labels[start : start + block]))
+        centred = centred.host()
         for name, value in expected.items():
+            state = centred if name in ("scatter", "within") else moments
             np.testing.assert_allclose(getattr(state, name), value, rtol=1e-12, atol=1e-9, err_msg=f"{xp.name} {name}")
 
 

@@ -2,17 +2,18 @@
 
 Two passes over the rows, state in float64, O(K·d) per layer:
 
-* pass 1, :class:`ClassMoments`: per-class count, mean and scatter
-  Σ_{i∈c}‖h_i − μ_c‖², merged Chan-style (centred; never E[x²] − E[x]²), and
-  the sums of unit vectors h_i/‖h_i‖ for the cosine view (Pan 2023, Lemma
-  2.4.4: intra_c = ‖ĥ_c‖², inter_cc' = ĥ_c·ĥ_c'). With ``with_matrix`` also the
-  within-class scatter matrix Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ, which only
-  the MSE decomposition needs.
-* pass 2, :class:`Decisions`: with the final means fixed, the squared
-  projections of the residuals h_i − μ_{y_i} on the span of the centred means
-  (where Σ_B⁺ lives, so tr(Σ_W Σ_B⁺) is exact for any d), and the decisions
-  of the nearest-class-centre rule and of the classifier, tile by tile over
-  classes (:mod:`nccli.metrics.geometry`).
+* pass 1, :class:`ClassMoments`: per-class count and mean, merged
+  Chan-style, and the sums of unit vectors h_i/‖h_i‖ for the cosine view
+  (Pan 2023, Lemma 2.4.4: intra_c = ‖ĥ_c‖², inter_cc' = ĥ_c·ĥ_c'): first
+  moments only, a few sums per block.
+* pass 2, :class:`Decisions`: with the final means fixed, everything centred
+  on them (two-pass: never E[x²] − E[x]²): the per-class scatter
+  Σ_{i∈c}‖h_i − μ_c‖², with ``within`` the within-class scatter matrix
+  Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ (only the MSE decomposition and the SNR
+  spectrum need it), the squared projections of the residuals on the span of
+  the centred means (where Σ_B⁺ lives, so tr(Σ_W Σ_B⁺) is exact for any d),
+  and the decisions of the nearest-class-centre rule and of the classifier,
+  tile by tile over classes (:mod:`nccli.metrics.geometry`).
 
 ``merge(a, b)`` equals one pass over the rows of both.
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:  # geometry.py imports layer.py, which imports this module
 
 @dataclass
 class ClassMoments:
-    """Pass-1 state: per-class moments of one layer.
+    """Pass-1 state: per-class first moments of one layer.
 
     Row c belongs to class c, or, in a block's own state (``ids`` set), to
     class ``ids[c]``: a block touches only the classes present in it, so its
@@ -45,64 +46,38 @@ class ClassMoments:
 
     count: object  # (C,) float64: n_c (exact below 2**53)
     mean: object  # (C, d) μ_c
-    scatter: object  # (C,) Σ_{i∈c} ‖h_i − μ_c‖²
     unit_sum: object  # (C, d) Σ_{i∈c, h_i≠0} h_i/‖h_i‖
     unit_count: object  # (C,) number of non-zero h_i
-    within: object = None  # (d, d) within-class scatter matrix, MSE only
     ids: object = None  # class id of each row (a block's state), None = all classes
 
     @classmethod
-    def empty(cls, xp: Backend, num_classes: int, dim: int, with_matrix: bool = False) -> "ClassMoments":
-        return cls(
-            xp.zeros(num_classes),
-            xp.zeros(num_classes, dim),
-            xp.zeros(num_classes),
-            xp.zeros(num_classes, dim),
-            xp.zeros(num_classes),
-            xp.zeros(dim, dim) if with_matrix else None,
-        )
+    def empty(cls, xp: Backend, num_classes: int, dim: int) -> "ClassMoments":
+        return cls(xp.zeros(num_classes), xp.zeros(num_classes, dim), xp.zeros(num_classes, dim), xp.zeros(num_classes))
 
     @staticmethod
-    def state_bytes(num_classes: int, dim: int, with_matrix: bool = False) -> int:
-        """Bytes of a whole layer's state: two (C, d) and three (C,) float64 arrays (+ d² with the matrix)."""
-        return 8 * (num_classes * (2 * dim + 3) + (dim * dim if with_matrix else 0))
+    def state_bytes(num_classes: int, dim: int) -> int:
+        """Bytes of a whole layer's state: two (C, d) and two (C,) float64 arrays."""
+        return 8 * num_classes * (2 * dim + 2)
 
     @classmethod
-    def of_block(cls, xp: Backend, rows, labels, with_matrix: bool = False) -> "ClassMoments":
-        """Moments of one block of rows (float64 backend arrays) for the classes present in it
-        (``ids``), centred on the block's own means."""
+    def of_block(cls, xp: Backend, rows, labels) -> "ClassMoments":
+        """Moments of one block of rows (float64 backend arrays) for the classes present in it (``ids``)."""
         rows, labels = xp.grouped(rows, labels)
         groups = xp.groups(labels)
-        mean = xp.segment_sum(rows, groups) / groups.count[:, None]
-        residuals = rows - mean[groups.index]
-        scatter = xp.group_sum(xp.rowdot(residuals, residuals), groups)
         norms = xp.sqrt(xp.rowdot(rows, rows))
         nonzero = norms > 0
+        mean = xp.segment_sum(rows, groups) / groups.count[:, None]
         # A zero vector leaves the cosine view: dividing it by 1 keeps it zero, so every row stays in its run.
         unit_sum = xp.segment_sum(rows / (norms + ~nonzero)[:, None], groups)
-        unit_count = xp.group_sum(1.0 * nonzero, groups)
-        within = residuals.T @ residuals if with_matrix else None
-        return cls(groups.count, mean, scatter, unit_sum, unit_count, within, groups.ids)
+        return cls(groups.count, mean, unit_sum, xp.group_sum(1.0 * nonzero, groups), groups.ids)
 
     def _combined(self, other: "ClassMoments"):
-        """Chan et al. pairwise update of this state's rows for ``other``'s classes: exact and centred."""
+        """Chan et al. pairwise update of this state's rows for ``other``'s classes (n-weighted means)."""
         xp, at = backend_of(self.count), slice(None) if other.ids is None else other.ids
         count_a, mean_a = self.count[at], self.mean[at]
         count = count_a + other.count
         share = other.count / xp.at_least_one(count)  # n_b / n, 0 for absent classes
-        delta = other.mean - mean_a
-        weight = count_a * share  # n_a n_b / n
-        within = None
-        if self.within is not None:
-            within = self.within + other.within + (delta * weight[:, None]).T @ delta
-        return (
-            count,
-            mean_a + delta * share[:, None],
-            self.scatter[at] + other.scatter + weight * xp.rowdot(delta, delta),
-            self.unit_sum[at] + other.unit_sum,
-            self.unit_count[at] + other.unit_count,
-            within,
-        )
+        return count, mean_a + (other.mean - mean_a) * share[:, None], self.unit_sum[at] + other.unit_sum, self.unit_count[at] + other.unit_count
 
     def merge(self, other: "ClassMoments") -> "ClassMoments":
         """Both states (over all classes) merged, as one pass over both."""
@@ -110,14 +85,12 @@ class ClassMoments:
 
     def update(self, rows, labels) -> None:
         """Fold one block of rows into this state, in place."""
-        self.fold(ClassMoments.of_block(backend_of(self.count), rows, labels, self.within is not None))
+        self.fold(ClassMoments.of_block(backend_of(self.count), rows, labels))
 
     def fold(self, block: "ClassMoments") -> None:
         """Fold a block's state (``of_block``) into this state, in place, touching only the block's classes."""
-        count, mean, scatter, unit_sum, unit_count, self.within = self._combined(block)
         at = block.ids
-        self.count[at], self.mean[at], self.scatter[at] = count, mean, scatter
-        self.unit_sum[at], self.unit_count[at] = unit_sum, unit_count
+        self.count[at], self.mean[at], self.unit_sum[at], self.unit_count[at] = self._combined(block)
 
     def host(self) -> "ClassMoments":
         """The same state as numpy arrays."""
@@ -128,13 +101,15 @@ class ClassMoments:
 class Decisions:
     """Pass-2 state of one layer.
 
-    Besides the decisions: Σ_i ‖h_i − μ_{y_i}‖ and Σ_i ‖h_i − μ_G‖
-    (``nc1_dist_ratio``), and on the classifier layer the smallest bias-free
-    margin and the summed cross-entropies of Wh + b and of Wh (seeds
-    ``002_*``, ``003_*``, ``004_*``), over every present class tile by tile.
+    Besides the decisions and the scatter about the final means:
+    Σ_i ‖h_i − μ_{y_i}‖ and Σ_i ‖h_i − μ_G‖ (``nc1_dist_ratio``), and on the
+    classifier layer the smallest bias-free margin and the summed
+    cross-entropies of Wh + b and of Wh (seeds ``002_*``, ``003_*``,
+    ``004_*``), over every present class tile by tile.
     """
 
     projected_sq: object  # (r,) Σ_i (v_j·(h_i − μ_{y_i}))²
+    scatter: object  # (C,) Σ_{i∈c} ‖h_i − μ_c‖²
     ncc_correct: object  # (C,)
     clf_correct: object  # (C,)
     mismatch: float = 0.0
@@ -145,23 +120,34 @@ class Decisions:
     free_margin_min: float = float("inf")
     ce_sum: float = 0.0
     free_ce_sum: float = 0.0
+    within: object = None  # (d, d) within-class scatter matrix, MSE and SNR only
 
     @classmethod
-    def empty(cls, xp: Backend, num_classes: int, rank: int) -> "Decisions":
-        return cls(xp.zeros(rank), xp.zeros(num_classes), xp.zeros(num_classes))
+    def empty(cls, xp: Backend, num_classes: int, rank: int, within_dim: int | None = None) -> "Decisions":
+        """A state of nothing; ``within_dim`` d: with the d × d within-class matrix."""
+        within = None if within_dim is None else xp.zeros(within_dim, within_dim)
+        return cls(xp.zeros(rank), xp.zeros(num_classes), xp.zeros(num_classes), xp.zeros(num_classes), within=within)
+
+    @staticmethod
+    def state_bytes(num_classes: int, dim: int, with_matrix: bool = False) -> int:
+        """Bytes of a whole layer's state at most: three (C,) float64 arrays, the rank ≤ d projections (+ d²)."""
+        return 8 * (3 * num_classes + dim + (dim * dim if with_matrix else 0))
 
     @classmethod
-    def of_block(cls, xp: Backend, geometry: "Geometry", rows, labels, num_classes: int) -> "Decisions":
+    def of_block(cls, xp: Backend, geometry: "Geometry", rows, labels, num_classes: int, with_matrix: bool = False) -> "Decisions":
         block = geometry.block(xp, rows)
         residuals = block.centred - geometry.own_centres[geometry.column_of_class[labels]]
+        squared = xp.rowdot(residuals, residuals)
         projected = residuals @ geometry.basis
         ncc_pred = geometry.nearest(xp, block)
         state = cls(
             (projected * projected).sum(0),
+            xp.bincount(labels, num_classes, weights=squared),
             xp.bincount(labels, num_classes, weights=1.0 * (ncc_pred == labels)),
             xp.zeros(num_classes),
+            within=residuals.T @ residuals if with_matrix else None,
         )
-        state.own_distance_sum = xp.scalar(xp.sqrt(xp.rowdot(residuals, residuals)).sum())
+        state.own_distance_sum = xp.scalar(xp.sqrt(squared).sum())
         state.global_distance_sum = xp.scalar(block.norms.sum())
         if geometry.weight is None or not len(labels):
             return state
@@ -179,6 +165,7 @@ class Decisions:
     def merge(self, other: "Decisions") -> "Decisions":
         return Decisions(
             self.projected_sq + other.projected_sq,
+            self.scatter + other.scatter,
             self.ncc_correct + other.ncc_correct,
             self.clf_correct + other.clf_correct,
             self.mismatch + other.mismatch,
@@ -189,11 +176,13 @@ class Decisions:
             min(self.free_margin_min, other.free_margin_min),
             self.ce_sum + other.ce_sum,
             self.free_ce_sum + other.free_ce_sum,
+            None if self.within is None else self.within + other.within,
         )
 
     def update(self, geometry: "Geometry", rows, labels) -> None:
         """Fold one block of rows into this state, in place."""
-        self.fold(Decisions.of_block(backend_of(self.projected_sq), geometry, rows, labels, self.ncc_correct.shape[0]))
+        xp = backend_of(self.projected_sq)
+        self.fold(Decisions.of_block(xp, geometry, rows, labels, self.ncc_correct.shape[0], self.within is not None))
 
     def fold(self, block: "Decisions") -> None:
         """Fold a block's state (``of_block``) into this state, in place."""

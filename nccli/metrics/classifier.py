@@ -32,7 +32,7 @@ def uniform_duality(duality_cosines: np.ndarray) -> float:
 
 
 def feature_sq_norm(counts: np.ndarray, means: np.ndarray, scatter: np.ndarray) -> float:
-    """‖H‖²_F = Σ_i ‖h_i‖² = Σ_c (scatter_c + n_c‖μ_c‖²): pass 1's centred scatter plus the means, no cancellation."""
+    """‖H‖²_F = Σ_i ‖h_i‖² = Σ_c (scatter_c + n_c‖μ_c‖²): pass 2's centred scatter plus the means, no cancellation."""
     return float(np.sum(scatter) + np.sum(counts * np.einsum("ij,ij->i", means, means)))
 
 

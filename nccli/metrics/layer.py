@@ -102,7 +102,7 @@ def summarize_layer(
     geometry = CentredMeans(present.means, f.COINCIDENCE_TOLERANCE * present.scale)
     centred, norms = geometry.centred, geometry.norms
     counts = present_rows(moments.count, ids)
-    variances = present_rows(moments.scatter, ids) / counts
+    variances = present_rows(decisions.scatter, ids) / counts
     unit_sum, unit_count = present_rows(moments.unit_sum, ids), present_rows(moments.unit_count, ids)
     intra = f.intra_cosines(unit_sum, unit_count)
     weight = present_rows(classifier.weight, ids) if classifier is not None else None
@@ -116,7 +116,7 @@ def summarize_layer(
     stats = PairInputs(ids, geometry, variances, unit_sum, unit_count, weight_unit).fold(tile, pairs)
     inter_cos_max, inter_cos_mean = inter_class_cosines(unit_sum, unit_count, tile)
 
-    tr_sw = float(moments.scatter.sum() / n)
+    tr_sw = float(decisions.scatter.sum() / n)
     tr_sb = float(np.sum(centred**2) / k)
     values = dict(
         tr_sw=tr_sw,
@@ -177,7 +177,7 @@ def _classifier_values(moments, ids, weight, w_norms, duality_cos, decisions, st
     normalised margin, the norm balance and the cross-entropies (``metrics.md``)."""
     k, n = len(ids), float(moments.count.sum())
     sq_w = float(np.sum(w_norms**2))
-    sq_h = clf.feature_sq_norm(present_rows(moments.count, ids), present_rows(moments.mean, ids), present_rows(moments.scatter, ids))
+    sq_h = clf.feature_sq_norm(present_rows(moments.count, ids), present_rows(moments.mean, ids), present_rows(decisions.scatter, ids))
     return dict(
         w_equinorm=f.equinorm(w_norms) if k >= 2 else np.nan,
         w_equiangular=stats.w_equiangular,

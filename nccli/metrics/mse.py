@@ -7,7 +7,7 @@ Extended features h̃ = [h; 1], W̃ = [W, b] (all C classes), one-hot targets:
 
 (the residuals h̃_i − μ̃_c sum to zero within each class), so every term
 follows from the class counts, the means and the centred within-class scatter
-matrix of pass 1. A = Σ̃_W + Σ_c (n_c/N) μ̃_c μ̃_cᵀ + λI = (1/N) Σ_i h̃_i h̃_iᵀ + λI,
+matrix of pass 2. A = Σ̃_W + Σ_c (n_c/N) μ̃_c μ̃_cᵀ + λI = (1/N) Σ_i h̃_i h̃_iᵀ + λI,
 W̃_LS = (Σ_c (n_c/N) e_c μ̃_cᵀ) A⁺. This is the one metric that needs a
 (d+1)² matrix, hence :data:`MSE_MAX_DIM`.
 """
@@ -15,7 +15,7 @@ W̃_LS = (Σ_c (n_c/N) e_c μ̃_cᵀ) A⁺. This is the one metric that needs a
 import numpy as np
 
 from nccli import schema
-from nccli.metrics.accumulators import ClassMoments
+from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.layer import Classifier
 
 MSE_MAX_DIM = 4096
@@ -29,15 +29,16 @@ def _loss_parts(weight_ext: np.ndarray, means_ext: np.ndarray, shares: np.ndarra
     return between, within
 
 
-def mse_decomposition(moments: ClassMoments, classifier: Classifier, weight_decay: float) -> dict[str, float]:
-    """``mse_loss``, ``mse_ls``, ``mse_perp``, ``mse_nc1``, ``mse_nc23`` (``metrics.md``)."""
+def mse_decomposition(moments: ClassMoments, decisions: Decisions, classifier: Classifier, weight_decay: float) -> dict[str, float]:
+    """``mse_loss``, ``mse_ls``, ``mse_perp``, ``mse_nc1``, ``mse_nc23`` (``metrics.md``): the counts and means of
+    pass 1, the within-class matrix of pass 2."""
     count = moments.count
     n = count.sum()
     num_classes, dim = moments.mean.shape
     shares = count / n
     means_ext = np.hstack([moments.mean, np.ones((num_classes, 1))])
     within_ext = np.zeros((dim + 1, dim + 1))
-    within_ext[:dim, :dim] = moments.within / n
+    within_ext[:dim, :dim] = decisions.within / n
     second_moment = within_ext + (means_ext * shares[:, None]).T @ means_ext
     gram = second_moment + weight_decay * np.eye(dim + 1)
     cross = means_ext * shares[:, None]  # row c: (n_c/N) μ̃_cᵀ = (1/N) Σ_{i∈c} e_c h̃_iᵀ

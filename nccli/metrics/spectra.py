@@ -3,7 +3,7 @@
 SNR = Σ_W^{−1/2} Mᵀ (d × K, M the centred means); its non-zero singular
 values ω_1 ≥ … are the class separations in units of within-class noise
 (Def. 2). NC1 ⇔ every ω_j → ∞; NC2 ⇔ ω_max/ω_min → 1 (Cor. 1). Needs the
-d × d within-class scatter matrix of pass 1 (as the MSE decomposition, hence
+d × d within-class scatter matrix of pass 2 (as the MSE decomposition, hence
 the same width limit) and Σ_W positive definite.
 """
 
@@ -33,10 +33,10 @@ def snr_extremes(within_scatter: np.ndarray, n_samples: float, centred_means: np
     return float(omega.min()), float(omega.max())
 
 
-def snr_columns(moments, warn: Callable[[str], None]) -> dict[str, float]:
-    """``snr_min``, ``snr_max`` from pass 1's within-class matrix; none (null) with a warning when Σ_W is singular."""
+def snr_columns(moments, decisions, warn: Callable[[str], None]) -> dict[str, float]:
+    """``snr_min``, ``snr_max`` from pass 2's within-class matrix; none (null) with a warning when Σ_W is singular."""
     present = ClassMeans.of(moments)
-    extremes = snr_extremes(moments.within, float(moments.count.sum()), present.centred)
+    extremes = snr_extremes(decisions.within, float(moments.count.sum()), present.centred)
     if extremes is None:
         if len(present.ids) >= 2:
             warn("Σ_W is singular (fewer samples than dimensions, or a dead feature): snr_min, snr_max reported as null")
