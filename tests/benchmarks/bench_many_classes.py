@@ -86,7 +86,7 @@ def passes_only(path: str) -> None:
     with open_feature_file(path) as feature_file:
         layers = feature_file.info.layers
         scanner = Scanner(xp, 1, None, lambda n: None)
-        moments = scanner.moments(feature_file, layers, None)
+        moments = scanner.moments(feature_file, layers)
         geometries = {}
         for layer in layers:
             means = ClassMeans.of(moments[layer.name])
