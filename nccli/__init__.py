@@ -17,7 +17,7 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY_EXPORTS = {
-    "AnalyzeConfig": "nccli.analyze",
+    "AnalyzeConfig": "nccli.analyze_config",
     "AnalysisResult": "nccli.analyze",
     "analyze_features": "nccli.analyze",
     "write_analysis": "nccli.report.outputs",

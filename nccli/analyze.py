@@ -18,6 +18,7 @@ from functools import partial
 import numpy as np
 
 from nccli import distributed, schema
+from nccli.analyze_config import AnalyzeConfig, check_config
 from nccli.collectives import Group, job
 from nccli.conventions import conventions
 from nccli.errors import DegenerateMetricWarning, UsageError
@@ -40,42 +41,6 @@ from nccli.progress import progress_bar
 from nccli.references import pair_references, read_reference_means, reference_layers
 from nccli.report.tables import PairOutput, PairSink, check_pairs_size, class_table
 from nccli.scan import Scanner
-
-
-@dataclass(frozen=True)
-class AnalyzeConfig:
-    """What to analyze and how.
-
-    ``layers``: names or globs (None = all); ``means_from``: a reference
-    feature file whose class means the nearest-class-centre metrics use, or a
-    folder or glob of them, paired with each file by epoch, else file name
-    (:mod:`nccli.references`);
-    ``mse``: add the MSE decomposition with weight decay ``weight_decay``;
-    ``snr``: add the SNR spectrum (both need the d × d within-class matrix of
-    the classifier layer); ``ood``: a feature file of out-of-distribution
-    inputs through the same network, for ``nc5_ood_orthogonality``;
-    ``depth_epsilon``: ε of ``ncc_effective_depth``; ``block_rows``: rows per
-    block (None = about 16 MiB of the widest layer, chunk-aligned); ``jobs``:
-    worker processes that share each file's rows (CPU only); ``pairs_top``:
-    per layer, send only the N pairs with the largest cdnv to the pair sink;
-    ``tile``: classes per side of the pair tiles (None = from
-    ``tiles.TILE_BYTES``).
-    """
-
-    files: tuple[str, ...]
-    layers: tuple[str, ...] | None = None
-    means_from: str | None = None
-    mse: bool = False
-    weight_decay: float = 0.0
-    snr: bool = False
-    ood: str | None = None
-    device: str = "auto"
-    depth_epsilon: float = 0.01
-    block_rows: int | None = None
-    jobs: int = 1
-    show_progress: bool = False
-    pairs_top: int | None = None
-    tile: int | None = None
 
 
 @dataclass
@@ -106,8 +71,8 @@ def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None, group
     if group is None and distributed.launch_from_env() is not None:
         with analysis_job(config) as group:
             return analyze_features(config, pairs, group)
-    _check_config(config, pairs is not None)
-    xp = select_backend(_device(config) if group is None else group.device)
+    check_config(config, pairs is not None)
+    xp = select_backend(config.compute_device if group is None else group.device)
     infos = [read_info(path) for path in config.files]
     selections = [info.select_layers(config.layers) for info in infos]
     references = (
@@ -157,39 +122,12 @@ def analysis_job(config: AnalyzeConfig):
     """Join the torchrun job this process is in, if any (a context yielding its
     :class:`~nccli.collectives.Group`, else None): ranks compute on ``cuda:LOCAL_RANK`` where CUDA is
     there (``--device auto``/``cuda``), on the CPU with ``--jobs``."""
-    return job(_device(config))
+    return job(config.compute_device)
 
 
 def _every_rank(advance: Callable[[int], None], ranks: int) -> Callable[[int], None]:
     """Rank 0's progress counts for every rank's: the ranks read parts of about the same size."""
     return lambda n: advance(n * ranks)
-
-
-def _device(config: AnalyzeConfig) -> str:
-    return "cpu" if config.jobs > 1 else config.device
-
-
-def _check_config(config: AnalyzeConfig, with_pairs: bool) -> None:
-    if not config.files:
-        raise UsageError("no feature files given")
-    if config.pairs_top is not None and not with_pairs:
-        raise UsageError("--pairs-top selects rows of the per-pair table; add --pairs FILE")
-    if config.pairs_top is not None and config.pairs_top < 1:
-        raise UsageError(f"--pairs-top must be ≥ 1, got {config.pairs_top}")
-    if config.tile is not None and config.tile < 1:
-        raise UsageError(f"tile must be ≥ 1, got {config.tile}")
-    if config.weight_decay < 0:
-        raise UsageError(f"--weight-decay must be ≥ 0, got {config.weight_decay}")
-    if config.weight_decay and not config.mse:
-        raise UsageError("--weight-decay only applies to the MSE decomposition; add --mse")
-    if not 0 <= config.depth_epsilon <= 1:
-        raise UsageError(f"--epsilon must be in [0, 1], got {config.depth_epsilon}")
-    if config.block_rows is not None and config.block_rows < 1:
-        raise UsageError(f"--block-rows must be ≥ 1, got {config.block_rows}")
-    if config.jobs < 1:
-        raise UsageError(f"--jobs must be ≥ 1, got {config.jobs}")
-    if config.jobs > 1 and config.device not in ("cpu", "auto"):
-        raise UsageError(f"--jobs {config.jobs} spreads rows over CPU processes; it does not combine with --device {config.device}")
 
 
 def _check_matrix_width(infos: list[FeatureFileInfo], selections, option: str) -> None:

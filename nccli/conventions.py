@@ -5,16 +5,13 @@ Normalisations, cut-offs and choices that other tools make differently
 number can be compared with theirs.
 """
 
-from typing import TYPE_CHECKING
 
 from nccli import schema
+from nccli.analyze_config import AnalyzeConfig
 from nccli.metrics import formulas
 
-if TYPE_CHECKING:
-    from nccli.analyze import AnalyzeConfig
 
-
-def conventions(config: "AnalyzeConfig", device: str, summary: list[dict], references: dict) -> dict:
+def conventions(config: AnalyzeConfig, device: str, summary: list[dict], references: dict) -> dict:
     """The choices other tools make differently, so a number can be compared (``report.md``).
 
     Takes each summary row's Σ_B rank out of the row (it belongs to the metadata, not to a column).

@@ -7,17 +7,13 @@ before any row is read (one line, exit 2). The bounds below are upper bounds:
 they assume every class present.
 """
 
-from typing import TYPE_CHECKING
-
 from nccli import schema
+from nccli.analyze_config import AnalyzeConfig
 from nccli.errors import FeatureFileError
 from nccli.io.reader import BLOCK_BYTES, FeatureFileInfo, LayerInfo, memory_budget
 from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import Backend
 from nccli.metrics.geometry import geometry_bytes
-
-if TYPE_CHECKING:  # analyze.py imports this module
-    from nccli.analyze import AnalyzeConfig
 
 
 def state_budget(xp: Backend) -> int:
@@ -27,7 +23,7 @@ def state_budget(xp: Backend) -> int:
     return memory_budget() if device is None else min(memory_budget(), device)
 
 
-def layer_bytes(xp: Backend, info: FeatureFileInfo, layer: LayerInfo, config: "AnalyzeConfig") -> tuple[int, int]:
+def layer_bytes(xp: Backend, info: FeatureFileInfo, layer: LayerInfo, config: AnalyzeConfig) -> tuple[int, int]:
     """(resident, working) bytes of one layer, bounds at C = num_classes classes all present.
 
     Resident while its group of layers is scanned: both passes' states, the
@@ -55,7 +51,7 @@ def layer_bytes(xp: Backend, info: FeatureFileInfo, layer: LayerInfo, config: "A
 
 
 def layer_groups(
-    xp: Backend, info: FeatureFileInfo, layers: tuple[LayerInfo, ...], config: "AnalyzeConfig", budget: int
+    xp: Backend, info: FeatureFileInfo, layers: tuple[LayerInfo, ...], config: AnalyzeConfig, budget: int
 ) -> list[tuple[LayerInfo, ...]]:
     """``layers`` cut into consecutive groups whose states fit ``budget`` together: each group is one
     pair of passes over the file. A layer that cannot fit alone is refused here, before any row is read."""

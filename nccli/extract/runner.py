@@ -36,7 +36,8 @@ from nccli.extract.models import expand_model_args, load_model
 from nccli.extract.planning import Job, create_file, extract_options, plan_job
 from nccli.extract.transforms import build_transform
 from nccli.io import shards
-from nccli.io.writer import FeatureWriter, check_not_being_written, partial_path, stored_options
+from nccli.io.options import stored_options
+from nccli.io.writer import FeatureWriter, check_not_being_written, partial_path
 from nccli.progress import progress_bar
 
 PROBE_SAMPLES = 2

@@ -19,7 +19,6 @@ fill value, so the fill values are ones readers refuse: label -1, NaN features.
 """
 
 import contextlib
-import json
 import os
 import re
 import time
@@ -29,7 +28,8 @@ import numpy as np
 
 from nccli import schema
 from nccli.errors import FeatureFileError, OutputError, UsageError
-from nccli.io.writer import PARTIAL_SUFFIX, describe_differences
+from nccli.io.options import describe_differences, options_of, store_options
+from nccli.io.writer import PARTIAL_SUFFIX
 
 INDEX_TEMP_SUFFIX = ".index-tmp"  # FILE.h5.index-tmp: the index while it is written, renamed when done
 SHARD_VISIBLE_SECONDS = 60.0  # how long to wait for another node's shard to appear on a shared filesystem
@@ -162,8 +162,7 @@ def _open_shard(path: str, options: dict) -> h5py.File:
         raise FeatureFileError(
             path, "", f"cannot open the shard (on a filesystem every node shares?): {error}"
         ) from None
-    stored = handle.attrs.get(schema.ATTR_EXTRACT_OPTIONS)
-    stored = {} if stored is None else json.loads(stored)
+    stored = options_of(handle) or {}
     stored.pop(schema.EXTRACT_OPTION_SHARD, None)
     problem = None
     if not handle.attrs.get(schema.ATTR_COMPLETE, False):
@@ -202,7 +201,7 @@ def _write_index(
         index.attrs[name] = value
     index.attrs[schema.ATTR_COMPLETE] = True
     index.attrs[schema.ATTR_ROWS_WRITTEN] = int(offsets[-1])
-    index.attrs[schema.ATTR_EXTRACT_OPTIONS] = json.dumps(options, sort_keys=True)
+    store_options(index, options)
     index.attrs[schema.ATTR_SHARDS] = np.array(names, dtype=object)
     index.attrs[schema.ATTR_SHARD_OFFSETS] = offsets
     for path in row_paths:

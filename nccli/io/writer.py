@@ -23,7 +23,7 @@ attribute would delete and recreate it, moving header messages around). The file
 itself is built as ``FILE.partial.new`` and renamed once whole, so a kill
 while creating it leaves nothing half-made. When compression was asked for,
 :meth:`FeatureWriter.finish` writes the compressed file from the complete
-partial one (same chunks), so a resumed file and a single run's are laid out
+partial one (same chunks; :mod:`nccli.io.final_copy`), so a resumed file and a single run's are laid out
 alike; then, as for uncompressed files, ``FILE`` appears in one rename. The
 same rewrite leaves out rows the caller drops (samples ``--skip-unreadable``
 left out, which hold placeholder rows in the partial file so that positions
@@ -41,7 +41,6 @@ on ``FILE`` is held from create or resume to finish, close or discard.
 """
 
 import contextlib
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -51,8 +50,10 @@ import numpy as np
 
 from nccli import schema
 from nccli.errors import OutputError, UsageError
+from nccli.io.final_copy import write_final
 from nccli.io.guarded import GuardedHdf5, failure_of, words
 from nccli.io.lock import OutputLock
+from nccli.io.options import describe_differences, options_of, store_options
 
 CHUNK_BYTES = 2**20
 CHUNK_CACHE_BYTES = 4 * CHUNK_BYTES  # per dataset: a partly filled chunk stays in memory until flushed
@@ -61,8 +62,6 @@ FLUSH_SECONDS = 2.0
 WRITE_BYTES = 4 * 2**20
 PARTIAL_SUFFIX = ".partial"
 BUILDING_SUFFIX = ".new"  # FILE.partial.new: a file being created or compressed, renamed when whole
-GZIP_LEVEL = 4
-MAX_SHOWN_VALUE = 40
 
 
 @dataclass(frozen=True)
@@ -88,15 +87,6 @@ def _open(path: str, mode: str) -> GuardedHdf5:
     return GuardedHdf5(path, mode, rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=CHUNK_CACHE_SLOTS)
 
 
-def _filters(compression: str) -> dict:
-    if compression == "none":
-        return {}
-    filters = {"compression": compression, "shuffle": True}
-    if compression == "gzip":
-        filters["compression_opts"] = GZIP_LEVEL
-    return filters
-
-
 def _preallocated() -> h5py.h5p.PropDCID:
     """Dataset creation properties: every chunk allocated when the dataset is made, never filled."""
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
@@ -108,27 +98,6 @@ def _preallocated() -> h5py.h5p.PropDCID:
 def check_not_being_written(path: str) -> None:
     """Refuse at once, naming it, if another process is writing ``path`` (its partial file is not interrupted)."""
     OutputLock(path).acquire().release()
-
-
-def stored_options(path: str) -> dict | None:
-    """The extract options a feature file was written with, or None if it has none (or is unreadable)."""
-    try:
-        with h5py.File(path, "r") as handle:
-            value = handle.attrs.get(schema.ATTR_EXTRACT_OPTIONS)
-    except OSError:
-        return None
-    return None if value is None else json.loads(value)
-
-
-def describe_differences(stored: dict, wanted: dict) -> str:
-    """``key: old → new`` for each option that differs (long values by name only)."""
-    parts = []
-    for key in sorted(set(stored) | set(wanted)):
-        old, new = stored.get(key), wanted.get(key)
-        if old != new:
-            shown = f"{old} → {new}"
-            parts.append(f"{key}: {shown}" if len(shown) <= 2 * MAX_SHOWN_VALUE else key)
-    return "; ".join(parts)
 
 
 class FeatureWriter:
@@ -166,7 +135,7 @@ class FeatureWriter:
                 # rows_written rewrites a few hundred bytes in place
                 for name, value in {schema.ATTR_COMPLETE: False, schema.ATTR_ROWS_WRITTEN: 0, **attrs}.items():
                     handle.attrs[name] = value
-                handle.attrs[schema.ATTR_EXTRACT_OPTIONS] = json.dumps(options, sort_keys=True)
+                store_options(handle, options)
                 if compression != "none":
                     handle.attrs[schema.ATTR_PENDING_COMPRESSION] = compression
                 for spec in datasets:
@@ -212,8 +181,7 @@ class FeatureWriter:
             raise OutputError(
                 f"cannot resume '{partial}' (unreadable: {words(error)}); pass --overwrite to start over"
             ) from None
-        stored = file.handle.attrs.get(schema.ATTR_EXTRACT_OPTIONS)
-        stored = None if stored is None else json.loads(stored)
+        stored = options_of(file.handle)
         if stored != options:
             file.close()
             lock.release()
@@ -299,8 +267,7 @@ class FeatureWriter:
             else:
                 compressed = _open(building, "w")
                 with compressed as target:
-                    filters = "none" if compression is None else _text(compression)
-                    _write_final(self._handle, target, filters, self.rows_written, keep)
+                    write_final(self._handle, target, compression, self.rows_written, keep)
                     for path, values in (extra or {}).items():
                         target.create_dataset(path, data=values)
                 self._file.close()  # before the checks: closing may still write (to a file about to go)
@@ -340,49 +307,3 @@ class FeatureWriter:
         with contextlib.suppress(FileNotFoundError):
             os.remove(partial_path(self.path))
         self._lock.release()
-
-
-def _write_final(source: h5py.File, target: h5py.File, compression: str, rows: int, keep: np.ndarray | None) -> None:
-    """Copy the complete partial ``source`` into the new file ``target``: row datasets compressed, chunks kept,
-    only the rows ``keep`` marks (all when None)."""
-    kept = rows if keep is None else int(keep.sum())
-    first = {schema.ATTR_COMPLETE: True, schema.ATTR_ROWS_WRITTEN: kept}
-    _copy_attrs(source, target, first=first, skip=(schema.ATTR_PENDING_COMPRESSION,))
-
-    def copy(name: str, node) -> None:
-        if isinstance(node, h5py.Group):
-            _copy_attrs(node, target.require_group(name))
-        elif node.chunks is None:  # the writer makes only row datasets chunked
-            source.copy(node, target, name=name)
-        else:
-            shape, chunks = (kept, *node.shape[1:]), (min(node.chunks[0], kept), *node.chunks[1:])
-            copied = target.create_dataset(name, shape=shape, dtype=node.dtype, chunks=chunks, **_filters(compression))
-            _copy_attrs(node, copied)
-            band = max(1, WRITE_BYTES // max(1, node.dtype.itemsize * int(np.prod(node.shape[1:]))))
-            band = max(node.chunks[0], band - band % node.chunks[0])
-            end = 0
-            for start in range(0, node.shape[0], band):
-                block = node[start : start + band]
-                if keep is not None:
-                    block = block[keep[start : start + band]]
-                if len(block):
-                    copied[end : end + len(block)] = block
-                    end += len(block)
-            copied.flush()  # a failed write here raises; in the dataset's close it would wedge HDF5
-
-    source.visititems(copy)
-
-
-def _copy_attrs(source, target, first: dict | None = None, skip: tuple[str, ...] = ()) -> None:
-    """Every attribute with its stored type, ``first`` (overriding) before the rest, minus ``skip``."""
-    for name, value in (first or {}).items():
-        target.attrs[name] = value
-    for name in source.attrs:
-        if name in skip or name in (first or {}):
-            continue
-        stored = source.attrs.get_id(name)
-        target.attrs.create(name, source.attrs[name], shape=stored.shape, dtype=stored.dtype)
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
