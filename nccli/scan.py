@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Callable
 
 from nccli.allocator import keep_freed_memory
 from nccli.errors import UsageError
+from nccli.io.attributes import shown
 from nccli.io.reader import FeatureFile, LayerInfo, open_feature_file
-from nccli.io.validate import shown
 from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import Backend, NumpyBackend
 from nccli.metrics.geometry import Geometry

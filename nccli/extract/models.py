@@ -12,7 +12,12 @@ import torch
 from torch import nn
 
 from nccli.errors import ModelError, UsageError
-from nccli.extract.checkpoints import CHECKPOINT_SUFFIXES, Checkpoint, epoch_from_name, read_checkpoint
+from nccli.extract.checkpoints import (
+    CHECKPOINT_SUFFIXES,
+    Checkpoint,
+    epoch_from_name,
+    read_checkpoint,
+)
 from nccli.extract.config import ModelOptions
 from nccli.extract.messages import did_you_mean, first_line
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nccli.errors import DataError, UsageError
-from nccli.io.validate import shown
+from nccli.io.attributes import shown
 
 SUFFIXES = (".npy", ".npz", ".pt", ".pth", ".safetensors")
 NPY_MAGIC = b"\x93NUMPY"

@@ -31,15 +31,13 @@ from h5py._objects import phil
 from nccli import schema
 from nccli.errors import FeatureFileError
 from nccli.io.arrays import conversion_hint
+from nccli.io.attributes import READ_ERRORS, read_attribute, shown
 from nccli.io.checks import first_nonfinite_row
 from nccli.io.validate import (
     LABEL_BLOCK_ROWS,
-    READ_ERRORS,
     FeatureFileInfo,
     LayerInfo,
     memory_budget,
-    read_attribute,
-    shown,
     validate,
 )
 from nccli.metrics.layer import Classifier

@@ -20,15 +20,21 @@ import numpy as np
 
 from nccli import schema
 from nccli.errors import FeatureFileError, UsageError
+from nccli.io.attributes import (
+    READ_ERRORS,
+    bool_attribute,
+    int_attribute,
+    names_attribute,
+    read_attribute,
+    shown,
+    text_attribute,
+)
 from nccli.io.sources import check_storage, follow
 from nccli.metrics.layer import Classifier
 
 LABEL_BLOCK_ROWS = 2**20
-MAX_ATTR_BYTES = 16 * 2**20
 MAX_WIDTH = 2**24  # features per row: one float64 row is then at most 128 MiB
 MAX_CLASSIFIER_BYTES = 4 * 2**30  # /classifier/weight as float64, and at most the memory budget
-MAX_SHOWN_CHARS = 60
-READ_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)  # what h5py raises on damaged files
 
 
 @dataclass(frozen=True)
@@ -78,70 +84,6 @@ def memory_budget() -> int:
     return min(physical, physical if limit == resource.RLIM_INFINITY else limit) // 2
 
 
-def shown(value) -> str:
-    """A value or error as one short line, for messages."""
-    text = " ".join(str(value).split()) if isinstance(value, Exception) else " ".join(repr(value).split())
-    return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 1] + "…"
-
-
-def _attr(file: str, obj, name: str, path: str, default=None):
-    """Attribute ``name`` of ``obj`` as stored (bytes decoded), after checking its declared size."""
-    if name not in obj.attrs:
-        return default
-    try:
-        stored = obj.attrs.get_id(name)
-        size = stored.get_storage_size()
-        if size > MAX_ATTR_BYTES:
-            raise FeatureFileError(file, path, f"attribute '{name}' holds {size} bytes (limit {MAX_ATTR_BYTES})")
-        value = obj.attrs[name]
-    except READ_ERRORS as error:
-        raise FeatureFileError(file, path, f"attribute '{name}' cannot be read: {shown(error)}") from None
-    if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "SUOiufb":
-        value = value.reshape(()).item() if value.dtype.kind != "O" else value.reshape(())[()]
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
-
-
-def read_attribute(file: str, obj, name: str, path: str):
-    """An optional attribute of ``obj`` as stored (size-checked, bytes decoded); None when absent. The one way
-    to read an attribute of an untrusted file."""
-    return _attr(file, obj, name, path)
-
-
-def _text_attr(file: str, obj, name: str, path: str, default=None) -> str | None:
-    value = _attr(file, obj, name, path, default)
-    if value is None or isinstance(value, str):
-        return value
-    raise FeatureFileError(file, path, f"attribute '{name}' must be a string, found {shown(value)}")
-
-
-def _int_attr(file: str, obj, name: str, path: str, default=None) -> int | None:
-    value = _attr(file, obj, name, path, default)
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise FeatureFileError(file, path, f"attribute '{name}' must be an integer, found {shown(value)}")
-    return int(value)
-
-
-def _bool_attr(file: str, obj, name: str, path: str) -> bool | None:
-    value = _attr(file, obj, name, path)
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
-        return bool(value)
-    raise FeatureFileError(file, path, f"attribute '{name}' must be a boolean, found {shown(value)}")
-
-
-def _names_attr(file: str, obj, name: str, path: str) -> tuple[str, ...] | None:
-    value = _attr(file, obj, name, path)
-    if value is None:
-        return None
-    values = np.atleast_1d(np.asarray(value, dtype=object))
-    if values.ndim != 1 or not all(isinstance(item, (str, bytes)) for item in values):
-        raise FeatureFileError(file, path, f"attribute '{name}' must be a 1-D array of strings, found {shown(value)}")
-    return tuple(item.decode(errors="replace") if isinstance(item, bytes) else item for item in values)
-
-
 def _node(handle: h5py.File, file: str, path: str):
     node = follow(handle, file, path)
     if node is not None and not isinstance(node, (h5py.Dataset, h5py.Group)):
@@ -165,7 +107,7 @@ def _dataset(handle: h5py.File, file: str, path: str) -> h5py.Dataset:
 def validate(handle: h5py.File, file: str, scan_labels: bool = True) -> tuple[FeatureFileInfo, Classifier | None]:
     """Check ``handle`` against the format; the file's description and classifier. ``scan_labels=False`` skips
     reading the labels (their range is then not checked, and the class count not inferred from them)."""
-    fmt = _text_attr(file, handle, schema.ATTR_FORMAT, "")
+    fmt = text_attribute(file, handle, schema.ATTR_FORMAT, "")
     if fmt != schema.FORMAT_NAME:
         found = "it is missing" if fmt is None else f"found {shown(fmt)}"
         raise FeatureFileError(
@@ -173,12 +115,12 @@ def validate(handle: h5py.File, file: str, scan_labels: bool = True) -> tuple[Fe
             "",
             f"root attribute '{schema.ATTR_FORMAT}' must be '{schema.FORMAT_NAME}' ({found}); not an nccli feature file",
         )
-    version = _int_attr(file, handle, schema.ATTR_FORMAT_VERSION, "")
+    version = int_attribute(file, handle, schema.ATTR_FORMAT_VERSION, "")
     if version != schema.FORMAT_VERSION:
         raise FeatureFileError(
             file, "", f"unsupported '{schema.ATTR_FORMAT_VERSION}' {version} (this nccli reads {schema.FORMAT_VERSION})"
         )
-    if _bool_attr(file, handle, schema.ATTR_COMPLETE, "") is False:
+    if bool_attribute(file, handle, schema.ATTR_COMPLETE, "") is False:
         raise FeatureFileError(
             file,
             "",
@@ -199,7 +141,7 @@ def validate(handle: h5py.File, file: str, scan_labels: bool = True) -> tuple[Fe
     layers = _validate_layers(handle, file, n)
     low, high = _label_range(labels, file) if scan_labels else (0, 0)
     classifier, classifier_layer = _validate_classifier(handle, file, layers)
-    declared = _int_attr(file, handle, schema.ATTR_NUM_CLASSES, "")
+    declared = int_attribute(file, handle, schema.ATTR_NUM_CLASSES, "")
     num_classes = declared if declared is not None else max(high + 1, 0 if classifier is None else len(classifier.bias))
     if num_classes < 1:
         raise FeatureFileError(file, "", f"attribute '{schema.ATTR_NUM_CLASSES}' must be ≥ 1, found {num_classes}")
@@ -212,18 +154,18 @@ def validate(handle: h5py.File, file: str, scan_labels: bool = True) -> tuple[Fe
         raise FeatureFileError(
             file, schema.CLASSIFIER_WEIGHT, f"has {len(classifier.bias)} rows but num_classes is {num_classes}"
         )
-    class_names = _names_attr(file, handle, schema.ATTR_CLASS_NAMES, "")
+    class_names = names_attribute(file, handle, schema.ATTR_CLASS_NAMES, "")
     if class_names is not None and len(class_names) != num_classes:
         raise FeatureFileError(
             file, "", f"attribute '{schema.ATTR_CLASS_NAMES}' has {len(class_names)} names for {num_classes} classes"
         )
-    provenance = {name: str(_attr(file, handle, name, "")) for name in schema.PROVENANCE_ATTRS if name in handle.attrs}
+    provenance = {name: str(read_attribute(file, handle, name, "")) for name in schema.PROVENANCE_ATTRS if name in handle.attrs}
     info = FeatureFileInfo(
         path=file,
         n_samples=n,
         num_classes=num_classes,
-        split=str(_attr(file, handle, schema.ATTR_SPLIT, "", schema.DEFAULT_SPLIT)),
-        epoch=_int_attr(file, handle, schema.ATTR_EPOCH, ""),
+        split=str(read_attribute(file, handle, schema.ATTR_SPLIT, "", schema.DEFAULT_SPLIT)),
+        epoch=int_attribute(file, handle, schema.ATTR_EPOCH, ""),
         model=provenance.get(schema.ATTR_MODEL),
         class_names=class_names,
         layers=layers,
@@ -251,7 +193,7 @@ def _validate_layers(handle: h5py.File, file: str, n: int) -> tuple[LayerInfo, .
             raise FeatureFileError(file, path, "has width d = 0")
         if data.shape[1] > MAX_WIDTH:
             raise FeatureFileError(file, path, f"has width d = {data.shape[1]}, above nccli's limit of {MAX_WIDTH}")
-        order = _int_attr(file, data, schema.ATTR_ORDER, path)
+        order = int_attribute(file, data, schema.ATTR_ORDER, path)
         if order is None:
             raise FeatureFileError(file, path, f"required attribute '{schema.ATTR_ORDER}' is missing")
         layers.append(LayerInfo(name, order, int(data.shape[1]), data.chunks[0] if data.chunks else None))
@@ -285,7 +227,7 @@ def _validate_classifier(
             schema.CLASSIFIER_WEIGHT,
             f"must be a 2-D float dataset, found shape {weight.shape} dtype {weight.dtype}",
         )
-    layer_name = _text_attr(file, group, schema.ATTR_CLASSIFIER_LAYER, schema.CLASSIFIER)
+    layer_name = text_attribute(file, group, schema.ATTR_CLASSIFIER_LAYER, schema.CLASSIFIER)
     names = [layer.name for layer in layers]
     if layer_name is None:
         raise FeatureFileError(
