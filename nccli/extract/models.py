@@ -12,19 +12,13 @@ import torch
 from torch import nn
 
 from nccli.errors import ModelError, UsageError
-from nccli.extract.checkpoints import (
-    CHECKPOINT_SUFFIXES,
-    Checkpoint,
-    epoch_from_name,
-    read_checkpoint,
-)
+from nccli.extract.checkpoints import CHECKPOINT_SUFFIXES, epoch_from_name, read_checkpoint
 from nccli.extract.config import ModelOptions
 from nccli.extract.messages import did_you_mean, first_line
+from nccli.extract.state_dicts import load_state_dict, strip_prefixes
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # a file's first 8 bytes (superblock at offset 0, as h5py writes)
 
-STRIPPED_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
-MAX_LISTED_KEYS = 5
 
 
 @dataclass(frozen=True)
@@ -154,7 +148,7 @@ def _from_checkpoint(path: str, options: ModelOptions, epoch: int | None) -> Loa
                 "or --arch path/to/file.py:callable to build the network it fits"
             )
         module = build_arch(options.arch, options.num_classes, checkpoint.state_dict)
-        _load_state_dict(module, checkpoint, options.arch)
+        load_state_dict(module, checkpoint, options.arch)
         name = options.arch
     found_epoch = epoch if epoch is not None else checkpoint.epoch
     return LoadedModel(
@@ -260,54 +254,5 @@ def _classes_in_state_dict(name: str, state_dict: dict) -> int | None:
     linears = [module_name for module_name, module in skeleton.named_modules() if isinstance(module, nn.Linear)]
     if not linears:
         return None
-    weight = _strip_prefixes(state_dict, set(skeleton.state_dict())).get(linears[-1] + ".weight")
+    weight = strip_prefixes(state_dict, set(skeleton.state_dict())).get(linears[-1] + ".weight")
     return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None
-
-
-def _strip_prefixes(state_dict: dict, expected: set[str]) -> dict:
-    """Drop DDP's ``module.``, torch.compile's ``_orig_mod.`` or any one wrapper attribute shared by all keys."""
-    keys = list(state_dict)
-    changed = True
-    while changed and keys:
-        changed = False
-        for prefix in STRIPPED_PREFIXES:
-            if all(key.startswith(prefix) for key in keys):
-                state_dict = {key[len(prefix) :]: value for key, value in state_dict.items()}
-                keys, changed = list(state_dict), True
-    first = {key.split(".", 1)[0] for key in keys}
-    if len(first) == 1 and not set(keys) <= expected and all("." in key for key in keys):
-        stripped = {key.split(".", 1)[1]: value for key, value in state_dict.items()}
-        if set(stripped) <= expected:
-            return stripped
-    return state_dict
-
-
-def _load_state_dict(module: nn.Module, checkpoint: Checkpoint, arch: str) -> None:
-    expected = module.state_dict()
-    state_dict = dict(_strip_prefixes(checkpoint.state_dict, set(expected)))
-    for key in expected:
-        if key.endswith("num_batches_tracked") and key not in state_dict:  # a training counter; often not saved
-            state_dict[key] = torch.zeros((), dtype=torch.long)
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    mismatched = [
-        f"{key} (checkpoint {list(value.shape)}, model {list(expected[key].shape)})"
-        for key, value in state_dict.items()
-        if key in expected and value.shape != expected[key].shape
-    ]
-    problems = [
-        f"{label} {_listed(keys)}"
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched))
-        if keys
-    ]
-    if problems:
-        raise ModelError(
-            f"the state_dict in '{checkpoint.path}' does not fit --arch '{arch}': {'; '.join(problems)} "
-            "(check --arch and --num-classes)"
-        )
-    module.load_state_dict(state_dict, strict=False)
-
-
-def _listed(keys: list[str]) -> str:
-    shown = ", ".join(keys[:MAX_LISTED_KEYS])
-    return shown + (f" (+{len(keys) - MAX_LISTED_KEYS} more)" if len(keys) > MAX_LISTED_KEYS else "")

@@ -47,7 +47,6 @@ import numpy as np
 
 from nccli.errors import DegenerateMetricWarning, OutputError, UsageError
 from nccli.report.panels import (
-    CLF_ACC,
     DEPTH_METRICS,
     DPI,
     EPOCH_METRICS,
@@ -55,13 +54,13 @@ from nccli.report.panels import (
     MAX_COLUMNS,
     epoch_axis,
     figure_pixels,
-    is_null,
     layer_axis,
     live_panels,
     metric_values,
     panels_for,
     style_panel,
 )
+from nccli.report.plotted_rows import classifier_input_rows, read_report, zero_error_epoch
 from nccli.schema import (
     COL_EPOCH,
     COL_FILE,
@@ -105,7 +104,7 @@ def plot_report(
             found = f"unknown metric '{unknown[0]}'" if unknown else "no metric given"
             raise UsageError(f"{found}; metrics are: {', '.join(METRIC_COLUMNS)}")
     _require_matplotlib()
-    rows = _read_report(report_path)
+    rows = read_report(report_path)
     has_epochs = any(row[COL_EPOCH] is not None for row in rows)
     figures = []
     if kind == "epochs" or (kind == "all" and has_epochs):
@@ -130,31 +129,6 @@ def _require_matplotlib() -> None:
         raise UsageError("plotting needs matplotlib; install it with: pip install 'nccli[plot]'") from None
 
 
-def _read_report(path: Path) -> list[dict]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if not path.is_file():
-        raise UsageError(f"report '{path}' not found; give the Parquet file written by `nccli analyze --out`")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"'{path}' is not a readable Parquet file ({reason})") from None
-    keys = (COL_FILE, COL_SPLIT, COL_EPOCH, COL_LAYER, COL_LAYER_ORDER)
-    missing = [c for c in keys if c not in table.column_names]
-    if missing or not any(c in table.column_names for c in METRIC_COLUMNS):
-        lacks = f"column(s) {', '.join(repr(c) for c in missing)}" if missing else "every metric column"
-        raise UsageError(f"'{path}' is not an nccli report: it lacks {lacks}; plot the report of `nccli analyze`")
-    if table.num_rows == 0:
-        raise UsageError(f"report '{path}' has no rows; nothing to plot")
-    wanted = [c for c in (*keys, COL_MODEL, *METRIC_COLUMNS) if c in table.column_names]
-    rows = table.select(wanted).to_pylist()
-    for row in rows:
-        row.setdefault(COL_MODEL, None)
-    return rows
-
-
 def _epoch_figures(rows, report: Path, metrics, layer: str | None) -> list[tuple[str, object]]:
     if layer is not None:
         chosen = [row for row in rows if row[COL_LAYER] == layer]
@@ -163,7 +137,7 @@ def _epoch_figures(rows, report: Path, metrics, layer: str | None) -> list[tuple
             raise UsageError(f"layer '{layer}' not found in '{report}'; layers are: {names}")
         where = f"of layer '{layer}'"
     else:
-        chosen = _classifier_input_rows(rows, report)
+        chosen = classifier_input_rows(rows, report)
         where = f"of the classifier input ({', '.join(repr(n) for n in dict.fromkeys(r[COL_LAYER] for r in chosen))})"
     timed = [row for row in chosen if row[COL_EPOCH] is not None]
     if not timed:
@@ -186,7 +160,7 @@ def _epoch_figures(rows, report: Path, metrics, layer: str | None) -> list[tuple
     several_models = len({model for model, _ in lines}) > 1
     keys = sorted(lines, key=lambda key: (str(key[0]), key[1] != DEFAULT_SPLIT, str(key[1])))
     epochs = sorted({row[COL_EPOCH] for row in timed})
-    onset = _zero_error_epoch(rows) if not several_models else None
+    onset = zero_error_epoch(rows) if not several_models else None
     figure, axes, _ = _figure(len(panels), f"Neural collapse over training, {where.removeprefix('of ')} — {report.name}")
     for index, (ax, panel) in enumerate(zip(axes, panels)):
         plotted = []
@@ -206,31 +180,6 @@ def _epoch_figures(rows, report: Path, metrics, layer: str | None) -> list[tuple
         if index == 0 or len(panel.metrics) > 1:
             ax.legend(fontsize=7)
     return [(EPOCHS_FILE, figure)]
-
-
-def _classifier_input_rows(rows: list[dict], report: Path) -> list[dict]:
-    """Each file's rows where the classifier was evaluated, else its deepest layer."""
-    by_file = defaultdict(list)
-    for row in rows:
-        by_file[row[COL_FILE]].append(row)
-    chosen, fallback = [], []
-    for file, file_rows in by_file.items():
-        classifier = [row for row in file_rows if not is_null(row.get(CLF_ACC))]
-        if not classifier:
-            fallback.append(file)
-            classifier = [max(file_rows, key=lambda row: row[COL_LAYER_ORDER])]
-        chosen += classifier
-    if fallback:
-        warnings.warn(f"{len(fallback)} file(s) in '{report}' have no classifier rows ('{CLF_ACC}' is null); "
-                      "following their deepest layer over epochs instead", DegenerateMetricWarning)
-    return chosen
-
-
-def _zero_error_epoch(rows: list[dict]) -> int | None:
-    """The first epoch whose training classifier accuracy is 1: the start of the terminal phase."""
-    perfect = [row[COL_EPOCH] for row in rows if row[COL_SPLIT] == DEFAULT_SPLIT and row[COL_EPOCH] is not None
-               and row.get(CLF_ACC) == 1.0]
-    return min(perfect) if perfect else None
 
 
 def _depth_figures(rows, report: Path, metrics) -> list[tuple[str, object]]:
