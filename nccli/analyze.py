@@ -2,11 +2,11 @@
 
 Per file, two passes over the rows serve all selected layers at once
 (pass 1: class means; pass 2: the scatter about them, projections on the
-between-class span and the NCC / classifier decisions), or each group of layers in turn when their state
-does not fit in memory together (``plan.py``). Everything is validated before
-the first row is read, so a bad input fails in seconds, not after an hour.
-Under torchrun each rank reads its part of the rows and rank 0 reports
-(:mod:`nccli.collectives`).
+between-class span and the NCC / classifier decisions), or each group of
+layers in turn when their state does not fit in memory together
+(``plan.py``). Everything is validated before the first row is read, so a
+bad input fails in seconds, not after an hour. Under torchrun each rank reads
+its part of the rows and rank 0 reports (:mod:`nccli.collectives`).
 """
 
 import contextlib
@@ -229,7 +229,8 @@ def _analyze_layers(
         if layer_pairs is not None:
             layer_pairs.close()
         if classifier is not None and config.mse:
-            metrics.summary = metrics.summary.with_opt_in(mse_decomposition(moments[layer.name], decisions[layer.name], classifier, config.weight_decay))
+            mse = mse_decomposition(moments[layer.name], decisions[layer.name], classifier, config.weight_decay)
+            metrics.summary = metrics.summary.with_opt_in(mse)
         if classifier is not None and config.snr:
             warn = partial(_warn, result, info.path, layer.name)
             metrics.summary = metrics.summary.with_opt_in(snr_columns(moments[layer.name], decisions[layer.name], warn))

@@ -77,7 +77,12 @@ class ClassMoments:
         count_a, mean_a = self.count[at], self.mean[at]
         count = count_a + other.count
         share = other.count / xp.at_least_one(count)  # n_b / n, 0 for absent classes
-        return count, mean_a + (other.mean - mean_a) * share[:, None], self.unit_sum[at] + other.unit_sum, self.unit_count[at] + other.unit_count
+        return (
+            count,
+            mean_a + (other.mean - mean_a) * share[:, None],
+            self.unit_sum[at] + other.unit_sum,
+            self.unit_count[at] + other.unit_count,
+        )
 
     def merge(self, other: "ClassMoments") -> "ClassMoments":
         """Both states (over all classes) merged, as one pass over both."""
