@@ -10,7 +10,6 @@ its part of the rows and rank 0 reports (:mod:`nccli.collectives`).
 """
 
 import contextlib
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,7 +20,7 @@ from nccli import distributed, schema
 from nccli.analyze_config import AnalyzeConfig, check_config
 from nccli.collectives import Group, job
 from nccli.conventions import conventions
-from nccli.errors import DegenerateMetricWarning, UsageError
+from nccli.errors import DegenerateMetricWarning, UsageError, warn_caller
 from nccli.io.reader import (
     FeatureFile,
     FeatureFileInfo,
@@ -30,6 +29,7 @@ from nccli.io.reader import (
     read_info,
 )
 from nccli.metrics import formulas
+from nccli.metrics.classifier import imbalanced
 from nccli.metrics.backend import Backend, select_backend
 from nccli.metrics.geometry import build_geometry
 from nccli.metrics.layer import ClassMeans, summarize_layer
@@ -53,6 +53,7 @@ class AnalysisResult:
     provenance: dict[str, dict] = field(default_factory=dict)
     conventions: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    imbalance: dict[str, tuple[int, int]] = field(default_factory=dict)  # file → (smallest, largest) class count
 
 
 def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None, group: Group | None = None) -> AnalysisResult:
@@ -114,6 +115,7 @@ def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None, group
                 analyze_file(xp, scanner, feature_file, layers, reference_means, config, result, groups, pair_output, ood)
             if reference is not None and all(later is not reference for later in references[index + 1 :]):
                 del means[reference.path]  # a reference's means are kept only while a later file uses them
+    warn_imbalance(result)
     result.conventions = conventions(config, xp.name, result.summary, dict(zip(config.files, references)))
     return result
 
@@ -228,6 +230,8 @@ def _analyze_layers(
         )
         if layer_pairs is not None:
             layer_pairs.close()
+        if classifier is not None and imbalanced(metrics.classes["n"]):
+            result.imbalance[info.path] = (int(metrics.classes["n"].min()), int(metrics.classes["n"].max()))
         if classifier is not None and config.mse:
             mse = mse_decomposition(moments[layer.name], decisions[layer.name], classifier, config.weight_decay)
             metrics.summary = metrics.summary.with_opt_in(mse)
@@ -264,8 +268,25 @@ def effective_depth(rows: list[dict], epsilon: float) -> int:
     return ordered[-1][schema.COL_LAYER_ORDER]
 
 
-def _warn(result: AnalysisResult, file: str, layer: str | None, message: str) -> None:
-    where = f"'{file}'" + (f": layer '{layer}'" if layer else "")
-    text = f"{where}: {message}"
+def warn_imbalance(result: AnalysisResult) -> None:
+    """One warning for the whole run when some file's classes are imbalanced (``classifier.imbalanced``):
+    margin_normalized's bound 1 assumes balanced classes (``metrics.md``)."""
+    if not result.imbalance:
+        return
+    file, (low, high) = min(result.imbalance.items(), key=lambda item: item[1][0] / item[1][1])
+    others = len(result.imbalance) - 1
+    where = f"'{file}'" + (f" (and {others} more file{'s' if others > 1 else ''})" if others else "")
+    _warn(
+        result,
+        None,
+        None,
+        f"class counts differ in {where}: {low} to {high} samples per class; margin_normalized uses n = N/K, "
+        "and its bound 1 assumes balanced classes",
+    )
+
+
+def _warn(result: AnalysisResult, file: str | None, layer: str | None, message: str) -> None:
+    where = (f"'{file}'" if file else "") + (f": layer '{layer}'" if layer else "")
+    text = f"{where}: {message}" if where else message
     result.warnings.append(text)
-    warnings.warn(DegenerateMetricWarning(text), stacklevel=2)
+    warn_caller(DegenerateMetricWarning(text))

@@ -34,13 +34,18 @@ def conventions(config: AnalyzeConfig, device: str, summary: list[dict], referen
         "ncc_means_from": {file: file if reference is None else reference.path for file, reference in references.items()}
         if config.means_from
         else None,
-        "ties": "argmin / argmax over present classes; ties go to the lowest class id",
+        "ties": "ties go to the lowest class id",
+        "classes": "from the logits (clf_accuracy, nc4_ncc_mismatch, margins, ce_loss, ce_excess's CE₀): all "
+        "num_classes outputs, as the network decides; W's geometry against the class means (w_*, nc3_*, K, n, "
+        "the bounds): present classes; the NCC rule: the classes that have a mean",
         "mse": {"weight_decay": config.weight_decay, "extended_features": "h̃ = [h; 1], W̃ = [W, b] over all classes"}
         if config.mse
         else None,
         "classifier_geometry": "w_* use the rows w_c of present classes, not centred",
         "variances": "population (ddof = 0): gnc2_dist_var, gnc2_log_var, nc3_uniform_duality",
-        "margin_normalized": "bias-free margin min_i (w_{y_i}·h_i − max_{c≠y_i} w_c·h_i), n = N/K, ‖H‖_F of uncentred features",
+        "margin_normalized": "bias-free margin min_i (w_{y_i}·h_i − max_{c≠y_i} w_c·h_i) over all num_classes outputs, "
+        "n = N/K, ‖H‖_F of uncentred features; with unequal class counts still n = N/K, and the bound 1 holds for "
+        "balanced classes only",
         "ce_excess": "cross-entropy of the bias-free logits Wh minus log(1 + (K−1)exp(−Kαβ/(K−1))), "
         "α = √(Σ_i‖h_i‖²/N), β = ‖W‖_F/√K (present classes)",
         "snr": "singular values of Σ_W^{−1/2}Mᵀ; null when Σ_W is singular (an eigenvalue ≤ λ_max·d·ε)" if config.snr else None,

@@ -3,6 +3,12 @@
 Anything that is not an :class:`NcCliError` is a bug and keeps its traceback.
 """
 
+import sys
+import warnings
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
 
 class NcCliError(Exception):
     """An error the user can fix: bad input, bad options, an unwritable output."""
@@ -56,3 +62,11 @@ class DistributedError(NcCliError):
 
 class DegenerateMetricWarning(UserWarning):
     """A metric undefined for this data (K < 2, coincident means, ...): reported as null."""
+
+
+def warn_caller(warning: Warning) -> None:
+    """Issue ``warning`` attributed to the first frame outside nccli: the user's line that called the library."""
+    frame, level = sys._getframe(1), 2  # stacklevel 2: the function that called this one
+    while frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(warning, stacklevel=level)

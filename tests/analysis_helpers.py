@@ -85,3 +85,20 @@ def assert_matches_reference(result, reference, rtol=1e-9, atol=1e-12, with_mse=
     assert set(pairs) == set(reference.per_pair)
     for pair, expected in reference.per_pair.items():
         assert_close(pairs[pair], expected, schema.PAIR_METRICS, rtol, atol, where=f"pair {pair}: ")
+
+
+ABSENT, NEVER_WINS = 3, 6
+
+
+def absent_winner(seed: int = 0, n: int = 291, k: int = 8, d: int = 6):
+    """Labels without classes 3 and 6; W a noisy copy of the class centres, row 3 = row 0 with bias + 0.5."""
+    rng = np.random.default_rng(seed)
+    present = [c for c in range(k) if c not in (ABSENT, NEVER_WINS)]
+    labels = rng.choice(present, n)
+    centres = 2.0 * rng.normal(size=(k, d))
+    features = centres[labels] + rng.normal(size=(n, d))
+    weight = centres + 0.3 * rng.normal(size=(k, d))
+    bias = 0.1 * rng.normal(size=k)
+    weight[ABSENT], bias[ABSENT] = weight[0], bias[0] + 0.5
+    bias[NEVER_WINS] = -50.0
+    return features, labels, weight, bias

@@ -456,3 +456,26 @@ def mse_instance(K: int = 4, d: int = 5, n: int = 12, lam: float = 0.0, seed: in
         expected["mse_nc1"] = 0.5 * float(np.trace(W_un @ sigma_w @ W_un.T))
         expected["mse_nc23"] = float(np.linalg.norm(W_un @ Mc - centring_matrix(K)) ** 2) / (2 * K)
     return Fixture("mse_instance", features, labels, W, b, K, lam, expected)
+
+
+def anti_aligned_collapse(K: int = 5, d: int = 7, n: int = 4, rho: float = 2.0, seed: int = 0) -> Fixture:
+    """Exact collapse (every sample at its class mean, ``M = √ρ P_K Uᵀ``) with a classifier pointing exactly
+    *away* from the means: ``W = −√n M``, no bias (metrics.md, the 2026-12-07 fixes).
+
+    Closed forms: ``W/‖W‖_F = −M/‖M‖_F``, so ``nc3_duality = ‖−2M/‖M‖_F‖_F = 2``; the means are equinorm, so
+    ``M̂ = M/r`` and ``WM̂ᵀ = −(√n/r) ρ P``: ``nc3_etf = ‖−P/√(K−1) − P/√(K−1)‖_F = 2``; ``tr(WMᵀ) < 0``, so
+    the best ρ̃ ≥ 0 is 0 and ``nc3_tirer = 1``. Logits of a class-k sample: ``z_k = −√n r²`` and
+    ``z_c = √n r²/(K−1)`` (c ≠ k, a tie won by the lowest other id): ``clf_accuracy = 0``,
+    ``nc4_ncc_mismatch = 1`` (the NCC is exact), every ``q = −√n r² K/(K−1)``. ``ncc_accuracy = 1``, NC1 and
+    NC2 all 0.
+    """
+    rng = np.random.default_rng(seed)
+    M = etf_centred_means(K, orthonormal_columns(d, K, rng), rho)
+    features, labels = _shuffle(rng, np.repeat(M, n, axis=0), np.repeat(np.arange(K), n))
+    r_sq = rho * (K - 1) / K
+    margin = -math.sqrt(n) * r_sq * K / (K - 1)
+    expected = dict(
+        tr_sw=0.0, nc2_equinorm=0.0, nc2_etf=0.0, nc3_duality=2.0, nc3_etf=2.0, nc3_tirer=1.0,
+        ncc_accuracy=1.0, clf_accuracy=0.0, nc4_ncc_mismatch=1.0, margin_min=margin, margin_mean=margin,
+    )
+    return Fixture("anti_aligned_collapse", features, labels, -math.sqrt(n) * M, np.zeros(K), K, 0.0, expected)

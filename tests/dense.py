@@ -38,13 +38,13 @@ def etf_distance(gram: np.ndarray) -> float:
 
 
 def tirer_residual(gram: np.ndarray) -> float:
-    """‖A − ρP‖_F / ‖A‖_F with ρ = ⟨A, P⟩/(K − 1), from the full K × K matrix."""
+    """‖A − ρP‖_F / ‖A‖_F with the best ρ ≥ 0, max(⟨A, P⟩, 0)/(K − 1), from the full K × K matrix."""
     k = gram.shape[0]
     norm = np.linalg.norm(gram)
     if k < 2 or not norm > 0:
         return np.nan
     centring = np.eye(k) - np.full((k, k), 1.0 / k)
-    rho = float(np.sum(gram * centring)) / (k - 1)
+    rho = max(float(np.sum(gram * centring)), 0.0) / (k - 1)
     return float(np.linalg.norm(gram - rho * centring) / norm)
 
 
@@ -102,7 +102,9 @@ def dense_pairs(moments, scatter, weight=None) -> DensePairs:
     }
     w_cos = np.full((k, k), np.nan)
     if weight is not None:
-        summary["nc3_etf"] = np.nan if all_coincide else etf_distance(weight[ids] @ centred.T)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            unit = centred / norms[:, None]  # M̂ (review eq. 5)
+        summary["nc3_etf"] = np.nan if at_centre or all_coincide else etf_distance(weight[ids] @ unit.T)
         summary["nc3_tirer"] = np.nan if all_coincide else tirer_residual(weight[ids] @ centred.T)
         w_norms = np.linalg.norm(weight[ids], axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -23,8 +23,12 @@ Conventions (the numbers another tool may choose differently)
   ``μ_c − μ_G`` (or a difference ``μ_c − μ_c'``) counts as zero when its norm
   is ``≤ COINCIDENT_RTOL × max_c ‖μ_c‖`` (1e-12 relative). When every centred
   mean is zero the class means *coincide* and M is set to exactly 0.
-* Argmin/argmax over present classes, ties to the lowest class id (strict
-  ``<``/``>`` while scanning classes in increasing id).
+* The NCC argmin runs over the classes that have a mean (present classes,
+  or the ``ncc_means`` given); what comes from the logits (the classifier's
+  argmax, every margin's max over c ≠ y_i, both cross-entropies) over **all
+  num_classes outputs**, as the network decides; W's geometry against the
+  means over present classes. Ties to the lowest class id (strict ``<``/``>``
+  while scanning classes in increasing id).
 * Cosine view: a feature vector that is exactly zero (all entries 0) is left
   out of the cosine view only; ``intra_c`` then uses the ``n'_c`` non-zero
   vectors of class c: ``(1/n'_c²) Σ_{i,j} cos(h_i, h_j)``, i = j included.
@@ -48,12 +52,13 @@ nc2_equinorm           K < 2, or the class means coincide (mean norm 0)
 nc2_equiangular,       K < 2, or some centred mean μ_c − μ_G is zero
 nc2_maxangle, nc2_etf  (its direction is undefined; includes coincidence)
 nc3_duality            no weight, K < 2, means coincide, or W (present rows) = 0
-nc3_etf                no weight, K < 2, or W Mᵀ = 0 (includes coincidence)
+nc3_etf                no weight, K < 2, some centred mean is zero (M̂
+                       undefined), or W M̂ᵀ = 0
 ncc_accuracy           N = 0 only (K = 1 gives 1.0; coincident means give
                        the lowest class id, by the tie rule)
 clf_accuracy,          no weight, or N = 0 (K = 1 gives 1.0 and 0.0)
 nc4_ncc_mismatch
-margin_min/mean        no weight, or K < 2 (no competing class)
+margin_min/mean        no weight, or num_classes < 2 (no competing output)
 intra_cos_min/mean     some present class has no non-zero feature vector
 inter_cos_max/mean     K < 2, or some present class has no non-zero vector
 mse_*                  mse=False, no weight, or N = 0
@@ -397,8 +402,9 @@ def nc2_family(stats, summary, per_class, per_pair, undefined) -> None:
 
 
 def nc3_family(W, stats, summary, per_class, undefined) -> None:
-    """``nc3_duality = ‖W/‖W‖_F − M/‖M‖_F‖_F`` (not squared) and
-    ``nc3_etf = ‖WMᵀ/‖WMᵀ‖_F − P/√(K−1)‖_F``, W restricted to the rows of
+    """``nc3_duality = ‖W/‖W‖_F − M/‖M‖_F‖_F`` (not squared) and the review's
+    eq. 8, ``nc3_etf = ‖AM̂ᵀ/‖AM̂ᵀ‖_F − P/√(K−1)‖_F`` with A = W and M̂ the
+    matrix of eq. 5: rows (μ_k − μ_G)/‖μ_k − μ_G‖. W restricted to the rows of
     present classes (in class-id order, matching M's rows).
 
     Also per-class ``duality_cos = cos(w_c, μ_c − μ_G)``.
@@ -419,10 +425,15 @@ def nc3_family(W, stats, summary, per_class, undefined) -> None:
         undefined["nc3_duality"] = "classifier rows of present classes are all zero"
     else:
         summary["nc3_duality"] = float(np.linalg.norm(Wp / w_norm - M / m_norm))
-    WM = Wp @ M.T
+    zero = [c for c in stats.classes if stats.zero_centred[c]]
+    if zero:
+        undefined["nc3_etf"] = f"centred mean of class {zero[0]} is zero (M̂ undefined)"
+        return
+    M_hat = np.array([stats.centred[c] / np.linalg.norm(stats.centred[c]) for c in stats.classes])
+    WM = Wp @ M_hat.T
     wm_norm = np.linalg.norm(WM)
-    if wm_norm <= COINCIDENT_RTOL * w_norm * m_norm or wm_norm == 0:
-        undefined["nc3_etf"] = "W Mᵀ = 0"
+    if wm_norm <= COINCIDENT_RTOL * w_norm * math.sqrt(K) or wm_norm == 0:
+        undefined["nc3_etf"] = "W M̂ᵀ = 0"
     else:
         P = np.eye(K) - np.ones((K, K)) / K
         summary["nc3_etf"] = float(np.linalg.norm(WM / wm_norm - P / math.sqrt(K - 1)))
@@ -453,30 +464,31 @@ def ncc_family(y, ncc_pred, stats, summary, per_class) -> None:
 
 
 def classifier_family(X, y, W, b, stats, ncc_pred, summary, per_class, undefined) -> None:
-    """With logits ``z_i = W h_i + b``:
-    ``clf_accuracy`` = fraction with ``argmax_c z_ic = y_i`` (present classes);
+    """With logits ``z_i = W h_i + b`` over all C = num_classes outputs (the network's own decision):
+    ``clf_accuracy`` = fraction with ``argmax_c z_ic = y_i``;
     ``nc4_ncc_mismatch`` = fraction where that argmax differs from the NCC's argmin;
-    ``q_i = z_{i,y_i} − max_{c≠y_i, c present} z_ic``, ``margin_min = min_i q_i``,
+    ``q_i = z_{i,y_i} − max_{c≠y_i} z_ic``, ``margin_min = min_i q_i``,
     ``margin_mean = mean_i q_i``. Also per-class ``clf_recall``.
     """
     Z = X @ W.T + b
+    outputs = range(W.shape[0])
     pred = np.empty(X.shape[0], dtype=np.int64)
     margins = []
     for i, z in enumerate(Z):
         best, best_val = -1, -math.inf
-        for c in stats.classes:  # strict > keeps the lowest id on ties
+        for c in outputs:  # strict > keeps the lowest id on ties
             if z[c] > best_val:
                 best, best_val = c, float(z[c])
         pred[i] = best
-        others = [float(z[c]) for c in stats.classes if c != y[i]]
+        others = [float(z[c]) for c in outputs if c != y[i]]
         if others:
             margins.append(float(z[y[i]]) - max(others))
     summary["clf_accuracy"] = float(np.mean(pred == y))
     summary["nc4_ncc_mismatch"] = float(np.mean(pred != ncc_pred))
     for c in stats.classes:
         per_class[c]["clf_recall"] = float(np.mean(pred[y == c] == c))
-    if stats.K < 2:
-        undefined["margin_min"] = undefined["margin_mean"] = "fewer than 2 classes (no competing class)"
+    if W.shape[0] < 2:
+        undefined["margin_min"] = undefined["margin_mean"] = "fewer than 2 outputs (no competing class)"
     else:
         summary["margin_min"] = min(margins)
         summary["margin_mean"] = float(np.mean(margins))

@@ -52,10 +52,14 @@ def _centring(K: int) -> np.ndarray:
 
 
 def _rho_residual(A: np.ndarray) -> float:
-    """‖A − ρP‖_F / ‖A‖_F with ρ = argmin_ρ ‖A − ρP‖_F = ⟨A, P⟩/(K−1), by explicit K×K matrices."""
+    """‖A − ρP‖_F / ‖A‖_F for the best ρ > 0 of seed 000 ("for some ρ > 0"), by explicit K×K matrices.
+
+    ‖A − ρP‖²_F = ‖A‖²_F − 2ρ⟨A, P⟩ + ρ²‖P‖²_F is a parabola in ρ with its vertex at ⟨A, P⟩/‖P‖²_F;
+    over ρ ≥ 0 (the closure of ρ > 0) its minimum is at max(vertex, 0).
+    """
     K = A.shape[0]
     P = _centring(K)
-    rho = float(np.sum(A * P)) / (K - 1)
+    rho = max(float(np.sum(A * P)) / float(np.sum(P * P)), 0.0)
     return float(np.linalg.norm(A - rho * P) / np.linalg.norm(A))
 
 
@@ -100,9 +104,10 @@ def classifier_more(X, y, W, b, stats, summary, per_class, per_pair, undefined) 
 
     ``margin_normalized = q₀ · 2(K−1)√n / (‖W‖²_F + ‖H‖²_F)``, q₀ the smallest
     bias-free margin, n = N/K, ‖H‖²_F = Σ_i ‖h_i‖²; ``norm_balance = ‖W‖_F/‖H‖_F``;
-    ``ce_loss`` = mean_i [log Σ_c exp z_ic − z_{i,y_i}] over present classes,
+    ``ce_loss`` = mean_i [log Σ_c exp z_ic − z_{i,y_i}] over all num_classes outputs,
     z = Wh + b; ``ce_excess = CE₀ − log(1 + (K−1) exp(−K αβ/(K−1)))`` with CE₀
-    the cross-entropy of Wh, α = √(‖H‖²_F/N), β = ‖W‖_F/√K.
+    the cross-entropy of Wh (all outputs), α = √(‖H‖²_F/N), β = ‖W‖_F/√K (present rows);
+    q₀ is the smallest bias-free margin over all outputs.
     """
     K, N = stats.K, X.shape[0]
     Wp = np.array([W[c] for c in stats.classes])
@@ -140,15 +145,16 @@ def classifier_more(X, y, W, b, stats, summary, per_class, per_pair, undefined) 
     sq_w = float(np.sum(Wp**2))
     summary["norm_balance"] = math.sqrt(sq_w / sq_h) if sq_h > 0 else NAN
     free = X @ W.T
+    outputs = range(W.shape[0])
     if K >= 2:
-        q0 = min(float(free[i, y[i]]) - max(float(free[i, c]) for c in stats.classes if c != y[i]) for i in range(N))
+        q0 = min(float(free[i, y[i]]) - max(float(free[i, c]) for c in outputs if c != y[i]) for i in range(N))
         if sq_w + sq_h > 0:
             summary["margin_normalized"] = q0 * 2 * (K - 1) * math.sqrt(N / K) / (sq_w + sq_h)
 
     def cross_entropy(Z) -> float:
         total = 0.0
         for i in range(N):
-            z = np.array([Z[i, c] for c in stats.classes])
+            z = np.array([Z[i, c] for c in outputs])
             top = float(z.max())
             total += top + math.log(float(np.sum(np.exp(z - top)))) - float(Z[i, y[i]])
         return total / N

@@ -14,21 +14,37 @@ from nccli.metrics.tiles import etf_distance
 
 
 def naive_tirer(a: np.ndarray) -> float:
+    """min over ρ ≥ 0 of ‖A − ρP‖_F / ‖A‖_F (seed 000: "for some ρ > 0"), by a grid search refined in closed form."""
     k = a.shape[0]
     p = np.eye(k) - 1.0 / k
-    rho = np.trace(a) / (k - 1)
+    grid = np.linspace(0.0, 2.0 * np.linalg.norm(a) / np.linalg.norm(p), 2001)
+    rho = grid[np.argmin([np.linalg.norm(a - r * p) for r in grid])]
+    if rho > 0:  # an interior minimum of the parabola: its vertex exactly
+        rho = np.sum(a * p) / np.sum(p * p)
     return float(np.linalg.norm(a - rho * p) / np.linalg.norm(a))
 
 
 @pytest.mark.parametrize("k,d", [(2, 3), (5, 8), (12, 4)])
 def test_tirer_distance_from_the_etf_distance(k, d):
-    """⟨A, P⟩ = tr(A) when M's rows sum to 0, so ‖A − ρP‖/‖A‖ = e√(1 − e²/4)."""
+    """⟨A, P⟩ = tr(A) when M's rows sum to 0, so ‖A − ρP‖/‖A‖ = e√(1 − e²/4) for tr(A) ≥ 0, and 1 below."""
     rng = np.random.default_rng(k)
     m = rng.normal(size=(k, d))
     m -= m.mean(axis=0)
     w = rng.normal(size=(k, d))
-    for x in (m, w):
+    for x in (m, w, -m, -w):
         assert clf.tirer_distance(etf_distance(x, m, tile=3)) == pytest.approx(naive_tirer(x @ m.T), rel=1e-12)
+    assert clf.tirer_distance(etf_distance(-m, m, tile=3)) == 1.0  # anti-aligned: ρ̃ = 0, the whole of A is left
+
+
+def test_tirer_distance_is_one_exactly_when_the_trace_is_not_positive():
+    rng = np.random.default_rng(3)
+    m = rng.normal(size=(6, 9))
+    m -= m.mean(axis=0)
+    for _ in range(20):
+        w = rng.normal(size=(6, 9))
+        trace = np.trace(w @ m.T)
+        value = clf.tirer_distance(etf_distance(w, m, tile=4))
+        assert (value == 1.0) == (trace <= 0), trace
 
 
 @settings(max_examples=25, deadline=None)

@@ -9,8 +9,10 @@ around an ETF (statistical).
 import math
 
 import closed_forms as cf
+import numpy as np
 import pytest
 from analysis_helpers import analyze_arrays, assert_close, by_class, by_pair
+from reference import reference_metrics
 
 
 def run(tmp_path, fixture, **config):
@@ -117,3 +119,22 @@ def test_gaussian_noise_around_an_etf_matches_its_expectations(tmp_path):
     assert abs(row["tr_sw"] - fixture.approx["tr_sw"]) <= 5 * fixture.approx_std["tr_sw"]
     for key in ("tr_sb", "nc1", "nc1_tilde", "cdnv"):
         assert row[key] == pytest.approx(fixture.approx[key], rel=5 / math.sqrt(n * k)), key
+
+
+@pytest.mark.parametrize("k,d", [(5, 7), (3, 3), (12, 12)])
+def test_a_classifier_pointing_away_from_the_means_is_not_collapsed(tmp_path, k, d):
+    """W = −√n·M at exact collapse: nc3_tirer = 1 (ρ̃ > 0, seed 000), nc3_etf = nc3_duality = 2, accuracy 0."""
+    fixture = cf.anti_aligned_collapse(K=k, d=d)
+    check_expected(run(tmp_path, fixture, block_rows=3), fixture, atol=1e-9)
+
+
+def test_a_random_classifier_with_a_negative_trace_scores_nc3_tirer_one(tmp_path):
+    rng = np.random.default_rng(8)
+    features, labels = rng.normal(size=(60, 6)), np.arange(60) % 4
+    weight = rng.normal(size=(4, 6))
+    means = np.array([features[labels == c].mean(axis=0) for c in range(4)])
+    if np.trace(weight @ (means - means.mean(axis=0)).T) > 0:
+        weight = -weight
+    result = analyze_arrays(tmp_path, features, labels, weight, np.zeros(4))
+    assert result.summary[0]["nc3_tirer"] == 1.0
+    assert result.summary[0]["nc3_tirer"] == reference_metrics(features, labels, weight).summary["nc3_tirer"]

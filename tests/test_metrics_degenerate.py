@@ -31,9 +31,12 @@ def test_single_class_reports_nulls_and_warns(tmp_path):
     weight, bias = rng.normal(size=(3, 4)), rng.normal(size=3)
     result, messages = analyze_warned(tmp_path, features, labels, weight, bias)
     row = result.summary[0]
-    for key in ("nc1", "nc1_tilde", "cdnv", "nc2_equinorm", "nc2_etf", "nc3_duality", "nc3_etf", "margin_min", "inter_cos_max"):
+    nulls = ("nc1", "nc1_tilde", "cdnv", "nc2_equinorm", "nc2_etf", "nc3_duality", "nc3_etf", "margin_normalized", "inter_cos_max")
+    for key in nulls:
         assert math.isnan(row[key]), key
-    assert row["tr_sw"] > 0 and row["ncc_accuracy"] == 1.0 and row["clf_accuracy"] == 1.0
+    logits = features @ weight.T + bias  # one class present, three outputs: the network still decides among them
+    assert row["tr_sw"] > 0 and row["ncc_accuracy"] == 1.0 and row["clf_accuracy"] == np.mean(logits.argmax(1) == 2)
+    assert row["margin_min"] == pytest.approx(np.min(logits[:, 2] - logits[:, :2].max(axis=1)), rel=1e-12)
     assert any("K < 2" in m and "run.h5" in m and "'feat'" in m for m in messages)
     assert_matches_reference(result, reference_metrics(features, labels, weight, bias))
 

@@ -118,6 +118,12 @@ def test_s2_example(C):
     assert_fixture(cf.s2_example(C))
 
 
+@pytest.mark.parametrize("k,d", [(5, 7), (3, 3)])
+def test_anti_aligned_collapse(k, d):
+    """The oracle, re-derived from the seeds, scores W = −√n·M as far from collapse as it is."""
+    assert_fixture(cf.anti_aligned_collapse(K=k, d=d))
+
+
 def test_s2_example_numbers():
     """seed-notes T8, Fixture B (C = 0.7)."""
     s = run(cf.s2_example(0.7)).summary
@@ -302,15 +308,17 @@ def test_ncc_ties_go_to_the_lowest_present_class():
     assert set(ref.per_class) == {3, 5} and set(ref.per_pair) == {(3, 5)}
 
 
-def test_classifier_uses_present_classes_only():
+def test_the_classifier_decides_over_every_output_present_class_or_not():
+    """metrics.md: what comes from the logits runs over all num_classes outputs, as the network decides."""
     rng = np.random.default_rng(1)
     X, y = random_layer(rng, 3, 4, 5, num_classes=4, absent=(2,))
     W = np.zeros((4, 4))
-    b = np.array([1.0, 0.0, 100.0, 0.5])  # absent class 2 dominates but must be ignored
+    b = np.array([1.0, 0.0, 100.0, 0.5])  # absent class 2 dominates: the network predicts it for every row
     s = reference_metrics(X, y, W, b, num_classes=4).summary
-    assert s["clf_accuracy"] == pytest.approx(np.mean(y == 0))
-    margins = np.where(y == 0, 0.5, np.where(y == 1, -1.0, -0.5))
-    assert s["margin_min"] == -1.0 and s["margin_mean"] == pytest.approx(margins.mean())
+    assert s["clf_accuracy"] == 0.0 and s["nc4_ncc_mismatch"] == 1.0
+    margins = b[y] - 100.0
+    assert s["margin_min"] == -100.0 and s["margin_mean"] == pytest.approx(margins.mean())
+    assert s["ce_loss"] == pytest.approx(np.mean(np.log(np.exp(b).sum()) - b[y]))
 
 
 def test_ncc_means_replace_this_datas_means():
@@ -358,7 +366,7 @@ def test_invariances(seed, scale):
 
 
 NAN_IF_ONE_CLASS = {"nc1", "nc1_tilde", "cdnv", *schema.NC2_METRICS, *schema.NC3_METRICS, *schema.W_METRICS,
-                    "margin_min", "margin_mean", "margin_normalized", "ce_excess", "inter_cos_max", "inter_cos_mean",
+                    "margin_normalized", "ce_excess", "inter_cos_max", "inter_cos_mean",
                     *schema.SNR_METRICS, *schema.OOD_METRICS}
 NAN_IF_COINCIDENT = {"nc1", "nc1_tilde", "cdnv", *schema.NC2_METRICS, *schema.NC3_METRICS}
 
@@ -367,11 +375,15 @@ def test_one_class():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((6, 3))
     y = np.full(6, 2)
-    ref = reference_metrics(X, y, rng.standard_normal((3, 3)), mse=True)
+    W = rng.standard_normal((3, 3))
+    ref = reference_metrics(X, y, W, mse=True)
     summary_keys_complete(ref)
     for k in schema.METRIC_COLUMNS:
         assert math.isnan(ref.summary[k]) == (k in NAN_IF_ONE_CLASS), k
-    assert ref.summary["tr_sb"] == 0.0 and ref.summary["ncc_accuracy"] == 1.0 and ref.summary["clf_accuracy"] == 1.0
+    assert ref.summary["tr_sb"] == 0.0 and ref.summary["ncc_accuracy"] == 1.0
+    logits = X @ W.T  # one class present, three outputs: the logits still decide among all three
+    assert ref.summary["clf_accuracy"] == np.mean(logits.argmax(axis=1) == 2)
+    assert ref.summary["margin_min"] == pytest.approx(np.min(logits[:, 2] - logits[:, :2].max(axis=1)))
     assert ref.sigma_b_rank == 0 and ref.n_classes == 1 and ref.per_pair == {}
     assert math.isnan(ref.per_class[2]["duality_cos"]) and ref.per_class[2]["mean_norm"] == 0.0
 

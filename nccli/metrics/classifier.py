@@ -12,17 +12,21 @@ import numpy as np
 
 
 def tirer_distance(etf: float) -> float:
-    """‖A − ρP‖_F / ‖A‖_F with the best ρ = tr(A)/(K − 1), from the ETF distance e = ‖A/‖A‖_F − P/√(K−1)‖_F.
+    """‖A − ρP‖_F / ‖A‖_F with the best ρ ≥ 0, from the ETF distance e = ‖A/‖A‖_F − P/√(K−1)‖_F.
 
     Tirer et al. (seed ``000_*``) ask NC2 as ‖MMᵀ − ρP‖_F → 0 and NC3 as
-    ‖WMᵀ − ρ̃P‖_F → 0 "for some ρ". Both A = MMᵀ and A = WMᵀ satisfy A1 = 0
-    (M's rows sum to 0), so ⟨A, P⟩ = tr(A) and ρ = ⟨A, P⟩/‖P‖²_F. With
-    c = ⟨A, P⟩/(‖A‖_F √(K−1)): e² = 2 − 2c and the relative residual is
-    √(1 − c²) = √((1 − c)(1 + c)) = e·√(1 − e²/4). The ETF distance is
-    accumulated without cancellation (a sum of squares where it can reach 0),
-    so this keeps its digits at collapse, where ‖A‖²_F − tr(A)²/(K−1) would not.
+    ‖WMᵀ − ρ̃P‖_F → 0 "for some ρ > 0". Both A = MMᵀ and A = WMᵀ satisfy A1 = 0
+    (M's rows sum to 0), so ⟨A, P⟩ = tr(A), and over ρ ≥ 0 the best is
+    ρ = max(tr(A), 0)/(K − 1). With c = ⟨A, P⟩/(‖A‖_F √(K−1)) = 1 − e²/2 the
+    relative residual is √(1 − c²) = e·√(1 − e²/4) when c ≥ 0, and exactly 1
+    when c < 0 (e > √2: a classifier pointing away from the means, ρ = 0;
+    MMᵀ always has c ≥ 0). The ETF distance is accumulated without
+    cancellation (a sum of squares where it can reach 0), so this keeps its
+    digits at collapse, where ‖A‖²_F − tr(A)²/(K−1) would not.
     """
-    return float(etf * math.sqrt(max(1.0 - etf * etf / 4.0, 0.0)))
+    if etf * etf >= 2.0:
+        return 1.0
+    return float(etf * math.sqrt(1.0 - etf * etf / 4.0))
 
 
 def uniform_duality(duality_cosines: np.ndarray) -> float:
@@ -39,6 +43,16 @@ def feature_sq_norm(counts: np.ndarray, means: np.ndarray, scatter: np.ndarray) 
 def norm_balance(weight_sq_norm: float, features_sq_norm: float) -> float:
     """``norm_balance = ‖W‖_F / ‖H‖_F``, 1 at the max-margin direction (seed ``002_*`` Thm. 3.3)."""
     return math.sqrt(weight_sq_norm / features_sq_norm) if features_sq_norm > 0 else np.nan
+
+
+# margin_normalized's bound assumes balanced classes: a warning when the smallest count is below this share of
+# the largest (most real datasets are a little imbalanced; metrics.md).
+BALANCE_RATIO = 0.9
+
+
+def imbalanced(counts: np.ndarray) -> bool:
+    """Whether the smallest class count is below ``BALANCE_RATIO`` × the largest."""
+    return len(counts) > 1 and counts.min() < BALANCE_RATIO * counts.max()
 
 
 def normalized_margin(margin_free_min: float, weight_sq_norm: float, features_sq_norm: float, n_samples: float, k: int) -> float:

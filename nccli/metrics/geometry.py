@@ -41,7 +41,8 @@ class Geometry:
     ``column_of_class[c]``. NCC candidates: ``ncc_centres`` (means minus
     origin, the same array as ``own_centres`` when they coincide) of classes
     ``ncc_ids``, from this file's means or the reference file's
-    (``--means-from``). Classifier candidates (None without a classifier):
+    (``--means-from``). Classifier candidates (None without a classifier), over
+    every one of its ``num_classes`` outputs, present class or not:
     rows ``weight`` and ``bias`` (b + W·origin) of classes ``clf_ids``; class c
     has the logit of candidate ``clf_column[c]``, which ``clf_shared`` marks
     when another class has the same row; ``free_bias`` (W·origin) gives the
@@ -231,12 +232,11 @@ def build_geometry(
     column_of_class[present.ids] = np.arange(len(present.ids))
     parts = {}
     if classifier is not None:
-        rows = np.hstack([classifier.weight[present.ids], classifier.bias[present.ids, None]])
+        # Every output, present class or not: the network decides over all of them (metrics.md).
+        rows = np.hstack([classifier.weight, classifier.bias[:, None]])
         first_row, group = distinct_rows(rows)
         weight = rows[first_row, :-1]
         bias = rows[first_row, -1] + weight @ origin
-        clf_column = np.zeros(len(moments.count), dtype=np.int64)
-        clf_column[present.ids] = group
         parts = dict(
             weight=xp.constant(weight),
             weight_single=xp.single(xp.constant(np.hstack([weight, bias[:, None]]))),
@@ -245,8 +245,8 @@ def build_geometry(
             free_bias=xp.constant(weight @ origin),
             multiplicity=xp.constant(np.bincount(group).astype(np.float64)),
             weight_norm_max=float(np.sqrt(np.einsum("ij,ij->i", weight, weight).max(initial=0.0))),
-            clf_ids=xp.labels(present.ids[first_row]),
-            clf_column=xp.labels(clf_column),
+            clf_ids=xp.labels(first_row),
+            clf_column=xp.labels(group),
             clf_shared=xp.labels(np.bincount(group) > 1) > 0,
         )
     return Geometry(

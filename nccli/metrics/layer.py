@@ -112,6 +112,8 @@ def summarize_layer(
 
     all_coincide = k >= 2 and bool(geometry.at_centre.all())
     some_at_global_mean = k >= 2 and bool(geometry.at_centre.any())
+    # M̂, the centred means scaled to unit norm (review eq. 5): nc2_etf and nc3_etf; undefined if one is 0.
+    unit_centred = None if some_at_global_mean or k < 2 else centred / norms[:, None]
 
     stats = PairInputs(ids, geometry, variances, unit_sum, unit_count, weight_unit).fold(tile, pairs)
     inter_cos_max, inter_cos_mean = inter_class_cosines(unit_sum, unit_count, tile)
@@ -128,7 +130,7 @@ def summarize_layer(
         nc2_equinorm=np.nan if all_coincide or k < 2 else f.equinorm(norms),
         nc2_equiangular=stats.equiangular if not some_at_global_mean else np.nan,
         nc2_maxangle=stats.max_angle if not some_at_global_mean else np.nan,
-        nc2_etf=np.nan if some_at_global_mean or k < 2 else _nc2_etf(centred, norms, tile),
+        nc2_etf=np.nan if unit_centred is None else etf_distance(unit_centred, unit_centred, tile),
         nc2_tirer=np.nan if all_coincide or k < 2 else clf.tirer_distance(etf_distance(centred, centred, tile)),
         gnc2_dist_var=stats.gnc2[0] if not some_at_global_mean else np.nan,
         gnc2_log_var=stats.gnc2[1] if not some_at_global_mean else np.nan,
@@ -140,22 +142,20 @@ def summarize_layer(
     )
     duality_cos = f.row_cosines(weight, centred) if classifier is not None else None
     if classifier is not None:
+        outputs = len(classifier.weight)
         values.update(
             nc3_duality=np.nan if all_coincide or k < 2 else f.duality_distance(weight, centred),
-            nc3_etf=np.nan if all_coincide else etf_distance(weight, centred, tile),
+            nc3_etf=np.nan if unit_centred is None else etf_distance(weight, unit_centred, tile),
+            nc3_tirer=np.nan if all_coincide or k < 2 else clf.tirer_distance(etf_distance(weight, centred, tile)),
             clf_accuracy=float(decisions.clf_correct.sum() / n),
             nc4_ncc_mismatch=float(decisions.mismatch / n),
-            margin_min=decisions.margin_min if k >= 2 else np.nan,
-            margin_mean=decisions.margin_sum / n if k >= 2 else np.nan,
+            # From the logits: over every output, so defined whenever the classifier has another one.
+            margin_min=decisions.margin_min if outputs >= 2 else np.nan,
+            margin_mean=decisions.margin_sum / n if outputs >= 2 else np.nan,
         )
-        values.update(_classifier_values(moments, ids, weight, w_norms, duality_cos, decisions, stats, values["nc3_etf"]))
+        values.update(_classifier_values(moments, ids, weight, w_norms, duality_cos, decisions, stats))
 
     _warn_degenerate(warn, moments, ids, k, all_coincide, some_at_global_mean, stats, geometry.at_centre, classifier)
-    if classifier is not None and k >= 2 and counts.min() != counts.max():
-        warn(
-            f"class counts differ ({int(counts.min())} to {int(counts.max())}): margin_normalized uses n = N/K, "
-            "and its bound 1 assumes balanced classes"
-        )
 
     undefined = np.full(k, np.nan)
     classes = {
@@ -172,9 +172,9 @@ def summarize_layer(
     return LayerMetrics(SummaryRecord.computed(values, classifier is not None), class_table(classes), spectrum.rank)
 
 
-def _classifier_values(moments, ids, weight, w_norms, duality_cos, decisions, stats: PairStats, nc3_etf: float) -> dict:
-    """The classifier's own geometry (rows not centred), Tirer's NC3, uniform duality, the bias-free
-    normalised margin, the norm balance and the cross-entropies (``metrics.md``)."""
+def _classifier_values(moments, ids, weight, w_norms, duality_cos, decisions, stats: PairStats) -> dict:
+    """The classifier's own geometry (rows not centred), uniform duality, the bias-free normalised
+    margin, the norm balance and the cross-entropies (``metrics.md``)."""
     k, n = len(ids), float(moments.count.sum())
     sq_w = float(np.sum(w_norms**2))
     sq_h = clf.feature_sq_norm(present_rows(moments.count, ids), present_rows(moments.mean, ids), present_rows(decisions.scatter, ids))
@@ -182,7 +182,6 @@ def _classifier_values(moments, ids, weight, w_norms, duality_cos, decisions, st
         w_equinorm=f.equinorm(w_norms) if k >= 2 else np.nan,
         w_equiangular=stats.w_equiangular,
         w_maxangle=stats.w_max_angle,
-        nc3_tirer=clf.tirer_distance(nc3_etf),  # ⟨WMᵀ, P⟩ = tr(WMᵀ): the same e as nc3_etf
         nc3_uniform_duality=clf.uniform_duality(duality_cos),
         margin_normalized=clf.normalized_margin(decisions.free_margin_min, sq_w, sq_h, n, k),
         norm_balance=clf.norm_balance(sq_w, sq_h),
@@ -196,17 +195,11 @@ def present_rows(array: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return array if len(ids) == len(array) else array[ids]
 
 
-def _nc2_etf(centred: np.ndarray, norms: np.ndarray, tile: int) -> float:
-    """‖Ĝ/‖Ĝ‖_F − P/√(K−1)‖_F with Ĝ = M̂M̂ᵀ, M̂ the centred means scaled to unit norm (review eq. 7)."""
-    unit = centred / norms[:, None]
-    return etf_distance(unit, unit, tile)
-
-
 def _warn_degenerate(warn, moments, ids, k, all_coincide, some_at_global_mean, stats: PairStats, at_global_mean, classifier):
     """One warning per reason, naming the classes (the first pairs, then a count) and the metrics reported as null."""
     clf = classifier is not None
     if k < 2:
-        nulls = "nc1, nc1_tilde, cdnv, nc2_*, inter_cos_*" + (", nc3_*, margin_*" if clf else "")
+        nulls = "nc1, nc1_tilde, cdnv, nc2_*, inter_cos_*" + (", w_*, nc3_*, margin_normalized, ce_excess" if clf else "")
         warn(f"only {k} class present (K < 2): {nulls} reported as null")
         return
     if all_coincide:
@@ -218,7 +211,8 @@ def _warn_degenerate(warn, moments, ids, k, all_coincide, some_at_global_mean, s
         warn(f"coincident class means for pairs {_listing(listed, stats.coincident_count)}: cdnv reported as null")
     if some_at_global_mean:
         classes = _listing([str(c) for c in ids[at_global_mean]])
-        warn(f"class mean equals the global mean for classes {classes}: nc2_equiangular, nc2_maxangle, nc2_etf reported as null")
+        nulls = "nc2_equiangular, nc2_maxangle, nc2_etf" + (", nc3_etf" if clf else "")
+        warn(f"class mean equals the global mean for classes {classes}: {nulls} reported as null")
     all_zero = ids[moments.unit_count[ids] == 0]
     if len(all_zero):
         warn(f"every feature vector is zero in classes {_listing([str(c) for c in all_zero])}: intra_cos_*, inter_cos_* reported as null")
