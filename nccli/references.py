@@ -15,6 +15,7 @@ import os
 
 from nccli import schema
 from nccli.errors import FeatureFileError, UsageError
+from nccli.globs import expand_globs, glob_files, is_glob
 from nccli.io.reader import FeatureFileInfo, LayerInfo, open_feature_file, read_info
 from nccli.metrics.layer import ClassMeans
 from nccli.scan import Scanner
@@ -23,17 +24,15 @@ FEATURE_FILE_GLOB = "*.h5"
 
 
 def reference_paths(spec: str) -> tuple[list[str], bool]:
-    """The reference files ``spec`` names, and whether it named a set (a folder or glob) rather than one file."""
+    """The reference files ``spec`` names (a glob as :mod:`nccli.globs` expands it), and whether it named a set
+    (a folder or glob) rather than one file."""
     if os.path.isdir(spec):
-        found = sorted(path for path in glob.glob(os.path.join(glob.escape(spec), FEATURE_FILE_GLOB)) if os.path.isfile(path))
+        found = glob_files(os.path.join(glob.escape(spec), FEATURE_FILE_GLOB))
         if not found:
             raise UsageError(f"--means-from folder '{spec}' holds no {FEATURE_FILE_GLOB} feature files")
         return found, True
-    if not os.path.exists(spec) and glob.has_magic(spec):
-        found = sorted(path for path in glob.glob(spec) if os.path.isfile(path))
-        if not found:
-            raise UsageError(f"--means-from pattern '{spec}' matches no file")
-        return found, True
+    if is_glob(spec):
+        return expand_globs([spec], "--means-from pattern"), True
     return [spec], False
 
 

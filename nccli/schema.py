@@ -1,6 +1,6 @@
 """Every name in nccli's file formats, in one place.
 
-The HDF5 feature file (``../shared/spec/feature-file.md``, format version 1) and
+The HDF5 feature file (``docs/feature-file.md``, format version 1) and
 the Parquet report (``report.md``, ``metrics.md``). No other module spells
 these strings.
 """
@@ -21,6 +21,7 @@ ATTR_EPOCH = "epoch"
 ATTR_COMPLETE = "complete"
 ATTR_ROWS_WRITTEN = "rows_written"
 ATTR_MODEL = "model"
+ATTR_LOGITS_ACCURACY = "logits_accuracy"  # float: top-1 accuracy of /logits against /labels (nccli extract)
 PROVENANCE_ATTRS = (
     "model",
     "weights",
@@ -102,7 +103,7 @@ METRICS: tuple[Column, ...] = (
     Column("nc2_equinorm", "nc2", ANY_LAYER, "NC2: equinorm of class means", r"std / mean of $\Vert\mu_c - \mu_G\Vert$", "coefficient of variation of ‖μ_c − μ_G‖", "0"),
     Column("nc2_equiangular", "nc2", ANY_LAYER, "NC2: equiangularity of class means", r"std of $\cos(\mu_c - \mu_G, \mu_{c'} - \mu_G)$", "std of the cosines between centred means", "0"),
     Column("nc2_maxangle", "nc2", ANY_LAYER, "NC2: angles vs the simplex ETF", r"mean of $|\cos + 1/(K-1)|$", "mean |cos + 1/(K−1)| over pairs of centred means", "0"),
-    Column("nc2_etf", "nc2", ANY_LAYER, "NC2: distance to the simplex ETF", r"$\Vert G/\Vert G\Vert_F - P/\sqrt{K-1}\Vert_F$", "distance of the normalised Gram of centred means to the simplex ETF", "0", compact=True),
+    Column("nc2_etf", "nc2", ANY_LAYER, "NC2: distance to the simplex ETF", r"$\Vert G/\Vert G\Vert_F - P/\sqrt{K-1}\Vert_F$", "distance of the normalised Gram M̂M̂ᵀ of the centred means scaled to unit norm (M̂) to the simplex ETF", "0", compact=True),
     Column("nc2_tirer", "nc2", ANY_LAYER, "NC2 (Tirer): Gram vs $\\rho P$", r"$\Vert MM^T - \rho P\Vert_F / \Vert MM^T\Vert_F$", "relative distance of the centred means' Gram MMᵀ to the best multiple ρP of the simplex ETF (Tirer et al.)", "0"),
     Column("gnc2_dist_var", "nc2", ANY_LAYER, "GNC2: spread of normalised distances", r"var of $\Vert\hat m_c - \hat m_{c'}\Vert$", "variance over pairs of the distances between normalised centred means (hyperspherical uniformity, Liu et al.)", "0"),
     Column("gnc2_log_var", "nc2", ANY_LAYER, "GNC2: spread of log distances", r"var of $\log(1/\Vert\hat m_c - \hat m_{c'}\Vert)$", "variance over pairs of log(1/distance) between normalised centred means (logarithmic kernel)", "0"),
@@ -110,25 +111,25 @@ METRICS: tuple[Column, ...] = (
     Column("w_equiangular", "w", CLASSIFIER_LAYER, "NC2: equiangularity of classifier rows", r"std of $\cos(w_c, w_{c'})$", "std of the cosines between classifier rows (not centred)", "0"),
     Column("w_maxangle", "w", CLASSIFIER_LAYER, "NC2: classifier angles vs the simplex ETF", r"mean of $|\cos(w_c, w_{c'}) + 1/(K-1)|$", "mean |cos + 1/(K−1)| over pairs of classifier rows", "0"),
     Column("nc3_duality", "nc3", CLASSIFIER_LAYER, "NC3: self-duality, classifier vs means", r"$\Vert W/\Vert W\Vert_F - M/\Vert M\Vert_F\Vert_F$", "‖W/‖W‖ − M/‖M‖‖_F, classifier vs centred means (not squared)", "0", compact=True),
-    Column("nc3_etf", "nc3", CLASSIFIER_LAYER, "NC3: $WM^T$ vs the simplex ETF", r"$\Vert WM^T/\Vert WM^T\Vert_F - P/\sqrt{K-1}\Vert_F$", "distance of W Mᵀ to the simplex ETF", "0"),
-    Column("nc3_tirer", "nc3", CLASSIFIER_LAYER, "NC3 (Tirer): $WM^T$ vs $\\tilde\\rho P$", r"$\Vert WM^T - \tilde\rho P\Vert_F / \Vert WM^T\Vert_F$", "relative distance of W Mᵀ to the best multiple ρ̃P of the simplex ETF (Tirer et al.)", "0"),
+    Column("nc3_etf", "nc3", CLASSIFIER_LAYER, "NC3: $WM^T$ vs the simplex ETF", r"$\Vert WM^T/\Vert WM^T\Vert_F - P/\sqrt{K-1}\Vert_F$", "distance of W M̂ᵀ (centred means scaled to unit norm, as in nc2_etf) to the simplex ETF", "0"),
+    Column("nc3_tirer", "nc3", CLASSIFIER_LAYER, "NC3 (Tirer): $WM^T$ vs $\\tilde\\rho P$", r"$\Vert WM^T - \tilde\rho P\Vert_F / \Vert WM^T\Vert_F$", "relative distance of W Mᵀ to the best multiple ρ̃P, ρ̃ ≥ 0, of the simplex ETF (Tirer et al.)", "0"),
     Column("nc3_uniform_duality", "nc3", CLASSIFIER_LAYER, "UNC3: spread of classifier–mean cosines", r"var of $\cos(w_c, \mu_c - \mu_G)$", "variance over classes of cos(w_c, μ_c − μ_G) (uniform duality, Wu & Papyan)", "0"),
     Column("ncc_accuracy", "ncc", ANY_LAYER, "NCC error (nearest class mean)", "error = 1 − NCC accuracy", "accuracy of the nearest-class-centre rule", "1 on train", compact=True),
     Column("clf_accuracy", "ncc", CLASSIFIER_LAYER, "Classifier error", "error = 1 − classifier accuracy", "accuracy of argmax(Wh + b)", "1 on train", compact=True),
     Column("nc4_ncc_mismatch", "ncc", CLASSIFIER_LAYER, "NC4: classifier vs NCC disagreement", "fraction of samples", "fraction where classifier and NCC disagree", "0", compact=True),
     Column("margin_min", "ncc", CLASSIFIER_LAYER, "Smallest logit margin", r"$\min_i q_i$", "smallest logit margin of the true class over the best other", "> 0"),
     Column("margin_mean", "ncc", CLASSIFIER_LAYER, "Mean logit margin", r"mean of $q_i$", "mean logit margin of the true class over the best other", "> 0"),
-    Column("margin_normalized", "loss", CLASSIFIER_LAYER, "Normalised bias-free margin", r"$q_0 \cdot 2(K-1)\sqrt{n} / (\Vert W\Vert_F^2 + \Vert H\Vert_F^2)$", "smallest bias-free margin over its upper bound (ULPM, seed 002); ≤ 1 on balanced data", "1 at max margin"),
-    Column("norm_balance", "loss", CLASSIFIER_LAYER, "Norm balance", r"$\Vert W\Vert_F / \Vert H\Vert_F$", "‖W‖_F / ‖H‖_F, features not centred (seed 002)", "1 at max margin"),
+    Column("margin_normalized", "loss", CLASSIFIER_LAYER, "Normalised bias-free margin", r"$q_0 \cdot 2(K-1)\sqrt{n} / (\Vert W\Vert_F^2 + \Vert H\Vert_F^2)$", "smallest bias-free margin over its upper bound (ULPM, seed 002); ≤ 1 on balanced data", "1 at max margin, if zero-mean and no bias"),
+    Column("norm_balance", "loss", CLASSIFIER_LAYER, "Norm balance", r"$\Vert W\Vert_F / \Vert H\Vert_F$", "‖W‖_F / ‖H‖_F, features not centred (seed 002)", "1 at max margin, if zero-mean and no bias"),
     Column("ce_loss", "loss", CLASSIFIER_LAYER, "Cross-entropy loss", r"mean of $-\log \mathrm{softmax}(Wh_i + b)_{y_i}$", "mean cross-entropy of the logits Wh + b", "→ 0"),
-    Column("ce_excess", "loss", CLASSIFIER_LAYER, "Excess cross-entropy", r"$CE_0 - \log(1 + (K-1)e^{-K\alpha\beta/(K-1)})$", "bias-free cross-entropy over the optimum for the same feature and classifier norms (Pan)", "0"),
+    Column("ce_excess", "loss", CLASSIFIER_LAYER, "Excess cross-entropy", r"$CE_0 - \log(1 + (K-1)e^{-K\alpha\beta/(K-1)})$", "bias-free cross-entropy over the optimum for the same feature and classifier norms (Pan)", "0 if zero-mean and no bias"),
     Column("snr_min", "snr", CLASSIFIER_LAYER, "SNR: smallest singular value", r"$\omega_{\min}$ of $\Sigma_W^{-1/2}M^T$", "smallest non-zero singular value of Σ_W^{−1/2}Mᵀ, --snr (Han et al.)", "→ ∞"),
     Column("snr_max", "snr", CLASSIFIER_LAYER, "SNR: largest singular value", r"$\omega_{\max}$ of $\Sigma_W^{-1/2}M^T$", "largest singular value of Σ_W^{−1/2}Mᵀ, --snr; snr_max/snr_min → 1 at NC2", "→ ∞, = snr_min"),
     Column("nc5_ood_orthogonality", "ood", ANY_LAYER, "NC5: class means vs the OOD mean", r"mean of $|\cos(\mu_c, \mu_{ood})|$", "mean |cos(μ_c, μ_ood)| with the --ood file's mean, not centred (Ammar et al.)", "0"),
     Column("intra_cos_min", "cosine", ANY_LAYER, "Within-class cosine, worst class", r"$\min_c$ intra$_c$", "smallest mean cosine between samples of a class (Pan)", "1"),
     Column("intra_cos_mean", "cosine", ANY_LAYER, "Within-class cosine, mean", r"mean of intra$_c$", "mean cosine between samples of a class, averaged over classes (Pan)", "1"),
-    Column("inter_cos_max", "cosine", ANY_LAYER, "Between-class cosine, worst pair", r"$\max_{c<c'}$ inter$_{cc'}$", "largest mean cosine between samples of two classes (Pan)", "−1/(K−1)"),
-    Column("inter_cos_mean", "cosine", ANY_LAYER, "Between-class cosine, mean", r"mean of inter$_{cc'}$", "mean cosine between samples of two classes, over pairs (Pan)", "−1/(K−1)"),
+    Column("inter_cos_max", "cosine", ANY_LAYER, "Between-class cosine, worst pair", r"$\max_{c<c'}$ inter$_{cc'}$", "largest mean cosine between samples of two classes (Pan)", "−1/(K−1) if zero-mean; ≥ 0 after ReLU"),
+    Column("inter_cos_mean", "cosine", ANY_LAYER, "Between-class cosine, mean", r"mean of inter$_{cc'}$", "mean cosine between samples of two classes, over pairs (Pan)", "−1/(K−1) if zero-mean; ≥ 0 after ReLU"),
     Column("mse_loss", "mse", CLASSIFIER_LAYER, "MSE loss", r"$L(\tilde W)$", "MSE loss of the classifier, --mse (Han, Papyan & Donoho): mse_ls + mse_perp", "→ mse_ls"),
     Column("mse_ls", "mse", CLASSIFIER_LAYER, "MSE of the least-squares classifier", r"$L(\tilde W_{LS})$", "MSE loss of the least-squares classifier: mse_nc1 + mse_nc23", "→ mse_nc23"),
     Column("mse_perp", "mse", CLASSIFIER_LAYER, "MSE: distance to the central path", r"$L^{\perp}_{LS}$", "how far the classifier is from the least-squares one: mse_loss − mse_ls", "0"),

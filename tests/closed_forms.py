@@ -1,7 +1,7 @@
 """Fixtures with known metric values, from the closed forms of seed-notes §2.
 
 Every generator returns a :class:`Fixture` whose ``expected`` values come from
-the closed formulas (T2, T6, T8, T9 of ``../shared/spec/seed-notes.md``),
+the closed formulas (T2, T6, T8, T9 of ``docs/seed-notes.md``),
 *not* from ``reference.py``; ``test_reference.py`` checks the oracle against
 them. The one exception is :func:`offset_collapse`, whose point is a
 comparison between shifted and unshifted data (see there).

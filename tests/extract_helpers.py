@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the documented default of --mean/--std, typed out independently
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the documented statistics of --normalize imagenet, typed out independently
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET = ("--normalize", "imagenet")  # for tests whose images need some normalisation, not a particular one
 
 
 class TinyCNN(nn.Module):
@@ -68,9 +69,14 @@ def write_npz(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
     return path
 
 
+def unit_inputs(images: np.ndarray) -> torch.Tensor:
+    """``--normalize none`` written out by hand: uint8 NHWC → [0, 1], NCHW."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
 def reference_inputs(images: np.ndarray) -> torch.Tensor:
-    """The default preprocessing written out by hand: uint8 NHWC → [0, 1] → ImageNet normalisation, NCHW."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    """``--normalize imagenet`` written out by hand: uint8 NHWC → [0, 1] → ImageNet normalisation, NCHW."""
+    x = unit_inputs(images)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (x - mean) / std

@@ -1,7 +1,7 @@
 """Write feature files with plain h5py, independently of nccli's own writer.
 
 This is what a user who computed features elsewhere would do
-(``../shared/spec/feature-file.md``, format version 1). It validates nothing:
+(``docs/feature-file.md``, format version 1). It validates nothing:
 tests use it to write bad files too (labels out of range, NaN features,
 mismatched row counts, missing required paths via ``omit``).
 """

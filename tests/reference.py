@@ -1,7 +1,7 @@
 """A deliberately naive float64 numpy oracle for every metric of ``metrics.md``.
 
 This module is the *independent* test oracle for ``nccli analyze``: it is
-written from ``../shared/spec/metrics.md`` alone, works on whole in-memory
+written from ``docs/metrics.md`` alone, works on whole in-memory
 matrices (full d×d covariances, O(N²) double loops for the cosine view,
 explicit argmin/argmax loops) and is meant to be slow and obviously right,
 never streaming. Use it only on small data (N up to a few hundred, d up to a

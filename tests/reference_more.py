@@ -1,6 +1,6 @@
 """The naive float64 oracle, continued: the columns of issue 13 (``metrics.md``).
 
-Written from ``../shared/spec/metrics.md`` alone, on whole in-memory arrays
+Written from ``docs/metrics.md`` alone, on whole in-memory arrays
 (explicit K×K matrices, per-sample loops); called by
 :func:`reference.reference_metrics`, which owns the entry point and the
 conventions (present classes, μ_G = mean of class means, population

@@ -30,6 +30,50 @@ def good_file(path, n=40, k=4, d=5, seed=0, **kwargs):
 
 
 
+# --------------------------------------------------------------------------- quoted globs
+
+
+def epoch_files(folder, epochs=(10, 2, 1)):
+    """folder/epoch_E.h5 per epoch, written out of order."""
+    folder.mkdir()
+    return {epoch: good_file(folder / f"epoch_{epoch}.h5", seed=epoch, epoch=epoch) for epoch in epochs}
+
+
+def analysed_files(out):
+    """The report's files, one entry per file (each has two layers)."""
+    return pq.read_table(out).column("file").to_pylist()[::2]
+
+
+def test_quoted_globs_expand_in_epoch_order_among_plain_paths(tmp_path):
+    """A pattern gives the files the shell would give, in natural order (epoch_2 before epoch_10); a file named
+    twice is analysed twice, as a repeated path always was."""
+    test = epoch_files(tmp_path / "test")
+    plain = good_file(tmp_path / "plain.h5", seed=5)
+    out, by_hand = tmp_path / "r.parquet", tmp_path / "by_hand.parquet"
+    result = invoke("analyze", plain, tmp_path / "test" / "epoch_*.h5", test[1], "--out", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    expected = [plain, test[1], test[2], test[10], test[1]]
+    assert analysed_files(out) == [str(path) for path in expected]
+    assert invoke("analyze", *expected, "--out", by_hand, "--device", "cpu").exit_code == 0
+    assert pq.read_table(out).to_pylist() == pq.read_table(by_hand).to_pylist()
+
+
+def test_a_glob_that_matches_no_file_is_one_line_and_writes_nothing(tmp_path):
+    good = good_file(tmp_path / "good.h5")
+    (tmp_path / "epoch_9.h5").mkdir()  # a folder is not a feature file
+    out = tmp_path / "r.parquet"
+    for pattern in (tmp_path / "none" / "*.h5", tmp_path / "epoch_?.h5"):
+        assert_user_error(invoke("analyze", good, pattern, "--out", out), f"pattern '{pattern}' matches no file")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["epoch_9.h5", "good.h5"]
+
+
+def test_a_file_named_with_glob_characters_is_that_file(tmp_path):
+    path = good_file(tmp_path / "run[1].h5")
+    result = invoke("analyze", path, "--out", tmp_path / "r.parquet", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert analysed_files(tmp_path / "r.parquet") == [str(path)]
+
+
 # --------------------------------------------------------------------------- the report
 
 

@@ -24,9 +24,8 @@ import pytest
 from cli_helpers import assert_user_error, invoke
 from extract_helpers import read_datasets
 
-from nccli import schema
+from nccli import distributed, schema
 from nccli.errors import DistributedError, UsageError
-from nccli import distributed
 from nccli.extract.distributed import ADVICE
 from nccli.io import shards
 
@@ -110,6 +109,23 @@ def test_the_index_reads_as_one_file_equal_to_a_single_process_extraction(extrac
         assert json.loads(a.attrs[schema.ATTR_EXTRACT_OPTIONS]) == json.loads(b.attrs[schema.ATTR_EXTRACT_OPTIONS])
         assert dict(a[schema.layer_path("block2")].attrs).keys() == dict(b[schema.layer_path("block2")].attrs).keys()
         assert a[schema.CLASSIFIER].attrs[schema.ATTR_CLASSIFIER_LAYER] == "classifier:input"
+
+
+def test_each_shard_records_the_accuracy_of_its_rows_and_the_index_that_of_all(extracted):
+    root, done = extracted
+    index = root / "out" / "features.h5"
+    accuracies = {}
+    for path in [*shard_files(index), index, root / "single.h5"]:
+        stored = read_datasets(path)
+        correct = np.count_nonzero(np.argmax(stored[schema.LOGITS], axis=1) == stored[schema.LABELS])
+        with h5py.File(path, "r") as handle:
+            accuracies[path.name] = handle.attrs[schema.ATTR_LOGITS_ACCURACY]
+        assert accuracies[path.name] == correct / len(stored[schema.LABELS]), path
+    assert accuracies["features.h5"] == accuracies["single.h5"]
+    printed = [line for line in done.stderr.splitlines() if "top-1 accuracy" in line]  # by rank 0 only
+    assert printed == [
+        f"'{index}': top-1 accuracy of the model's logits on these {ROWS} samples: {accuracies['features.h5']:.4f}"
+    ]
 
 
 def assert_same_metrics(got: dict[str, dict], want: dict[str, dict]) -> None:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from cli_helpers import invoke
-from extract_helpers import random_images, tiny_cnn, write_npz
+from extract_helpers import IMAGENET, random_images, tiny_cnn, write_npz
 
 from nccli import schema
 
@@ -21,6 +21,7 @@ def test_extracted_file_passes_analyze(tmp_path):
         data,
         "--arch",
         "extract_helpers:tiny_cnn",
+        *IMAGENET,
         "--num-classes",
         4,
         "--out",

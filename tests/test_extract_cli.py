@@ -7,6 +7,7 @@ import pytest
 import torch
 from cli_helpers import assert_user_error, invoke
 from extract_helpers import (
+    IMAGENET,
     random_images,
     read_datasets,
     tiny_cnn,
@@ -40,6 +41,7 @@ def setup(tmp_path_factory):
                 "--weights",
                 "--trust-checkpoint",
                 "--per-class",
+                "--normalize",
                 "--layers",
                 "--pool",
                 "--token-pool",
@@ -66,11 +68,13 @@ def test_help_teaches_every_option(command, phrases):
         assert phrase in text, phrase
 
 
-def test_success_prints_the_path_and_nothing_else_off_a_terminal(setup, tmp_path):
-    result = invoke("extract", setup / "model.pt", setup / "data.npz", *ARCH, "--out", tmp_path / "f.h5", "--workers", 0)
+def test_success_prints_the_path_and_only_the_accuracy_off_a_terminal(setup, tmp_path):
+    out = tmp_path / "f.h5"
+    result = invoke("extract", setup / "model.pt", setup / "data.npz", *ARCH, *IMAGENET, "--out", out, "--workers", 0)
     assert result.exit_code == 0
-    assert result.stdout == f"{tmp_path / 'f.h5'}\n"
-    assert result.stderr == ""  # no progress bar on a pipe
+    assert result.stdout == f"{out}\n"
+    (line,) = result.stderr.splitlines()  # no progress bar on a pipe; the accuracy, a check on the whole run
+    assert line.startswith(f"'{out}': top-1 accuracy of the model's logits on these 8 samples: ")
 
 
 def test_python_api(setup, tmp_path):
@@ -82,16 +86,18 @@ def test_python_api(setup, tmp_path):
         data=str(setup / "data.npz"),
         out=str(tmp_path / "f.h5"),
         model=ModelOptions(arch="extract_helpers:tiny_cnn"),
+        normalize="imagenet",
         layers=("conv1", "fc:input"),
         workers=0,
     )
     (result,) = extract_features(config)
     assert result.path == str(tmp_path / "f.h5") and result.rows == 8
     assert result.layers == ("conv1", "fc:input") and not result.skipped
+    assert 0 <= result.logits_accuracy <= 1
 
 
 def test_bf16_autocast_stays_close_to_fp32(setup, tmp_path):
-    common = (setup / "model.pt", setup / "data.npz", *ARCH, "--workers", 0, "--device", "cpu")
+    common = (setup / "model.pt", setup / "data.npz", *ARCH, *IMAGENET, "--workers", 0, "--device", "cpu")
     assert invoke("extract", *common, "--out", tmp_path / "fp32.h5").exit_code == 0
     result = invoke("extract", *common, "--out", tmp_path / "bf16.h5", "--precision", "bf16")
     assert result.exit_code == 0, result.stderr
@@ -116,15 +122,17 @@ def test_bf16_autocast_stays_close_to_fp32(setup, tmp_path):
     ],
 )
 def test_bad_options_fail_with_one_line_and_leave_nothing(setup, tmp_path, options, fragments):
-    result = invoke("extract", setup / "model.pt", setup / "data.npz", *ARCH, "--out", tmp_path / "f.h5", *options)
+    out = tmp_path / "f.h5"
+    result = invoke("extract", setup / "model.pt", setup / "data.npz", *ARCH, *IMAGENET, "--out", out, *options)
     assert_user_error(result, *fragments)
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_a_gpu_is_a_clear_error(setup, tmp_path):
+    out = tmp_path / "f.h5"
     result = invoke(
-        "extract", setup / "model.pt", setup / "data.npz", *ARCH, "--out", tmp_path / "f.h5", "--device", "cuda"
+        "extract", setup / "model.pt", setup / "data.npz", *ARCH, *IMAGENET, "--out", out, "--device", "cuda"
     )
     assert_user_error(result, "no CUDA device is available", "--device cpu")
 

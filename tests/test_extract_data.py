@@ -6,6 +6,7 @@ import pytest
 import torch
 from cli_helpers import assert_user_error, invoke
 from extract_helpers import (
+    IMAGENET,
     files_in,
     random_images,
     read_datasets,
@@ -28,19 +29,19 @@ def setup(tmp_path_factory):
     return directory, images, labels
 
 
-def _extract(directory, data, out, *options, model="model.pt"):
-    result = invoke("extract", directory / model, data, *ARCH, "--out", out, "--workers", 0, *options)
+def _extract(directory, data, out, *options, model="model.pt", normalize=IMAGENET):
+    result = invoke("extract", directory / model, data, *ARCH, *normalize, "--out", out, "--workers", 0, *options)
     assert result.exit_code == 0, result.stderr
     return read_datasets(out)
 
 
 def _assert_same_rows(a: dict, b: dict, exact: bool = True):
     assert a.keys() == b.keys()
-    for path in a:
+    for path, values in a.items():
         if exact:
-            np.testing.assert_array_equal(a[path], b[path], err_msg=path)
+            np.testing.assert_array_equal(values, b[path], err_msg=path)
         else:
-            np.testing.assert_allclose(a[path], b[path], rtol=1e-5, atol=1e-6, err_msg=path)
+            np.testing.assert_allclose(values, b[path], rtol=1e-5, atol=1e-6, err_msg=path)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "float"])
@@ -57,10 +58,9 @@ def test_grey_images_with_channels_and_one_value_mean_std(setup, tmp_path):
     grey = images[..., 0]
     rgb = write_npz(tmp_path / "rgb.npz", np.repeat(grey[..., None], 3, axis=3), labels)
     options = ("--mean", "0.5", "--std", "0.25")
-    reference = _extract(directory, rgb, tmp_path / "rgb.h5", *options)
-    stored = _extract(
-        directory, write_npz(tmp_path / "grey.npz", grey, labels), tmp_path / "grey.h5", "--channels", 3, *options
-    )
+    reference = _extract(directory, rgb, tmp_path / "rgb.h5", normalize=options)
+    grey_file = write_npz(tmp_path / "grey.npz", grey, labels)
+    stored = _extract(directory, grey_file, tmp_path / "grey.h5", "--channels", 3, normalize=options)
     _assert_same_rows(stored, reference)
 
 
@@ -75,6 +75,7 @@ def test_h5_array_file_read_by_a_worker_process(setup, tmp_path):
         directory / "model.pt",
         tmp_path / "arrays.h5",
         *ARCH,
+        *IMAGENET,
         "--out",
         tmp_path / "h5.h5",
         "--workers",
@@ -112,7 +113,9 @@ def test_image_folder_with_mixed_sizes_needs_resize(setup, tmp_path):
     (folder / "a").mkdir(parents=True)
     Image.fromarray(images[0]).save(folder / "a" / "small.png")
     Image.fromarray(np.zeros((20, 24, 3), dtype=np.uint8)).save(folder / "a" / "wide.png")
-    result = invoke("extract", directory / "model.pt", folder, *ARCH, "--out", tmp_path / "f.h5", "--workers", 1)
+    result = invoke(
+        "extract", directory / "model.pt", folder, *ARCH, *IMAGENET, "--out", tmp_path / "f.h5", "--workers", 1
+    )
     assert_user_error(result, f"image '{folder / 'a' / 'wide.png'}'", "is 3×20×24", "are 3×16×16", "--resize")
     assert not (tmp_path / "f.h5.partial").exists()  # the first batch failed: no rows to keep
     stored = _extract(directory, folder, tmp_path / "resized.h5", "--resize", 12)
@@ -121,14 +124,15 @@ def test_image_folder_with_mixed_sizes_needs_resize(setup, tmp_path):
         assert list(handle[schema.layer_path("conv1")].attrs[schema.ATTR_SAMPLE_SHAPE]) == [8, 12, 12]
 
 
-def test_fake_data(setup, tmp_path):
+def test_fake_data_needs_no_normalisation_and_records_none(setup, tmp_path):
     directory, _, _ = setup
-    stored = _extract(directory, "fake:12", tmp_path / "fake.h5", "--batch-size", 5)
+    stored = _extract(directory, "fake:12", tmp_path / "fake.h5", "--batch-size", 5, normalize=())
     assert stored[schema.LABELS].shape == (12,)
     assert set(stored[schema.LABELS]) <= set(range(10))
     with h5py.File(tmp_path / "fake.h5", "r") as handle:
         assert handle.attrs[schema.ATTR_NUM_CLASSES] == 10
         assert "fake:12" in handle.attrs[schema.ATTR_DATASET]
+        assert "Normalize" not in handle.attrs[schema.ATTR_TRANSFORM]  # pixels in [0, 1], as --normalize none
 
 
 def test_per_class_subset_is_balanced_seeded_and_in_dataset_order(setup, tmp_path):
@@ -178,7 +182,7 @@ def test_bad_array_files_fail_with_one_line_and_leave_nothing(setup, tmp_path, k
     directory, _, _ = setup
     data = _bad_npz(tmp_path, kind)
     before = files_in(tmp_path)
-    result = invoke("extract", directory / "model.pt", data, *ARCH, "--out", tmp_path / "f.h5")
+    result = invoke("extract", directory / "model.pt", data, *ARCH, *IMAGENET, "--out", tmp_path / "f.h5")
     assert_user_error(result, *fragments)
     assert files_in(tmp_path) == before
 
@@ -198,7 +202,8 @@ def test_missing_and_unknown_data_fail_with_one_line(setup, tmp_path, data, opti
     directory, _, _ = setup
     options = [option.format(tmp=tmp_path) for option in options]
     result = invoke(
-        "extract", directory / "model.pt", data.format(tmp=tmp_path), *ARCH, "--out", tmp_path / "f.h5", *options
-    )
+        "extract", directory / "model.pt", data.format(tmp=tmp_path), *ARCH, *IMAGENET, "--out", tmp_path / "f.h5",
+        *options,
+    )  # fmt: skip
     assert_user_error(result, *fragments)
     assert list(tmp_path.iterdir()) == []

@@ -11,6 +11,7 @@ import torch
 import torchvision
 from cli_helpers import assert_user_error, invoke
 from extract_helpers import (
+    IMAGENET,
     random_images,
     read_datasets,
     reference_inputs,
@@ -42,6 +43,7 @@ def resnet(tmp_path_factory):
         data,
         "--arch",
         "resnet18",
+        *IMAGENET,
         "--out",
         out,
         "--batch-size",
@@ -61,6 +63,7 @@ def _extract_resnet(directory, out, *options):
         directory / "data.npz",
         "--arch",
         "resnet18",
+        *IMAGENET,
         "--out",
         out,
         *options,
@@ -178,6 +181,7 @@ def test_vit_default_layers_equal_an_independent_forward_pass(vit):
         directory / "data.npz",
         "--arch",
         "extract_helpers:tiny_vit",
+        *IMAGENET,
         "--num-classes",
         10,
         "--out",
@@ -224,6 +228,7 @@ def test_vit_mean_token_pooling_and_tuple_outputs(vit):
         directory / "data.npz",
         "--arch",
         "extract_helpers:tiny_vit",
+        *IMAGENET,
         "--out",
         out,
         "--layers",

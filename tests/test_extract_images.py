@@ -7,6 +7,7 @@ import pytest
 import torch
 from cli_helpers import assert_user_error, invoke
 from extract_helpers import (
+    IMAGENET,
     differences,
     random_images,
     read_datasets,
@@ -50,8 +51,9 @@ def _snapshot(directory) -> dict:
 
 def _extract(tmp_path, folder, out, *options):
     return invoke(
-        "extract", tmp_path / "model.pt", folder, *ARCH, "--out", out, "--batch-size", 2, "--workers", 0, *options
-    )
+        "extract", tmp_path / "model.pt", folder, *ARCH, *IMAGENET, "--out", out, "--batch-size", 2, "--workers", 0,
+        *options,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ["truncated", "empty", "not an image"])

@@ -14,6 +14,7 @@ import pytest
 import torch
 from cli_helpers import assert_user_error, invoke
 from extract_helpers import (
+    IMAGENET,
     files_in,
     random_images,
     read_datasets,
@@ -44,13 +45,14 @@ def setup(tmp_path_factory):
     images, labels = random_images(n=20, size=16)
     data = write_npz(directory / "data.npz", images, labels)
     reference = directory / "reference.h5"
-    assert invoke("extract", directory / "plain.pt", data, *ARCH, "--out", reference, "--workers", 0).exit_code == 0
+    result = invoke("extract", directory / "plain.pt", data, *ARCH, *IMAGENET, "--out", reference, "--workers", 0)
+    assert result.exit_code == 0, result.stderr
     return model, directory, data, read_datasets(reference)
 
 
 def _features(directory, model_file, data, *options):
     out = directory / (model_file.name + ".h5")
-    result = invoke("extract", model_file, data, "--out", out, "--workers", 0, "--overwrite", *options)
+    result = invoke("extract", model_file, data, *IMAGENET, "--out", out, "--workers", 0, "--overwrite", *options)
     assert result.exit_code == 0, result.stderr
     return read_datasets(out)
 
@@ -88,10 +90,10 @@ def test_exported_program_is_hooked_through_unflatten(setup):
 
 
 def test_pickled_module_is_refused_without_trust_and_loaded_with_it(setup, tmp_path):
-    model, directory, data, reference = setup
+    model, _, data, reference = setup
     torch.save(model, tmp_path / "whole.pt")
     before = files_in(tmp_path)
-    result = invoke("extract", tmp_path / "whole.pt", data, "--out", tmp_path / "f.h5", "--workers", 0)
+    result = invoke("extract", tmp_path / "whole.pt", data, *IMAGENET, "--out", tmp_path / "f.h5", "--workers", 0)
     assert_user_error(result, "pickled Python objects", "arbitrary code", "--trust-checkpoint")
     assert files_in(tmp_path) == before
     stored = _features(tmp_path, tmp_path / "whole.pt", data, "--trust-checkpoint")
@@ -103,15 +105,16 @@ def test_pickled_module_is_refused_without_trust_and_loaded_with_it(setup, tmp_p
 def test_torchscript_is_refused_with_the_reason(setup, tmp_path):
     model, _, data, _ = setup
     torch.jit.script(model).save(str(tmp_path / "scripted.pt"))
-    result = invoke("extract", tmp_path / "scripted.pt", data, "--out", tmp_path / "f.h5")
+    result = invoke("extract", tmp_path / "scripted.pt", data, *IMAGENET, "--out", tmp_path / "f.h5")
     assert_user_error(result, "TorchScript", "forward hooks", ".pt2")
 
 
 def test_torchvision_name_with_num_classes(setup, tmp_path):
     _, _, data, _ = setup
     result = invoke(
-        "extract", "resnet18", data, "--num-classes", 10, "--out", tmp_path / "f.h5", "--workers", 0, "--epoch", 3
-    )
+        "extract", "resnet18", data, *IMAGENET, "--num-classes", 10, "--out", tmp_path / "f.h5", "--workers", 0,
+        "--epoch", 3,
+    )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     with h5py.File(tmp_path / "f.h5", "r") as handle:
         assert handle[schema.LOGITS].shape == (20, 10)
@@ -141,14 +144,16 @@ def test_unknown_weights_name_lists_the_choices(setup, tmp_path):
 
 
 def test_several_checkpoints_write_one_file_each_with_its_epoch(setup, tmp_path):
-    model, directory, data, reference = setup
+    model, _, data, reference = setup
     runs = tmp_path / "runs"
     runs.mkdir()
     for epoch in (3, 12):
         torch.save(model.state_dict(), runs / f"epoch_{epoch:03d}.pt")
     torch.save({"state_dict": model.state_dict(), "epoch": 40}, runs / "last.pt")
     out = tmp_path / "features"
-    result = invoke("extract", str(runs / "epoch_*.pt"), runs / "last.pt", data, *ARCH, "--out", out, "--workers", 0)
+    result = invoke(
+        "extract", str(runs / "epoch_*.pt"), runs / "last.pt", data, *ARCH, *IMAGENET, "--out", out, "--workers", 0
+    )
     assert result.exit_code == 0, result.stderr
     written = sorted(path.name for path in out.iterdir())
     assert written == ["epoch_003.h5", "epoch_012.h5", "last.h5"]
@@ -163,7 +168,9 @@ def test_several_checkpoints_write_one_file_each_with_its_epoch(setup, tmp_path)
 
 def test_epoch_option_is_refused_for_several_checkpoints(setup, tmp_path):
     _, directory, data, _ = setup
-    result = invoke("extract", directory / "plain.pt", directory / "ddp.pt", data, *ARCH, "--out", tmp_path, "--epoch", 1)
+    result = invoke(
+        "extract", directory / "plain.pt", directory / "ddp.pt", data, *ARCH, *IMAGENET, "--out", tmp_path, "--epoch", 1
+    )
     assert_user_error(result, "--epoch")
     assert list(tmp_path.iterdir()) == []
 
@@ -193,6 +200,6 @@ def test_epoch_option_is_refused_for_several_checkpoints(setup, tmp_path):
 def test_bad_models_fail_with_one_line_and_leave_nothing(setup, tmp_path, arguments, fragments):
     _, directory, data, _ = setup
     arguments = [argument.format(dir=directory) for argument in arguments]
-    result = invoke("extract", *arguments, data, "--out", tmp_path / "f.h5")
+    result = invoke("extract", *arguments, data, *IMAGENET, "--out", tmp_path / "f.h5")
     assert_user_error(result, *fragments)
     assert list(tmp_path.iterdir()) == []

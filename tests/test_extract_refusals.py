@@ -10,6 +10,7 @@ import pytest
 import torch
 from cli_helpers import assert_user_error, invoke
 from extract_helpers import (
+    IMAGENET,
     random_images,
     read_datasets,
     tiny_cnn,
@@ -98,10 +99,10 @@ def _snapshot(directory) -> dict:
     return {str(path): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()}
 
 
-def _extract(directory, model: str, out, *options, data=None):
+def _extract(directory, model: str, out, *options, data=None, normalize=IMAGENET):
     return invoke(
         "extract", directory / f"{model}.pt", data or directory / "data.npz", "--arch",
-        f"test_extract_refusals:{model}", "--out", out, "--batch-size", BATCH, "--workers", 0, *options,
+        f"test_extract_refusals:{model}", *normalize, "--out", out, "--batch-size", BATCH, "--workers", 0, *options,
     )  # fmt: skip
 
 
@@ -132,7 +133,7 @@ def test_the_model_failing_after_the_probe_is_one_line_and_keeps_the_rows_before
 ):
     before = _snapshot(setup)
     out = tmp_path / "f.h5"
-    result = _extract(setup, model, out, *options)
+    result = _extract(setup, model, out, normalize=options)
     assert_user_error(result, *fragments, f"'{out}.partial' keeps the first 4 of {ROWS} rows", "--resume")
     _assert_kept_partial(out, 4)
     assert _snapshot(setup) == before
@@ -167,7 +168,7 @@ def test_a_classifier_with_non_finite_weights_is_refused_before_any_file(setup, 
     state["fc.weight"][0, 0] = float("nan")
     torch.save(state, tmp_path / "diverged.pt")
     result = invoke(
-        "extract", tmp_path / "diverged.pt", setup / "data.npz", "--arch", "extract_helpers:tiny_cnn",
+        "extract", tmp_path / "diverged.pt", setup / "data.npz", "--arch", "extract_helpers:tiny_cnn", *IMAGENET,
         "--out", tmp_path / "f.h5", "--workers", 0,
     )  # fmt: skip
     assert_user_error(result, "the last linear layer 'fc' holds a non-finite weight")
@@ -205,7 +206,7 @@ def test_array_files_analyze_would_misread_are_refused_before_any_row(setup, tmp
     data = _array_file(tmp_path, kind)
     before = _snapshot(tmp_path)
     result = invoke(
-        "extract", setup / "tiny.pt", data, "--arch", "extract_helpers:tiny_cnn", "--out", tmp_path / "f.h5",
+        "extract", setup / "tiny.pt", data, "--arch", "extract_helpers:tiny_cnn", *IMAGENET, "--out", tmp_path / "f.h5",
         "--workers", 0,
     )  # fmt: skip
     assert_user_error(result, *fragments)
@@ -253,6 +254,7 @@ def test_bad_builders_and_checkpoints_fail_with_one_line(setup, tmp_path, broken
     torch.save({0: torch.zeros(3)}, tmp_path / "int_keys.pt")
     source = tmp_path / model if model != "tiny.pt" else setup / model
     before = _snapshot(tmp_path)
-    result = invoke("extract", source, setup / "data.npz", *options, "--out", tmp_path / "f.h5", "--workers", 0)
+    out = tmp_path / "f.h5"
+    result = invoke("extract", source, setup / "data.npz", *options, *IMAGENET, "--out", out, "--workers", 0)
     assert_user_error(result, *(fragment.format(dir=tmp_path) for fragment in fragments))
     assert _snapshot(tmp_path) == before

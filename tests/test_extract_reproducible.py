@@ -14,6 +14,7 @@ import pytest
 import torch
 from cli_helpers import assert_user_error, invoke
 from extract_helpers import (
+    IMAGENET,
     differences,
     random_images,
     write_npz,
@@ -41,7 +42,7 @@ def data(tmp_path_factory):
 
 def _command(directory: Path, out: Path, *options):
     return (
-        "extract", MODEL, directory / "data.npz", "--num-classes", 4, "--out", out,
+        "extract", MODEL, directory / "data.npz", "--num-classes", 4, *IMAGENET, "--out", out,
         "--batch-size", BATCH, "--workers", 0, *options,
     )  # fmt: skip
 
@@ -124,9 +125,8 @@ def test_a_killed_random_init_run_resumes_to_the_uninterrupted_file(data, tmp_pa
         """
     )
     out = tmp_path / "f.h5"
-    process = subprocess.run(
-        [sys.executable, "-c", child, *map(str, _command(data, out))], capture_output=True, env=os.environ, timeout=300
-    )
+    command = [sys.executable, "-c", child, *map(str, _command(data, out))]
+    process = subprocess.run(command, check=False, capture_output=True, env=os.environ, timeout=300)
     assert process.returncode == -signal.SIGKILL, process.stderr.decode()
     with h5py.File(f"{out}.partial", "r") as handle:
         assert 0 < handle.attrs[schema.ATTR_ROWS_WRITTEN] < ROWS

@@ -5,6 +5,7 @@ import pytest
 import torch
 from cli_helpers import assert_user_error, invoke
 from extract_helpers import (
+    IMAGENET,
     differences,
     files_in,
     random_images,
@@ -34,6 +35,7 @@ def _command(directory, out, *options):
         directory / "data.npz",
         "--arch",
         "extract_helpers:tiny_cnn",
+        *IMAGENET,
         "--out",
         out,
         "--batch-size",

@@ -87,6 +87,18 @@ def test_a_bad_file_is_one_line(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_quoted_globs_are_described_in_epoch_order(tmp_path):
+    """The same expansion as analyze's: natural order among plain paths, and a pattern matching nothing is one line."""
+    (tmp_path / "test").mkdir()
+    paths = {epoch: good_file(tmp_path / "test" / f"epoch_{epoch}.h5", epoch=epoch) for epoch in (10, 2, 1)}
+    bare = good_file(tmp_path / "bare.h5")
+    result = invoke("info", bare, tmp_path / "test" / "epoch_*.h5", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert [record["path"] for record in json.loads(result.stdout)] == [str(bare), *(str(paths[e]) for e in (1, 2, 10))]
+    pattern = tmp_path / "train" / "*.h5"
+    assert_user_error(invoke("info", pattern), f"pattern '{pattern}' matches no file")
+
+
 @pytest.mark.parametrize("command", [("layers",), ("extract",)])
 def test_layers_and_extract_given_a_feature_file_as_the_model_point_to_info(tmp_path, command):
     path = good_file(tmp_path / "run.h5")

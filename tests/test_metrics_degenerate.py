@@ -1,6 +1,7 @@
 """Degenerate statistics follow metrics.md: a warning naming file, layer and reason, null values, no crash."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -10,9 +11,11 @@ from analysis_helpers import (
     assert_matches_reference,
     by_class,
 )
+from h5files import write_feature_file
 from reference import reference_metrics
 
 from nccli import schema
+from nccli.analyze import AnalyzeConfig, analyze_features
 from nccli.errors import DegenerateMetricWarning
 
 
@@ -116,3 +119,32 @@ def test_clean_data_gives_no_warnings(tmp_path):
     result = analyze_arrays(tmp_path, rng.normal(size=(60, 4)) + labels[:, None], labels)
     assert result.warnings == []
     assert not any(math.isnan(result.summary[0][key]) for key in schema.NC1_METRICS + schema.NC2_METRICS)
+
+
+def layer_with_counts(counts, seed=0, d=5):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(counts)), counts)
+    return rng.normal(size=(len(labels), d)) + labels[:, None], labels, rng.normal(size=(len(counts), d))
+
+
+def test_the_imbalance_warning_comes_once_per_run_and_only_below_nine_tenths(tmp_path):
+    """metrics.md: one warning per run (not per layer or file), only when the smallest class count is below
+    0.9 × the largest; the conventions say it always; the warning points at the caller's line."""
+    features, labels, weight = layer_with_counts([50, 46, 48])  # 0.92: a little imbalanced, no warning
+    even = write_feature_file(tmp_path / "even.h5", labels, {"a": features, "b": features}, weight=weight, classifier_layer="b")
+    files = [even]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = analyze_features(AnalyzeConfig(files=tuple(map(str, files)), device="cpu"))
+    assert result.warnings == [] and "balanced classes only" in result.conventions["margin_normalized"]
+
+    for index, counts in enumerate(([50, 30, 48], [50, 44, 48])):  # 0.6 and 0.88: both below 0.9
+        features, labels, weight = layer_with_counts(counts, seed=index)
+        path = tmp_path / f"uneven{index}.h5"
+        write_feature_file(path, labels, {"a": features, "b": features}, weight=weight, classifier_layer="b")
+        files.append(path)
+    with pytest.warns(DegenerateMetricWarning) as record:
+        result = analyze_features(AnalyzeConfig(files=tuple(map(str, files)), device="cpu"))
+    assert len(record) == 1 and record[0].filename == __file__  # the caller's line, not nccli's
+    (message,) = result.warnings
+    assert "uneven0.h5' (and 1 more file)" in message and "30 to 50 samples per class" in message

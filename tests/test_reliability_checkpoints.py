@@ -13,7 +13,7 @@ import zipfile
 import pytest
 import torch
 from cli_helpers import assert_user_error, invoke
-from extract_helpers import random_images, tiny_cnn, write_npz
+from extract_helpers import IMAGENET, random_images, tiny_cnn, write_npz
 from safetensors.torch import save_file
 
 from nccli.extract import checkpoints
@@ -36,7 +36,7 @@ def data(tmp_path):
 
 
 def _extract(model, data, out, *options):
-    return invoke("extract", model, data, "--out", out, "--workers", 0, *options)
+    return invoke("extract", model, data, *IMAGENET, "--out", out, "--workers", 0, *options)
 
 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])

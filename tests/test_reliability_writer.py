@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import pytest
 from cli_helpers import assert_user_error, invoke
-from extract_helpers import random_images, tiny_cnn, write_npz
+from extract_helpers import IMAGENET, random_images, tiny_cnn, write_npz
 
 from nccli import schema
 from nccli.io import writer
@@ -135,7 +135,7 @@ def data(tmp_path):
 
 
 def _extract(directory, out, *options):
-    arch = ("--arch", "extract_helpers:tiny_cnn")
+    arch = ("--arch", "extract_helpers:tiny_cnn", *IMAGENET)
     return invoke("extract", directory / "model.pt", directory / "data.npz", *arch, "--out", out, "--workers", 0, *options)
 
 

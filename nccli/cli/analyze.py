@@ -12,7 +12,11 @@ def analyze(
     context: typer.Context,
     files: Annotated[
         list[str],
-        typer.Argument(help="Feature files (HDF5, as `nccli extract` writes them or any file following the layout).", show_default=False),
+        typer.Argument(
+            help="Feature files (HDF5, as `nccli extract` writes them or any file following the layout), or quoted "
+            "globs of them ('test/*.h5'), each expanded in natural order (epoch_2 before epoch_10).",
+            show_default=False,
+        ),
     ],
     out: Annotated[
         str,
@@ -82,16 +86,21 @@ def analyze(
     Files are streamed in row blocks (two passes, float64 state, memory O(K·d) per layer), so files far larger than memory work. Example:
 
         nccli analyze train.h5 test.h5 --means-from train.h5 --out report.parquet
+
+    Test collapse over training, each test file with the train file of its epoch:
+
+        nccli analyze 'test/*.h5' --means-from train/ --out test.parquet
     """
     with user_errors():
         from nccli.analyze import AnalyzeConfig
         from nccli.distributed import main_process
+        from nccli.globs import expand_globs
         from nccli.report.formats import compact
         from nccli.report.outputs import write_analysis
         from nccli.report.parquet import to_table
 
         config = AnalyzeConfig(
-            files=tuple(files),
+            files=tuple(expand_globs(files)),
             layers=split_list(layers),
             means_from=means_from,
             mse=mse,

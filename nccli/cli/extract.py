@@ -2,7 +2,14 @@
 
 import typer
 
-from nccli.cli.common import command_line, echo_error, numbers, split_list, stderr_is_terminal, user_errors
+from nccli.cli.common import (
+    command_line,
+    echo_error,
+    numbers,
+    split_list,
+    stderr_is_terminal,
+    user_errors,
+)
 from nccli.cli.extract_options import (
     BatchSizeOption,
     ChannelsOption,
@@ -17,6 +24,7 @@ from nccli.cli.extract_options import (
     MaxDimOption,
     MeanOption,
     ModelsArgument,
+    NormalizeOption,
     OutOption,
     OverwriteOption,
     PerClassOption,
@@ -71,6 +79,7 @@ def extract(
     resize: ResizeOption = None,
     mean: MeanOption = None,
     std: StdOption = None,
+    normalize: NormalizeOption = None,
     channels: ChannelsOption = None,
     per_class: PerClassOption = None,
     limit: LimitOption = None,
@@ -91,11 +100,13 @@ def extract(
 ) -> None:
     """Run MODEL over DATA and write per-layer features, labels, logits and the classifier to an HDF5 file.
 
+    Without --weights, say how the images are normalised: --mean and --std (the statistics the model was trained with), --normalize none or --normalize imagenet. When the file has logits, the top-1 accuracy of the stored logits is printed at the end and recorded in the file.
+
     The file is written as FILE.h5.partial and renamed when complete; after Ctrl-C or a crash, rerun the same command with --resume. Read the file with `nccli analyze FILE.h5`; `nccli layers MODEL` lists the layers --layers can pick.
     """
     with user_errors():
-        from nccli.extract import ExtractConfig, ExtractionInterrupted, extract_features
         from nccli.distributed import main_process
+        from nccli.extract import ExtractConfig, ExtractionInterrupted, extract_features
 
         config = ExtractConfig(
             models=tuple(models),
@@ -109,6 +120,7 @@ def extract(
             resize=resize,
             mean=numbers("--mean", mean),
             std=numbers("--std", std),
+            normalize=normalize,
             channels=channels,
             per_class=per_class,
             limit=limit,
@@ -139,6 +151,11 @@ def extract(
         for result in results:
             for note in result.notes:
                 echo_error(f"note: '{result.path}': {note}")
+            if result.logits_accuracy is not None:
+                echo_error(
+                    f"'{result.path}': top-1 accuracy of the model's logits on these {result.rows} samples: "
+                    f"{result.logits_accuracy:.4f}"
+                )
             if not result.skipped and stderr_is_terminal():
                 layers_written = len(result.layers)
                 echo_error(f"wrote '{result.path}': {result.rows} rows, {layers_written} layers in {result.seconds:.1f} s")

@@ -4,8 +4,22 @@ from typing import Annotated
 
 import typer
 
-from nccli.cli.model_options import DATA_PANEL, LAYERS_PANEL, MODEL_PANEL, OUTPUT_PANEL, SPEED_PANEL
-from nccli.extract.config import Compression, MapPooling, Precision, Split, StorageDtype, TokenPooling  # torch-free
+from nccli.cli.model_options import (
+    DATA_PANEL,
+    LAYERS_PANEL,
+    MODEL_PANEL,
+    OUTPUT_PANEL,
+    SPEED_PANEL,
+)
+from nccli.extract.config import (  # torch-free
+    Compression,
+    MapPooling,
+    Normalization,
+    Precision,
+    Split,
+    StorageDtype,
+    TokenPooling,
+)
 
 ModelsArgument = Annotated[
     list[str],
@@ -74,8 +88,9 @@ ResizeOption = Annotated[
 MeanOption = Annotated[
     str | None,
     typer.Option(
-        help="Per-channel mean to subtract after scaling pixels to [0, 1]: one number or three, comma-separated. "
-        "Default: ImageNet's 0.485,0.456,0.406 (their average for 1-channel images).",
+        help="Per-channel mean to subtract after scaling pixels to [0, 1], as the model was trained with: one "
+        "number or three, comma-separated. Give it with --std; without --weights, --mean/--std or --normalize "
+        "is required, since features of wrongly normalised images look plausible and are wrong.",
         rich_help_panel=DATA_PANEL,
         show_default=False,
     ),
@@ -83,8 +98,19 @@ MeanOption = Annotated[
 StdOption = Annotated[
     str | None,
     typer.Option(
-        help="Per-channel standard deviation to divide by: one number or three. Default: ImageNet's "
-        "0.229,0.224,0.225 (their average for 1-channel images).",
+        help="Per-channel standard deviation to divide by, as the model was trained with: one number or three. "
+        "Give it with --mean.",
+        rich_help_panel=DATA_PANEL,
+        show_default=False,
+    ),
+]
+NormalizeOption = Annotated[
+    Normalization | None,
+    typer.Option(
+        help="How to normalise the images when the model's own --mean and --std are not given: none keeps the "
+        "pixels in [0, 1]; imagenet uses ImageNet's mean 0.485,0.456,0.406 and std 0.229,0.224,0.225 (their "
+        "averages for 1-channel images). Without --weights (whose own transforms are used), one of --mean/--std "
+        "or --normalize is required; fake:N data defaults to none. The file's transform attribute records it.",
         rich_help_panel=DATA_PANEL,
         show_default=False,
     ),

@@ -16,7 +16,14 @@ class InfoFormat(enum.StrEnum):
 
 
 def info(
-    files: Annotated[list[str], typer.Argument(help="Feature files (HDF5) to describe.", show_default=False)],
+    files: Annotated[
+        list[str],
+        typer.Argument(
+            help="Feature files (HDF5) to describe, or quoted globs of them ('test/*.h5'), each expanded in natural "
+            "order (epoch_2 before epoch_10).",
+            show_default=False,
+        ),
+    ],
     fmt: Annotated[
         InfoFormat,
         typer.Option("--format", "-f", help="table for people; json (a list, one record per file) for scripts."),
@@ -30,9 +37,10 @@ def info(
     with user_errors():
         import json
 
+        from nccli.globs import expand_globs
         from nccli.io.info import as_records, describe
 
-        descriptions = [describe(path) for path in files]
+        descriptions = [describe(path) for path in expand_globs(files)]
         if fmt is InfoFormat.JSON:
             typer.echo(json.dumps(as_records(descriptions), indent=1, ensure_ascii=False))
             return

@@ -19,6 +19,8 @@ DEFAULT_WORKERS = (
 )  # 2 cores: workers would only slow the model
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# DATA of random images: nccli.extract.datasets.FAKE_PREFIX, spelled here too so that this module stays torch-free
+FAKE_DATA_PREFIX = "fake:"
 
 
 class Split(enum.StrEnum):
@@ -26,6 +28,13 @@ class Split(enum.StrEnum):
 
     TRAIN = "train"
     TEST = "test"
+
+
+class Normalization(enum.StrEnum):
+    """How pixels scaled to [0, 1] are normalised when ``--mean``/``--std`` are not given (and no ``--weights``)."""
+
+    NONE = "none"  # left in [0, 1]
+    IMAGENET = "imagenet"  # ImageNet's mean and std (their averages for 1-channel images)
 
 
 class MapPooling(enum.StrEnum):
@@ -94,9 +103,13 @@ class ExtractConfig:
     """Everything `extract_features` needs; defaults match the CLI's.
 
     ``models`` holds model names, checkpoint paths or globs (several
-    checkpoints make ``out`` a directory); ``mean``/``std`` of ``None`` mean
-    ImageNet's (averaged for 1-channel images); ``layers`` of ``None`` means
-    the default picks (top-level blocks and the classifier input).
+    checkpoints make ``out`` a directory). Preprocessing is never guessed:
+    without ``model.weights`` (whose own transforms are used), give either
+    ``mean`` and ``std`` (the statistics the model was trained with) or
+    ``normalize`` (``none``: pixels in [0, 1]; ``imagenet``: ImageNet's
+    statistics, averaged for 1-channel images); only ``fake:N`` data defaults
+    to ``none``. ``layers`` of ``None`` means the default picks (top-level
+    blocks and the classifier input).
     ``skip_unreadable`` leaves out samples whose image cannot be decoded and
     records their indices in the file, instead of stopping at the first.
     """
@@ -112,6 +125,7 @@ class ExtractConfig:
     resize: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    normalize: Normalization | None = None
     channels: int | None = None
     per_class: int | None = None
     limit: int | None = None
@@ -136,11 +150,8 @@ class ExtractConfig:
         if isinstance(self.models, str):
             object.__setattr__(self, "models", (self.models,))
         for name, choices in _CHOICES.items():  # plain strings from Python callers become the enums
-            value = getattr(self, name)
-            if value not in {choice.value for choice in choices}:
-                allowed = ", ".join(choice.value for choice in choices)
-                raise UsageError(f"--{name.replace('_', '-')} must be one of {allowed}, got '{value}'")
-            object.__setattr__(self, name, choices(value))
+            if name not in _OPTIONAL_CHOICES or getattr(self, name) is not None:
+                object.__setattr__(self, name, _choice(name, choices, getattr(self, name)))
         if not self.models:
             raise UsageError("no MODEL given")
         if self.resume and self.overwrite:
@@ -162,6 +173,37 @@ class ExtractConfig:
                 raise UsageError(f"{option} takes 1 or 3 comma-separated numbers, got {len(values)}")
         if self.std is not None and any(value <= 0 for value in self.std):
             raise UsageError(f"--std must be positive, got {','.join(map(str, self.std))}")
+        self._check_normalization()
+
+    def _check_normalization(self) -> None:
+        """Refuse to guess how the images are normalised (a wrong guess gives plausible, wrong features)."""
+        if self.model.weights:  # their own transforms; --mean/--std are ignored then, as documented
+            if self.normalize is not None:
+                raise UsageError(
+                    f"--normalize {self.normalize} with --weights: the weights' own transforms normalise the "
+                    "images; leave out --normalize"
+                )
+            return
+        given = [option for option, value in (("--mean", self.mean), ("--std", self.std)) if value is not None]
+        if self.normalize is not None and given:
+            raise UsageError(
+                f"--normalize {self.normalize} and {'/'.join(given)} both say how to normalise the images; "
+                "pass --mean and --std, or --normalize"
+            )
+        if len(given) == 1:
+            missing = "--std" if given == ["--mean"] else "--mean"
+            raise UsageError(
+                f"{given[0]} without {missing}: pass both, the per-channel statistics the model was trained with"
+            )
+        if given or self.normalize is not None:
+            return
+        if str(self.data).startswith(FAKE_DATA_PREFIX):  # random pixels: no statistics to match
+            object.__setattr__(self, "normalize", Normalization.NONE)
+            return
+        raise UsageError(
+            f"say how to normalise the images of '{self.data}': --mean M --std S (the statistics the model was "
+            "trained with), --normalize none (pixels in [0, 1]) or --normalize imagenet (ImageNet's mean and std)"
+        )
 
 
 _CHOICES = {
@@ -171,7 +213,16 @@ _CHOICES = {
     "precision": Precision,
     "dtype": StorageDtype,
     "compression": Compression,
+    "normalize": Normalization,
 }
+_OPTIONAL_CHOICES = {"normalize"}  # None: not chosen
+
+
+def _choice(name: str, choices: type[enum.StrEnum], value) -> enum.StrEnum:
+    if value not in {choice.value for choice in choices}:
+        allowed = ", ".join(choice.value for choice in choices)
+        raise UsageError(f"--{name.replace('_', '-')} must be one of {allowed}, got '{value}'")
+    return choices(value)
 
 
 def _check_positive(option: str, value: int | None) -> None:

@@ -1,6 +1,5 @@
 """Turning a MODEL argument into an eval-mode ``nn.Module``: torchvision names, ``--arch`` builders, checkpoints."""
 
-import glob
 import importlib
 import importlib.util
 import os
@@ -16,6 +15,7 @@ from nccli.extract.checkpoints import CHECKPOINT_SUFFIXES, epoch_from_name, read
 from nccli.extract.config import ModelOptions
 from nccli.extract.messages import did_you_mean, first_line
 from nccli.extract.state_dicts import load_state_dict, strip_prefixes
+from nccli.globs import expand_globs
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # a file's first 8 bytes (superblock at offset 0, as h5py writes)
 
@@ -37,16 +37,9 @@ class LoadedModel:
 
 
 def expand_model_args(args: tuple[str, ...]) -> list[str]:
-    """MODEL arguments with globs expanded; several entries must all be checkpoint files."""
-    expanded = []
-    for arg in args:
-        if glob.has_magic(arg) and not os.path.exists(arg):
-            matches = sorted(glob.glob(arg))
-            if not matches:
-                raise ModelError(f"no checkpoint file matches '{arg}'")
-            expanded.extend(matches)
-        else:
-            expanded.append(arg)
+    """MODEL arguments with globs expanded (:func:`nccli.globs.expand_globs`: natural order, epoch_2 before
+    epoch_10); several entries must all be checkpoint files."""
+    expanded = expand_globs(args, "checkpoint pattern")
     if len(expanded) > 1:
         for path in expanded:
             if not os.path.isfile(path):

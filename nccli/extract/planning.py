@@ -160,6 +160,8 @@ def _root_attrs(config: ExtractConfig, job: Job, data: ImageData) -> dict:
         schema.ATTR_TORCH_VERSION: str(torch.__version__),
     }
     attrs.update(provenance)
+    if job.logits:  # a placeholder of the type finishing writes, so that it is rewritten in place (io.writer)
+        attrs[schema.ATTR_LOGITS_ACCURACY] = np.nan
     if loaded.epoch is not None:
         attrs[schema.ATTR_EPOCH] = loaded.epoch
     if loaded.init_seed is not None:

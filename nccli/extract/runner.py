@@ -13,7 +13,9 @@ partial file keeps them. Under ``--skip-unreadable`` a sample that cannot be
 decoded gets a placeholder row (zeros, ``sample_index`` -1) in the partial
 file, so positions and ``rows_written`` stay aligned for ``--resume``; the
 finished file leaves those rows out and lists the samples in
-``/skipped_index``.
+``/skipped_index``. A file with logits records the top-1 accuracy of its
+stored logits, counted from the partial file's rows just before it is
+finished (:mod:`nccli.io.accuracy`).
 """
 
 import contextlib
@@ -36,6 +38,7 @@ from nccli.extract.models import expand_model_args, load_model
 from nccli.extract.planning import Job, create_file, extract_options, plan_job
 from nccli.extract.transforms import build_transform
 from nccli.io import shards
+from nccli.io.accuracy import recorded_accuracy, top1_counts
 from nccli.io.options import stored_options
 from nccli.io.writer import FeatureWriter, check_not_being_written, partial_path
 from nccli.progress import progress_bar
@@ -47,7 +50,11 @@ MAX_SHOWN_SKIPPED = 5
 
 @dataclass(frozen=True)
 class ExtractResult:
-    """One feature file: where, how many rows, which layers; ``skipped`` if it was already complete."""
+    """One feature file: where, how many rows, which layers; ``skipped`` if it was already complete.
+
+    ``logits_accuracy``: the top-1 accuracy of the stored logits over the file's rows, as recorded in it (None
+    without logits, for a skipped file, and on the ranks other than 0 under torchrun).
+    """
 
     path: str
     rows: int
@@ -56,6 +63,7 @@ class ExtractResult:
     seconds: float = 0.0
     skipped: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    logits_accuracy: float | None = None
 
 
 class ExtractionInterrupted(KeyboardInterrupt):
@@ -138,7 +146,7 @@ def _extract_one(
     network = model_fingerprint(loaded.module)
     device = loop.resolve_device(config.device)
     transform = build_transform(
-        data.channels, loaded.transforms, config.resize, config.mean, config.std, config.channels
+        data.channels, loaded.transforms, config.resize, config.mean, config.std, config.channels, config.normalize
     )
     model, channels_last = loop.place_model(loaded.module, device)
     probe_images = _probe_images(SampleBatches(data, indices, transform, None, config.skip_unreadable), data)
@@ -173,6 +181,14 @@ def _extract_one(
             skipped = np.flatnonzero(writer.written(schema.SAMPLE_INDEX) < 0)
             if len(skipped) == len(rows):
                 raise DataError(f"no selected sample of {data.description} could be read; nothing to write")
+            keep = None
+            if len(skipped):
+                keep = np.ones(len(rows), dtype=bool)
+                keep[skipped] = False
+            attrs = {}
+            if job.logits:  # from the rows as stored (float16, resumed), placeholders of --skip-unreadable left out
+                correct, counted = top1_counts(writer.dataset(schema.LOGITS), writer.dataset(schema.LABELS), keep)
+                attrs[schema.ATTR_LOGITS_ACCURACY] = correct / counted
         except BaseException as error:
             writer.close()
             if writer.rows_written == 0:
@@ -185,9 +201,7 @@ def _extract_one(
                 raise type(error)(f"{error}; {kept} once it is fixed") from None
             raise
         if len(skipped):
-            keep = np.ones(len(rows), dtype=bool)
-            keep[skipped] = False
-            writer.finish(keep, {schema.SKIPPED_INDEX: rows[skipped]})
+            writer.finish(keep, {schema.SKIPPED_INDEX: rows[skipped]}, attrs)
             shown = ", ".join(map(str, rows[skipped][:MAX_SHOWN_SKIPPED])) + (
                 ", ..." if len(skipped) > MAX_SHOWN_SKIPPED else ""
             )
@@ -196,7 +210,7 @@ def _extract_one(
             )
             skipped_rows.append(len(skipped))
         else:
-            writer.finish()
+            writer.finish(attrs=attrs)
 
     if session is not None:
         written = distributed.extract_shards(session, target, indices, options, config.overwrite, complete, write)
@@ -209,11 +223,13 @@ def _extract_one(
         written = False
     if not written:
         return replace(result, skipped=True, notes=("already complete",))
+    reports = session is None or session.rank == 0  # under torchrun, rank 0 reports the index's
     return replace(
         result,
         rows=result.rows - sum(skipped_rows),
         seconds=time.perf_counter() - started,
         notes=result.notes + tuple(skipped_notes),
+        logits_accuracy=recorded_accuracy(target) if reports and job.logits else None,
     )
 
 

@@ -2,10 +2,16 @@
 
 Without ``--weights``: uint8 → float in [0, 1] (floats are taken as already
 in [0, 1]; array files whose float pixels fall outside are refused, unless
-``--mean`` and ``--std`` give their own scale: :mod:`.datasets`), optional ``--resize N`` (shorter side to N, then centre crop
-N × N), then ``--mean``/``--std`` normalisation (ImageNet's statistics by
-default, averaged for 1-channel images). With ``--weights`` the weights' own
-transforms replace all of that.
+``--mean`` and ``--std`` give their own scale: :mod:`.datasets`), optional
+``--resize N`` (shorter side to N, then centre crop N × N), then
+normalisation by ``--mean``/``--std``, by ImageNet's statistics
+(``--normalize imagenet``, averaged for 1-channel images), or none
+(``--normalize none``). Nothing is assumed:
+:class:`~nccli.extract.config.ExtractConfig` refuses a run that says none of
+these (a wrong guess gives plausible, wrong features). With ``--weights`` the
+weights' own transforms replace all of that. The pipeline's ``repr`` is the
+file's ``transform`` attribute, so it shows the normalisation used (no
+``Normalize`` step: none).
 """
 
 from collections.abc import Callable
@@ -14,8 +20,8 @@ import torch
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
-from nccli.errors import DataError
-from nccli.extract.config import IMAGENET_MEAN, IMAGENET_STD
+from nccli.errors import DataError, UsageError
+from nccli.extract.config import IMAGENET_MEAN, IMAGENET_STD, Normalization
 
 
 class ToChannels:
@@ -47,8 +53,12 @@ def build_transform(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     convert_to: int | None = None,
+    normalize: Normalization | None = None,
 ) -> T.Compose:
-    """The pipeline for uint8 or float image tensors that have ``channels`` channels as stored."""
+    """The pipeline for uint8 or float image tensors that have ``channels`` channels as stored.
+
+    Without ``weights_transform``, ``mean`` and ``std`` (both) or ``normalize`` must say how to normalise.
+    """
     steps: list[Callable] = [ToChannels(convert_to)] if convert_to and convert_to != channels else []
     channels = convert_to or channels
     if weights_transform is not None:
@@ -56,23 +66,25 @@ def build_transform(
     steps.append(T.ConvertImageDtype(torch.float32))
     if resize:
         steps += [T.Resize(resize, antialias=True), T.CenterCrop(resize)]
-    steps.append(
-        T.Normalize(
-            _per_channel("--mean", mean, IMAGENET_MEAN, channels), _per_channel("--std", std, IMAGENET_STD, channels)
-        )
-    )
+    if mean is not None and std is not None:
+        steps.append(T.Normalize(_per_channel("--mean", mean, channels), _per_channel("--std", std, channels)))
+    elif normalize == Normalization.IMAGENET:
+        steps.append(T.Normalize(_imagenet(IMAGENET_MEAN, channels), _imagenet(IMAGENET_STD, channels)))
+    elif normalize != Normalization.NONE:
+        raise UsageError("say how to normalise the images: --mean and --std, or --normalize none or imagenet")
     return T.Compose(steps)
 
 
-def _per_channel(
-    option: str, values: tuple[float, ...] | None, default: tuple[float, ...], channels: int
-) -> list[float]:
-    if values is None:
-        if channels == 1:
-            return [sum(default) / len(default)]
-        if channels != len(default):
-            raise DataError(f"the images have {channels} channels; pass --channels 3 or --channels 1")
-        return list(default)
+def _imagenet(values: tuple[float, ...], channels: int) -> list[float]:
+    """ImageNet's statistics for ``channels`` channels: their average for grey images."""
+    if channels == 1:
+        return [sum(values) / len(values)]
+    if channels != len(values):
+        raise DataError(f"the images have {channels} channels; pass --channels 3 or --channels 1")
+    return list(values)
+
+
+def _per_channel(option: str, values: tuple[float, ...], channels: int) -> list[float]:
     if len(values) == 1:
         return list(values) * channels
     if len(values) != channels:

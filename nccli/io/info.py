@@ -5,7 +5,8 @@
 wants to know first: N, the label space and the classes present (labels are
 small), split, epoch, model and the other provenance attributes, and per layer
 its name, order, width, stored dtype, pooling and per-sample shape, and whether
-the file has the classifier and the logits.
+the file has the classifier and the logits (and their top-1 accuracy, when
+``nccli extract`` recorded it).
 """
 
 import dataclasses
@@ -43,6 +44,7 @@ class FileDescription:
     layers: tuple[LayerDescription, ...]  # in forward order
     classifier_layer: str | None  # the layer /classifier/weight consumes; None without a classifier
     logits: bool
+    logits_accuracy: float | None = None  # top-1 accuracy of the logits, as `nccli extract` recorded it
 
 
 def describe(path: str | os.PathLike) -> FileDescription:
@@ -62,12 +64,20 @@ def describe(path: str | os.PathLike) -> FileDescription:
             layers=tuple(_layer(feature_file, layer) for layer in info.layers),
             classifier_layer=info.classifier_layer,
             logits=logits is not None and logits[0] == (info.n_samples, info.num_classes),
+            logits_accuracy=_accuracy(feature_file.attribute("", schema.ATTR_LOGITS_ACCURACY)),
         )
 
 
 def as_records(descriptions: list[FileDescription]) -> list[dict]:
     """The descriptions as plain JSON-ready dicts."""
     return [dataclasses.asdict(description) for description in descriptions]
+
+
+def _accuracy(value) -> float | None:
+    """A recorded accuracy in [0, 1]; None when absent or not one (another tool's odd value is not ours to show)."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    return None
 
 
 def _layer(feature_file: FeatureFile, layer: LayerInfo) -> LayerDescription:

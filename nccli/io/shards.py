@@ -5,7 +5,8 @@ Each rank writes ``FILE.shards/rank-RRRRR-of-WWWWW.h5``, a complete feature file
 complete, rank 0 writes ``FILE.h5``: an HDF5 virtual dataset (VDS) file whose
 row datasets (``/labels``, ``/sample_index``, ``/logits``, ``/layers/<name>``)
 map the shards' rows end to end, with the root, layer and ``/classifier``
-contents of shard 0, ``complete = True``, ``rows_written = N``, and the
+contents of shard 0, ``complete = True``, ``rows_written = N``, the top-1
+accuracy of the logits over all N rows (:mod:`nccli.io.accuracy`), and the
 attributes :data:`~nccli.schema.ATTR_SHARDS` (the shard files) and
 :data:`~nccli.schema.ATTR_SHARD_OFFSETS` (their first rows). Any HDF5 reader
 opens it as one file.
@@ -28,6 +29,7 @@ import numpy as np
 
 from nccli import schema
 from nccli.errors import FeatureFileError, OutputError, UsageError
+from nccli.io.accuracy import stored_counts
 from nccli.io.options import describe_differences, options_of, store_options
 from nccli.io.writer import PARTIAL_SUFFIX
 
@@ -204,6 +206,9 @@ def _write_index(
     store_options(index, options)
     index.attrs[schema.ATTR_SHARDS] = np.array(names, dtype=object)
     index.attrs[schema.ATTR_SHARD_OFFSETS] = offsets
+    if schema.LOGITS in first:  # the accuracy over all rows, not shard 0's: from every shard's count
+        counts = [stored_counts(handle) for handle in handles]
+        index.attrs[schema.ATTR_LOGITS_ACCURACY] = sum(correct for correct, _ in counts) / int(offsets[-1])
     for path in row_paths:
         source = first[path]
         tail = source.shape[1:]

@@ -248,11 +248,20 @@ class FeatureWriter:
         with self._writing():
             return self._handle[path][: self.rows_written]
 
-    def finish(self, keep: np.ndarray | None = None, extra: dict[str, np.ndarray] | None = None) -> None:
+    def dataset(self, path: str) -> h5py.Dataset:
+        """The dataset ``path`` of the partial file, every row taken so far written to it: to read rows back."""
+        self._write_pending()
+        return self._handle[path]
+
+    def finish(
+        self, keep: np.ndarray | None = None, extra: dict[str, np.ndarray] | None = None, attrs: dict | None = None
+    ) -> None:
         """Mark the file complete and put it at its final name (replacing an old file there) in one rename.
 
         ``keep`` (a mask over the rows) leaves rows out of the final file and ``extra`` adds datasets to it; the
-        file is then written anew from the partial one, as for compression.
+        file is then written anew from the partial one, as for compression. ``attrs`` sets root attributes of the
+        final file: give each a placeholder of the same type when creating the file, so that setting it rewrites
+        it in place (as ``rows_written``) instead of changing the partial file's layout.
         """
         partial, building = (partial_path(self.path), partial_path(self.path) + BUILDING_SUFFIX)
         compressed = None
@@ -262,6 +271,8 @@ class FeatureWriter:
                 raise ValueError(f"finish() after {self.rows_written} of {self.rows} rows")
             compression = self._handle.attrs.get(schema.ATTR_PENDING_COMPRESSION)
             if compression is None and keep is None and not extra:
+                for name, value in (attrs or {}).items():
+                    self._handle.attrs.modify(name, value)
                 self._handle.attrs.modify(schema.ATTR_COMPLETE, True)
                 self._file.close()
             else:
@@ -270,6 +281,8 @@ class FeatureWriter:
                     write_final(self._handle, target, compression, self.rows_written, keep)
                     for path, values in (extra or {}).items():
                         target.create_dataset(path, data=values)
+                    for name, value in (attrs or {}).items():
+                        target.attrs[name] = value
                 self._file.close()  # before the checks: closing may still write (to a file about to go)
             for file in (self._file, compressed):
                 if file is not None and file.failure is not None:

@@ -92,6 +92,7 @@ def bench(args, size: int, n: int, directory: str) -> dict[str, list[float]]:
         data=data,
         out=os.path.join(directory, f"features_{size}.h5"),
         model=ModelOptions(arch=args.model),
+        normalize="imagenet",  # as the forward-only loop's inputs
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,

@@ -50,7 +50,8 @@ def nccli(*args: str, torchrun: int = 0, timeout: float = 600) -> subprocess.Com
     launcher = [sys.executable]
     if torchrun:
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(torchrun)]
-    done = subprocess.run([*launcher, "-m", "nccli", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    command = [*launcher, "-m", "nccli", *map(str, args)]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         said = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("=")]
         raise RuntimeError(f"nccli {args[0]} exited {done.returncode}: {said[-1] if said else 'no message'}")
@@ -76,7 +77,7 @@ def worst_metric_difference(got: dict[str, dict], want: dict[str, dict]) -> floa
     worst = 0.0
     for layer, row in want.items():
         for column, value in row.items():
-            if isinstance(value, float) and value == value:
+            if isinstance(value, float) and not np.isnan(value):
                 other = got[layer][column]
                 worst = max(worst, abs(other - value) / max(abs(value), 1e-300))
     return worst
@@ -114,7 +115,8 @@ def main() -> int:
         checkpoint = work / "resnet18.pt"
         torch.manual_seed(0)
         torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), checkpoint)
-        common = [checkpoint, f"fake:{n}", "--arch", "resnet18", "--num-classes", "10", "--batch-size", "256"]
+        model = ["--arch", "resnet18", "--num-classes", "10", "--normalize", "imagenet"]
+        common = [checkpoint, f"fake:{n}", *model, "--batch-size", "256"]
         reference = work / "cpu.h5"
         nccli("extract", *common, "--device", "cpu", "--out", reference)
         want = layers_of(reference)
