@@ -7,15 +7,23 @@ to HDF5 just to read them back costs a disk round trip and a second tool.
 (:func:`nccli.analyze.analyze_file`): the same two passes, the same
 accumulators, the same formulas, so its numbers equal ``analyze`` on the same
 rows written to a file (to rounding: the blocks differ).
+
+The batches are read twice, and pass 2 must give the rows of pass 1, in any
+order: a model left in training mode (dropout, BatchNorm's batch statistics),
+random augmentation or a sampler that draws other samples would be measured
+against the means of other rows. Pass 2's per-class sums of the residuals about
+pass 1's means, n_c·(μ_c of pass 2 − μ_c of pass 1), show it
+(:func:`~nccli.metrics.accumulators.moved_class`); :func:`other_rows` refuses.
 """
 
 import numbers
 
 from nccli import schema
-from nccli.analyze import AnalysisResult, AnalyzeConfig, analyze_file
-from nccli.errors import UsageError
+from nccli.analyze import AnalysisResult, AnalyzeConfig, analyze_file, warn_imbalance
+from nccli.errors import DataError, UsageError
 from nccli.io.memory import BatchRows
 from nccli.io.reader import open_feature_file
+from nccli.metrics.accumulators import Moved
 from nccli.metrics.layer import ClassMeans
 from nccli.references import check_reference
 from nccli.scan import Scanner
@@ -38,7 +46,8 @@ def measure_collapse(
     the same layers in every batch, in forward order; ``labels``: (B,) integers in ``[0, num_classes)``.
     Tensors may be on a CUDA device. Every batch is checked as analyze checks a file (shapes, label range,
     NaN/Inf), and the second pass must give the same rows as the first, in any order (a shuffling
-    DataLoader is fine; random augmentation or sampling is not).
+    DataLoader is fine, and so is the rounding of a model run in other batches; dropout or BatchNorm in
+    training mode, random augmentation or sampling are refused with a DataError).
 
     ``classifier``: ``(W, b)``, W (num_classes, d), b (num_classes,) or None; it applies to
     ``classifier_layer``, by default the only layer of width d. ``means_from``: a feature file (usually of
@@ -52,13 +61,26 @@ def measure_collapse(
         raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
     rows = BatchRows(batches, int(num_classes), device, classifier, classifier_layer)
     config = AnalyzeConfig(files=(rows.info.path,), means_from=means_from, device=device)
-    scanner = Scanner(rows.xp, 1, None, lambda n: None)
+    scanner = Scanner(rows.xp, 1, None, lambda n: None, other_rows=other_rows)
     result = AnalysisResult()
     layers = rows.info.layers
     reference_means = _reference_means(scanner, means_from, rows) if means_from else None
     analyze_file(rows.xp, scanner, rows, layers, reference_means, config, result)
+    warn_imbalance(result)
     n_samples = rows.info.n_samples  # known once the first pass is over; analyze_file took info before it
-    return [{**{column: row[column] for column in schema.SUMMARY_COLUMNS}, schema.COL_N_SAMPLES: n_samples} for row in result.summary]
+    return [
+        {**{column: row[column] for column in schema.SUMMARY_COLUMNS}, schema.COL_N_SAMPLES: n_samples}
+        for row in result.summary
+    ]
+
+
+def other_rows(path: str, layer: str, moved: Moved) -> DataError:
+    """The error of batches whose second pass gave other rows than the first, naming the usual causes."""
+    return DataError(
+        f"the second pass over the batches gave other rows than the first (layer '{layer}', {moved}): "
+        "dropout or BatchNorm left in training mode (call model.eval()), random augmentation, or a sampler "
+        "that draws other samples; measure_collapse needs the same rows twice"
+    )
 
 
 def _reference_means(scanner: Scanner, path: str, rows: BatchRows) -> dict[str, ClassMeans]:

@@ -31,9 +31,10 @@ def layer_bytes(xp: Backend, info: FeatureFileInfo, layer: LayerInfo, config: An
     works on one), in each of ``jobs`` workers, and twice in the parent that
     merges them. Working, for one layer at a time:
     building the geometry or summarizing (four (C, d) float64 arrays), one
-    block's float64 copies (six, over its pieces) and pass 2's class tiles for
-    each piece worked on at once (about five: two float32 screens, their masks,
-    float64 products of a quarter of the piece).
+    block's float64 copies (eight, over its pieces: two of them pass 2's
+    residuals sorted by class and their per-class sums) and pass 2's class
+    tiles for each piece worked on at once (about five: two float32 screens,
+    their masks, float64 products of a quarter of the piece).
     """
     classes, dim = info.num_classes, layer.dim
     classifier = layer.name == info.classifier_layer
@@ -44,7 +45,7 @@ def layer_bytes(xp: Backend, info: FeatureFileInfo, layer: LayerInfo, config: An
         + geometry_bytes(classes, dim, classifier, shared_ncc=config.means_from is None)
         + 2 * block
     )
-    working = 8 * 4 * classes * dim + 6 * block + 5 * xp.tile_bytes * xp.pieces_at_once()
+    working = 8 * 4 * classes * dim + 8 * block + 5 * xp.tile_bytes * xp.pieces_at_once()
     if config.jobs > 1:  # each worker holds its own state; the parent a merged one and the next to merge
         resident *= config.jobs + 2
     return resident, working
@@ -63,7 +64,8 @@ def layer_groups(
                 info.path,
                 schema.layer_path(layer.name),
                 f"num_classes = {info.num_classes} at d = {layer.dim} needs {(resident + working) / 2**30:.1f} GiB "
-                f"for this layer's state (both passes and their tiles), above the memory budget of {budget / 2**30:.1f} GiB "
+                "for this layer's state (both passes and their tiles), "
+                f"above the memory budget of {budget / 2**30:.1f} GiB "
                 "(half the memory available, or the free memory of the CUDA device); "
                 "run on a machine with more memory, or check the 'num_classes' attribute",
             )

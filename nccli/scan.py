@@ -11,24 +11,32 @@ torchrun (``group``, :mod:`nccli.collectives`) this process scans only its
 rank's rows, and the ranks' states merge with the same ``merge``. Each worker's BLAS, and so its
 thread pool, gets its share of the cores (``cores // jobs`` threads): left at its default, every
 worker would start one thread per core and they would fight over them.
+
+Pass 2 must read the rows of pass 1 (in any order): its merged state is checked against pass 1's means
+(:func:`~nccli.metrics.accumulators.moved_class`) before anything is summarized. A file can fail it only
+if something wrote to it between the passes; batches in memory (``measure_collapse``) if the model or the
+loader gave other rows, which its own ``other_rows`` error says.
 """
 
 import concurrent.futures
 import concurrent.futures.process
+import itertools
 import multiprocessing
 import os
 import resource
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
+from nccli import schema
 from nccli.allocator import keep_freed_memory
-from nccli.errors import UsageError
+from nccli.errors import FeatureFileError, NcCliError, UsageError
 from nccli.io.attributes import shown
 from nccli.io.reader import FeatureFile, LayerInfo, open_feature_file
-from nccli.metrics.accumulators import ClassMoments, Decisions
-from nccli.metrics.backend import Backend, NumpyBackend
+from nccli.metrics.accumulators import ClassMoments, Decisions, Moved, moved_class
+from nccli.metrics.backend import Backend, NumpyBackend, backend_of
 from nccli.metrics.geometry import Geometry
 
 if TYPE_CHECKING:  # torch, only under torchrun
@@ -44,7 +52,7 @@ def row_ranges(stop: int, block_rows: int, parts: int, start: int = 0) -> list[t
     blocks = -(-(stop - start) // block_rows)
     per_part = max(1, -(-blocks // parts))
     cuts = list(range(start, stop, per_part * block_rows)) + [stop]
-    return list(zip(cuts, cuts[1:]))
+    return list(itertools.pairwise(cuts))
 
 
 def moments_over(xp, feature_file, layers, block_rows, start, stop, advance) -> dict[str, ClassMoments]:
@@ -56,15 +64,26 @@ def moments_over(xp, feature_file, layers, block_rows, start, stop, advance) -> 
     return {name: state.host() for name, state in moments.items()}
 
 
-def decisions_over(xp, feature_file, layers, block_rows, start, stop, advance, *, geometries, matrix_layer) -> dict[str, Decisions]:
-    """Pass 2 over rows [start, stop) of ``layers`` (with the within-class matrix of ``matrix_layer``); states on the host."""
+def decisions_over(
+    xp, feature_file, layers, block_rows, start, stop, advance, *, geometries, matrix_layer
+) -> dict[str, Decisions]:
+    """Pass 2 over rows [start, stop) of ``layers`` (with the within-class matrix of ``matrix_layer``); states on
+    the host."""
     num_classes = feature_file.info.num_classes
     decisions = {
-        layer.name: Decisions.empty(xp, num_classes, geometries[layer.name].rank, layer.dim if layer.name == matrix_layer else None)
+        layer.name: Decisions.empty(
+            xp,
+            num_classes,
+            geometries[layer.name].rank,
+            layer.dim if layer.name == matrix_layer else None,
+            dim=layer.dim,
+        )
         for layer in layers
     }
     kernels = {
-        name: partial(Decisions.of_block, xp, geometries[name], num_classes=num_classes, with_matrix=state.within is not None)
+        name: partial(
+            Decisions.of_block, xp, geometries[name], num_classes=num_classes, with_matrix=state.within is not None
+        )
         for name, state in decisions.items()
     }
     _fold_blocks(xp, feature_file, layers, block_rows, start, stop, kernels, decisions, advance)
@@ -77,7 +96,10 @@ def _fold_blocks(xp, feature_file, layers, block_rows, start, stop, kernels: dic
     with xp.piece_pool() as pool:
         pending = None  # the block submitted last: its pieces' states (in order) and its number of rows
         for labels, rows in feature_file.blocks(layers, block_rows, start, stop):
-            submitted = {name: _each_piece(xp, pool, block, labels, kernels[name]) for name, block in rows.items()}, len(labels)
+            submitted = (
+                {name: _each_piece(xp, pool, block, labels, kernels[name]) for name, block in rows.items()},
+                len(labels),
+            )
             if pending is not None:
                 _fold(pending, states, advance)
             pending = submitted
@@ -169,14 +191,33 @@ def _memory_limit() -> str:
     return "" if limit == resource.RLIM_INFINITY else f" under a memory limit of {limit / 2**20:.0f} MiB (ulimit -v)"
 
 
+def file_changed(path: str, layer: str, moved: Moved) -> NcCliError:
+    """The error of a file whose rows differed between the passes."""
+    return FeatureFileError(
+        path,
+        schema.layer_path(layer),
+        f"the second pass over the file gave other rows than the first ({moved}): something wrote to it while "
+        "analyze read it; rerun once nothing writes to it",
+    )
+
+
 class Scanner:
     """Runs passes over files, on ``jobs`` worker processes when ``jobs > 1``, and merges the states; in a
-    torchrun job (``group``), over this rank's rows, merged with the other ranks' states on rank 0."""
+    torchrun job (``group``), over this rank's rows, merged with the other ranks' states on rank 0.
+    ``other_rows(path, layer, moved)``: the error raised when pass 2 did not read the rows of pass 1."""
 
     def __init__(
-        self, xp: Backend, jobs: int, block_rows: int | None, advance: Callable[[int], None], group: "Group | None" = None
+        self,
+        xp: Backend,
+        jobs: int,
+        block_rows: int | None,
+        advance: Callable[[int], None],
+        group: "Group | None" = None,
+        *,
+        other_rows: Callable[[str, str, Moved], NcCliError] = file_changed,
     ):
         self.xp, self.jobs, self.block_rows, self.advance, self.group = xp, jobs, block_rows, advance, group
+        self.other_rows = other_rows
         self.main = group is None or group.main  # the process that holds the merged states and reports
         self._pool = None
         self._variables_set: list[str] = []
@@ -208,11 +249,29 @@ class Scanner:
         return self._run(moments_over, feature_file, layers)
 
     def decisions(
-        self, feature_file: FeatureFile, layers: tuple[LayerInfo, ...], geometries: dict[str, Geometry], matrix_layer: str | None = None
+        self,
+        feature_file: FeatureFile,
+        layers: tuple[LayerInfo, ...],
+        geometries: dict[str, Geometry],
+        matrix_layer: str | None = None,
     ):
         """Pass-2 states of ``layers`` over every row, with the within-class matrix of ``matrix_layer`` (None on
-        the ranks other than 0)."""
-        return self._run(partial(decisions_over, geometries=geometries, matrix_layer=matrix_layer), feature_file, layers)
+        the ranks other than 0), checked to be over the rows of pass 1."""
+        states = self._run(
+            partial(decisions_over, geometries=geometries, matrix_layer=matrix_layer), feature_file, layers
+        )
+        if states is not None:
+            for layer in layers:
+                self._check_same_rows(feature_file, layer.name, states[layer.name], geometries[layer.name])
+        return states
+
+    def _check_same_rows(self, feature_file: FeatureFile, name: str, state: Decisions, geometry: Geometry) -> None:
+        """Refuse (``other_rows``) a pass 2 that did not read the rows of pass 1, whose means ``geometry`` holds."""
+        host = backend_of(geometry.origin).host
+        centres = host(geometry.own_centres)[host(geometry.column_of_class)]  # μ_c − o of every class
+        moved = moved_class(state, centres, host(geometry.origin))
+        if moved is not None:
+            raise self.other_rows(feature_file.info.path, name, moved)
 
     def shared(self, build: Callable[[], dict]) -> dict:
         """What ``build()`` returns, built once (on rank 0 in a job) and the same on every rank."""
@@ -220,7 +279,9 @@ class Scanner:
 
     def _run(self, pass_function, feature_file: FeatureFile, layers):
         block_rows = feature_file.block_rows(layers, self.block_rows)
-        start, stop = (0, feature_file.info.n_samples) if self.group is None else self.group.rows(feature_file, block_rows)
+        start, stop = (
+            (0, feature_file.info.n_samples) if self.group is None else self.group.rows(feature_file, block_rows)
+        )
         states = self._scan(pass_function, feature_file, layers, block_rows, start, stop)
         return states if self.group is None else self.group.reduce(states)
 

@@ -1,12 +1,15 @@
 """Accumulators merge exactly (merge(a, b) = one pass over both), and the torch backend equals numpy."""
 
+import itertools
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nccli.metrics import formulas
-from nccli.metrics.accumulators import ClassMoments, Decisions
+from nccli.metrics import accumulators, formulas
+from nccli.metrics.accumulators import ClassMoments, Decisions, moved_class
 from nccli.metrics.backend import NumpyBackend, TorchBackend, select_backend
 from nccli.metrics.geometry import build_geometry
 from nccli.metrics.layer import Classifier, ClassMeans
@@ -43,7 +46,7 @@ def test_merging_any_split_equals_one_pass(seed, cuts, offset):
     xp = NumpyBackend()
     features, labels = data(seed, offset=offset)
     bounds = [0, *sorted(cuts), len(labels)]
-    parts = [one_pass(xp, features[a:b], labels[a:b]) for a, b in zip(bounds, bounds[1:])]
+    parts = [one_pass(xp, features[a:b], labels[a:b]) for a, b in itertools.pairwise(bounds)]
     merged = parts[0]
     for part in parts[1:]:
         merged = merged.merge(part)
@@ -70,6 +73,68 @@ def test_pass_two_states_merge_exactly(seed, cut):
     np.testing.assert_array_equal(halves.clf_correct, whole.clf_correct)
     assert (halves.mismatch, halves.margin_min) == (whole.mismatch, whole.margin_min)
     assert halves.margin_sum == pytest.approx(whole.margin_sum, rel=1e-12)
+    np.testing.assert_array_equal(halves.count, whole.count)
+    assert halves.residual_ids is None  # block states (classes present only) merge into a state of all classes
+    np.testing.assert_allclose(halves.residual_sum, spread_out(whole), atol=1e-12)
+    folded = Decisions.empty(xp, NUM_CLASSES, spectrum.rank, dim=DIM)
+    for part in (slice(0, cut), slice(cut, None)):
+        folded.update(geometry, features[part], labels[part])
+    np.testing.assert_allclose(folded.residual_sum, halves.residual_sum, atol=1e-12)
+
+
+def spread_out(block: Decisions) -> np.ndarray:
+    """A block state's residual sums as a (C, d) array over all classes."""
+    out = np.zeros((NUM_CLASSES, DIM))
+    out[block.residual_ids] = block.residual_sum
+    return out
+
+
+def pass_two(xp, moments: ClassMoments, features, labels, cuts=()):
+    """Pass 2 over ``features`` in blocks cut at ``cuts``, with pass 1's ``moments``: (state, centres, origin)."""
+    spectrum = formulas.between_class_spectrum(ClassMeans.of(moments).centred)
+    geometry = build_geometry(xp, moments, spectrum, ClassMeans.of(moments), None)
+    state = Decisions.empty(xp, NUM_CLASSES, spectrum.rank, dim=DIM)
+    bounds = [0, *sorted(cuts), len(labels)]
+    for a, b in itertools.pairwise(bounds):
+        state.update(geometry, xp.features(features[a:b]), xp.labels(labels[a:b]))
+    host = xp.host
+    return state.host(), host(geometry.own_centres)[host(geometry.column_of_class)], host(geometry.origin)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    cuts=st.lists(st.integers(0, 300), max_size=5),
+    offset=st.sampled_from([0.0, 1e3, 1e6]),
+    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+)
+def test_the_same_rows_in_any_order_and_blocks_are_never_taken_for_other_rows(seed, cuts, offset, dtype):
+    """Pass 2 over the rows of pass 1 shuffled and cut otherwise: Σ_{i∈c}(h_i − μ_c) is rounding only, within
+    the float64 bound alone (no allowance for recomputed rows)."""
+    xp, rng = NumpyBackend(), np.random.default_rng(seed)
+    features, labels = data(seed, n=300, offset=offset if dtype is not np.float16 else min(offset, 1e3))
+    features = features.astype(dtype).astype(np.float64)
+    moments = one_pass(xp, features, labels).host()
+    order = rng.permutation(len(labels))
+    state, centres, origin = pass_two(xp, moments, features[order], labels[order], cuts)
+    with mock.patch.multiple(accumulators, ROW_NOISE=0.0, MEAN_SHIFT=0.0):
+        assert moved_class(state, centres, origin) is None
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_rows_that_moved_are_found_with_their_class_and_shift(offset):
+    xp = NumpyBackend()
+    features, labels = data(3, n=300, offset=offset)
+    moments = one_pass(xp, features, labels).host()
+    moved = features.copy()
+    moved[labels == 2] += np.random.default_rng(4).normal(size=(np.sum(labels == 2), DIM))  # noise on class 2
+    state, centres, origin = pass_two(xp, moments, moved, labels)
+    found = moved_class(state, centres, origin)
+    shift = np.linalg.norm(moved[labels == 2].mean(0) - features[labels == 2].mean(0))
+    assert found is not None and found.klass == 2 and found.shift == pytest.approx(shift, rel=1e-9)
+    assert str(found).startswith(f"class 2: its rows' mean moved by {shift:.2g}, ")
+    recomputed = features * (1 + 1e-5 * np.random.default_rng(5).choice([-1, 1], features.shape))  # rounded otherwise
+    assert moved_class(*pass_two(xp, moments, recomputed, labels)) is None
 
 
 def test_torch_backend_equals_numpy():
@@ -91,6 +156,8 @@ def test_torch_backend_equals_numpy():
     np.testing.assert_array_equal(results[0].ncc_correct, results[1].ncc_correct)
     np.testing.assert_array_equal(results[0].clf_correct, results[1].clf_correct)
     assert results[0].margin_min == pytest.approx(results[1].margin_min, rel=1e-12)
+    np.testing.assert_array_equal(results[0].count, results[1].count)
+    np.testing.assert_allclose(results[0].residual_sum, results[1].residual_sum, atol=1e-12)
 
 
 def test_device_selection():

@@ -11,14 +11,14 @@ from h5files import write_feature_file
 
 from nccli import measure_collapse, schema
 from nccli.analyze import AnalyzeConfig, analyze_features
-from nccli.errors import NcCliError
+from nccli.errors import DegenerateMetricWarning, NcCliError
 from nccli.metrics.backend import TorchBackend
 
 N, K = 45, 4
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 # The README's evaluation-loop example, run as it is printed there (keep the two identical).
-README_EXAMPLE = '''\
+README_EXAMPLE = """\
 import torch
 from torch import nn
 from nccli import measure_collapse
@@ -38,7 +38,7 @@ def evaluation():  # a new pass over the data per call: measure_collapse makes t
 rows = measure_collapse(evaluation, num_classes=3, classifier=(head.weight, head.bias))
 for row in rows:  # one dict per layer, the report's columns; pandas.DataFrame(rows) makes a table
     print(row["layer"], round(row["nc1"], 2), round(row["ncc_accuracy"], 3))
-'''
+"""
 
 
 def data(seed=0) -> dict[str, np.ndarray]:
@@ -57,7 +57,9 @@ def data(seed=0) -> dict[str, np.ndarray]:
 def analyzed(folder, layers: dict, labels, classifier=None, **config) -> list[dict]:
     """analyze of the same rows written with plain h5py."""
     weight, bias, layer = classifier or (None, None, None)
-    path = write_feature_file(Path(folder) / "same.h5", labels, layers, weight=weight, bias=bias, classifier_layer=layer)
+    path = write_feature_file(
+        Path(folder) / "same.h5", labels, layers, weight=weight, bias=bias, classifier_layer=layer
+    )
     return analyze_features(AnalyzeConfig(files=(str(path),), device="cpu", **config)).summary
 
 
@@ -80,7 +82,10 @@ def assert_equal_rows(actual: list[dict], expected: list[dict]):
 def batched(arrays: dict, size: int, convert=torch.from_numpy):
     """(features dict, labels) batches of ``size`` rows, each array converted by ``convert``."""
     return [
-        ({name: convert(arrays[name][i : i + size]) for name in ("block", "fc_in")}, convert(arrays["labels"][i : i + size]))
+        (
+            {name: convert(arrays[name][i : i + size]) for name in ("block", "fc_in")},
+            convert(arrays["labels"][i : i + size]),
+        )
         for i in range(0, N, size)
     ]
 
@@ -123,7 +128,9 @@ def test_the_torch_backend_takes_the_tensors_as_they_are(tmp_path, monkeypatch):
     monkeypatch.setattr("nccli.io.memory.select_backend", lambda device: TorchBackend("cpu"))
     d = data(4)
     expected = analyzed(tmp_path, {"block": d["block"], "fc_in": d["fc_in"]}, d["labels"], (d["W"], None, "fc_in"))
-    rows = measure_collapse(batched(d, 11), num_classes=K, classifier=(torch.from_numpy(d["W"]), None), classifier_layer="fc_in")
+    rows = measure_collapse(
+        batched(d, 11), num_classes=K, classifier=(torch.from_numpy(d["W"]), None), classifier_layer="fc_in"
+    )
     assert_equal_rows(rows, expected)
 
 
@@ -150,7 +157,10 @@ def with_batch(index: int, change) -> list:
 BAD_BATCHES = {
     "label out of range": (lambda f, y: (f, y + 1), "batch 2: labels: label 4 outside [0, 4)"),
     "float labels": (lambda f, y: (f, y.double()), "labels must be a 1-D integer array"),
-    "NaN": (lambda f, y: ({**f, "fc_in": f["fc_in"].clone().fill_(math.nan)}, y), "batch 2: layer 'fc_in': non-finite feature value (NaN or Inf) in row 16"),
+    "NaN": (
+        lambda f, y: ({**f, "fc_in": f["fc_in"].clone().fill_(math.nan)}, y),
+        "batch 2: layer 'fc_in': non-finite feature value (NaN or Inf) in row 16",
+    ),
     "rows": (lambda f, y: (f, y[:-1]), "has 8 rows but the labels (batch 2) have 7"),
     "3-D features": (lambda f, y: ({**f, "block": f["block"][:, :, None]}, y), "features must be 2-D (N, d)"),
     "width": (lambda f, y: ({**f, "block": f["block"][:, :3]}, y), "has width 3 but the first batch's has 7"),
@@ -183,13 +193,15 @@ def test_classifier_and_options_are_checked_in_one_line():
     assert "name the layer with classifier_layer=" in one_line_error(
         lambda: measure_collapse(batches, num_classes=K, classifier=(np.zeros((K, 3)), None))
     )
-    assert "has 4 rows but num_classes is 5" in one_line_error(lambda: measure_collapse(batches, num_classes=5, classifier=wide))
+    assert "has 4 rows but num_classes is 5" in one_line_error(
+        lambda: measure_collapse(batches, num_classes=5, classifier=wide)
+    )
     assert "num_classes must be a positive integer" in one_line_error(lambda: measure_collapse(batches, num_classes=0))
     assert "batches gave no batch" in one_line_error(lambda: measure_collapse([], num_classes=K))
 
 
 def test_the_readme_example_runs(capsys):
-    exec(compile(README_EXAMPLE, "README example", "exec"), {})
+    exec(compile(README_EXAMPLE, "README example", "exec"), {})  # noqa: S102 (the README's own code)
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["hidden", "penultimate"]
 
@@ -205,3 +217,141 @@ def test_a_means_from_file_without_the_layer_is_refused_in_one_line(tmp_path):
     reference = write_feature_file(tmp_path / "train.h5", d["labels"], {"other": d["fc_in"]})
     message = one_line_error(lambda: measure_collapse(batched(d, 8), num_classes=K, means_from=str(reference)))
     assert "has no layer 'block'" in message and "train.h5" in message
+
+
+# Pass 2 must read the rows of pass 1 (in any order): a model or a loader that gives other rows is refused.
+OTHER_ROWS = re.compile(
+    r"the second pass over the batches gave other rows than the first \(layer 'features', class \d: "
+    r"its rows' mean moved by [0-9.e+-]+, [0-9.e+-]+% of their spread\): "
+    r"dropout or BatchNorm left in training mode \(call model\.eval\(\)\), "
+    r"random augmentation, or a sampler that draws other samples; measure_collapse needs the same rows twice"
+)
+
+
+def inputs(seed=5, n=96):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % K
+    return torch.randn(n, 6, generator=generator) + labels[:, None], labels
+
+
+def through(model, shuffle=True, augment=None, seed=5):
+    """Batches of ``model``'s features of :func:`inputs`, a new (shuffled) pass per call, as an evaluation loop
+    gives them."""
+    torch.manual_seed(seed)  # the dropout masks and the loader's orders
+    x, y = inputs(seed)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=shuffle)
+
+    def batches():
+        with torch.no_grad():
+            for inputs_, labels in loader:
+                yield model(inputs_ if augment is None else augment(inputs_)), labels
+
+    return batches
+
+
+def network(*middle) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 12), *middle, torch.nn.ReLU(), torch.nn.Linear(12, 5))
+
+
+OTHER_ROW_SOURCES = {
+    "dropout in training mode": lambda: through(network(torch.nn.Dropout(0.2)).train()),
+    "BatchNorm in training mode, shuffled": lambda: through(network(torch.nn.BatchNorm1d(12)).train()),
+    "noise added per pass": lambda: through(network().eval(), augment=lambda x: x + 0.1 * torch.randn_like(x)),
+}
+
+
+@pytest.mark.parametrize("case", OTHER_ROW_SOURCES, ids=list(OTHER_ROW_SOURCES))
+def test_a_second_pass_that_gives_other_rows_is_refused_naming_the_causes(case):
+    message = one_line_error(lambda: measure_collapse(OTHER_ROW_SOURCES[case](), num_classes=K, device="cpu"))
+    assert OTHER_ROWS.fullmatch(message), message
+
+
+def test_other_rows_are_refused_on_the_torch_backend_too(monkeypatch):
+    monkeypatch.setattr("nccli.io.memory.select_backend", lambda device: TorchBackend("cpu"))
+    assert OTHER_ROWS.fullmatch(
+        one_line_error(lambda: measure_collapse(OTHER_ROW_SOURCES["dropout in training mode"](), num_classes=K))
+    )
+
+
+@pytest.mark.parametrize("middle", [torch.nn.Dropout(0.2), torch.nn.BatchNorm1d(12)], ids=["dropout", "BatchNorm"])
+def test_the_same_model_in_eval_mode_through_a_shuffling_loader_is_measured(tmp_path, middle):
+    model = network(middle)
+    model[1].train()(torch.randn(32, 12))  # BatchNorm's running statistics, not its initial ones
+    model.eval()
+    rows = measure_collapse(through(model), num_classes=K, device="cpu")
+    x, y = inputs()
+    with torch.no_grad():
+        expected = analyzed(tmp_path, {"features": model(x).numpy()}, y.numpy())
+    for key in ("nc1", "tr_sw", "ncc_accuracy", "nc2_equinorm"):  # float32 rows of other batches: to their rounding
+        assert rows[0][key] == pytest.approx(expected[0][key], rel=1e-6), key
+
+
+@pytest.mark.parametrize(
+    ("dtype", "offset"),
+    [(np.float16, 1e3), (np.float32, 1e3), (np.float32, 1e6), (np.float64, 1e6)],
+)
+def test_the_same_rows_in_another_order_pass_at_large_offsets_and_low_precision(tmp_path, dtype, offset):
+    """Rows around ``offset`` with a spread of about 1 (float16: 0.5 steps at 1e3), cut and ordered otherwise on
+    each pass: the residuals' sums are rounding only, far below the bound."""
+    rng = np.random.default_rng(9)
+    labels = np.arange(400) % K
+    features = (offset + rng.normal(size=(400, 8)) + 0.5 * labels[:, None]).astype(dtype)
+    passes = []
+
+    def batches():
+        passes.append(None)
+        order = rng.permutation(len(labels))
+        size = 7 if len(passes) == 1 else 64
+        return ((features[order[i : i + size]], labels[order[i : i + size]]) for i in range(0, len(labels), size))
+
+    rows = measure_collapse(batches, num_classes=K, device="cpu")
+    expected = analyzed(tmp_path, {"features": features}, labels)
+    assert rows[0]["ncc_accuracy"] == expected[0]["ncc_accuracy"]
+    assert rows[0]["nc1"] == pytest.approx(expected[0]["nc1"], rel=1e-6)
+
+
+def test_analyze_refuses_a_file_whose_rows_change_between_the_passes(tmp_path, monkeypatch):
+    """The check is analyze's own: a file written to between the passes is refused there too."""
+    from nccli.io.reader import FeatureFile
+
+    d = data()
+    path = write_feature_file(tmp_path / "changing.h5", d["labels"], {"features": d["fc_in"]})
+    read, calls = FeatureFile.blocks, []
+
+    def blocks(self, *args, **kwargs):
+        calls.append(None)
+        for labels, rows in read(self, *args, **kwargs):
+            yield labels, {name: block + (len(calls) > 1) for name, block in rows.items()}  # pass 2: moved by 1
+
+    monkeypatch.setattr(FeatureFile, "blocks", blocks)
+    with pytest.raises(NcCliError) as error:
+        analyze_features(AnalyzeConfig(files=(str(path),), device="cpu"))
+    assert str(error.value).startswith(f"'{path}': '/layers/features")
+    assert "the second pass over the file gave other rows than the first (class " in str(error.value)
+    assert "something wrote to it while analyze read it" in str(error.value)
+
+
+def test_rows_recomputed_in_other_batch_sizes_are_measured():
+    """A float32 model's rows may round otherwise in batches of another size (other BLAS kernels): not other rows."""
+    model, (x, y), calls = network().eval(), inputs(n=400), []
+
+    def batches():
+        calls.append(None)
+        size, order = (7, torch.arange(len(y))) if len(calls) == 1 else (64, torch.randperm(len(y)))
+        with torch.no_grad():
+            for i in range(0, len(y), size):
+                yield model(x[order[i : i + size]]), y[order[i : i + size]]
+
+    assert measure_collapse(batches, num_classes=K, device="cpu")[0]["n_samples"] == 400
+
+
+def test_imbalanced_batches_warn_once_at_the_callers_line():
+    """metrics.md: margin_normalized's balance warning once per run, pointing at the line that called nccli."""
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(3), [40, 20, 40])
+    features = rng.normal(size=(100, 4)) + labels[:, None]
+    batches = [(features, labels)]
+    with pytest.warns(DegenerateMetricWarning, match="20 to 40 samples per class") as record:
+        measure_collapse(batches, num_classes=3, classifier=(rng.normal(size=(3, 4)), np.zeros(3)), device="cpu")
+    assert len(record) == 1 and record[0].filename == __file__

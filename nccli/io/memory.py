@@ -8,10 +8,12 @@ code ``analyze`` runs. The batches set the blocks. Each batch is checked as
 analyze checks a file (:mod:`nccli.io.checks`) as it arrives.
 
 Two passes need the same rows twice: a one-shot iterator is refused up
-front, and the second pass must give as many rows of each class as the
-first (order may differ: the metrics do not depend on it). The first batch is
-read once, to learn the layers and their widths, and then used as the start
-of the first pass, so the batches are iterated exactly twice.
+front, the second pass must give as many rows of each class as the first,
+checked here, and the same rows, checked on pass 2's state
+(:meth:`nccli.scan.Scanner.decisions`); their order may differ (the metrics
+do not depend on it). The first batch is read once, to learn the layers and
+their widths, and then used as the start of the first pass, so the batches
+are iterated exactly twice.
 
 CUDA tensors stay on their device when the backend is torch on that device;
 for the numpy backend every block comes to the host.
@@ -61,7 +63,9 @@ def _dtype(value) -> np.dtype:
     if _is_tensor(value):
         import torch
 
-        return np.dtype(np.float32) if value.dtype == torch.bfloat16 else torch.empty(0, dtype=value.dtype).numpy().dtype
+        return (
+            np.dtype(np.float32) if value.dtype == torch.bfloat16 else torch.empty(0, dtype=value.dtype).numpy().dtype
+        )
     return value.dtype
 
 
@@ -80,7 +84,8 @@ def _iterations(batches):
         return batches
     if not hasattr(batches, "__iter__"):
         raise UsageError(
-            f"batches must be re-iterable (a list, a DataLoader) or a function returning an iterator; got {type(batches).__name__}"
+            "batches must be re-iterable (a list, a DataLoader) or a function returning an iterator; "
+            f"got {type(batches).__name__}"
         )
     if iter(batches) is batches:
         raise UsageError(
@@ -147,7 +152,9 @@ class BatchRows:
                 raise UsageError("classifier_layer needs classifier=(W, b)")
             return None, None
         if not isinstance(classifier, (tuple, list)) or len(classifier) != 2:
-            raise UsageError("classifier must be a pair (W, b): W of shape (num_classes, d), b of shape (num_classes,) or None")
+            raise UsageError(
+                "classifier must be a pair (W, b): W of shape (num_classes, d), b of shape (num_classes,) or None"
+            )
         weight, bias = (None if value is None else _to_host(value) for value in classifier)
         checked = checks.classifier(weight, bias, self.num_classes, "classifier")
         return checked, checks.classifier_layer(widths, weight.shape[1], given, "classifier_layer=")
@@ -167,8 +174,13 @@ class BatchRows:
             features, labels = self._split(batch, index)
             labels = self._check_labels(labels, index)
             if set(features) != set(names):
-                raise DataError(f"batch {index}: layers {', '.join(map(str, features))} differ from the first batch's ({', '.join(names)})")
-            rows = {layer.name: self._check_layer(features[layer.name], layer, len(labels), index, row) for layer in layers}
+                raise DataError(
+                    f"batch {index}: layers {', '.join(map(str, features))} differ from the first batch's "
+                    f"({', '.join(names)})"
+                )
+            rows = {
+                layer.name: self._check_layer(features[layer.name], layer, len(labels), index, row) for layer in layers
+            }
             counts += np.bincount(_to_host(labels), minlength=self.num_classes) if len(labels) else 0
             row += len(labels)
             if len(labels):

@@ -13,7 +13,10 @@ Two passes over the rows, state in float64, O(K·d) per layer:
   spectrum need it), the squared projections of the residuals on the span of
   the centred means (where Σ_B⁺ lives, so tr(Σ_W Σ_B⁺) is exact for any d),
   and the decisions of the nearest-class-centre rule and of the classifier,
-  tile by tile over classes (:mod:`nccli.metrics.geometry`).
+  tile by tile over classes (:mod:`nccli.metrics.geometry`). Also the
+  per-class sums of the residuals, Σ_{i∈c}(h_i − μ_c) = n_c·(μ_c of pass 2 −
+  μ_c of pass 1): 0 to rounding when pass 2 reads the rows of pass 1, in any
+  order (:func:`moved_class`, the check that it did).
 
 ``merge(a, b)`` equals one pass over the rows of both.
 
@@ -28,6 +31,8 @@ wherever each was computed.
 import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from nccli.metrics.backend import Backend, backend_of
 
@@ -110,7 +115,13 @@ class Decisions:
     Σ_i ‖h_i − μ_{y_i}‖ and Σ_i ‖h_i − μ_G‖ (``nc1_dist_ratio``), and on the
     classifier layer the smallest bias-free margin and the summed
     cross-entropies of Wh + b and of Wh (seeds ``002_*``, ``003_*``,
-    ``004_*``), over every present class tile by tile.
+    ``004_*``), over every output of the classifier (``num_classes``) tile by tile.
+
+    ``count`` and ``residual_sum`` are this pass's n_c and Σ_{i∈c}(h_i − μ_c),
+    what :func:`moved_class` compares with pass 1. In a block's own state
+    (``residual_ids`` set) row j of ``residual_sum`` belongs to class
+    ``residual_ids[j]``, one of the classes present in the block, so that a
+    block costs O(classes in the block · d), not O(K · d).
     """
 
     projected_sq: object  # (r,) Σ_i (v_j·(h_i − μ_{y_i}))²
@@ -126,31 +137,47 @@ class Decisions:
     ce_sum: float = 0.0
     free_ce_sum: float = 0.0
     within: object = None  # (d, d) within-class scatter matrix, MSE and SNR only
+    count: object = None  # (C,) n_c of this pass
+    residual_sum: object = None  # (C, d) Σ_{i∈c} (h_i − μ_c); None until the first block when made without d
+    residual_ids: object = None  # class of each row of residual_sum (a block's state), None = all classes
 
     @classmethod
-    def empty(cls, xp: Backend, num_classes: int, rank: int, within_dim: int | None = None) -> "Decisions":
-        """A state of nothing; ``within_dim`` d: with the d × d within-class matrix."""
+    def empty(
+        cls, xp: Backend, num_classes: int, rank: int, within_dim: int | None = None, dim: int | None = None
+    ) -> "Decisions":
+        """A state of nothing; ``within_dim`` d: with the d × d within-class matrix; ``dim`` d: with the
+        residual sums already there (states that travel between processes must all have them)."""
         within = None if within_dim is None else xp.zeros(within_dim, within_dim)
-        return cls(xp.zeros(rank), xp.zeros(num_classes), xp.zeros(num_classes), xp.zeros(num_classes), within=within)
+        residual_sum = None if dim is None else xp.zeros(num_classes, dim)
+        zeros = [xp.zeros(num_classes) for _ in range(3)]
+        return cls(xp.zeros(rank), *zeros, within=within, count=xp.zeros(num_classes), residual_sum=residual_sum)
 
     @staticmethod
     def state_bytes(num_classes: int, dim: int, with_matrix: bool = False) -> int:
-        """Bytes of a whole layer's state at most: three (C,) float64 arrays, the rank ≤ d projections (+ d²)."""
-        return 8 * (3 * num_classes + dim + (dim * dim if with_matrix else 0))
+        """Bytes of a whole layer's state at most: four (C,) and one (C, d) float64 arrays, the rank ≤ d
+        projections (+ d²)."""
+        return 8 * (4 * num_classes + num_classes * dim + dim + (dim * dim if with_matrix else 0))
 
     @classmethod
-    def of_block(cls, xp: Backend, geometry: "Geometry", rows, labels, num_classes: int, with_matrix: bool = False) -> "Decisions":
+    def of_block(
+        cls, xp: Backend, geometry: "Geometry", rows, labels, num_classes: int, with_matrix: bool = False
+    ) -> "Decisions":
         block = geometry.block(xp, rows)
         residuals = block.centred - geometry.own_centres[geometry.column_of_class[labels]]
         squared = xp.rowdot(residuals, residuals)
         projected = residuals @ geometry.basis
         ncc_pred = geometry.nearest(xp, block)
+        grouped, grouped_labels = xp.grouped(residuals, labels)
+        groups = xp.groups(grouped_labels)
         state = cls(
             (projected * projected).sum(0),
             xp.bincount(labels, num_classes, weights=squared),
             xp.bincount(labels, num_classes, weights=1.0 * (ncc_pred == labels)),
             xp.zeros(num_classes),
             within=residuals.T @ residuals if with_matrix else None,
+            count=xp.bincount(labels, num_classes),
+            residual_sum=xp.segment_sum(grouped, groups),
+            residual_ids=groups.ids,
         )
         state.own_distance_sum = xp.scalar(xp.sqrt(squared).sum())
         state.global_distance_sum = xp.scalar(block.norms.sum())
@@ -160,7 +187,7 @@ class Decisions:
         state.clf_correct = xp.bincount(labels, num_classes, weights=1.0 * (scored.prediction == labels))
         state.mismatch = xp.scalar((scored.prediction != ncc_pred).sum())
         state.ce_sum, state.free_ce_sum = xp.scalar(scored.ce.sum()), xp.scalar(scored.free_ce.sum())
-        if len(geometry.own_centres) > 1:
+        if len(geometry.clf_column) > 1:  # another output to compare with (present or not)
             margins = scored.own - scored.other
             state.margin_min = xp.scalar(margins.min())
             state.margin_sum = xp.scalar(margins.sum())
@@ -168,6 +195,8 @@ class Decisions:
         return state
 
     def merge(self, other: "Decisions") -> "Decisions":
+        """Both states merged, as one pass over both (over all classes: block states' sums are spread out)."""
+        mine, theirs = self._all_residuals(), other._all_residuals()
         return Decisions(
             self.projected_sq + other.projected_sq,
             self.scatter + other.scatter,
@@ -182,7 +211,17 @@ class Decisions:
             self.ce_sum + other.ce_sum,
             self.free_ce_sum + other.free_ce_sum,
             None if self.within is None else self.within + other.within,
+            _added(self.count, other.count),
+            _added(mine, theirs),
         )
+
+    def _all_residuals(self):
+        """``residual_sum`` over all classes (a block's spread out into zeros), or None."""
+        if self.residual_sum is None or self.residual_ids is None:
+            return self.residual_sum
+        spread = backend_of(self.scatter).zeros(len(self.scatter), self.residual_sum.shape[1])
+        spread[self.residual_ids] = self.residual_sum
+        return spread
 
     def update(self, geometry: "Geometry", rows, labels) -> None:
         """Fold one block of rows into this state, in place."""
@@ -190,17 +229,109 @@ class Decisions:
         self.fold(Decisions.of_block(xp, geometry, rows, labels, self.ncc_correct.shape[0], self.within is not None))
 
     def fold(self, block: "Decisions") -> None:
-        """Fold a block's state (``of_block``) into this state, in place."""
-        self.__dict__.update(self.merge(block).__dict__)
+        """Fold a block's state (``of_block``) into this state, in place; the residual sums only at the
+        block's classes (no O(K·d) array per block)."""
+        sums, at = block.residual_sum, slice(None) if block.residual_ids is None else block.residual_ids
+        self.__dict__.update(self.merge(dataclasses.replace(block, residual_sum=None, residual_ids=None)).__dict__)
+        if sums is None:
+            return
+        if self.residual_sum is None:  # a state made without ``dim``
+            self.residual_sum = backend_of(self.scatter).zeros(len(self.scatter), sums.shape[1])
+        self.residual_sum[at] += sums
 
     def host(self) -> "Decisions":
         """The same state as numpy arrays."""
         return on_host(self)
 
 
+def _added(a, b):
+    """a + b, where None stands for nothing yet."""
+    return b if a is None else a if b is None else a + b
+
+
+# Rows recomputed by the caller's model in another batch may round differently (float32, TF32 or
+# bfloat16 kernels chosen by the batch's shape, atomics): each may move by a small random amount, which
+# the check lets through (moved_class) when it is below both of these.
+ROW_NOISE = 1e-2  # τ: rows that each moved by a random amount, as a fraction of their size
+MEAN_SHIFT = 0.05  # κ: a class mean that moved, as a fraction of the spread of its rows
+UNIT_ROUNDOFF = 2.0**-53  # float64's: the passes' sums
+
+
+@dataclass(frozen=True)
+class Moved:
+    """A class whose rows in pass 2 are not those of pass 1: its mean moved by ``shift`` (‖μ_c of pass 2 −
+    μ_c of pass 1‖); ``spread`` is the RMS distance of pass 2's rows to their own mean."""
+
+    klass: int
+    shift: float
+    spread: float
+
+    def __str__(self) -> str:
+        moved = f"class {self.klass}: its rows' mean moved by {self.shift:.2g}"
+        if not self.spread > 0:
+            return f"{moved}, and they have no spread"
+        share = self.shift / self.spread
+        return (
+            f"{moved}, {100 * share:.0f}% of their spread"
+            if share >= 0.1
+            else f"{moved}, {100 * share:.2g}% of their spread"
+        )
+
+
+def moved_class(state: "Decisions", centres: np.ndarray, origin: np.ndarray) -> Moved | None:
+    """The class whose rows pass 2 (``state``, on the host) did not read in pass 1, worst first; None if none.
+
+    ``centres`` (C, d): μ_c − o, the means of pass 1 less the ``origin`` o pass 2 worked relative to
+    (rows of absent classes ignored). With S_c = Σ_{i∈c}(h_i − μ_c) = n_c·(μ_c^(2) − μ_c^(1)), W_c the
+    scatter Σ_{i∈c}‖h_i − μ_c‖², H_c = Σ_{i∈c}‖h_i‖² = W_c + 2μ_c·S_c + n_c‖μ_c‖² and R_c the larger of the
+    class's RMS spread √(W_c/n_c) and the layer's √(Σ_c W_c / N) (a single row has none of its own),
+    class c is refused when
+
+        ‖S_c‖ > 8u·n_c·(√(n_c·H_c) + √(n_c·W_c) + ‖μ_c − o‖) + min(τ·√H_c, κ·n_c·R_c).
+
+    The same rows in any order give S_c = 0 but for rounding, which the first term bounds: per coordinate,
+    the pass-1 mean (block sums and Chan merges) is off by ≲ 4n_c·u·mean|h_ij|, each residual
+    fl(fl(h_i − o) − fl(μ_c − o)) by ≤ u(2|r_ij| + 2|μ_cj − o_j|), and their sum by ≤ n_c·u·Σ|r_ij|
+    (Higham 2002, §4.2: worst cases, not the √n_c typical); ‖Σ_i|h_i|‖ ≤ Σ_i‖h_i‖ ≤ √(n_c·H_c) carries them
+    to the norm, whatever d, the inputs' dtype (exact in float64) or the block order, so the same rows
+    are never refused. The second term lets through rows recomputed with other rounding (a small random
+    move of each), and refuses a change that is either (i) more than τ = ROW_NOISE of the rows' size,
+    read as random per-row noise (‖S_c‖ ≈ ρ·√H_c for rows that each moved by ρ‖h_i‖, at any n_c: dropout,
+    augmentation, BatchNorm's batch statistics), or (ii) a shift of the mean by more than κ = MEAN_SHIFT
+    of the spread (rows far from the origin that moved by little beside their size but not beside their
+    spread). Recomputed rows pass both unless their rounding noise ρ nears τ, or ρ·‖h‖ nears κ·√n_c·R_c.
+    """
+    if state.count is None or state.residual_sum is None:
+        return None
+    count, sums, scatter = state.count, state.residual_sum, state.scatter
+    means = centres + origin
+    moved = np.sqrt(np.einsum("ij,ij->i", sums, sums))
+    sizes = np.maximum(
+        scatter + 2.0 * np.einsum("ij,ij->i", means, sums) + count * np.einsum("ij,ij->i", means, means), 0.0
+    )
+    rounding = (
+        8.0
+        * UNIT_ROUNDOFF
+        * count
+        * (np.sqrt(count * sizes) + np.sqrt(count * scatter) + np.sqrt(np.einsum("ij,ij->i", centres, centres)))
+    )
+    spread = np.sqrt(np.maximum(scatter / np.maximum(count, 1.0), scatter.sum() / max(count.sum(), 1.0)))
+    allowed = rounding + np.minimum(ROW_NOISE * np.sqrt(sizes), MEAN_SHIFT * count * spread)
+    refused = np.flatnonzero((count > 0) & (moved > allowed))
+    if not len(refused):
+        return None
+    worst = refused[np.argmax(moved[refused] / np.maximum(allowed[refused], np.finfo(np.float64).tiny))]
+    shift = moved[worst] / count[worst]
+    own_spread = np.sqrt(max(scatter[worst] / count[worst] - shift**2, 0.0))
+    return Moved(int(worst), float(shift), float(own_spread))
+
+
 def on_host(state):
     """A state (any dataclass of arrays, floats and None) with every array moved to numpy on the host."""
+
     def moved(value):
         return value if value is None or isinstance(value, (int, float)) else backend_of(value).host(value)
 
-    return dataclasses.replace(state, **{item.name: moved(getattr(state, item.name)) for item in dataclasses.fields(state)})
+    return dataclasses.replace(
+        state, **{item.name: moved(getattr(state, item.name)) for item in dataclasses.fields(state)}
+    )
