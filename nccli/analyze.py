@@ -29,8 +29,8 @@ from nccli.io.reader import (
     read_info,
 )
 from nccli.metrics import formulas
-from nccli.metrics.classifier import imbalanced
 from nccli.metrics.backend import Backend, select_backend
+from nccli.metrics.classifier import imbalanced
 from nccli.metrics.geometry import build_geometry
 from nccli.metrics.layer import ClassMeans, summarize_layer
 from nccli.metrics.mse import MSE_MAX_DIM, mse_decomposition
@@ -56,7 +56,9 @@ class AnalysisResult:
     imbalance: dict[str, tuple[int, int]] = field(default_factory=dict)  # file → (smallest, largest) class count
 
 
-def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None, group: Group | None = None) -> AnalysisResult:
+def analyze_features(
+    config: AnalyzeConfig, pairs: PairSink | None = None, group: Group | None = None
+) -> AnalysisResult:
     """Compute the metrics of ``metrics.md`` for every selected layer of every file.
 
     Every input is validated first (opened, checked and closed again); then each file is opened only
@@ -76,9 +78,7 @@ def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None, group
     xp = select_backend(config.compute_device if group is None else group.device)
     infos = [read_info(path) for path in config.files]
     selections = [info.select_layers(config.layers) for info in infos]
-    references = (
-        pair_references(config.means_from, infos, selections) if config.means_from else [None] * len(infos)
-    )
+    references = pair_references(config.means_from, infos, selections) if config.means_from else [None] * len(infos)
     for option, asked in (("--mse", config.mse), ("--snr", config.snr)):
         if asked:
             _check_matrix_width(infos, selections, option)
@@ -92,7 +92,9 @@ def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None, group
         8 * reference.num_classes * layer.dim for reference, layers in needed.values() for layer in layers
     )
     plans = [layer_groups(xp, info, layers, config, budget) for info, layers in zip(infos, selections)]
-    reference_plans = {path: layer_groups(xp, reference, layers, config, budget) for path, (reference, layers) in needed.items()}
+    reference_plans = {
+        path: layer_groups(xp, reference, layers, config, budget) for path, (reference, layers) in needed.items()
+    }
     total = sum(2 * info.n_samples * len(groups) for info, groups in zip(infos, plans))
     total += sum(reference.n_samples * len(reference_plans[path]) for path, (reference, _) in needed.items())
     total += ood_info.n_samples if ood_info else 0
@@ -100,7 +102,9 @@ def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None, group
     if group is not None:
         group.agree()  # every rank has validated its inputs: none reads a row if one has failed
     with contextlib.ExitStack() as stack:
-        advance = stack.enter_context(progress_bar(config.show_progress and (group is None or group.main), "analyze", total))
+        advance = stack.enter_context(
+            progress_bar(config.show_progress and (group is None or group.main), "analyze", total)
+        )
         if group is not None:
             advance = _every_rank(advance, group.world)
         scanner = Scanner(xp, config.jobs, config.block_rows, advance, group)
@@ -112,7 +116,9 @@ def analyze_features(config: AnalyzeConfig, pairs: PairSink | None = None, group
                 means[reference.path] = read_reference_means(scanner, reference, reference_plans[reference.path])
             with open_feature_file(info.path, probed=True, expected=info) as feature_file:
                 reference_means = None if reference is None else means[reference.path]
-                analyze_file(xp, scanner, feature_file, layers, reference_means, config, result, groups, pair_output, ood)
+                analyze_file(
+                    xp, scanner, feature_file, layers, reference_means, config, result, groups, pair_output, ood
+                )
             if reference is not None and all(later is not reference for later in references[index + 1 :]):
                 del means[reference.path]  # a reference's means are kept only while a later file uses them
     warn_imbalance(result)
@@ -170,7 +176,9 @@ def analyze_file(
             _warn(result, info.path, None, f"no /classifier/weight: {names} reported as null ({option})")
     file_rows = []
     for group in groups or [layers]:
-        file_rows.extend(_analyze_layers(xp, scanner, feature_file, group, reference_means, config, result, pair_output, ood))
+        file_rows.extend(
+            _analyze_layers(xp, scanner, feature_file, group, reference_means, config, result, pair_output, ood)
+        )
     if not scanner.main:
         return  # another rank of a torchrun job: rank 0 reports
     depth = effective_depth(file_rows, config.depth_epsilon)
@@ -239,7 +247,9 @@ def _analyze_layers(
             warn = partial(_warn, result, info.path, layer.name)
             metrics.summary = metrics.summary.with_opt_in(snr_columns(moments[layer.name], decisions[layer.name], warn))
         if ood is not None:
-            metrics.summary = metrics.summary.with_opt_in(ood_columns(ClassMeans.of(moments[layer.name]), ood[layer.name]))
+            metrics.summary = metrics.summary.with_opt_in(
+                ood_columns(ClassMeans.of(moments[layer.name]), ood[layer.name])
+            )
         keys = {schema.COL_FILE: info.path, schema.COL_LAYER: layer.name}
         file_rows.append(
             {

@@ -68,4 +68,6 @@ def check_config(config: AnalyzeConfig, with_pairs: bool) -> None:
     if config.jobs < 1:
         raise UsageError(f"--jobs must be ≥ 1, got {config.jobs}")
     if config.jobs > 1 and config.device not in ("cpu", "auto"):
-        raise UsageError(f"--jobs {config.jobs} spreads rows over CPU processes; it does not combine with --device {config.device}")
+        raise UsageError(
+            f"--jobs {config.jobs} spreads rows over CPU processes; it does not combine with --device {config.device}"
+        )

@@ -154,7 +154,9 @@ class Group:
     def _broadcast(self, array, how: str, dtype, shape):
         """One array from rank 0: numpy on the host, or a tensor on this rank's device."""
         nbytes = int(np.prod(shape, dtype=np.int64)) * (np.dtype(dtype).itemsize if how == "numpy" else dtype.itemsize)
-        buffer = self._on_wire(array) if self.main else self.torch.empty(nbytes, dtype=self.torch.uint8, device=self.wire)
+        buffer = (
+            self._on_wire(array) if self.main else self.torch.empty(nbytes, dtype=self.torch.uint8, device=self.wire)
+        )
         if nbytes:
             self.dist.broadcast(buffer, src=0)
         if how == "numpy":
@@ -165,7 +167,11 @@ class Group:
 def _arrays(state) -> list[np.ndarray]:
     """A host state's fields as arrays (numbers as 0-d float64 arrays; None left out), in field order."""
     values = (getattr(state, field.name) for field in dataclasses.fields(state))
-    return [np.asarray(value, dtype=np.float64) if isinstance(value, (int, float)) else value for value in values if value is not None]
+    return [
+        np.asarray(value, dtype=np.float64) if isinstance(value, (int, float)) else value
+        for value in values
+        if value is not None
+    ]
 
 
 def _rebuilt(template, arrays: list[np.ndarray]):

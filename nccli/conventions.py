@@ -5,7 +5,6 @@ Normalisations, cut-offs and choices that other tools make differently
 number can be compared with theirs.
 """
 
-
 from nccli import schema
 from nccli.analyze_config import AnalyzeConfig
 from nccli.metrics import formulas
@@ -31,7 +30,9 @@ def conventions(config: AnalyzeConfig, device: str, summary: list[dict], referen
         "ncc_means": f"class means of the --means-from '{config.means_from}' file paired with each file (ncc_means_from)"
         if config.means_from
         else "each file's own class means",
-        "ncc_means_from": {file: file if reference is None else reference.path for file, reference in references.items()}
+        "ncc_means_from": {
+            file: file if reference is None else reference.path for file, reference in references.items()
+        }
         if config.means_from
         else None,
         "ties": "ties go to the lowest class id",
@@ -48,8 +49,12 @@ def conventions(config: AnalyzeConfig, device: str, summary: list[dict], referen
         "balanced classes only",
         "ce_excess": "cross-entropy of the bias-free logits Wh minus log(1 + (K−1)exp(−Kαβ/(K−1))), "
         "α = √(Σ_i‖h_i‖²/N), β = ‖W‖_F/√K (present classes)",
-        "snr": "singular values of Σ_W^{−1/2}Mᵀ; null when Σ_W is singular (an eigenvalue ≤ λ_max·d·ε)" if config.snr else None,
-        "ood": f"nc5_ood_orthogonality against the mean of every row of '{config.ood}' (not centred)" if config.ood else None,
+        "snr": "singular values of Σ_W^{−1/2}Mᵀ; null when Σ_W is singular (an eigenvalue ≤ λ_max·d·ε)"
+        if config.snr
+        else None,
+        "ood": f"nc5_ood_orthogonality against the mean of every row of '{config.ood}' (not centred)"
+        if config.ood
+        else None,
         "ncc_effective_depth_epsilon": config.depth_epsilon,
         "pair_table": "every pair c < c'"
         if config.pairs_top is None

@@ -154,7 +154,9 @@ def _write(plan: _Plan, keys: KeySpace, config: ConvertConfig) -> None:
     options = {"convert": {"sources": list(config.sources), "keys": keys.used, "pool": str(config.pool)}}
     n = plan.labels.shape[0]
     attrs = _root_attrs(config, plan.num_classes, plan.class_names)
-    writer = FeatureWriter.create(config.out, n, datasets, attrs, options, fixed=plan.classifier, group_attrs=layer_attr)
+    writer = FeatureWriter.create(
+        config.out, n, datasets, attrs, options, fixed=plan.classifier, group_attrs=layer_attr
+    )
     try:
         with progress_bar(config.show_progress, os.path.basename(config.out), n) as advance:
             _copy_rows(writer, plan, advance)
@@ -232,7 +234,9 @@ def _classifier(weight, bias, config: ConvertConfig, layers: list[_Layer], num_c
                 raise UsageError(f"{option} needs --weight (the classifier's weight matrix)")
         return None, {}
     if len(weight.shape) != 2:
-        raise DataError(f"{weight.where}: the classifier weight must be 2-D (num_classes, d), found shape {weight.shape}")
+        raise DataError(
+            f"{weight.where}: the classifier weight must be 2-D (num_classes, d), found shape {weight.shape}"
+        )
     widths = {layer.name: layer.width for layer in layers}
     name = checks.classifier_layer(widths, weight.shape[1], config.classifier_layer, "--classifier-layer")
     fixed = {schema.CLASSIFIER_WEIGHT: weight.read()}

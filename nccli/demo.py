@@ -106,5 +106,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
 
 def penultimate_rows(summary: list[dict]) -> list[dict]:
     """Rows of the classifier's input layer (the ones with a classifier accuracy), by split then epoch."""
-    rows = [row for row in summary if row.get("clf_accuracy") is not None and row["clf_accuracy"] == row["clf_accuracy"]]
+    rows = [
+        row for row in summary if row.get("clf_accuracy") is not None and row["clf_accuracy"] == row["clf_accuracy"]
+    ]
     return sorted(rows, key=lambda row: (SPLITS.index(row[schema.COL_SPLIT]), row[schema.COL_EPOCH]))

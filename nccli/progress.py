@@ -1,7 +1,7 @@
 """Progress bars for long work: rich on stderr, and only when asked (the CLI asks on a terminal)."""
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 
 @contextlib.contextmanager

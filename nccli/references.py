@@ -145,7 +145,9 @@ def reference_layers(references, selections) -> dict[str, tuple[FeatureFileInfo,
     }
 
 
-def read_reference_means(scanner: Scanner, reference: FeatureFileInfo, groups: list[tuple[LayerInfo, ...]]) -> dict[str, ClassMeans]:
+def read_reference_means(
+    scanner: Scanner, reference: FeatureFileInfo, groups: list[tuple[LayerInfo, ...]]
+) -> dict[str, ClassMeans]:
     """The class means of the layers in ``groups`` in a --means-from file: one pass over its rows per group,
     once per run."""
     means = {}

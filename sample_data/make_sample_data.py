@@ -81,9 +81,7 @@ def make_digits(out_dir: Path) -> tuple[dict, dict]:
     digits = load_digits()
     x = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
     y = digits.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=TEST_SIZE, stratify=y, random_state=SEED
-    )
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=TEST_SIZE, stratify=y, random_state=SEED)
     splits = {}
     for name, xs, ys in (("train", x_train, y_train), ("test", x_test, y_test)):
         np.savez_compressed(out_dir / f"digits_{name}.npz", x=xs, y=ys)

@@ -12,7 +12,9 @@ from nccli import schema
 from nccli.analyze import AnalyzeConfig, analyze_features
 
 
-def analyze_arrays(folder: Path, features, labels, weight=None, bias=None, *, name="run.h5", file_kwargs=None, **config):
+def analyze_arrays(
+    folder: Path, features, labels, weight=None, bias=None, *, name="run.h5", file_kwargs=None, **config
+):
     """Write one layer 'feat' (the classifier's input when ``weight`` is given), analyze it, return the result."""
     path = write_feature_file(
         Path(folder) / name,

@@ -84,7 +84,9 @@ def _shuffle(rng, features, labels):
 # --------------------------------------------------------------------------- T2
 
 
-def tirer_bruna_optimum(K: int = 4, d: int = 6, n: int = 5, lam_w: float = 0.1, lam_h: float = 0.1, seed: int = 0) -> Fixture:
+def tirer_bruna_optimum(
+    K: int = 4, d: int = 6, n: int = 5, lam_w: float = 0.1, lam_h: float = 0.1, seed: int = 0
+) -> Fixture:
     """T2: global minimiser of the bias-free UFM (Tirer & Bruna 2022; S0:48-58).
 
     ``c = √(λ_H λ_W) < 1``, ``ρ = (1 − c)√(λ_W/λ_H)``; uncentred means
@@ -113,25 +115,60 @@ def tirer_bruna_optimum(K: int = 4, d: int = 6, n: int = 5, lam_w: float = 0.1, 
     features, labels = _shuffle(rng, Hbar.T[labels].copy(), labels)
 
     expected = dict(
-        tr_sw=0.0, tr_sb=rho * (K - 1) / K, nc1=0.0, nc1_tilde=0.0, cdnv=0.0,
-        nc2_equinorm=0.0, nc2_equiangular=0.0, nc2_maxangle=0.0, nc2_etf=0.0,
-        nc3_duality=math.sqrt(2 - 2 * math.sqrt((K - 1) / K)), nc3_etf=0.0,
-        ncc_accuracy=1.0, clf_accuracy=1.0, nc4_ncc_mismatch=0.0,
-        margin_min=1 - c, margin_mean=1 - c,
-        intra_cos_min=1.0, intra_cos_mean=1.0, inter_cos_max=0.0, inter_cos_mean=0.0,
+        tr_sw=0.0,
+        tr_sb=rho * (K - 1) / K,
+        nc1=0.0,
+        nc1_tilde=0.0,
+        cdnv=0.0,
+        nc2_equinorm=0.0,
+        nc2_equiangular=0.0,
+        nc2_maxangle=0.0,
+        nc2_etf=0.0,
+        nc3_duality=math.sqrt(2 - 2 * math.sqrt((K - 1) / K)),
+        nc3_etf=0.0,
+        ncc_accuracy=1.0,
+        clf_accuracy=1.0,
+        nc4_ncc_mismatch=0.0,
+        margin_min=1 - c,
+        margin_mean=1 - c,
+        intra_cos_min=1.0,
+        intra_cos_mean=1.0,
+        inter_cos_max=0.0,
+        inter_cos_mean=0.0,
         mse_loss=c / 2,
         **_t2_issue13(K, n, c, rho, lam_w, lam_h),
     )
     w_norm = math.sqrt(lam_h / lam_w * rho)
     per_class = {
-        k: dict(n=float(n), var=0.0, mean_norm=math.sqrt(rho * (K - 1) / K), intra_cos=1.0,
-                ncc_recall=1.0, clf_recall=1.0, duality_cos=math.sqrt((K - 1) / K), w_norm=w_norm)
+        k: dict(
+            n=float(n),
+            var=0.0,
+            mean_norm=math.sqrt(rho * (K - 1) / K),
+            intra_cos=1.0,
+            ncc_recall=1.0,
+            clf_recall=1.0,
+            duality_cos=math.sqrt((K - 1) / K),
+            w_norm=w_norm,
+        )
         for k in range(K)
     }
-    per_pair = {p: dict(cdnv=0.0, mean_cos=-1 / (K - 1), inter_cos=0.0, mean_dist=math.sqrt(2 * rho), w_cos=0.0)
-                for p in _pairs(K)}
-    return Fixture("tirer_bruna_optimum", features, labels, W, None, K, lam_w / K, expected, per_class, per_pair,
-                   extras=dict(c=c, rho=rho, U=U))
+    per_pair = {
+        p: dict(cdnv=0.0, mean_cos=-1 / (K - 1), inter_cos=0.0, mean_dist=math.sqrt(2 * rho), w_cos=0.0)
+        for p in _pairs(K)
+    }
+    return Fixture(
+        "tirer_bruna_optimum",
+        features,
+        labels,
+        W,
+        None,
+        K,
+        lam_w / K,
+        expected,
+        per_class,
+        per_pair,
+        extras=dict(c=c, rho=rho, U=U),
+    )
 
 
 def _t2_issue13(K: int, n: int, c: float, rho: float, lam_w: float, lam_h: float) -> dict[str, float]:
@@ -143,18 +180,28 @@ def _t2_issue13(K: int, n: int, c: float, rho: float, lam_w: float, lam_h: float
     alpha, beta = math.sqrt(rho), math.sqrt(rho * lam_h / lam_w)
     ce = math.log(1 + (K - 1) * math.exp(-(1 - c)))
     return dict(
-        nc1_dist_ratio=0.0, nc2_tirer=0.0, gnc2_dist_var=0.0, gnc2_log_var=0.0,
-        w_equinorm=0.0, w_equiangular=0.0, w_maxangle=1 / (K - 1), nc3_tirer=0.0, nc3_uniform_duality=0.0,
-        norm_balance=math.sqrt(sq_w / sq_h), margin_normalized=(1 - c) * 2 * (K - 1) * math.sqrt(n) / (sq_w + sq_h),
-        ce_loss=ce, ce_excess=ce - math.log(1 + (K - 1) * math.exp(-K / (K - 1) * alpha * beta)),
+        nc1_dist_ratio=0.0,
+        nc2_tirer=0.0,
+        gnc2_dist_var=0.0,
+        gnc2_log_var=0.0,
+        w_equinorm=0.0,
+        w_equiangular=0.0,
+        w_maxangle=1 / (K - 1),
+        nc3_tirer=0.0,
+        nc3_uniform_duality=0.0,
+        norm_balance=math.sqrt(sq_w / sq_h),
+        margin_normalized=(1 - c) * 2 * (K - 1) * math.sqrt(n) / (sq_w + sq_h),
+        ce_loss=ce,
+        ce_excess=ce - math.log(1 + (K - 1) * math.exp(-K / (K - 1) * alpha * beta)),
     )
 
 
 # --------------------------------------------------------------------------- T6
 
 
-def etf_with_exact_noise(K: int = 5, d: int = 8, sigma: float = 0.3, rho: float = 2.0, seed: int = 0,
-                         global_mean_norm: float = 0.0) -> Fixture:
+def etf_with_exact_noise(
+    K: int = 5, d: int = 8, sigma: float = 0.3, rho: float = 2.0, seed: int = 0, global_mean_norm: float = 0.0
+) -> Fixture:
     """T6: simplex-ETF centred means with *exact* isotropic within-class noise.
 
     ``M = √ρ P_K Uᵀ`` (G = ρP_K), class means ``μ_k = μ_G + m_k`` with μ_G of
@@ -203,23 +250,61 @@ def etf_with_exact_noise(K: int = 5, d: int = 8, sigma: float = 0.3, rho: float 
     sup = max(float(np.max(np.abs(M[a] - M[b]))) for a, b in _pairs(K))
     margin_min = rho - step * sup
     expected = dict(
-        tr_sw=d * sigma**2, tr_sb=rho * (K - 1) / K, nc1=sigma**2 * (K - 1) / rho,
-        nc1_tilde=d * sigma**2 * K / (rho * (K - 1)), cdnv=d * sigma**2 / (2 * rho),
-        nc2_equinorm=0.0, nc2_equiangular=0.0, nc2_maxangle=0.0, nc2_etf=0.0,
-        nc3_duality=0.0, nc3_etf=0.0, margin_min=margin_min, margin_mean=float(np.mean(gaps)),
-        nc2_tirer=0.0, gnc2_dist_var=0.0, gnc2_log_var=0.0, w_equinorm=0.0, w_equiangular=0.0, w_maxangle=0.0,
-        nc3_tirer=0.0, nc3_uniform_duality=0.0, snr_min=math.sqrt(rho) / sigma, snr_max=math.sqrt(rho) / sigma,
+        tr_sw=d * sigma**2,
+        tr_sb=rho * (K - 1) / K,
+        nc1=sigma**2 * (K - 1) / rho,
+        nc1_tilde=d * sigma**2 * K / (rho * (K - 1)),
+        cdnv=d * sigma**2 / (2 * rho),
+        nc2_equinorm=0.0,
+        nc2_equiangular=0.0,
+        nc2_maxangle=0.0,
+        nc2_etf=0.0,
+        nc3_duality=0.0,
+        nc3_etf=0.0,
+        margin_min=margin_min,
+        margin_mean=float(np.mean(gaps)),
+        nc2_tirer=0.0,
+        gnc2_dist_var=0.0,
+        gnc2_log_var=0.0,
+        w_equinorm=0.0,
+        w_equiangular=0.0,
+        w_maxangle=0.0,
+        nc3_tirer=0.0,
+        nc3_uniform_duality=0.0,
+        snr_min=math.sqrt(rho) / sigma,
+        snr_max=math.sqrt(rho) / sigma,
     )
-    per_class = {k: dict(n=float(2 * d), var=d * sigma**2, mean_norm=math.sqrt(rho * (K - 1) / K), duality_cos=1.0,
-                         w_norm=math.sqrt(rho * (K - 1) / K)) for k in range(K)}
+    per_class = {
+        k: dict(
+            n=float(2 * d),
+            var=d * sigma**2,
+            mean_norm=math.sqrt(rho * (K - 1) / K),
+            duality_cos=1.0,
+            w_norm=math.sqrt(rho * (K - 1) / K),
+        )
+        for k in range(K)
+    }
     if margin_min > 1e-6 * rho:
         expected.update(ncc_accuracy=1.0, clf_accuracy=1.0, nc4_ncc_mismatch=0.0)
         for k in range(K):
             per_class[k].update(ncc_recall=1.0, clf_recall=1.0)
-    per_pair = {p: dict(cdnv=d * sigma**2 / (2 * rho), mean_cos=-1 / (K - 1), mean_dist=math.sqrt(2 * rho),
-                        w_cos=-1 / (K - 1)) for p in _pairs(K)}
-    return Fixture("etf_with_exact_noise", features, labels_arr, M.copy(), np.zeros(K), K, 0.0,
-                   expected, per_class, per_pair, extras=dict(U=U, M=M, mu_g=mu_g))
+    per_pair = {
+        p: dict(cdnv=d * sigma**2 / (2 * rho), mean_cos=-1 / (K - 1), mean_dist=math.sqrt(2 * rho), w_cos=-1 / (K - 1))
+        for p in _pairs(K)
+    }
+    return Fixture(
+        "etf_with_exact_noise",
+        features,
+        labels_arr,
+        M.copy(),
+        np.zeros(K),
+        K,
+        0.0,
+        expected,
+        per_class,
+        per_pair,
+        extras=dict(U=U, M=M, mu_g=mu_g),
+    )
 
 
 # --------------------------------------------------------------------------- T8
@@ -245,19 +330,50 @@ def s2_example(C: float = 0.7) -> Fixture:
     labels = np.arange(4)
     K = 4
     expected = dict(
-        tr_sw=0.0, tr_sb=2 * C**2, nc1=0.0, nc1_tilde=0.0, cdnv=0.0,
-        nc2_equinorm=0.0, nc2_equiangular=math.sqrt(2) / 3, nc2_maxangle=4 / 9,
-        nc2_etf=math.sqrt(2 - 4 / math.sqrt(6)), nc3_etf=math.sqrt(2 - 4 / math.sqrt(6)), nc3_duality=0.0,
-        ncc_accuracy=1.0, clf_accuracy=1.0, nc4_ncc_mismatch=0.0, margin_min=2 * C**2, margin_mean=2 * C**2,
-        intra_cos_min=1.0, intra_cos_mean=1.0, inter_cos_max=0.0, inter_cos_mean=-1 / 3,
+        tr_sw=0.0,
+        tr_sb=2 * C**2,
+        nc1=0.0,
+        nc1_tilde=0.0,
+        cdnv=0.0,
+        nc2_equinorm=0.0,
+        nc2_equiangular=math.sqrt(2) / 3,
+        nc2_maxangle=4 / 9,
+        nc2_etf=math.sqrt(2 - 4 / math.sqrt(6)),
+        nc3_etf=math.sqrt(2 - 4 / math.sqrt(6)),
+        nc3_duality=0.0,
+        ncc_accuracy=1.0,
+        clf_accuracy=1.0,
+        nc4_ncc_mismatch=0.0,
+        margin_min=2 * C**2,
+        margin_mean=2 * C**2,
+        intra_cos_min=1.0,
+        intra_cos_mean=1.0,
+        inter_cos_max=0.0,
+        inter_cos_mean=-1 / 3,
         **_t8_issue13(C),
     )
-    per_class = {k: dict(n=1.0, var=0.0, mean_norm=math.sqrt(2) * C, intra_cos=1.0, ncc_recall=1.0,
-                         clf_recall=1.0, duality_cos=1.0, w_norm=math.sqrt(2) * C) for k in range(K)}
+    per_class = {
+        k: dict(
+            n=1.0,
+            var=0.0,
+            mean_norm=math.sqrt(2) * C,
+            intra_cos=1.0,
+            ncc_recall=1.0,
+            clf_recall=1.0,
+            duality_cos=1.0,
+            w_norm=math.sqrt(2) * C,
+        )
+        for k in range(K)
+    }
     opposite = {(0, 1), (2, 3)}
     per_pair = {
-        p: dict(cdnv=0.0, mean_cos=-1.0 if p in opposite else 0.0, inter_cos=-1.0 if p in opposite else 0.0,
-                mean_dist=(2 * math.sqrt(2) if p in opposite else 2.0) * C, w_cos=-1.0 if p in opposite else 0.0)
+        p: dict(
+            cdnv=0.0,
+            mean_cos=-1.0 if p in opposite else 0.0,
+            inter_cos=-1.0 if p in opposite else 0.0,
+            mean_dist=(2 * math.sqrt(2) if p in opposite else 2.0) * C,
+            w_cos=-1.0 if p in opposite else 0.0,
+        )
         for p in _pairs(K)
     }
     return Fixture("s2_example", H.copy(), labels, H.copy(), None, K, 0.0, expected, per_class, per_pair)
@@ -273,18 +389,28 @@ def _t8_issue13(C: float) -> dict[str, float]:
     g = 2 * C**2
     ce = math.log(math.exp(g) + math.exp(-g) + 2) - g
     return dict(
-        nc1_dist_ratio=0.0, nc2_tirer=1 / math.sqrt(3), gnc2_dist_var=float(np.var(distances)),
-        gnc2_log_var=float(np.var(np.log(1 / distances))), w_equinorm=0.0, w_equiangular=math.sqrt(2) / 3,
-        w_maxangle=4 / 9, nc3_tirer=1 / math.sqrt(3), nc3_uniform_duality=0.0, norm_balance=1.0,
-        margin_normalized=0.75, ce_loss=ce, ce_excess=ce - math.log(1 + 3 * math.exp(-4 / 3 * g)),
+        nc1_dist_ratio=0.0,
+        nc2_tirer=1 / math.sqrt(3),
+        gnc2_dist_var=float(np.var(distances)),
+        gnc2_log_var=float(np.var(np.log(1 / distances))),
+        w_equinorm=0.0,
+        w_equiangular=math.sqrt(2) / 3,
+        w_maxangle=4 / 9,
+        nc3_tirer=1 / math.sqrt(3),
+        nc3_uniform_duality=0.0,
+        norm_balance=1.0,
+        margin_normalized=0.75,
+        ce_loss=ce,
+        ce_excess=ce - math.log(1 + 3 * math.exp(-4 / 3 * g)),
     )
 
 
 # --------------------------------------------------------------------------- issue 13: self-dual ETF
 
 
-def self_dual_etf(K: int = 5, d: int = 7, n: int = 4, alpha: float = 2.0, beta: float | None = None,
-                  seed: int = 0) -> Fixture:
+def self_dual_etf(
+    K: int = 5, d: int = 7, n: int = 4, alpha: float = 2.0, beta: float | None = None, seed: int = 0
+) -> Fixture:
     """Collapse at given norms (seed-notes T7; Pan Thm. 2.3.1; ULPM Lemma 3.1 and Thm. 3.3).
 
     Unit simplex-ETF directions m_c (cos −1/(K−1), Σ_c m_c = 0), every sample of
@@ -309,23 +435,46 @@ def self_dual_etf(K: int = 5, d: int = 7, n: int = 4, alpha: float = 2.0, beta: 
     gap = alpha * beta * K / (K - 1)
     ce = math.log1p((K - 1) * math.exp(-gap))
     expected = dict(
-        nc1_dist_ratio=0.0, nc2_tirer=0.0, gnc2_dist_var=0.0, gnc2_log_var=0.0,
-        w_equinorm=0.0, w_equiangular=0.0, w_maxangle=0.0, nc3_tirer=0.0, nc3_uniform_duality=0.0,
-        margin_min=gap, margin_normalized=2 * alpha * beta * math.sqrt(n) / (beta**2 + n * alpha**2),
-        norm_balance=beta / (alpha * math.sqrt(n)), ce_loss=ce, ce_excess=0.0, nc5_ood_orthogonality=0.0,
+        nc1_dist_ratio=0.0,
+        nc2_tirer=0.0,
+        gnc2_dist_var=0.0,
+        gnc2_log_var=0.0,
+        w_equinorm=0.0,
+        w_equiangular=0.0,
+        w_maxangle=0.0,
+        nc3_tirer=0.0,
+        nc3_uniform_duality=0.0,
+        margin_min=gap,
+        margin_normalized=2 * alpha * beta * math.sqrt(n) / (beta**2 + n * alpha**2),
+        norm_balance=beta / (alpha * math.sqrt(n)),
+        ce_loss=ce,
+        ce_excess=0.0,
+        nc5_ood_orthogonality=0.0,
     )
     ood = np.outer(np.arange(1.0, 7.0), U[:, K])  # six rows along one direction orthogonal to the means
-    return Fixture("self_dual_etf", features, labels, beta * unit, np.zeros(K), K, 0.0, expected,
-                   extras=dict(ood=ood))
+    return Fixture("self_dual_etf", features, labels, beta * unit, np.zeros(K), K, 0.0, expected, extras=dict(ood=ood))
 
 
 # --------------------------------------------------------------------------- cancellation
 
 
 TRANSLATION_INVARIANT = (
-    "tr_sw", "tr_sb", "nc1", "nc1_tilde", "cdnv",
-    "nc2_equinorm", "nc2_equiangular", "nc2_maxangle", "nc2_etf",
-    "nc3_duality", "nc3_etf", "ncc_accuracy", "clf_accuracy", "nc4_ncc_mismatch", "margin_min", "margin_mean",
+    "tr_sw",
+    "tr_sb",
+    "nc1",
+    "nc1_tilde",
+    "cdnv",
+    "nc2_equinorm",
+    "nc2_equiangular",
+    "nc2_maxangle",
+    "nc2_etf",
+    "nc3_duality",
+    "nc3_etf",
+    "ncc_accuracy",
+    "clf_accuracy",
+    "nc4_ncc_mismatch",
+    "margin_min",
+    "margin_mean",
 )
 """Summary metrics unchanged by ``h ↦ h + o`` (classifier ones provided the bias
 is shifted to ``b − W o``). Not invariant: the cosine view (raw, uncentred
@@ -335,7 +484,9 @@ TRANSLATION_INVARIANT_CLASS = ("n", "var", "mean_norm", "ncc_recall", "clf_recal
 TRANSLATION_INVARIANT_PAIR = ("cdnv", "mean_cos", "mean_dist")
 
 
-def offset_collapse(K: int = 4, d: int = 6, n: int = 20, offset: float = 1000.0, noise: float = 1e-4, seed: int = 0) -> Fixture:
+def offset_collapse(
+    K: int = 4, d: int = 6, n: int = 20, offset: float = 1000.0, noise: float = 1e-4, seed: int = 0
+) -> Fixture:
     """Nearly collapsed features far from the origin: a cancellation trap.
 
     ``features = offset·1 + (μ_k + noise·N(0, I))`` with unit-norm simplex-ETF
@@ -372,14 +523,27 @@ def offset_collapse(K: int = 4, d: int = 6, n: int = 20, offset: float = 1000.0,
     expected = {k: ref.summary[k] for k in TRANSLATION_INVARIANT}
     per_class = {c: {k: v[k] for k in TRANSLATION_INVARIANT_CLASS} for c, v in ref.per_class.items()}
     per_pair = {p: {k: v[k] for k in TRANSLATION_INVARIANT_PAIR} for p, v in ref.per_pair.items()}
-    return Fixture("offset_collapse", features, labels, W, bias, K, 0.0, expected, per_class, per_pair,
-                   extras=dict(unshifted=unshifted, offset=offset))
+    return Fixture(
+        "offset_collapse",
+        features,
+        labels,
+        W,
+        bias,
+        K,
+        0.0,
+        expected,
+        per_class,
+        per_pair,
+        extras=dict(unshifted=unshifted, offset=offset),
+    )
 
 
 # --------------------------------------------------------------------------- statistical
 
 
-def gaussian_around_etf(K: int = 5, d: int = 8, n: int = 200, sigma: float = 0.3, seed: int = 0, rho: float = 2.0) -> Fixture:
+def gaussian_around_etf(
+    K: int = 5, d: int = 8, n: int = 200, sigma: float = 0.3, seed: int = 0, rho: float = 2.0
+) -> Fixture:
     """Simplex-ETF means (``MMᵀ = ρP``) plus Gaussian noise N(0, σ²I), n per class.
 
     Only approximate values (seed-notes T6, last bullet), in ``approx``:
@@ -399,11 +563,20 @@ def gaussian_around_etf(K: int = 5, d: int = 8, n: int = 200, sigma: float = 0.3
     N = K * n
     e_sw = d * sigma**2 * (n - 1) / n
     e_sb = rho * (K - 1) / K + d * sigma**2 * (K - 1) / (K * n)
-    approx = dict(tr_sw=e_sw, tr_sb=e_sb, nc1=sigma**2 * (K - 1) / rho, nc1_tilde=e_sw / e_sb,
-                  cdnv=e_sw / (2 * rho + 2 * d * sigma**2 / n), var=e_sw)
-    approx_std = dict(tr_sw=sigma**2 * math.sqrt(2 * d * K * (n - 1)) / N, var=sigma**2 * math.sqrt(2 * d * (n - 1)) / n)
-    return Fixture("gaussian_around_etf", features, labels, num_classes=K, approx=approx, approx_std=approx_std,
-                   extras=dict(M=M))
+    approx = dict(
+        tr_sw=e_sw,
+        tr_sb=e_sb,
+        nc1=sigma**2 * (K - 1) / rho,
+        nc1_tilde=e_sw / e_sb,
+        cdnv=e_sw / (2 * rho + 2 * d * sigma**2 / n),
+        var=e_sw,
+    )
+    approx_std = dict(
+        tr_sw=sigma**2 * math.sqrt(2 * d * K * (n - 1)) / N, var=sigma**2 * math.sqrt(2 * d * (n - 1)) / n
+    )
+    return Fixture(
+        "gaussian_around_etf", features, labels, num_classes=K, approx=approx, approx_std=approx_std, extras=dict(M=M)
+    )
 
 
 # --------------------------------------------------------------------------- T9
@@ -475,7 +648,16 @@ def anti_aligned_collapse(K: int = 5, d: int = 7, n: int = 4, rho: float = 2.0, 
     r_sq = rho * (K - 1) / K
     margin = -math.sqrt(n) * r_sq * K / (K - 1)
     expected = dict(
-        tr_sw=0.0, nc2_equinorm=0.0, nc2_etf=0.0, nc3_duality=2.0, nc3_etf=2.0, nc3_tirer=1.0,
-        ncc_accuracy=1.0, clf_accuracy=0.0, nc4_ncc_mismatch=1.0, margin_min=margin, margin_mean=margin,
+        tr_sw=0.0,
+        nc2_equinorm=0.0,
+        nc2_etf=0.0,
+        nc3_duality=2.0,
+        nc3_etf=2.0,
+        nc3_tirer=1.0,
+        ncc_accuracy=1.0,
+        clf_accuracy=0.0,
+        nc4_ncc_mismatch=1.0,
+        margin_min=margin,
+        margin_mean=margin,
     )
     return Fixture("anti_aligned_collapse", features, labels, -math.sqrt(n) * M, np.zeros(K), K, 0.0, expected)

@@ -76,7 +76,9 @@ def dense_pairs(moments, scatter, weight=None) -> DensePairs:
     with np.errstate(invalid="ignore", divide="ignore"):
         cosines = (centred @ centred.T) / np.outer(norms, norms)
         cdnv = (variances[:, None] + variances[None, :]) / (2.0 * sq)
-        inter = (moments.unit_sum[ids] @ moments.unit_sum[ids].T) / np.outer(moments.unit_count[ids], moments.unit_count[ids])
+        inter = (moments.unit_sum[ids] @ moments.unit_sum[ids].T) / np.outer(
+            moments.unit_count[ids], moments.unit_count[ids]
+        )
     cdnv[coincident] = np.nan
     np.fill_diagonal(cosines, 1.0)
     at_centre = k >= 2 and bool((norms <= tolerance).any())

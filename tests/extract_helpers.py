@@ -109,7 +109,6 @@ def _first(value):
     return value if isinstance(value, torch.Tensor) else value[0]
 
 
-
 def read_datasets(path: Path) -> dict[str, np.ndarray]:
     """Every dataset of an HDF5 file by path."""
     found = {}

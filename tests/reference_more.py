@@ -119,8 +119,15 @@ def classifier_more(X, y, W, b, stats, summary, per_class, per_pair, undefined) 
             per_pair[(a, bb)]["w_cos"] = _cos(W[a], W[bb])
 
     if K < 2:
-        for name in ("w_equinorm", "w_equiangular", "w_maxangle", "nc3_tirer", "nc3_uniform_duality",
-                     "margin_normalized", "ce_excess"):
+        for name in (
+            "w_equinorm",
+            "w_equiangular",
+            "w_maxangle",
+            "nc3_tirer",
+            "nc3_uniform_duality",
+            "margin_normalized",
+            "ce_excess",
+        ):
             undefined[name] = "fewer than 2 classes"
     else:
         if norms.max() == 0:
@@ -184,11 +191,11 @@ def snr_family(X, y, stats, summary, undefined) -> None:
 
 def ood_family(ood_features, stats, summary, undefined) -> None:
     """``nc5_ood_orthogonality = mean_c |cos(μ_c, μ_ood)|``, μ_ood the mean of every OOD row, not centred."""
-    O = np.asarray(ood_features, dtype=np.float64)
-    if len(O) == 0:
+    ood = np.asarray(ood_features, dtype=np.float64)
+    if len(ood) == 0:
         undefined["nc5_ood_orthogonality"] = "no OOD rows"
         return
-    mu_ood = O.sum(axis=0) / len(O)
+    mu_ood = ood.sum(axis=0) / len(ood)
     if np.linalg.norm(mu_ood) == 0 or any(np.linalg.norm(stats.means[c]) == 0 for c in stats.classes):
         undefined["nc5_ood_orthogonality"] = "a zero mean"
         return

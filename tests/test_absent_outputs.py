@@ -10,7 +10,15 @@ same data in ``test_distributed_analyze.py``.
 
 import numpy as np
 import pytest
-from analysis_helpers import ABSENT, NEVER_WINS, absent_winner, analyze_arrays, assert_close, assert_matches_reference, by_class
+from analysis_helpers import (
+    ABSENT,
+    NEVER_WINS,
+    absent_winner,
+    analyze_arrays,
+    assert_close,
+    assert_matches_reference,
+    by_class,
+)
 from reference import reference_metrics
 
 from nccli import measure_collapse
@@ -26,6 +34,8 @@ LOGIT_COLUMNS = (
     "ce_loss",
     "ce_excess",
 )
+
+
 def test_the_data_has_an_absent_class_that_wins_rows():
     """The premise: over all outputs the network's accuracy is lower than over present classes only."""
     features, labels, weight, bias = absent_winner()

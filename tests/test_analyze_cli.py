@@ -26,10 +26,6 @@ def good_file(path, n=40, k=4, d=5, seed=0, **kwargs):
     return write_feature_file(path, labels, layers, **kwargs)
 
 
-
-
-
-
 # --------------------------------------------------------------------------- quoted globs
 
 
@@ -89,7 +85,12 @@ def test_report_columns_types_order_and_metadata(tmp_path):
     assert types["epoch"] == types["layer_order"] == types["ncc_effective_depth"] == "int64"
     assert all(types[name] == "double" for name in schema.METRIC_COLUMNS)
     rows = table.to_pylist()
-    assert [(r["file"], r["layer"]) for r in rows] == [(str(first), "block"), (str(first), "fc_in"), (str(second), "block"), (str(second), "fc_in")]
+    assert [(r["file"], r["layer"]) for r in rows] == [
+        (str(first), "block"),
+        (str(first), "fc_in"),
+        (str(second), "block"),
+        (str(second), "fc_in"),
+    ]
     assert rows[0]["split"] == "test" and rows[0]["epoch"] == 3 and rows[0]["model"] == "resnet18"
     assert rows[2]["split"] == "train" and rows[2]["epoch"] is None
     assert rows[0]["clf_accuracy"] is None and rows[1]["clf_accuracy"] is not None  # null, not NaN, where N/A
@@ -106,7 +107,18 @@ def test_report_columns_types_order_and_metadata(tmp_path):
 
 def test_classes_and_pairs_tables(tmp_path):
     path = good_file(tmp_path / "a.h5", class_names=["a", "b", "c", "d"])
-    result = invoke("analyze", path, "--out", tmp_path / "r.parquet", "--classes", tmp_path / "c.parquet", "--pairs", tmp_path / "p.parquet", "--layers", "fc_in")
+    result = invoke(
+        "analyze",
+        path,
+        "--out",
+        tmp_path / "r.parquet",
+        "--classes",
+        tmp_path / "c.parquet",
+        "--pairs",
+        tmp_path / "p.parquet",
+        "--layers",
+        "fc_in",
+    )
     assert result.exit_code == 0, result.output
     classes = pq.read_table(tmp_path / "c.parquet")
     assert classes.column_names[:4] == ["file", "layer", "class", "class_name"]
@@ -194,21 +206,35 @@ BAD_FILES = {
     "missing-format": (lambda p: good_file(p, omit=("nccli_format",)), ("nccli_format",)),
     "wrong-version": (lambda p: good_file(p, extra_root_attrs={"format_version": 2}), ("format_version", "2")),
     "missing-labels": (lambda p: good_file(p, omit=("labels",)), ("'/labels'", "missing")),
-    "missing-layers": (lambda p: good_file(p, omit=("layers",), weight=None, bias=None, classifier_layer=None), ("'/layers'",)),
+    "missing-layers": (
+        lambda p: good_file(p, omit=("layers",), weight=None, bias=None, classifier_layer=None),
+        ("'/layers'",),
+    ),
     "missing-order": (lambda p: good_file(p, omit=("order:block",)), ("'/layers/block'", "'order'")),
     "row-count": (
         lambda p: write_feature_file(p, np.arange(10) % 2, {"x": np.zeros((9, 3))}),
         ("'/layers/x'", "9 rows", "10"),
     ),
-    "label-range": (lambda p: good_file(p, num_classes=3, weight=np.ones((3, 5)), bias=np.zeros(3)), ("'/labels'", "label 3 outside [0, 3)")),
+    "label-range": (
+        lambda p: good_file(p, num_classes=3, weight=np.ones((3, 5)), bias=np.zeros(3)),
+        ("'/labels'", "label 3 outside [0, 3)"),
+    ),
     "negative-label": (lambda p: write_feature_file(p, np.array([0, 1, -1, 1]), {"x": np.ones((4, 2))}), ("label -1",)),
-    "float-labels": (lambda p: write_feature_file(p, np.array([0.0, 1.0]), {"x": np.ones((2, 2))}), ("'/labels'", "integer")),
+    "float-labels": (
+        lambda p: write_feature_file(p, np.array([0.0, 1.0]), {"x": np.ones((2, 2))}),
+        ("'/labels'", "integer"),
+    ),
     "nan-feature": (
-        lambda p: write_feature_file(p, np.arange(30) % 3, {"x": np.where(np.arange(90).reshape(30, 3) == 52, np.nan, 1.0)}),
+        lambda p: write_feature_file(
+            p, np.arange(30) % 3, {"x": np.where(np.arange(90).reshape(30, 3) == 52, np.nan, 1.0)}
+        ),
         ("'/layers/x'", "row 17", "non-finite"),
     ),
     "incomplete": (lambda p: good_file(p, complete=False), ("complete", "--resume")),
-    "classifier-width": (lambda p: good_file(p, weight=np.ones((4, 6))), ("'/classifier/weight'", "width 6", "'fc_in'", "width 5")),
+    "classifier-width": (
+        lambda p: good_file(p, weight=np.ones((4, 6))),
+        ("'/classifier/weight'", "width 6", "'fc_in'", "width 5"),
+    ),
     "classifier-layer": (lambda p: good_file(p, classifier_layer="nowhere"), ("'/classifier'", "'nowhere'")),
     "huge-num-classes": (
         lambda p: write_feature_file(p, np.arange(4) % 2, {"x": np.ones((4, 512))}, num_classes=10**9),
@@ -254,7 +280,13 @@ def test_means_from_must_match_layers_and_classes(tmp_path):
 def test_mse_refuses_wide_layers(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.arange(6) % 2
-    path = write_feature_file(tmp_path / "w.h5", labels, {"wide": rng.normal(size=(6, 4097))}, weight=np.ones((2, 4097)), classifier_layer="wide")
+    path = write_feature_file(
+        tmp_path / "w.h5",
+        labels,
+        {"wide": rng.normal(size=(6, 4097))},
+        weight=np.ones((2, 4097)),
+        classifier_layer="wide",
+    )
     assert_user_error(invoke("analyze", path, "--mse", "--out", tmp_path / "r.parquet"), "d = 4097", "4096")
 
 
@@ -266,7 +298,9 @@ def test_files_written_by_other_tools_with_odd_layouts(tmp_path):
         handle.attrs["nccli_format"] = np.bytes_("nccli.features")
         handle.attrs["format_version"] = np.int32(1)
         handle.create_dataset("labels", data=(np.arange(50) % 5).astype(np.uint8))
-        layer = handle.create_dataset("layers/emb", data=rng.normal(size=(50, 6)).astype(np.float16), chunks=(3, 6), compression="lzf")
+        layer = handle.create_dataset(
+            "layers/emb", data=rng.normal(size=(50, 6)).astype(np.float16), chunks=(3, 6), compression="lzf"
+        )
         layer.attrs["order"] = np.int64(0)
         handle.create_dataset("extra/whatever", data=[1, 2, 3])  # ignored
     result = invoke("analyze", path, "--out", tmp_path / "r.parquet")
@@ -294,5 +328,7 @@ def test_analyze_on_the_cpu_does_not_import_torch(tmp_path):
         "print('torch' in sys.modules)"
     )
     env_without_gpu = {"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"}
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env_without_gpu, check=True)
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env_without_gpu, check=True
+    )
     assert completed.stdout.strip().splitlines()[-1] == "False"

@@ -43,7 +43,11 @@ def test_jobs_equal_one_process(tmp_path):
     single = analyze_collected(AnalyzeConfig(**common, jobs=1))
     parallel = analyze_collected(AnalyzeConfig(**common, jobs=2))
     assert len(single.summary) == len(parallel.summary) == 4
-    for rows_one, rows_many in ((single.summary, parallel.summary), (single.classes, parallel.classes), (single.pairs, parallel.pairs)):
+    for rows_one, rows_many in (
+        (single.summary, parallel.summary),
+        (single.classes, parallel.classes),
+        (single.pairs, parallel.pairs),
+    ):
         assert len(rows_one) == len(rows_many)
         for one, many in zip(rows_one, rows_many):
             assert_same_row(one, many)
@@ -73,7 +77,9 @@ def test_a_workers_error_is_one_clean_line(tmp_path):
     features = np.ones((200, 3)) * labels[:, None]
     features[150, 1] = np.nan
     path = write_feature_file(tmp_path / "nan.h5", labels, {"x": features}, chunks=10)
-    result = CliRunner().invoke(app, ["analyze", str(path), "--out", str(tmp_path / "r.parquet"), "--jobs", "2", "--block-rows", "10"])
+    result = CliRunner().invoke(
+        app, ["analyze", str(path), "--out", str(tmp_path / "r.parquet"), "--jobs", "2", "--block-rows", "10"]
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.stderr.strip() == f"error: '{path}': '/layers/x': non-finite feature value (NaN or Inf) in row 150"
     assert not (tmp_path / "r.parquet").exists()

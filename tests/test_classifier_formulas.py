@@ -48,7 +48,9 @@ def test_tirer_distance_is_one_exactly_when_the_trace_is_not_positive():
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), cuts=st.lists(st.integers(1, 9), min_size=1, max_size=4), scale=st.floats(0.1, 60.0))
+@given(
+    seed=st.integers(0, 2**31 - 1), cuts=st.lists(st.integers(1, 9), min_size=1, max_size=4), scale=st.floats(0.1, 60.0)
+)
 def test_running_logsumexp_is_independent_of_the_class_tiles(seed, cuts, scale):
     rng = np.random.default_rng(seed)
     k = sum(cuts)

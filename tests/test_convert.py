@@ -19,10 +19,6 @@ from nccli.extract.capture import pool_rows
 N, K = 40, 4
 
 
-
-
-
-
 def arrays(seed=0) -> dict[str, np.ndarray]:
     """Labels, two layers (float32 and float64), a classifier on the second and logits."""
     rng = np.random.default_rng(seed)
@@ -112,7 +108,15 @@ def save_mixed(folder, data):
     return [folder / "labels.npy", folder / "a.safetensors", folder / "b.npz"]
 
 
-SAVERS = [save_npy, save_npz, save_npz_compressed_fortran, save_pt_tensors, save_pth_arrays, save_safetensors, save_mixed]
+SAVERS = [
+    save_npy,
+    save_npz,
+    save_npz_compressed_fortran,
+    save_pt_tensors,
+    save_pth_arrays,
+    save_safetensors,
+    save_mixed,
+]
 
 
 @pytest.mark.parametrize("save", SAVERS, ids=lambda save: save.__name__)
@@ -120,7 +124,9 @@ def test_each_format_round_trips_to_what_analyze_reads_from_an_h5py_file(tmp_pat
     monkeypatch.setattr("nccli.convert.BLOCK_BYTES", 200)  # several blocks per array: streams are read in steps
     data = arrays()
     out = tmp_path / "converted.h5"
-    result = invoke("convert", *save(tmp_path, data), "--features", "block", "--features", "features=fc_in", "--out", out)
+    result = invoke(
+        "convert", *save(tmp_path, data), "--features", "block", "--features", "features=fc_in", "--out", out
+    )
     assert result.exit_code == 0, result.output
     assert_same_summary(summary(out), expected_summary(tmp_path, data))
     with h5py.File(out) as handle:
@@ -140,10 +146,14 @@ def test_usual_key_names_need_no_options_and_provenance_is_recorded(tmp_path):
     assert result.exit_code == 0, result.output
     with h5py.File(out) as handle:
         attrs = handle.attrs
-        assert attrs[schema.ATTR_SPLIT] == "test" and attrs[schema.ATTR_EPOCH] == 7 and attrs[schema.ATTR_NUM_CLASSES] == K
+        assert (
+            attrs[schema.ATTR_SPLIT] == "test" and attrs[schema.ATTR_EPOCH] == 7 and attrs[schema.ATTR_NUM_CLASSES] == K
+        )
         assert json.loads(attrs[schema.ATTR_SOURCES]) == [str(source)]
         assert "convert" in attrs[schema.ATTR_COMMAND] and str(source) in attrs[schema.ATTR_COMMAND]
-        assert [name.decode() if isinstance(name, bytes) else name for name in attrs[schema.ATTR_CLASS_NAMES]][-1] == "class 3"
+        assert [name.decode() if isinstance(name, bytes) else name for name in attrs[schema.ATTR_CLASS_NAMES]][
+            -1
+        ] == "class 3"
         assert handle[schema.layer_path("feats")].dtype == np.float32  # bfloat16 widened exactly
         assert schema.CLASSIFIER not in handle
 
@@ -174,7 +184,10 @@ class Payload:
 def test_a_pickle_payload_in_a_pt_file_never_runs(tmp_path):
     marker = tmp_path / "payload-ran"
     source = tmp_path / "evil.pt"
-    torch.save({"features": torch.zeros(N, 2), "labels": torch.zeros(N, dtype=torch.long), "extra": Payload(str(marker))}, source)
+    torch.save(
+        {"features": torch.zeros(N, 2), "labels": torch.zeros(N, dtype=torch.long), "extra": Payload(str(marker))},
+        source,
+    )
     assert not marker.exists()
     result = invoke("convert", source, "--out", tmp_path / "evil.h5")
     assert_user_error(result, "evil.pt", "never unpickles")
@@ -186,18 +199,42 @@ BAD_INPUTS = {
     "missing key": (lambda d: d, ["--features", "nope"], "--features 'nope': no such key"),
     "no labels key": (lambda d: {k: v for k, v in d.items() if k != "labels"}, [], "no labels key"),
     "row counts differ": (lambda d: {**d, "features": d["features"][:-1]}, [], "has 39 rows but the labels"),
-    "float labels": (lambda d: {**d, "labels": d["labels"].astype(np.float32)}, [], "labels must be a 1-D integer array"),
+    "float labels": (
+        lambda d: {**d, "labels": d["labels"].astype(np.float32)},
+        [],
+        "labels must be a 1-D integer array",
+    ),
     "label out of range": (lambda d: d, ["--num-classes", "3"], "label 3 outside [0, 3)"),
     "negative label": (lambda d: {**d, "labels": d["labels"] - 1}, [], "label -1 outside"),
-    "integer features": (lambda d: {**d, "features": d["labels"][:, None].repeat(2, 1)}, [], "features must be float16/32/64"),
-    "NaN features": (lambda d: {**d, "features": np.where(np.arange(N)[:, None] == 31, np.nan, d["features"])}, [], "non-finite feature value (NaN or Inf) in row 31"),
+    "integer features": (
+        lambda d: {**d, "features": d["labels"][:, None].repeat(2, 1)},
+        [],
+        "features must be float16/32/64",
+    ),
+    "NaN features": (
+        lambda d: {**d, "features": np.where(np.arange(N)[:, None] == 31, np.nan, d["features"])},
+        [],
+        "non-finite feature value (NaN or Inf) in row 31",
+    ),
     "W width": (lambda d: {**d, "W": d["W"][:, :3]}, [], "the classifier weight has width 3"),
-    "W rows": (lambda d: {**d, "W": np.vstack([d["W"], d["W"]])}, ["--num-classes", "4"], "has 8 rows but num_classes is 4"),
+    "W rows": (
+        lambda d: {**d, "W": np.vstack([d["W"], d["W"]])},
+        ["--num-classes", "4"],
+        "has 8 rows but num_classes is 4",
+    ),
     "bias shape": (lambda d: {**d, "b": d["b"][:2]}, [], "the classifier bias must be float of shape (4,)"),
     "layer name with a slash": (lambda d: d, ["--features", "features=a/b"], "layer name 'a/b'"),
     "tokens need flatten": (lambda d: {**d, "features": d["features"][:, :, None]}, [], "--pool flatten"),
-    "bias without weight": (lambda d: {k: v for k, v in d.items() if k != "W"}, ["--bias", "b"], "--bias needs --weight"),
-    "ambiguous classifier layer": (lambda d: d, ["--features", "features", "--features", "features2"], "name the layer with --classifier-layer"),
+    "bias without weight": (
+        lambda d: {k: v for k, v in d.items() if k != "W"},
+        ["--bias", "b"],
+        "--bias needs --weight",
+    ),
+    "ambiguous classifier layer": (
+        lambda d: d,
+        ["--features", "features", "--features", "features2"],
+        "name the layer with --classifier-layer",
+    ),
 }
 
 
@@ -227,7 +264,9 @@ def test_an_existing_file_is_replaced_only_with_overwrite(tmp_path):
     out.write_bytes(b"keep me")
     assert_user_error(invoke("convert", tmp_path / "run.npz", "--out", out), "already exists", "--overwrite")
     assert out.read_bytes() == b"keep me"
-    assert_user_error(invoke("convert", tmp_path / "run.npz", "--out", out, "--overwrite", "--labels", "x"), "labels must be")
+    assert_user_error(
+        invoke("convert", tmp_path / "run.npz", "--out", out, "--overwrite", "--labels", "x"), "labels must be"
+    )
     assert out.read_bytes() == b"keep me"
     assert invoke("convert", tmp_path / "run.npz", "--out", out, "--overwrite").exit_code == 0
     assert h5py.is_hdf5(out)
@@ -237,8 +276,12 @@ def test_an_existing_file_is_replaced_only_with_overwrite(tmp_path):
 def test_analyze_points_these_formats_to_convert(tmp_path, suffix):
     path = tmp_path / f"feats{suffix}"
     data = {"x": np.zeros((N, 2), dtype=np.float32), "y": np.arange(N) % K}
-    {".npy": lambda: np.save(path, data["x"]), ".npz": lambda: np.savez(path, **data),
-     ".pt": lambda: torch.save(data, path), ".safetensors": lambda: save_file(data, str(path))}[suffix]()
+    {
+        ".npy": lambda: np.save(path, data["x"]),
+        ".npz": lambda: np.savez(path, **data),
+        ".pt": lambda: torch.save(data, path),
+        ".safetensors": lambda: save_file(data, str(path)),
+    }[suffix]()
     result = invoke("analyze", path, "--out", tmp_path / "r.parquet")
     assert_user_error(result, "not an HDF5 feature file", f"nccli convert {path} --out feats.h5")
     assert not (tmp_path / "r.parquet").exists()

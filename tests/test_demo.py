@@ -25,7 +25,11 @@ def demo(tmp_path_factory):
 
 def rows(result, split, epoch):
     return sorted(
-        (r for r in pq.read_table(result.report).to_pylist() if r[schema.COL_SPLIT] == split and r[schema.COL_EPOCH] == epoch),
+        (
+            r
+            for r in pq.read_table(result.report).to_pylist()
+            if r[schema.COL_SPLIT] == split and r[schema.COL_EPOCH] == epoch
+        ),
         key=lambda r: r[schema.COL_LAYER_ORDER],
     )
 

@@ -74,7 +74,15 @@ def data(seed: int = 0, n: int = N):
 
 def feature_file(path: Path, labels, layers, weight, bias) -> Path:
     return write_feature_file(
-        path, labels, layers, weight=weight, bias=bias, classifier_layer="fc_in", num_classes=CLASSES, chunks=16, complete=True
+        path,
+        labels,
+        layers,
+        weight=weight,
+        bias=bias,
+        classifier_layer="fc_in",
+        num_classes=CLASSES,
+        chunks=16,
+        complete=True,
     )
 
 
@@ -122,14 +130,29 @@ def test_an_absent_class_that_wins_rows_counts_under_torchrun_as_in_the_oracle(t
     """The logit columns run over every output (metrics.md): ranks merge them as one process computes them."""
     features, labels, weight, bias = absent_winner(seed=5, n=301)
     path = write_feature_file(
-        tmp_path / "absent.h5", labels, {"fc_in": features}, weight=weight, bias=bias, classifier_layer="fc_in",
-        num_classes=len(weight), chunks=16, complete=True,
+        tmp_path / "absent.h5",
+        labels,
+        {"fc_in": features},
+        weight=weight,
+        bias=bias,
+        classifier_layer="fc_in",
+        num_classes=len(weight),
+        chunks=16,
+        complete=True,
     )
     done = torchrun(path, "--out", tmp_path / "r.parquet", "--block-rows", "32", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     (row,) = rows(tmp_path / "r.parquet")
     expected = reference_metrics(features, labels, weight, bias, num_classes=len(weight)).summary
-    for key in ("clf_accuracy", "nc4_ncc_mismatch", "margin_min", "margin_mean", "margin_normalized", "ce_loss", "ce_excess"):
+    for key in (
+        "clf_accuracy",
+        "nc4_ncc_mismatch",
+        "margin_min",
+        "margin_mean",
+        "margin_normalized",
+        "ce_loss",
+        "ce_excess",
+    ):
         assert row[key] == pytest.approx(expected[key], rel=1e-9, abs=1e-11), key
 
 

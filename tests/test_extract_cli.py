@@ -144,7 +144,8 @@ def test_layers_command_csv_and_bad_input_size(setup):
     assert lines[0] == "name,type,shape,default"
     assert "relu#2,ReLU,16×8×8,True" in lines
     assert_user_error(
-        invoke("layers", setup / "model.pt", *ARCH, "--input-size", "3,x"), "--input-size takes comma-separated integers"
+        invoke("layers", setup / "model.pt", *ARCH, "--input-size", "3,x"),
+        "--input-size takes comma-separated integers",
     )
     assert_user_error(
         invoke("layers", setup / "model.pt", *ARCH, "--input-size", "1,16,16"),

@@ -38,7 +38,9 @@ def test_json_describes_every_file(tmp_path):
     result = invoke("info", full, bare, "--format", "json")
     assert result.exit_code == 0, result.output
     first, second = json.loads(result.stdout)
-    assert {key: first[key] for key in ("path", "n_samples", "num_classes", "classes_present", "split", "epoch", "model")} == {
+    assert {
+        key: first[key] for key in ("path", "n_samples", "num_classes", "classes_present", "split", "epoch", "model")
+    } == {
         "path": str(full),
         "n_samples": 40,
         "num_classes": 6,

@@ -53,7 +53,9 @@ def data(regime: str, bias_scale: float, seed: int = 0):
     k, d, n = 23, 9, 400
     labels = np.r_[np.arange(k), rng.integers(0, k, n - k)]
     weight = rng.normal(size=(k, d))
-    scale = {"separated": np.full(n, 40.0), "spread": np.full(n, 0.3), "mixed": np.where(np.arange(n) % 2, 40.0, 0.3)}[regime]
+    scale = {"separated": np.full(n, 40.0), "spread": np.full(n, 0.3), "mixed": np.where(np.arange(n) % 2, 40.0, 0.3)}[
+        regime
+    ]
     features = scale[:, None] * (weight[labels] + 0.3 * rng.normal(size=(n, d))) + 5.0  # a common offset
     return features, labels, weight, bias_scale * rng.normal(size=k)
 

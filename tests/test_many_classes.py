@@ -107,7 +107,15 @@ def case(name: str):
     raise ValueError(name)
 
 
-CASES = ["K=37, K-1>d", "K=2", "K<=d+1", "K>N, absent and singletons", "coincident on an offset", "nearly coincident on an offset", "near a simplex ETF"]
+CASES = [
+    "K=37, K-1>d",
+    "K=2",
+    "K<=d+1",
+    "K>N, absent and singletons",
+    "coincident on an offset",
+    "nearly coincident on an offset",
+    "near a simplex ETF",
+]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -125,7 +133,9 @@ def test_tiled_pair_statistics_equal_the_dense_computation(name, tile):
             same(float(rows[pair][key]), float(expected[key]), f"{name}, tile {tile}: pair {pair} {key}")
     listed = [w for w in warnings if w.startswith("coincident class means")]
     if dense.coincident:
-        assert listed == [f"coincident class means for pairs {', '.join(f'{a}–{b}' for a, b in dense.coincident)}: cdnv reported as null"]
+        assert listed == [
+            f"coincident class means for pairs {', '.join(f'{a}–{b}' for a, b in dense.coincident)}: cdnv reported as null"
+        ]
     else:
         assert listed == []
 

@@ -16,9 +16,9 @@ from nccli.io.reader import FeatureFile, read_info
 from nccli.metrics import formulas
 from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import NumpyBackend, TorchBackend
-from nccli.metrics.numpy_backend import LONG_RUN
 from nccli.metrics.geometry import build_geometry, distinct_rows
 from nccli.metrics.layer import Classifier, ClassMeans
+from nccli.metrics.numpy_backend import LONG_RUN
 
 
 def backends():
@@ -76,7 +76,9 @@ def test_class_moments_equal_the_oracle_whatever_the_labels(case, order, block):
         geometry = build_geometry(xp, moments, spectrum, ClassMeans.of(moments), None)
         centred = Decisions.empty(xp, num_classes, spectrum.rank, within_dim=6)
         for start in range(0, len(labels), block):
-            centred.update(geometry, xp.features(features[start : start + block]), xp.labels(labels[start : start + block]))
+            centred.update(
+                geometry, xp.features(features[start : start + block]), xp.labels(labels[start : start + block])
+            )
         centred = centred.host()
         for name, value in expected.items():
             state = centred if name in ("scatter", "within") else moments
@@ -254,7 +256,9 @@ def test_a_small_memory_budget_gives_the_same_report_in_more_passes(tmp_path, mo
     whole = analyze_features(config)
     reads = []
     original = FeatureFile.blocks
-    monkeypatch.setattr(FeatureFile, "blocks", lambda self, layers, *a: reads.append(len(layers)) or original(self, layers, *a))
+    monkeypatch.setattr(
+        FeatureFile, "blocks", lambda self, layers, *a: reads.append(len(layers)) or original(self, layers, *a)
+    )
     info = read_info(path)  # a budget that one layer fits, but no two
     needs = [nccli.plan.layer_bytes(NumpyBackend(), info, layer, config) for layer in info.layers]
     monkeypatch.setattr(nccli.plan, "memory_budget", lambda: max(resident + working for resident, working in needs))

@@ -43,7 +43,11 @@ def test_each_file_gets_the_reference_of_its_epoch(tmp_path, form):
     before = snapshot(tmp_path / "train")
     result = invoke("analyze", *tests, "--means-from", spec, "--out", out, "--device", "cpu")
     assert result.exit_code == 0, result.output
-    one_by_one = [row for epoch, test in zip(EPOCHS, tests) for row in summary([test], str(tmp_path / "train" / f"epoch_{epoch}.h5"))]
+    one_by_one = [
+        row
+        for epoch, test in zip(EPOCHS, tests)
+        for row in summary([test], str(tmp_path / "train" / f"epoch_{epoch}.h5"))
+    ]
     table = pq.read_table(out)
     assert [(r["file"], r["layer"], r["ncc_accuracy"], r["nc4_ncc_mismatch"]) for r in table.to_pylist()] == one_by_one
     conventions = json.loads(table.schema.metadata[b"conventions"])
@@ -88,23 +92,40 @@ def refused(tmp_path, *args):
 def test_a_single_reference_is_not_applied_to_other_epochs(tmp_path):
     checkpoints(tmp_path)
     last = tmp_path / "train" / "epoch_30.h5"
-    result = refused(tmp_path, tmp_path / "test" / "epoch_30.h5", tmp_path / "test" / "epoch_1.h5", "--means-from", last)
-    assert_user_error(result, str(last), "epoch 30", "'" + str(tmp_path / "test" / "epoch_1.h5") + "' is from epoch 1", f"--means-from {tmp_path / 'train'}/")
-    assert invoke("analyze", tmp_path / "test" / "epoch_30.h5", "--means-from", last, "--out", tmp_path / "ok.parquet").exit_code == 0
+    result = refused(
+        tmp_path, tmp_path / "test" / "epoch_30.h5", tmp_path / "test" / "epoch_1.h5", "--means-from", last
+    )
+    assert_user_error(
+        result,
+        str(last),
+        "epoch 30",
+        "'" + str(tmp_path / "test" / "epoch_1.h5") + "' is from epoch 1",
+        f"--means-from {tmp_path / 'train'}/",
+    )
+    assert (
+        invoke(
+            "analyze", tmp_path / "test" / "epoch_30.h5", "--means-from", last, "--out", tmp_path / "ok.parquet"
+        ).exit_code
+        == 0
+    )
 
 
 def test_a_single_reference_without_an_epoch_is_not_applied_to_several_epochs(tmp_path):
     checkpoints(tmp_path)
     reference = good_file(tmp_path / "reference.h5", model="mlp")
     tests = [tmp_path / "test" / "epoch_1.h5", tmp_path / "test" / "epoch_5.h5"]
-    assert_user_error(refused(tmp_path, *tests, "--means-from", reference), str(reference), "no epoch", "epochs 1, 5", "--means-from")
+    assert_user_error(
+        refused(tmp_path, *tests, "--means-from", reference), str(reference), "no epoch", "epochs 1, 5", "--means-from"
+    )
     assert invoke("analyze", tests[0], "--means-from", reference, "--out", tmp_path / "ok.parquet").exit_code == 0
 
 
 def test_a_file_without_a_reference_of_its_epoch_is_refused(tmp_path):
     checkpoints(tmp_path)
     lone = good_file(tmp_path / "epoch_7.h5", epoch=7, model="mlp")
-    assert_user_error(refused(tmp_path, lone, "--means-from", tmp_path / "train"), "no reference of epoch 7", str(lone), "1, 5, 30")
+    assert_user_error(
+        refused(tmp_path, lone, "--means-from", tmp_path / "train"), "no reference of epoch 7", str(lone), "1, 5, 30"
+    )
 
 
 def test_unpairable_names_and_empty_sets_are_refused(tmp_path):
@@ -112,7 +133,12 @@ def test_unpairable_names_and_empty_sets_are_refused(tmp_path):
     good_file(tmp_path / "refs" / "x.h5")
     good_file(tmp_path / "refs" / "y.h5")
     analysed = good_file(tmp_path / "z.h5")
-    assert_user_error(refused(tmp_path, analysed, "--means-from", tmp_path / "refs"), "no single reference", str(analysed), "0 named 'z.h5'")
+    assert_user_error(
+        refused(tmp_path, analysed, "--means-from", tmp_path / "refs"),
+        "no single reference",
+        str(analysed),
+        "0 named 'z.h5'",
+    )
     (tmp_path / "empty").mkdir()
     assert_user_error(refused(tmp_path, analysed, "--means-from", tmp_path / "empty"), "holds no *.h5")
     assert_user_error(refused(tmp_path, analysed, "--means-from", tmp_path / "nothing*.h5"), "matches no file")

@@ -34,7 +34,17 @@ def test_single_class_reports_nulls_and_warns(tmp_path):
     weight, bias = rng.normal(size=(3, 4)), rng.normal(size=3)
     result, messages = analyze_warned(tmp_path, features, labels, weight, bias)
     row = result.summary[0]
-    nulls = ("nc1", "nc1_tilde", "cdnv", "nc2_equinorm", "nc2_etf", "nc3_duality", "nc3_etf", "margin_normalized", "inter_cos_max")
+    nulls = (
+        "nc1",
+        "nc1_tilde",
+        "cdnv",
+        "nc2_equinorm",
+        "nc2_etf",
+        "nc3_duality",
+        "nc3_etf",
+        "margin_normalized",
+        "inter_cos_max",
+    )
     for key in nulls:
         assert math.isnan(row[key]), key
     logits = features @ weight.T + bias  # one class present, three outputs: the network still decides among them
@@ -98,7 +108,9 @@ def test_a_few_zero_vectors_are_left_out_of_the_cosine_view_only(tmp_path):
     labels = np.arange(40) % 4
     features[[3, 7]] = 0.0
     result, messages = analyze_warned(tmp_path, features, labels)
-    assert messages == [f"'{result.summary[0]['file']}': layer 'feat': 2 all-zero feature vectors left out of the cosine view"]
+    assert messages == [
+        f"'{result.summary[0]['file']}': layer 'feat': 2 all-zero feature vectors left out of the cosine view"
+    ]
     assert not math.isnan(result.summary[0]["intra_cos_min"])
     assert_matches_reference(result, reference_metrics(features, labels))
 
@@ -131,7 +143,9 @@ def test_the_imbalance_warning_comes_once_per_run_and_only_below_nine_tenths(tmp
     """metrics.md: one warning per run (not per layer or file), only when the smallest class count is below
     0.9 × the largest; the conventions say it always; the warning points at the caller's line."""
     features, labels, weight = layer_with_counts([50, 46, 48])  # 0.92: a little imbalanced, no warning
-    even = write_feature_file(tmp_path / "even.h5", labels, {"a": features, "b": features}, weight=weight, classifier_layer="b")
+    even = write_feature_file(
+        tmp_path / "even.h5", labels, {"a": features, "b": features}, weight=weight, classifier_layer="b"
+    )
     files = [even]
     with warnings.catch_warnings():
         warnings.simplefilter("error")

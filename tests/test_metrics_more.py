@@ -22,8 +22,16 @@ from nccli.errors import UsageError
 from nccli.metrics.backend import TorchBackend
 
 NEW_COLUMNS = (
-    "nc1_dist_ratio", "nc2_tirer", "gnc2_dist_var", "gnc2_log_var", *schema.W_METRICS, "nc3_tirer",
-    "nc3_uniform_duality", *schema.LOSS_METRICS, *schema.SNR_METRICS, *schema.OOD_METRICS,
+    "nc1_dist_ratio",
+    "nc2_tirer",
+    "gnc2_dist_var",
+    "gnc2_log_var",
+    *schema.W_METRICS,
+    "nc3_tirer",
+    "nc3_uniform_duality",
+    *schema.LOSS_METRICS,
+    *schema.SNR_METRICS,
+    *schema.OOD_METRICS,
 )
 
 
@@ -47,9 +55,18 @@ def with_ood(tmp_path, features, seed=0, shift=0.5):
 def test_self_dual_etf_closed_forms(tmp_path, kwargs, block_rows):
     """ce_excess = 0, Tirer forms, GNC2, w_*, UNC3 and NC5 all 0; margin_normalized = norm_balance = 1 at ‖W‖ = ‖H‖."""
     fixture = cf.self_dual_etf(**kwargs)
-    ood_path = write_feature_file(tmp_path / "ood.h5", np.zeros(6, dtype=int), {"feat": fixture.extras["ood"]}, num_classes=1)
-    result = analyze_arrays(tmp_path, fixture.features, fixture.labels, fixture.weight, fixture.bias,
-                            block_rows=block_rows, ood=str(ood_path))
+    ood_path = write_feature_file(
+        tmp_path / "ood.h5", np.zeros(6, dtype=int), {"feat": fixture.extras["ood"]}, num_classes=1
+    )
+    result = analyze_arrays(
+        tmp_path,
+        fixture.features,
+        fixture.labels,
+        fixture.weight,
+        fixture.bias,
+        block_rows=block_rows,
+        ood=str(ood_path),
+    )
     assert_close(result.summary[0], fixture.expected, fixture.expected, rtol=1e-9, atol=1e-12)
     if "beta" not in kwargs:
         assert result.summary[0]["margin_normalized"] == pytest.approx(1.0, abs=1e-12)
@@ -59,7 +76,9 @@ def test_self_dual_etf_closed_forms(tmp_path, kwargs, block_rows):
 def test_snr_of_an_etf_with_exact_noise_is_flat(tmp_path):
     K, sigma, rho = 5, 0.3, 2.0
     fixture = cf.etf_with_exact_noise(K=K, d=8, sigma=sigma, rho=rho)
-    row = analyze_arrays(tmp_path, fixture.features, fixture.labels, fixture.weight, fixture.bias, snr=True, block_rows=7).summary[0]
+    row = analyze_arrays(
+        tmp_path, fixture.features, fixture.labels, fixture.weight, fixture.bias, snr=True, block_rows=7
+    ).summary[0]
     assert row["snr_min"] == pytest.approx(math.sqrt(rho) / sigma, rel=1e-12)
     assert row["snr_max"] == pytest.approx(row["snr_min"], rel=1e-12)
 
@@ -85,7 +104,9 @@ def test_absent_classes_and_the_torch_backend(tmp_path, monkeypatch):
     features, labels = features[keep], labels[keep]
     reference = reference_metrics(features, labels, weight, bias, num_classes=6, snr=True)
     monkeypatch.setattr("nccli.analyze.select_backend", lambda device: TorchBackend("cpu"))
-    result = analyze_arrays(tmp_path, features, labels, weight, bias, file_kwargs={"num_classes": 6}, snr=True, block_rows=11)
+    result = analyze_arrays(
+        tmp_path, features, labels, weight, bias, file_kwargs={"num_classes": 6}, snr=True, block_rows=11
+    )
     assert_matches_reference(result, reference, rtol=1e-8, atol=1e-11)
     assert_close(result.summary[0], reference.summary, NEW_COLUMNS[:-1], rtol=1e-8, atol=1e-11)
 
@@ -116,12 +137,11 @@ def test_unequal_class_counts_warn_on_margin_normalized(tmp_path):
 # --------------------------------------------------------------------------- bad input for the new options
 
 
-
-
-
 def test_ood_file_with_other_layers_or_widths_is_refused(tmp_path):
     features, labels, weight, bias, rng = random_layer(seed=6)
-    path = write_feature_file(tmp_path / "run.h5", labels, {"feat": features}, weight=weight, bias=bias, classifier_layer="feat")
+    path = write_feature_file(
+        tmp_path / "run.h5", labels, {"feat": features}, weight=weight, bias=bias, classifier_layer="feat"
+    )
     renamed = write_feature_file(tmp_path / "renamed.h5", labels, {"other": features})
     narrow = write_feature_file(tmp_path / "narrow.h5", labels, {"feat": features[:, :3]})
     out = tmp_path / "r.parquet"
@@ -133,7 +153,13 @@ def test_ood_file_with_other_layers_or_widths_is_refused(tmp_path):
 def test_snr_refuses_wide_layers(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.arange(6) % 2
-    path = write_feature_file(tmp_path / "w.h5", labels, {"wide": rng.normal(size=(6, 4097))}, weight=np.ones((2, 4097)), classifier_layer="wide")
+    path = write_feature_file(
+        tmp_path / "w.h5",
+        labels,
+        {"wide": rng.normal(size=(6, 4097))},
+        weight=np.ones((2, 4097)),
+        classifier_layer="wide",
+    )
     out = tmp_path / "r.parquet"
     assert_user_error(invoke("analyze", path, "--snr", "--out", out), "--snr", "d = 4097", "4096")
     assert not out.exists()
@@ -143,7 +169,9 @@ def test_snr_refuses_wide_layers(tmp_path):
 
 def test_snr_and_ood_from_the_command_line(tmp_path):
     features, labels, weight, bias, _ = random_layer(seed=7)
-    path = write_feature_file(tmp_path / "run.h5", labels, {"feat": features}, weight=weight, bias=bias, classifier_layer="feat")
+    path = write_feature_file(
+        tmp_path / "run.h5", labels, {"feat": features}, weight=weight, bias=bias, classifier_layer="feat"
+    )
     _, ood_path = with_ood(tmp_path, features)
     out = tmp_path / "r.parquet"
     result = invoke("analyze", path, "--snr", "--ood", ood_path, "--out", out)

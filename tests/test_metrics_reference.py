@@ -87,8 +87,12 @@ def test_stored_width_and_compression(tmp_path, dtype, compression, rtol):
 def test_means_from_uses_the_reference_files_class_means(tmp_path):
     train_x, train_y, weight, bias = random_layer(seed=5, n=150)
     test_x, test_y, _, _ = random_layer(seed=6, n=90)
-    train = write_feature_file(tmp_path / "train.h5", train_y, {"feat": train_x}, weight=weight, bias=bias, classifier_layer="feat")
-    test = write_feature_file(tmp_path / "test.h5", test_y, {"feat": test_x}, weight=weight, bias=bias, classifier_layer="feat", split="test")
+    train = write_feature_file(
+        tmp_path / "train.h5", train_y, {"feat": train_x}, weight=weight, bias=bias, classifier_layer="feat"
+    )
+    test = write_feature_file(
+        tmp_path / "test.h5", test_y, {"feat": test_x}, weight=weight, bias=bias, classifier_layer="feat", split="test"
+    )
     result = analyze_collected(AnalyzeConfig(files=(str(test),), means_from=str(train), device="cpu", block_rows=11))
     train_means = {c: train_x[train_y == c].mean(axis=0) for c in np.unique(train_y)}
     reference = reference_metrics(test_x, test_y, weight, bias, ncc_means=train_means)
@@ -129,9 +133,7 @@ def test_several_layers_and_files_in_one_run(tmp_path):
                 epoch=index * 10,
             )
         )
-        rows_per_file.append(
-            (reference_metrics(wide, labels), reference_metrics(features, labels, weight, bias))
-        )
+        rows_per_file.append((reference_metrics(wide, labels), reference_metrics(features, labels, weight, bias)))
     result = analyze_collected(AnalyzeConfig(files=tuple(map(str, paths)), device="cpu", block_rows=13))
     assert [(row["file"], row["layer"]) for row in result.summary] == [
         (str(paths[0]), "early"),

@@ -34,7 +34,9 @@ INT_COLUMNS = {
     schema.COL_EFFECTIVE_DEPTH,
 }
 STR_COLUMNS = {schema.COL_FILE, schema.COL_SPLIT, schema.COL_MODEL, schema.COL_LAYER}
-CLASSIFIER_ONLY = set(schema.NC3_METRICS) | set(schema.NCC_METRICS[1:]) | set(schema.W_METRICS) | set(schema.LOSS_METRICS)
+CLASSIFIER_ONLY = (
+    set(schema.NC3_METRICS) | set(schema.NCC_METRICS[1:]) | set(schema.W_METRICS) | set(schema.LOSS_METRICS)
+)
 ALL_NULL = set(schema.MSE_METRICS) | set(schema.COSINE_METRICS) | {MARGIN_MIN}
 
 runner = CliRunner()
@@ -44,18 +46,20 @@ def _row(split: str, epoch: int | None, order: int, layer: str) -> dict:
     """Plausible values: collapse grows with the epoch and the depth, test lags behind train."""
     strength = (1 + order) * (1 if epoch is None else epoch) * (1.0 if split == "train" else 0.3)
     row = {column: None for column in schema.SUMMARY_COLUMNS}
-    row.update({
-        schema.COL_FILE: f"features/{split}_{epoch}.h5",
-        schema.COL_SPLIT: split,
-        schema.COL_EPOCH: epoch,
-        schema.COL_MODEL: "resnet18",
-        schema.COL_LAYER: layer,
-        schema.COL_LAYER_ORDER: order,
-        schema.COL_N_SAMPLES: 500,
-        schema.COL_N_CLASSES: 10,
-        schema.COL_DIM: 64,
-        schema.COL_EFFECTIVE_DEPTH: 2,
-    })
+    row.update(
+        {
+            schema.COL_FILE: f"features/{split}_{epoch}.h5",
+            schema.COL_SPLIT: split,
+            schema.COL_EPOCH: epoch,
+            schema.COL_MODEL: "resnet18",
+            schema.COL_LAYER: layer,
+            schema.COL_LAYER_ORDER: order,
+            schema.COL_N_SAMPLES: 500,
+            schema.COL_N_CLASSES: 10,
+            schema.COL_DIM: 64,
+            schema.COL_EFFECTIVE_DEPTH: 2,
+        }
+    )
     for number, metric in enumerate(schema.METRIC_COLUMNS):
         if metric in CLASSIFIER_ONLY and layer != LAYERS[-1]:
             row[metric] = float("nan")  # analyze writes undefined metrics as NaN, others may write null
@@ -80,10 +84,7 @@ def _write_report(path: Path, rows: list[dict], columns=schema.SUMMARY_COLUMNS) 
 @pytest.fixture
 def report(tmp_path) -> Path:
     rows = [
-        _row(split, epoch, order, layer)
-        for split in SPLITS
-        for epoch in EPOCHS
-        for order, layer in enumerate(LAYERS)
+        _row(split, epoch, order, layer) for split in SPLITS for epoch in EPOCHS for order, layer in enumerate(LAYERS)
     ]
     return _write_report(tmp_path / "report.parquet", rows)
 
@@ -120,10 +121,13 @@ def test_default_figures_are_pngs_of_the_documented_size(report, tmp_path):
     assert EPOCH_PIXELS == (1600, 1060) and DEPTH_PIXELS == (1600, 720)
 
 
-@pytest.mark.parametrize("kind, stems", [
-    ("epochs", [plots.EPOCHS_FILE]),
-    ("depth", [f"{plots.DEPTH_FILE}_{split}" for split in SPLITS]),
-])
+@pytest.mark.parametrize(
+    "kind, stems",
+    [
+        ("epochs", [plots.EPOCHS_FILE]),
+        ("depth", [f"{plots.DEPTH_FILE}_{split}" for split in SPLITS]),
+    ],
+)
 def test_each_kind_alone(report, tmp_path, kind, stems):
     result = _plot(report, "--out", tmp_path / "out", "--kind", kind)
     assert result.exit_code == 0, result.output

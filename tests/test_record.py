@@ -64,4 +64,4 @@ def test_parquet_types_and_compact_columns_come_from_the_registry():
     with pytest.raises(KeyError):
         arrow_type("nc1_tidle")
     flagged = [c.name for c in schema.METRICS if c.compact]
-    assert COMPACT_COLUMNS[-len(flagged):] == tuple(flagged) and set(COMPACT_COLUMNS) <= set(schema.SUMMARY_COLUMNS)
+    assert COMPACT_COLUMNS[-len(flagged) :] == tuple(flagged) and set(COMPACT_COLUMNS) <= set(schema.SUMMARY_COLUMNS)

@@ -38,8 +38,12 @@ def run(fx: cf.Fixture, **kwargs):
 
 
 def assert_fixture(fx: cf.Fixture, tol: float = CLOSED_TOL, features=None) -> None:
-    ref = run(fx) if features is None else reference_metrics(
-        features, fx.labels, fx.weight, fx.bias, fx.num_classes, ood_features=fx.extras.get("ood")
+    ref = (
+        run(fx)
+        if features is None
+        else reference_metrics(
+            features, fx.labels, fx.weight, fx.bias, fx.num_classes, ood_features=fx.extras.get("ood")
+        )
     )
     bad = [(k, ref.summary[k], v) for k, v in fx.expected.items() if not close(ref.summary[k], v, tol)]
     for c, values in fx.expected_per_class.items():
@@ -62,8 +66,12 @@ def summary_keys_complete(ref) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(), dict(K=3, d=3, n=2, lam_w=0.05, lam_h=0.2, seed=3), dict(K=6, d=10, n=4, lam_w=0.3, lam_h=0.01, seed=7),
-     dict(K=2, d=5, n=1, lam_w=0.5, lam_h=0.5, seed=1)],
+    [
+        dict(),
+        dict(K=3, d=3, n=2, lam_w=0.05, lam_h=0.2, seed=3),
+        dict(K=6, d=10, n=4, lam_w=0.3, lam_h=0.01, seed=7),
+        dict(K=2, d=5, n=1, lam_w=0.5, lam_h=0.5, seed=1),
+    ],
 )
 def test_tirer_bruna_optimum(kwargs):
     fx = cf.tirer_bruna_optimum(**kwargs)
@@ -84,8 +92,12 @@ def test_fixture_a_numbers():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(), dict(K=3, d=6, sigma=0.1, rho=1.5, seed=2, global_mean_norm=3.0), dict(K=2, d=2, sigma=0.2, rho=1.0, seed=4),
-     dict(K=4, d=5, sigma=2.0, rho=1.0, seed=5)],
+    [
+        dict(),
+        dict(K=3, d=6, sigma=0.1, rho=1.5, seed=2, global_mean_norm=3.0),
+        dict(K=2, d=2, sigma=0.2, rho=1.0, seed=4),
+        dict(K=4, d=5, sigma=2.0, rho=1.0, seed=5),
+    ],
 )
 def test_etf_with_exact_noise(kwargs):
     fx = cf.etf_with_exact_noise(**kwargs)
@@ -365,9 +377,20 @@ def test_invariances(seed, scale):
 # --------------------------------------------------------------------------- degenerate cases
 
 
-NAN_IF_ONE_CLASS = {"nc1", "nc1_tilde", "cdnv", *schema.NC2_METRICS, *schema.NC3_METRICS, *schema.W_METRICS,
-                    "margin_normalized", "ce_excess", "inter_cos_max", "inter_cos_mean",
-                    *schema.SNR_METRICS, *schema.OOD_METRICS}
+NAN_IF_ONE_CLASS = {
+    "nc1",
+    "nc1_tilde",
+    "cdnv",
+    *schema.NC2_METRICS,
+    *schema.NC3_METRICS,
+    *schema.W_METRICS,
+    "margin_normalized",
+    "ce_excess",
+    "inter_cos_max",
+    "inter_cos_mean",
+    *schema.SNR_METRICS,
+    *schema.OOD_METRICS,
+}
 NAN_IF_COINCIDENT = {"nc1", "nc1_tilde", "cdnv", *schema.NC2_METRICS, *schema.NC3_METRICS}
 
 
@@ -497,9 +520,20 @@ def test_h5_round_trip(tmp_path):
     layers = {"layer1.0.relu": rng.standard_normal((20, 5)), "avgpool": rng.standard_normal((20, 4))}
     W, b = rng.standard_normal((3, 4)), rng.standard_normal(3)
     path = write_feature_file(
-        tmp_path / "f.h5", labels, layers, weight=W, bias=b, classifier_layer="avgpool",
-        logits=rng.standard_normal((20, 3)), num_classes=3, class_names=["cat", "dög", "emu"], split="test",
-        epoch=7, model="resnet18", complete=True, extra_root_attrs={"rows_written": 20, "dataset": "cifar10"},
+        tmp_path / "f.h5",
+        labels,
+        layers,
+        weight=W,
+        bias=b,
+        classifier_layer="avgpool",
+        logits=rng.standard_normal((20, 3)),
+        num_classes=3,
+        class_names=["cat", "dög", "emu"],
+        split="test",
+        epoch=7,
+        model="resnet18",
+        complete=True,
+        extra_root_attrs={"rows_written": 20, "dataset": "cifar10"},
         layer_attrs={"avgpool": {schema.ATTR_POOLING: "avg", schema.ATTR_SAMPLE_SHAPE: np.array([4, 1, 1])}},
         sample_index=np.arange(20),
     )
@@ -527,14 +561,20 @@ def test_h5_round_trip(tmp_path):
 
 @pytest.mark.parametrize(
     ("dtype", "chunks", "compression", "expect_chunks"),
-    [(np.float16, 7, "gzip", (7, 6)), (np.float32, True, None, "auto"), (np.float64, None, "lzf", "auto"),
-     (np.float32, 100, None, (25, 6)), (None, None, None, None)],
+    [
+        (np.float16, 7, "gzip", (7, 6)),
+        (np.float32, True, None, "auto"),
+        (np.float64, None, "lzf", "auto"),
+        (np.float32, 100, None, (25, 6)),
+        (None, None, None, None),
+    ],
 )
 def test_h5_storage_options(tmp_path, dtype, chunks, compression, expect_chunks):
     rng = np.random.default_rng(1)
     data = rng.standard_normal((25, 6))
-    path = write_feature_file(tmp_path / "s.h5", np.zeros(25, dtype=int), {"fc": data},
-                              dtype=dtype, chunks=chunks, compression=compression)
+    path = write_feature_file(
+        tmp_path / "s.h5", np.zeros(25, dtype=int), {"fc": data}, dtype=dtype, chunks=chunks, compression=compression
+    )
     with h5py.File(path, "r") as f:
         ds = f[schema.layer_path("fc")]
         assert ds.dtype == (dtype or np.float64)
@@ -548,8 +588,9 @@ def test_h5_storage_options(tmp_path, dtype, chunks, compression, expect_chunks)
 
 def test_h5_orders_and_omit(tmp_path):
     layers = {"a": np.zeros((2, 1)), "b": np.zeros((2, 1)), "c": np.zeros((2, 1))}
-    path = write_feature_file(tmp_path / "o.h5", [0, 1], layers, orders={"a": 5, "b": 2, "c": 9},
-                              omit=("nccli_format", "labels", "order:c"))
+    path = write_feature_file(
+        tmp_path / "o.h5", [0, 1], layers, orders={"a": 5, "b": 2, "c": 9}, omit=("nccli_format", "labels", "order:c")
+    )
     with h5py.File(path, "r") as f:
         assert schema.ATTR_FORMAT not in f.attrs and schema.ATTR_FORMAT_VERSION in f.attrs
         assert schema.LABELS not in f
@@ -568,8 +609,16 @@ def test_h5_orders_and_omit(tmp_path):
 def test_h5_file_feeds_the_reference(tmp_path):
     """Round trip through a float32 file: the reference on what was read equals the one on the cast data."""
     fx = cf.etf_with_exact_noise()
-    path = write_feature_file(tmp_path / "r.h5", fx.labels, {"penultimate": fx.features}, weight=fx.weight,
-                              bias=fx.bias, classifier_layer="penultimate", dtype=np.float32, chunks=10)
+    path = write_feature_file(
+        tmp_path / "r.h5",
+        fx.labels,
+        {"penultimate": fx.features},
+        weight=fx.weight,
+        bias=fx.bias,
+        classifier_layer="penultimate",
+        dtype=np.float32,
+        chunks=10,
+    )
     with h5py.File(path, "r") as f:
         X = f[schema.layer_path("penultimate")][()]
         y = f[schema.LABELS][()]
@@ -585,8 +634,12 @@ def test_h5_file_feeds_the_reference(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(), dict(K=3, d=4, n=1, alpha=0.5), dict(K=6, d=9, n=5, alpha=1.5, beta=0.7, seed=3),
-     dict(K=2, d=3, n=2, alpha=3.0, beta=0.2, seed=1)],
+    [
+        dict(),
+        dict(K=3, d=4, n=1, alpha=0.5),
+        dict(K=6, d=9, n=5, alpha=1.5, beta=0.7, seed=3),
+        dict(K=2, d=3, n=2, alpha=3.0, beta=0.2, seed=1),
+    ],
 )
 def test_self_dual_etf(kwargs):
     """ce_excess = 0 at any norms; margin_normalized = norm_balance = 1 exactly when ‖W‖_F = ‖H‖_F."""
@@ -594,7 +647,9 @@ def test_self_dual_etf(kwargs):
     assert_fixture(fx)
     s = run(fx).summary
     if "beta" not in kwargs:
-        assert s["margin_normalized"] == pytest.approx(1.0, abs=1e-12) and s["norm_balance"] == pytest.approx(1.0, abs=1e-12)
+        assert s["margin_normalized"] == pytest.approx(1.0, abs=1e-12) and s["norm_balance"] == pytest.approx(
+            1.0, abs=1e-12
+        )
 
 
 def test_snr_closed_form_of_an_etf_with_exact_noise():
@@ -615,8 +670,14 @@ def test_snr_is_null_when_sigma_w_is_singular():
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), k=st.integers(2, 6), n=st.integers(1, 6), d=st.integers(2, 8),
-       spread=st.floats(0.0, 5.0), bias_scale=st.floats(0.0, 3.0))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    k=st.integers(2, 6),
+    n=st.integers(1, 6),
+    d=st.integers(2, 8),
+    spread=st.floats(0.0, 5.0),
+    bias_scale=st.floats(0.0, 3.0),
+)
 def test_balanced_bounds(seed, k, n, d, spread, bias_scale):
     """Balanced data: margin_normalized ≤ 1 (ULPM Lemma 3.1) and ce_excess ≥ 0 (Pan Thm. 2.3.1), any W, b."""
     rng = np.random.default_rng(seed)

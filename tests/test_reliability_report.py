@@ -51,9 +51,7 @@ def test_a_second_analyze_of_the_same_report_is_refused_naming_the_first(tmp_pat
         assert_user_error(
             invoke("analyze", path, "--out", out), f"'{out}' is being written by another process", f"pid {os.getpid()}"
         )
-        assert_user_error(
-            invoke("analyze", path, "--out", tmp_path / "other.parquet", "--pairs", out), "being written"
-        )
+        assert_user_error(invoke("analyze", path, "--out", tmp_path / "other.parquet", "--pairs", out), "being written")
     assert out.read_bytes() == b"earlier report"
     stale = tmp_path / f".r.parquet.{random.randrange(10**6)}.tmp"  # what a killed writer leaves
     stale.write_bytes(b"half a report")

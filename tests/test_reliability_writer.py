@@ -136,7 +136,9 @@ def data(tmp_path):
 
 def _extract(directory, out, *options):
     arch = ("--arch", "extract_helpers:tiny_cnn", *IMAGENET)
-    return invoke("extract", directory / "model.pt", directory / "data.npz", *arch, "--out", out, "--workers", 0, *options)
+    return invoke(
+        "extract", directory / "model.pt", directory / "data.npz", *arch, "--out", out, "--workers", 0, *options
+    )
 
 
 def test_a_second_extract_of_the_same_file_is_refused_naming_the_first(data):

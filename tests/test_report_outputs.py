@@ -56,12 +56,16 @@ def test_a_forced_small_tile_budget_gives_the_same_report_and_streams_row_groups
         if budget:
             monkeypatch.setattr(tiles, "TILE_BYTES", budget)
         outputs = [tmp_path / f"{label}-{name}.parquet" for name in ("r", "c", "p")]
-        assert invoke("analyze", path, "--out", outputs[0], "--classes", outputs[1], "--pairs", outputs[2]).exit_code == 0
+        assert (
+            invoke("analyze", path, "--out", outputs[0], "--classes", outputs[1], "--pairs", outputs[2]).exit_code == 0
+        )
         names[label] = outputs
     for whole, small in zip(names["whole"], names["small"]):
         a, b = pq.read_table(whole), pq.read_table(small)
         assert a.schema.equals(b.schema, check_metadata=False) and a.num_rows == b.num_rows
-        key = [schema.COL_FILE, schema.COL_LAYER] + [c for c in (schema.COL_CLASS, schema.COL_CLASS_B) if c in a.column_names]
+        key = [schema.COL_FILE, schema.COL_LAYER] + [
+            c for c in (schema.COL_CLASS, schema.COL_CLASS_B) if c in a.column_names
+        ]
         rows_a = sorted(table_rows(a), key=lambda r: [r[c] for c in key])
         rows_b = sorted(table_rows(b), key=lambda r: [r[c] for c in key])
         for row_a, row_b in zip(rows_a, rows_b):
@@ -98,14 +102,24 @@ def test_a_too_large_pair_table_is_refused_before_reading_with_the_flag_to_use(t
     result = invoke("analyze", path, "--out", tmp_path / "r.parquet", "--pairs", tmp_path / "p.parquet")
     assert_user_error(result, "--pairs would write up to 506 rows", "above the limit of 400", "--pairs-top N")
     assert sorted(os.listdir(tmp_path)) == before
-    assert invoke("analyze", path, "--out", tmp_path / "r.parquet", "--pairs", tmp_path / "p.parquet", "--pairs-top", 3).exit_code == 0
+    assert (
+        invoke(
+            "analyze", path, "--out", tmp_path / "r.parquet", "--pairs", tmp_path / "p.parquet", "--pairs-top", 3
+        ).exit_code
+        == 0
+    )
     assert pq.read_table(tmp_path / "p.parquet").num_rows == 6
 
 
 def test_pairs_top_without_pairs_and_below_one_are_refused(tmp_path):
     path = many_classes_file(tmp_path / "f.h5")
-    assert_user_error(invoke("analyze", path, "--out", tmp_path / "r.parquet", "--pairs-top", 3), "--pairs-top", "--pairs FILE")
-    assert_user_error(invoke("analyze", path, "--out", tmp_path / "r.parquet", "--pairs", tmp_path / "p.parquet", "--pairs-top", 0), "≥ 1")
+    assert_user_error(
+        invoke("analyze", path, "--out", tmp_path / "r.parquet", "--pairs-top", 3), "--pairs-top", "--pairs FILE"
+    )
+    assert_user_error(
+        invoke("analyze", path, "--out", tmp_path / "r.parquet", "--pairs", tmp_path / "p.parquet", "--pairs-top", 0),
+        "≥ 1",
+    )
     assert not (tmp_path / "r.parquet").exists()
 
 
@@ -125,8 +139,14 @@ def overlapping(tmp_path):
         (common + ["--out", reference], "is the input file"),
         (common + ["--out", tmp_path / "link.parquet"], "is the input file"),
         (common + ["--out", tmp_path / "hard.parquet"], "is the input file"),
-        (common + ["--out", tmp_path / "r.parquet", "--classes", tmp_path / "r.parquet"], "--out and --classes both name"),
-        (common + ["--out", tmp_path / "r.parquet", "--pairs", tmp_path / "./r.parquet"], "--out and --pairs both name"),
+        (
+            common + ["--out", tmp_path / "r.parquet", "--classes", tmp_path / "r.parquet"],
+            "--out and --classes both name",
+        ),
+        (
+            common + ["--out", tmp_path / "r.parquet", "--pairs", tmp_path / "./r.parquet"],
+            "--out and --pairs both name",
+        ),
     ]
 
 
@@ -145,7 +165,9 @@ def test_a_python_caller_gets_the_same_checks(tmp_path):
     data = good_file(tmp_path / "in.h5")
     with pytest.raises(NcCliError, match="is the input file"):
         write_analysis(AnalyzeConfig(files=(str(data),), device="cpu"), out=data)
-    result = write_analysis(AnalyzeConfig(files=(str(data),), device="cpu"), out=tmp_path / "r.parquet", classes=tmp_path / "c.parquet")
+    result = write_analysis(
+        AnalyzeConfig(files=(str(data),), device="cpu"), out=tmp_path / "r.parquet", classes=tmp_path / "c.parquet"
+    )
     assert pq.read_table(tmp_path / "r.parquet").num_rows == len(result.summary) == 2
     assert pq.read_table(tmp_path / "c.parquet").num_rows == 8
 

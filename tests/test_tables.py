@@ -19,7 +19,9 @@ NUMBER = re.compile(r"(?<![\w.+-])-?\d[\d.]*(?:e[+-]\d+)?(?![\w.])")
 
 
 def report(folder, files=3):
-    paths = [good_file(folder / f"run_{index}.h5", seed=index, epoch=10 * index + 1, split="test") for index in range(files)]
+    paths = [
+        good_file(folder / f"run_{index}.h5", seed=index, epoch=10 * index + 1, split="test") for index in range(files)
+    ]
     out = folder / "r.parquet"
     assert invoke("analyze", *paths, "--out", out, "--device", "cpu").exit_code == 0
     return out
@@ -33,7 +35,12 @@ def shown_numbers(text: str) -> list[str]:
 def expected_numbers(table: pa.Table, columns: list[str]) -> set[str]:
     from nccli.report.formats import _human
 
-    return {_human(value) for column in columns for value in table.column(column).to_pylist() if isinstance(value, (int, float))}
+    return {
+        _human(value)
+        for column in columns
+        for value in table.column(column).to_pylist()
+        if isinstance(value, (int, float))
+    }
 
 
 @pytest.mark.parametrize("width", [80, 40])
@@ -65,11 +72,15 @@ def test_report_command_at_a_narrow_terminal(tmp_path, width):
     assert max(len(line) for line in result.stdout.splitlines()) <= width
     table = compact(pq.read_table(out))
     note = result.stderr.strip().splitlines()
-    assert len(note) == 1 and note[0].startswith("note: ") and "--columns" in note[0] and f"{width} characters" in note[0]
+    assert (
+        len(note) == 1 and note[0].startswith("note: ") and "--columns" in note[0] and f"{width} characters" in note[0]
+    )
     left_out = note[0].split(": ", 2)[2].split(";")[0].split(", ")
     assert left_out and set(left_out) < set(table.column_names) and "nc4_ncc_mismatch" in left_out
     kept = [c for c in table.column_names if c not in left_out]
-    assert expected_numbers(table, [c for c in kept if c not in ("file", "split", "layer")]) <= set(shown_numbers(result.stdout))
+    assert expected_numbers(table, [c for c in kept if c not in ("file", "split", "layer")]) <= set(
+        shown_numbers(result.stdout)
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -77,7 +88,9 @@ def test_report_columns_chosen_to_fit_need_no_note(tmp_path):
     out = report(tmp_path)
     result = invoke_with_columns(40, "report", out, "--columns", "epoch,layer,nc1")
     assert result.exit_code == 0 and result.stderr == ""
-    assert expected_numbers(pq.read_table(out, columns=["epoch", "nc1"]), ["epoch", "nc1"]) <= set(shown_numbers(result.stdout))
+    assert expected_numbers(pq.read_table(out, columns=["epoch", "nc1"]), ["epoch", "nc1"]) <= set(
+        shown_numbers(result.stdout)
+    )
 
 
 def invoke_with_columns(width, *args):

@@ -20,7 +20,12 @@ def analyze(
     ],
     out: Annotated[
         str,
-        typer.Option("--out", "-o", help="The Parquet report to write: one row per (file, layer). Replaced atomically.", show_default=False),
+        typer.Option(
+            "--out",
+            "-o",
+            help="The Parquet report to write: one row per (file, layer). Replaced atomically.",
+            show_default=False,
+        ),
     ],
     layers: Annotated[
         str | None,
@@ -36,7 +41,8 @@ def analyze(
         ),
     ] = None,
     mse: Annotated[
-        bool, typer.Option("--mse", help="Add the MSE decomposition of Han, Papyan & Donoho (2022) on the classifier layer.")
+        bool,
+        typer.Option("--mse", help="Add the MSE decomposition of Han, Papyan & Donoho (2022) on the classifier layer."),
     ] = False,
     weight_decay: Annotated[float, typer.Option(help="Weight decay λ of the MSE decomposition (needs --mse).")] = 0.0,
     snr: Annotated[
@@ -55,7 +61,10 @@ def analyze(
         ),
     ] = None,
     classes: Annotated[
-        str | None, typer.Option(help="Also write the per-class table (n, var, mean_norm, recalls, w_norm, ...) to this Parquet file.")
+        str | None,
+        typer.Option(
+            help="Also write the per-class table (n, var, mean_norm, recalls, w_norm, ...) to this Parquet file."
+        ),
     ] = None,
     pairs: Annotated[
         str | None,
@@ -66,19 +75,30 @@ def analyze(
     ] = None,
     pairs_top: Annotated[
         int | None,
-        typer.Option(help="With --pairs: keep per layer only the N pairs with the largest cdnv (the most confusable; ties by class ids)."),
+        typer.Option(
+            help="With --pairs: keep per layer only the N pairs with the largest cdnv (the most confusable; ties by class ids)."
+        ),
     ] = None,
     device: Annotated[
-        str, typer.Option(help="Where to compute: auto (CUDA if present), cpu, cuda or cuda:N. Accumulation is float64 everywhere.")
+        str,
+        typer.Option(
+            help="Where to compute: auto (CUDA if present), cpu, cuda or cuda:N. Accumulation is float64 everywhere."
+        ),
     ] = "auto",
-    epsilon: Annotated[float, typer.Option(help="ε of ncc_effective_depth: the first layer whose NCC error is ≤ ε.")] = 0.01,
+    epsilon: Annotated[
+        float, typer.Option(help="ε of ncc_effective_depth: the first layer whose NCC error is ≤ ε.")
+    ] = 0.01,
     block_rows: Annotated[
         int | None,
-        typer.Option(help="Rows read per block. Default: about 16 MiB of the widest layer, aligned to its HDF5 chunks."),
+        typer.Option(
+            help="Rows read per block. Default: about 16 MiB of the widest layer, aligned to its HDF5 chunks."
+        ),
     ] = None,
     jobs: Annotated[
         int,
-        typer.Option("--jobs", "-j", help="Worker processes that share each file's rows (CPU); their states merge exactly."),
+        typer.Option(
+            "--jobs", "-j", help="Worker processes that share each file's rows (CPU); their states merge exactly."
+        ),
     ] = 1,
 ) -> None:
     """Compute every neural-collapse metric per layer of each feature file into a Parquet report.

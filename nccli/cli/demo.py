@@ -9,7 +9,9 @@ from nccli.cli.common import print_table, stderr_is_terminal, user_errors
 
 
 def demo(
-    out: Annotated[str, typer.Option("--out", "-o", help="Folder for the feature files, report.parquet and figures/.")] = "nccli-demo",
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Folder for the feature files, report.parquet and figures/.")
+    ] = "nccli-demo",
     figures: Annotated[str | None, typer.Option(help="Where the figures go. Default: OUT/figures.")] = None,
     sample_data: Annotated[
         str | None, typer.Option(help="The bundled sample_data/ folder. Default: the one beside this nccli's source.")
@@ -34,7 +36,16 @@ def demo(
             show_progress=stderr_is_terminal(),
         )
         result = run_demo(config)
-        columns = (schema.COL_SPLIT, schema.COL_EPOCH, "nc1", "nc2_etf", "nc3_duality", "nc4_ncc_mismatch", "ncc_accuracy", "clf_accuracy")
+        columns = (
+            schema.COL_SPLIT,
+            schema.COL_EPOCH,
+            "nc1",
+            "nc2_etf",
+            "nc3_duality",
+            "nc4_ncc_mismatch",
+            "ncc_accuracy",
+            "clf_accuracy",
+        )
         table = to_table(penultimate_rows(result.summary), columns, {})
         title = "penultimate layer over training (test uses the train means)"
         print_table(table, title=title, advice=f"choose columns with `nccli report {result.report} --columns ...`")

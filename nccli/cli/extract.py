@@ -158,5 +158,7 @@ def extract(
                 )
             if not result.skipped and stderr_is_terminal():
                 layers_written = len(result.layers)
-                echo_error(f"wrote '{result.path}': {result.rows} rows, {layers_written} layers in {result.seconds:.1f} s")
+                echo_error(
+                    f"wrote '{result.path}': {result.rows} rows, {layers_written} layers in {result.seconds:.1f} s"
+                )
             typer.echo(result.path)

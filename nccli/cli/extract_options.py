@@ -141,12 +141,12 @@ LimitOption = Annotated[
 ]
 SeedOption = Annotated[int, typer.Option(help="Seed of the --per-class draw.", rich_help_panel=DATA_PANEL)]
 SkipUnreadableOption = Annotated[
-bool,
-typer.Option(
-    help="Leave out images that cannot be decoded (truncated, empty, not an image) instead of stopping at the "
-    "first; the file lists their dataset indices in /skipped_index.",
-    rich_help_panel=DATA_PANEL,
-),
+    bool,
+    typer.Option(
+        help="Leave out images that cannot be decoded (truncated, empty, not an image) instead of stopping at the "
+        "first; the file lists their dataset indices in /skipped_index.",
+        rich_help_panel=DATA_PANEL,
+    ),
 ]
 LayersOption = Annotated[
     str | None,
@@ -188,9 +188,7 @@ PrecisionOption = Annotated[
         help="Autocast precision of the forward pass (bf16/fp16 are meant for CUDA).", rich_help_panel=SPEED_PANEL
     ),
 ]
-BatchSizeOption = Annotated[
-    int, typer.Option(help="Images per forward pass.", rich_help_panel=SPEED_PANEL)
-]
+BatchSizeOption = Annotated[int, typer.Option(help="Images per forward pass.", rich_help_panel=SPEED_PANEL)]
 WorkersOption = Annotated[
     int,
     typer.Option(

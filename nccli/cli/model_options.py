@@ -13,7 +13,9 @@ OUTPUT_PANEL = "Output file"
 ModelArgument = Annotated[
     str,
     typer.Argument(
-        metavar="MODEL", help="A torchvision model name or a checkpoint file, as for `nccli extract`.", show_default=False
+        metavar="MODEL",
+        help="A torchvision model name or a checkpoint file, as for `nccli extract`.",
+        show_default=False,
     ),
 ]
 ArchOption = Annotated[

@@ -25,9 +25,7 @@ class PlotKind(enum.StrEnum):
 
 
 def plot(
-    report: Annotated[
-        str, typer.Argument(help="The Parquet report written by `nccli analyze`.", show_default=False)
-    ],
+    report: Annotated[str, typer.Argument(help="The Parquet report written by `nccli analyze`.", show_default=False)],
     out: Annotated[
         str,
         typer.Option(

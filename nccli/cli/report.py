@@ -11,10 +11,17 @@ from nccli.report.formats import ReportFormat
 
 
 def report(
-    path: Annotated[str, typer.Argument(help="A Parquet table written by `nccli analyze` (--out, --classes or --pairs).", show_default=False)],
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="A Parquet table written by `nccli analyze` (--out, --classes or --pairs).", show_default=False
+        ),
+    ],
     fmt: Annotated[
         ReportFormat,
-        typer.Option("--format", "-f", help="table for people; csv, tsv, json or markdown to stdout for pipes; xlsx to --output."),
+        typer.Option(
+            "--format", "-f", help="table for people; csv, tsv, json or markdown to stdout for pipes; xlsx to --output."
+        ),
     ] = ReportFormat.TABLE,
     output: Annotated[str | None, typer.Option("--output", help="The workbook to write with --format xlsx.")] = None,
     columns: Annotated[

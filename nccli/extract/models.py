@@ -20,7 +20,6 @@ from nccli.globs import expand_globs
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # a file's first 8 bytes (superblock at offset 0, as h5py writes)
 
 
-
 @dataclass(frozen=True)
 class LoadedModel:
     """A model ready to run, with the provenance written into the feature file."""

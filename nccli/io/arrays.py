@@ -98,12 +98,16 @@ class KeySpace:
 
     def take(self, option: str, key: str) -> SourceArray:
         if key not in self.arrays:
-            raise UsageError(f"{option} '{key}': no such key in the sources; keys are: {', '.join(self.arrays) or 'none'}")
+            raise UsageError(
+                f"{option} '{key}': no such key in the sources; keys are: {', '.join(self.arrays) or 'none'}"
+            )
         if key in self.used:
             raise UsageError(f"{option} '{key}': the key is already used by {self.used[key]}")
         array = self.arrays[key]
         if array.dtype.kind not in "biuf":  # checked only here: other keys of a file may hold anything
-            raise DataError(f"{array.where}: dtype {array.dtype} is not numeric; nccli reads integer labels and float arrays")
+            raise DataError(
+                f"{array.where}: dtype {array.dtype} is not numeric; nccli reads integer labels and float arrays"
+            )
         self.used[key] = option
         return array
 
@@ -260,7 +264,9 @@ def _open_torch(path: str, stack: contextlib.ExitStack) -> list[SourceArray]:
     arrays = []
     for key, value in loaded.items():
         if isinstance(value, torch.Tensor):
-            arrays.append(SourceArray(path, str(key), tuple(value.shape), _torch_dtype(value), _sliced(value, _tensor_to_numpy)))
+            arrays.append(
+                SourceArray(path, str(key), tuple(value.shape), _torch_dtype(value), _sliced(value, _tensor_to_numpy))
+            )
         elif isinstance(value, np.ndarray):
             arrays.append(SourceArray(path, str(key), value.shape, value.dtype, _sliced(value)))
     return arrays

@@ -77,21 +77,27 @@ def classifier_layer(widths: dict[str, int], weight_width: int, given: str | Non
         if given not in widths:
             raise UsageError(f"{option} '{given}' is not a features layer; layers are: {', '.join(widths)}")
         if widths[given] != weight_width:
-            raise DataError(f"the classifier weight has width {weight_width} but layer '{given}' has width {widths[given]}")
+            raise DataError(
+                f"the classifier weight has width {weight_width} but layer '{given}' has width {widths[given]}"
+            )
         return given
     matching = [name for name, width in widths.items() if width == weight_width]
     if len(matching) == 1:
         return matching[0]
     found = f"layers {', '.join(matching)} all have" if matching else "no layer has"
     shown = ", ".join(f"{name} ({width})" for name, width in widths.items())
-    raise UsageError(f"the classifier weight has width {weight_width} and {found} that width ({shown}); name the layer with {option}")
+    raise UsageError(
+        f"the classifier weight has width {weight_width} and {found} that width ({shown}); name the layer with {option}"
+    )
 
 
 def classifier(weight: np.ndarray, bias: np.ndarray | None, num_classes: int, where: str) -> Classifier:
     """W (num_classes, d) and b (num_classes,) as float64, finite; b defaults to zeros."""
     weight = np.asarray(weight)
     if weight.ndim != 2 or weight.dtype.kind != "f":
-        raise DataError(f"{where}: the classifier weight must be a 2-D float array, found shape {weight.shape} dtype {weight.dtype}")
+        raise DataError(
+            f"{where}: the classifier weight must be a 2-D float array, found shape {weight.shape} dtype {weight.dtype}"
+        )
     if weight.shape[0] != num_classes:
         raise DataError(f"{where}: the classifier weight has {weight.shape[0]} rows but num_classes is {num_classes}")
     if bias is None:

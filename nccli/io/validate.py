@@ -159,7 +159,9 @@ def validate(handle: h5py.File, file: str, scan_labels: bool = True) -> tuple[Fe
         raise FeatureFileError(
             file, "", f"attribute '{schema.ATTR_CLASS_NAMES}' has {len(class_names)} names for {num_classes} classes"
         )
-    provenance = {name: str(read_attribute(file, handle, name, "")) for name in schema.PROVENANCE_ATTRS if name in handle.attrs}
+    provenance = {
+        name: str(read_attribute(file, handle, name, "")) for name in schema.PROVENANCE_ATTRS if name in handle.attrs
+    }
     info = FeatureFileInfo(
         path=file,
         n_samples=n,

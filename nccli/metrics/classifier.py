@@ -55,7 +55,9 @@ def imbalanced(counts: np.ndarray) -> bool:
     return len(counts) > 1 and counts.min() < BALANCE_RATIO * counts.max()
 
 
-def normalized_margin(margin_free_min: float, weight_sq_norm: float, features_sq_norm: float, n_samples: float, k: int) -> float:
+def normalized_margin(
+    margin_free_min: float, weight_sq_norm: float, features_sq_norm: float, n_samples: float, k: int
+) -> float:
     """``margin_normalized = q₀ · 2(K−1)√n / (‖W‖²_F + ‖H‖²_F)``, q₀ the smallest bias-free margin, n = N/K.
 
     Seed ``002_*`` Lemma 3.1: on balanced data q₀ ≤ (‖W‖²_F + ‖H‖²_F)/(2(K−1)√n),
@@ -73,7 +75,9 @@ def optimal_cross_entropy(k: int, alpha: float, beta: float) -> float:
     return float(math.log1p((k - 1) * math.exp(-k / (k - 1) * alpha * beta)))
 
 
-def excess_cross_entropy(ce_free: float, k: int, weight_sq_norm: float, features_sq_norm: float, n_samples: float) -> float:
+def excess_cross_entropy(
+    ce_free: float, k: int, weight_sq_norm: float, features_sq_norm: float, n_samples: float
+) -> float:
     """``ce_excess = CE₀ − optimal_cross_entropy(K, α, β)``, α = √(‖H‖²_F/N), β = ‖W‖_F/√K; ≥ 0 on balanced data."""
     if k < 2:
         return np.nan

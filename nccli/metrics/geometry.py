@@ -95,7 +95,9 @@ class Geometry:
         centred = rows - self.origin
         return Block(centred, xp.single_with_ones(centred), xp.sqrt(xp.rowdot(centred, centred)))
 
-    def slack(self, block: "Block", norm_max: float, folded_max: float, added_max: float = 0.0, unit: float | None = None):
+    def slack(
+        self, block: "Block", norm_max: float, folded_max: float, added_max: float = 0.0, unit: float | None = None
+    ):
         """2δ_i: twice the bound on |float32 − exact| of (h_i − origin)·v + a + e over rows v of norm ≤
         ``norm_max``, offsets a folded into the product (|a| ≤ ``folded_max``, the product's last column)
         and offsets e added to it (|e| ≤ ``added_max``): (d + 4)·u·(‖h_i − origin‖·norm_max + folded_max)

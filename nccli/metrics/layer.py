@@ -5,8 +5,8 @@ reports them as NaN and says why through ``warn``; never a crash, never a
 silent 0.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -177,7 +177,9 @@ def _classifier_values(moments, ids, weight, w_norms, duality_cos, decisions, st
     margin, the norm balance and the cross-entropies (``metrics.md``)."""
     k, n = len(ids), float(moments.count.sum())
     sq_w = float(np.sum(w_norms**2))
-    sq_h = clf.feature_sq_norm(present_rows(moments.count, ids), present_rows(moments.mean, ids), present_rows(decisions.scatter, ids))
+    sq_h = clf.feature_sq_norm(
+        present_rows(moments.count, ids), present_rows(moments.mean, ids), present_rows(decisions.scatter, ids)
+    )
     return dict(
         w_equinorm=f.equinorm(w_norms) if k >= 2 else np.nan,
         w_equiangular=stats.w_equiangular,
@@ -195,11 +197,15 @@ def present_rows(array: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return array if len(ids) == len(array) else array[ids]
 
 
-def _warn_degenerate(warn, moments, ids, k, all_coincide, some_at_global_mean, stats: PairStats, at_global_mean, classifier):
+def _warn_degenerate(
+    warn, moments, ids, k, all_coincide, some_at_global_mean, stats: PairStats, at_global_mean, classifier
+):
     """One warning per reason, naming the classes (the first pairs, then a count) and the metrics reported as null."""
     clf = classifier is not None
     if k < 2:
-        nulls = "nc1, nc1_tilde, cdnv, nc2_*, inter_cos_*" + (", w_*, nc3_*, margin_normalized, ce_excess" if clf else "")
+        nulls = "nc1, nc1_tilde, cdnv, nc2_*, inter_cos_*" + (
+            ", w_*, nc3_*, margin_normalized, ce_excess" if clf else ""
+        )
         warn(f"only {k} class present (K < 2): {nulls} reported as null")
         return
     if all_coincide:
@@ -215,7 +221,9 @@ def _warn_degenerate(warn, moments, ids, k, all_coincide, some_at_global_mean, s
         warn(f"class mean equals the global mean for classes {classes}: {nulls} reported as null")
     all_zero = ids[moments.unit_count[ids] == 0]
     if len(all_zero):
-        warn(f"every feature vector is zero in classes {_listing([str(c) for c in all_zero])}: intra_cos_*, inter_cos_* reported as null")
+        warn(
+            f"every feature vector is zero in classes {_listing([str(c) for c in all_zero])}: intra_cos_*, inter_cos_* reported as null"
+        )
     zero_vectors = int(moments.count[ids].sum() - moments.unit_count[ids].sum())
     if zero_vectors and len(all_zero) < k:
         warn(f"{zero_vectors} all-zero feature vectors left out of the cosine view")

@@ -103,7 +103,9 @@ class RunningLogSumExp:
         higher = top > old_top
         with np.errstate(over="ignore", invalid="ignore"):  # the branch where() drops may overflow
             self.rest[rows] = self.xp.where(
-                higher, (old_rest + 1.0) * self.xp.exp(old_top - top) + rest, old_rest + (rest + 1.0) * self.xp.exp(top - old_top)
+                higher,
+                (old_rest + 1.0) * self.xp.exp(old_top - top) + rest,
+                old_rest + (rest + 1.0) * self.xp.exp(top - old_top),
             )
         self.top[rows] = self.xp.where(higher, top, old_top)
 
@@ -200,7 +202,7 @@ def _screen(g, xp: Backend, block, views, start: int, stop: int, inside, own_at,
     n, width = len(block.centred), stop - start
     product = xp.product_into(block.single, g.weight_single[start:stop], scratch[0])
     masks = []
-    for index, view in enumerate(views):
+    for view in views:
         values = product if view.added is None else xp.add_into(product, view.added[None, start:stop], scratch[1])
         values[inside, own_at] = -np.inf
         view.raise_screen(None, xp.wide(xp.row_max(values)))

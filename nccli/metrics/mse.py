@@ -29,7 +29,9 @@ def _loss_parts(weight_ext: np.ndarray, means_ext: np.ndarray, shares: np.ndarra
     return between, within
 
 
-def mse_decomposition(moments: ClassMoments, decisions: Decisions, classifier: Classifier, weight_decay: float) -> dict[str, float]:
+def mse_decomposition(
+    moments: ClassMoments, decisions: Decisions, classifier: Classifier, weight_decay: float
+) -> dict[str, float]:
     """``mse_loss``, ``mse_ls``, ``mse_perp``, ``mse_nc1``, ``mse_nc23`` (``metrics.md``): the counts and means of
     pass 1, the within-class matrix of pass 2."""
     count = moments.count
@@ -48,5 +50,9 @@ def mse_decomposition(moments: ClassMoments, decisions: Decisions, classifier: C
     loss_between, loss_within = _loss_parts(weight_ext, means_ext, shares, within_ext, weight_decay)
     ls_between, ls_within = _loss_parts(weight_ls, means_ext, shares, within_ext, weight_decay)
     gap = weight_ext - weight_ls
-    loss, least_squares, perp = loss_between + loss_within, ls_between + ls_within, 0.5 * float(np.sum((gap @ gram) * gap))
+    loss, least_squares, perp = (
+        loss_between + loss_within,
+        ls_between + ls_within,
+        0.5 * float(np.sum((gap @ gram) * gap)),
+    )
     return dict(zip(schema.MSE_METRICS, (loss, least_squares, perp, ls_within, ls_between)))

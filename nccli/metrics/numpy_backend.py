@@ -104,7 +104,9 @@ class NumpyBackend:
                 start, length = starts[run], lengths[run]
                 out[run] = ones[:length] @ rows[start : start + length]
         short = lengths < LONG_RUN
-        for length in np.flatnonzero(np.bincount(lengths[short])):  # the distinct lengths (np.unique imports numpy.ma: 60 ms)
+        for length in np.flatnonzero(
+            np.bincount(lengths[short])
+        ):  # the distinct lengths (np.unique imports numpy.ma: 60 ms)
             runs = np.flatnonzero(lengths == length)
             if length == 1:
                 out[runs] = rows[starts[runs]]

@@ -39,6 +39,8 @@ def snr_columns(moments, decisions, warn: Callable[[str], None]) -> dict[str, fl
     extremes = snr_extremes(decisions.within, float(moments.count.sum()), present.centred)
     if extremes is None:
         if len(present.ids) >= 2:
-            warn("Σ_W is singular (fewer samples than dimensions, or a dead feature): snr_min, snr_max reported as null")
+            warn(
+                "Σ_W is singular (fewer samples than dimensions, or a dead feature): snr_min, snr_max reported as null"
+            )
         return {}
     return dict(zip(schema.SNR_METRICS, extremes))

@@ -127,7 +127,9 @@ def fit_table(
     """
     from rich.table import Table
 
-    needs = [_column_width(name, [row[i] for row in rows], number) for i, (name, number) in enumerate(zip(columns, numeric))]
+    needs = [
+        _column_width(name, [row[i] for row in rows], number) for i, (name, number) in enumerate(zip(columns, numeric))
+    ]
     keep = len(columns)
     while keep > 1 and width is not None and _table_width(needs[:keep]) > width:
         keep -= 1
@@ -184,7 +186,8 @@ def describe_rich(description: FileDescription, width: int | None = None):
     present = description.classes_present
     facts = {
         "samples": str(description.n_samples),
-        "classes": f"{description.num_classes}" + ("" if present == description.num_classes else f" ({present} present)"),
+        "classes": f"{description.num_classes}"
+        + ("" if present == description.num_classes else f" ({present} present)"),
         "split": description.split,
         "epoch": _human(description.epoch),
         "model": _human(description.model),

@@ -65,7 +65,9 @@ def _nowhere(batch: pa.RecordBatch) -> None:
     """The pair sink of the ranks that do not write (they never summarize, so it is never called)."""
 
 
-def _write(config: AnalyzeConfig, out: PathLike, classes: PathLike | None, pairs: PathLike | None, command: str, group) -> AnalysisResult:
+def _write(
+    config: AnalyzeConfig, out: PathLike, classes: PathLike | None, pairs: PathLike | None, command: str, group
+) -> AnalysisResult:
     requested = {"--out": out, "--classes": classes, "--pairs": pairs}
     targets = {option: check_writable(path, option) for option, path in requested.items() if path is not None}
     check_apart(targets, [*config.files, *(reference_paths(config.means_from)[0] if config.means_from else [])])

@@ -8,13 +8,12 @@ cross-entropy and its excess over the optimum (seed ``003_*``).
 """
 
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from nccli.errors import DegenerateMetricWarning
+from nccli.errors import DegenerateMetricWarning, warn_caller
 from nccli.schema import (
     LOSS_METRICS,
     METRIC_BY_NAME,
@@ -39,8 +38,20 @@ _NCC_ACC, CLF_ACC, _NC4, _MARGIN_MIN, _MARGIN_MEAN = NCC_METRICS
 _MARGIN_NORMALIZED, _NORM_BALANCE, _CE_LOSS, _CE_EXCESS = LOSS_METRICS
 ACCURACY_METRICS = (CLF_ACC, _NCC_ACC)
 EPOCH_METRICS = (
-    _NC1, _EQUINORM, _W_EQUINORM, _EQUIANGULAR, _W_EQUIANGULAR, _MAXANGLE, _W_MAXANGLE, _NC3_DUALITY, _NC4,
-    CLF_ACC, _NCC_ACC, _MARGIN_NORMALIZED, _CE_LOSS, _CE_EXCESS,
+    _NC1,
+    _EQUINORM,
+    _W_EQUINORM,
+    _EQUIANGULAR,
+    _W_EQUIANGULAR,
+    _MAXANGLE,
+    _W_MAXANGLE,
+    _NC3_DUALITY,
+    _NC4,
+    CLF_ACC,
+    _NCC_ACC,
+    _MARGIN_NORMALIZED,
+    _CE_LOSS,
+    _CE_EXCESS,
 )
 DEPTH_METRICS = (_NC1, _NC1_TILDE, _CDNV, _EQUINORM, _EQUIANGULAR, _MAXANGLE, _NCC_ACC)
 
@@ -58,17 +69,29 @@ class _Shared:
 
 SHARED_PANELS = (
     _Shared(ACCURACY_METRICS, "Errors: classifier and NCC", "error = 1 − accuracy", ("classifier", "NCC"), error=True),
-    _Shared((_EQUINORM, _W_EQUINORM), "NC2: equinorm, means and classifier",
-            r"std / mean of $\Vert\mu_c - \mu_G\Vert$, $\Vert w_c\Vert$", ("class means", "classifier rows")),
-    _Shared((_EQUIANGULAR, _W_EQUIANGULAR), "NC2: equiangularity, means and classifier",
-            r"std of the cosines", ("class means", "classifier rows")),
-    _Shared((_MAXANGLE, _W_MAXANGLE), "NC2: angles vs the ETF, means and classifier",
-            r"mean of $|\cos + 1/(K-1)|$", ("class means", "classifier rows")),
-    _Shared((_CE_LOSS, _CE_EXCESS), "Cross-entropy and its excess", "nats",
-            ("CE of Wh + b", "excess over the optimum")),
+    _Shared(
+        (_EQUINORM, _W_EQUINORM),
+        "NC2: equinorm, means and classifier",
+        r"std / mean of $\Vert\mu_c - \mu_G\Vert$, $\Vert w_c\Vert$",
+        ("class means", "classifier rows"),
+    ),
+    _Shared(
+        (_EQUIANGULAR, _W_EQUIANGULAR),
+        "NC2: equiangularity, means and classifier",
+        r"std of the cosines",
+        ("class means", "classifier rows"),
+    ),
+    _Shared(
+        (_MAXANGLE, _W_MAXANGLE),
+        "NC2: angles vs the ETF, means and classifier",
+        r"mean of $|\cos + 1/(K-1)|$",
+        ("class means", "classifier rows"),
+    ),
+    _Shared(
+        (_CE_LOSS, _CE_EXCESS), "Cross-entropy and its excess", "nats", ("CE of Wh + b", "excess over the optimum")
+    ),
 )
 LEGEND_NAMES = {metric: name for shared in SHARED_PANELS for metric, name in zip(shared.metrics, shared.names)}
-
 
 
 @dataclass(frozen=True)
@@ -122,8 +145,11 @@ def live_panels(panels: list[Panel], rows: list[dict], where: str, report: Path)
         kept = tuple(m for m in panel.metrics if np.isfinite(metric_values(rows, m)).any())
         for metric in panel.metrics:
             if metric not in kept:
-                warnings.warn(f"metric '{metric}' is null on every row {where} of '{report}'; not plotted",
-                              DegenerateMetricWarning)
+                warn_caller(
+                    DegenerateMetricWarning(
+                        f"metric '{metric}' is null on every row {where} of '{report}'; not plotted"
+                    )
+                )
         if len(kept) == 1 and len(panel.metrics) > 1:  # a shared panel left with one metric: its own title
             live.append(Panel(kept, METRIC_BY_NAME[kept[0]].title, METRIC_BY_NAME[kept[0]].ylabel, panel.error))
         elif kept:
@@ -177,11 +203,10 @@ def layer_axis(ax, names: list[str]) -> None:
     step = max(1, math.ceil(len(names) / (PANEL_INCHES[0] * DPI / LABEL_PIXELS)))
     shown = range(0, len(names), step)
     ax.set_xticks(list(shown))
-    ax.set_xticklabels([_short(names[i]) for i in shown], rotation=45, ha="right", rotation_mode="anchor",
-                       fontsize=7)
+    ax.set_xticklabels([_short(names[i]) for i in shown], rotation=45, ha="right", rotation_mode="anchor", fontsize=7)
     ax.set_xlim(-0.5, len(names) - 0.5)
     ax.set_xlabel("layer (forward order)" + (f", one in {step} named" if step > 1 else ""), fontsize=8)
 
 
 def _short(name: str, limit: int = 18) -> str:
-    return name if len(name) <= limit else f"{name[: limit // 2 - 1]}…{name[-(limit // 2):]}"
+    return name if len(name) <= limit else f"{name[: limit // 2 - 1]}…{name[-(limit // 2) :]}"

@@ -27,7 +27,6 @@ from nccli.io.lock import locked
 TEMPORARY_SUFFIX = ".tmp"
 
 
-
 def class_columns(named: bool) -> tuple[str, ...]:
     names = (schema.COL_CLASS_NAME,) if named else ()
     return (schema.COL_FILE, schema.COL_LAYER, schema.COL_CLASS, *names, *schema.CLASS_METRICS)

@@ -39,13 +39,12 @@ through the Agg canvas: no pyplot, no change to a caller's backend.
 import math
 import os
 import re
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from nccli.errors import DegenerateMetricWarning, OutputError, UsageError
+from nccli.errors import DegenerateMetricWarning, OutputError, UsageError, warn_caller
 from nccli.report.panels import (
     DEPTH_METRICS,
     DPI,
@@ -76,6 +75,7 @@ FORMATS = ("png", "svg", "pdf")
 KINDS = ("all", "epochs", "depth")
 EPOCHS_FILE = "nc_over_epochs"
 DEPTH_FILE = "nc_depth"
+
 
 def plot_report(
     report_path: str | os.PathLike,
@@ -110,7 +110,7 @@ def plot_report(
     if kind == "epochs" or (kind == "all" and has_epochs):
         figures += _epoch_figures(rows, report_path, metrics or EPOCH_METRICS, layer)
     elif kind == "all":
-        warnings.warn(f"'{report_path}' has no epochs; drawing the depthwise figures only", DegenerateMetricWarning)
+        warn_caller(DegenerateMetricWarning(f"'{report_path}' has no epochs; drawing the depthwise figures only"))
     if kind in ("all", "depth"):
         figures += _depth_figures(rows, report_path, metrics or DEPTH_METRICS)
     if not figures:
@@ -141,18 +141,25 @@ def _epoch_figures(rows, report: Path, metrics, layer: str | None) -> list[tuple
         where = f"of the classifier input ({', '.join(repr(n) for n in dict.fromkeys(r[COL_LAYER] for r in chosen))})"
     timed = [row for row in chosen if row[COL_EPOCH] is not None]
     if not timed:
-        raise UsageError(f"'{report}' has no epoch on the rows {where} (column '{COL_EPOCH}' is null), so nothing "
-                         "can be plotted over epochs; extract each checkpoint with its epoch, or plot --kind depth")
+        raise UsageError(
+            f"'{report}' has no epoch on the rows {where} (column '{COL_EPOCH}' is null), so nothing "
+            "can be plotted over epochs; extract each checkpoint with its epoch, or plot --kind depth"
+        )
     if len(timed) < len(chosen):
-        warnings.warn(f"{len(chosen) - len(timed)} row(s) {where} have no epoch and are left out of the "
-                      "over-epochs figure", DegenerateMetricWarning)
+        warn_caller(
+            DegenerateMetricWarning(
+                f"{len(chosen) - len(timed)} row(s) {where} have no epoch and are left out of the over-epochs figure"
+            )
+        )
     lines = defaultdict(dict)  # (model, split) -> epoch -> row
     for row in timed:
         line = lines[(row[COL_MODEL], row[COL_SPLIT])]
         if row[COL_EPOCH] in line:
             files = f"'{line[row[COL_EPOCH]][COL_FILE]}', '{row[COL_FILE]}'"
-            raise UsageError(f"'{report}' has two rows for split '{row[COL_SPLIT]}', epoch {row[COL_EPOCH]} {where} "
-                             f"(files {files}); plot one run per report")
+            raise UsageError(
+                f"'{report}' has two rows for split '{row[COL_SPLIT]}', epoch {row[COL_EPOCH]} {where} "
+                f"(files {files}); plot one run per report"
+            )
         line[row[COL_EPOCH]] = row
     panels = live_panels(panels_for(tuple(metrics)), timed, where, report)
     if not panels:
@@ -161,7 +168,9 @@ def _epoch_figures(rows, report: Path, metrics, layer: str | None) -> list[tuple
     keys = sorted(lines, key=lambda key: (str(key[0]), key[1] != DEFAULT_SPLIT, str(key[1])))
     epochs = sorted({row[COL_EPOCH] for row in timed})
     onset = zero_error_epoch(rows) if not several_models else None
-    figure, axes, _ = _figure(len(panels), f"Neural collapse over training, {where.removeprefix('of ')} — {report.name}")
+    figure, axes, _ = _figure(
+        len(panels), f"Neural collapse over training, {where.removeprefix('of ')} — {report.name}"
+    )
     for index, (ax, panel) in enumerate(zip(axes, panels)):
         plotted = []
         for color, key in enumerate(keys):
@@ -170,8 +179,16 @@ def _epoch_figures(rows, report: Path, metrics, layer: str | None) -> list[tuple
             for style, metric in enumerate(panel.metrics):
                 y = metric_values(line_rows, metric, panel.error)
                 name = f"{label} {LEGEND_NAMES[metric]}" if len(panel.metrics) > 1 else label
-                ax.plot(sorted(lines[key]), y, color=f"C{color}", marker="os^"[style % 3],
-                        linestyle=("-", "--")[style % 2], markersize=4, linewidth=1.4, label=name)
+                ax.plot(
+                    sorted(lines[key]),
+                    y,
+                    color=f"C{color}",
+                    marker="os^"[style % 3],
+                    linestyle=("-", "--")[style % 2],
+                    markersize=4,
+                    linewidth=1.4,
+                    label=name,
+                )
                 plotted.append(y)
         if onset is not None:
             ax.axvline(onset, color="0.5", linestyle=":", linewidth=1, label="zero train error")
@@ -217,22 +234,37 @@ def _depth_figures(rows, report: Path, metrics) -> list[tuple[str, object]]:
                     y = metric_values(file_rows, metric, panel.error)
                     color = colormap(norm(epoch)) if epoch is not None else (f"C{number % 10}" if not epochs else "0.5")
                     label = (f"{Path(file).name}" if epoch is None else None) if style == 0 else None
-                    ax.plot(x, y, color=color, marker="os^"[style % 3], linestyle=("-", "--")[style % 2],
-                            markersize=3.5, linewidth=1.3, label=label)
+                    ax.plot(
+                        x,
+                        y,
+                        color=color,
+                        marker="os^"[style % 3],
+                        linestyle=("-", "--")[style % 2],
+                        markersize=3.5,
+                        linewidth=1.3,
+                        label=label,
+                    )
                     plotted.append(y)
             style_panel(ax, panel, np.concatenate(plotted))
             layer_axis(ax, [" / ".join(names) for names in layers.values()])
             if len(panel.metrics) > 1:
                 for style, metric in enumerate(panel.metrics):
-                    ax.plot([], [], color="0.3", marker="os^"[style % 3], linestyle=("-", "--")[style % 2],
-                            label=LEGEND_NAMES[metric])
+                    ax.plot(
+                        [],
+                        [],
+                        color="0.3",
+                        marker="os^"[style % 3],
+                        linestyle=("-", "--")[style % 2],
+                        label=LEGEND_NAMES[metric],
+                    )
             if ax.get_legend_handles_labels()[0] and (len(panel.metrics) > 1 or ax is axes[0]):
                 ax.legend(fontsize=7)
         if epochs:
             # In the empty grid slot when there is one, else beside the panels.
             where = {"cax": spare[0].inset_axes((0.1, 0.1, 0.07, 0.8))} if spare else {"ax": axes, "shrink": 0.9}
-            bar = figure.colorbar(cm.ScalarMappable(norm=norm, cmap=colormap), **where,
-                                  ticks=epochs if len(epochs) <= 12 else None)
+            bar = figure.colorbar(
+                cm.ScalarMappable(norm=norm, cmap=colormap), **where, ticks=epochs if len(epochs) <= 12 else None
+            )
             bar.set_label("epoch of the checkpoint", fontsize=8)
             bar.ax.tick_params(labelsize=7)
             if len(epochs) <= 12:

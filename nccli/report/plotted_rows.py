@@ -1,13 +1,21 @@
 """The rows of a report that ``nccli plot`` draws: the summary table read and checked, the rows followed
 over epochs (each file's classifier input), and the start of the terminal phase."""
 
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
-from nccli.errors import DegenerateMetricWarning, UsageError
+from nccli.errors import DegenerateMetricWarning, UsageError, warn_caller
 from nccli.report.panels import CLF_ACC, is_null
-from nccli.schema import COL_EPOCH, COL_FILE, COL_LAYER, COL_LAYER_ORDER, COL_MODEL, COL_SPLIT, DEFAULT_SPLIT, METRIC_COLUMNS
+from nccli.schema import (
+    COL_EPOCH,
+    COL_FILE,
+    COL_LAYER,
+    COL_LAYER_ORDER,
+    COL_MODEL,
+    COL_SPLIT,
+    DEFAULT_SPLIT,
+    METRIC_COLUMNS,
+)
 
 
 def read_report(path: Path) -> list[dict]:
@@ -49,13 +57,20 @@ def classifier_input_rows(rows: list[dict], report: Path) -> list[dict]:
             classifier = [max(file_rows, key=lambda row: row[COL_LAYER_ORDER])]
         chosen += classifier
     if fallback:
-        warnings.warn(f"{len(fallback)} file(s) in '{report}' have no classifier rows ('{CLF_ACC}' is null); "
-                      "following their deepest layer over epochs instead", DegenerateMetricWarning)
+        warn_caller(
+            DegenerateMetricWarning(
+                f"{len(fallback)} file(s) in '{report}' have no classifier rows ('{CLF_ACC}' is null); "
+                "following their deepest layer over epochs instead"
+            )
+        )
     return chosen
 
 
 def zero_error_epoch(rows: list[dict]) -> int | None:
     """The first epoch whose training classifier accuracy is 1: the start of the terminal phase."""
-    perfect = [row[COL_EPOCH] for row in rows if row[COL_SPLIT] == DEFAULT_SPLIT and row[COL_EPOCH] is not None
-               and row.get(CLF_ACC) == 1.0]
+    perfect = [
+        row[COL_EPOCH]
+        for row in rows
+        if row[COL_SPLIT] == DEFAULT_SPLIT and row[COL_EPOCH] is not None and row.get(CLF_ACC) == 1.0
+    ]
     return min(perfect) if perfect else None

@@ -71,11 +71,18 @@ def class_table(
 ) -> pa.Table:
     """One layer's per-class rows; ``named``: the run has class names (null where this file has none)."""
     ids = columns[schema.COL_CLASS]
-    values = {schema.COL_FILE: file, schema.COL_LAYER: layer, schema.COL_CLASS_NAME: _names(class_names, ids), **columns}
+    values = {
+        schema.COL_FILE: file,
+        schema.COL_LAYER: layer,
+        schema.COL_CLASS_NAME: _names(class_names, ids),
+        **columns,
+    }
     return pa.Table.from_batches([_batch(class_columns(named), values, len(ids))])
 
 
-def pair_batch(file: str, layer: str, tile: PairTile, class_names: tuple[str, ...] | None, named: bool) -> pa.RecordBatch:
+def pair_batch(
+    file: str, layer: str, tile: PairTile, class_names: tuple[str, ...] | None, named: bool
+) -> pa.RecordBatch:
     """One tile's per-pair rows as an Arrow record batch."""
     values = {
         schema.COL_FILE: file,
@@ -134,4 +141,8 @@ class PairOutput:
     top: int | None
 
     def layer(self, info, layer: str) -> LayerPairs | None:
-        return None if self.sink is None else LayerPairs(self.sink, info.path, layer, info.class_names, self.named, self.top)
+        return (
+            None
+            if self.sink is None
+            else LayerPairs(self.sink, info.path, layer, info.class_names, self.named, self.top)
+        )

@@ -144,7 +144,9 @@ def exact_nc1_check(path: Path, out: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=None, help="Where the synthetic files go (default: a temp dir).")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="Where the synthetic files go (default: a temp dir)."
+    )
     parser.add_argument("--keep", action="store_true", help="Keep the synthetic files.")
     parser.add_argument("--repeats", type=int, default=2, help="Runs per measurement (best wall time).")
     args = parser.parse_args()
@@ -178,17 +180,23 @@ def main() -> None:
     small_rss = best_of(analyze(one, out), 1)[1]
     measure(plain_read(big))
     big_wall, big_rss = best_of(analyze(big, out), 1)
-    print(f"  N=50 000: {small_rss:.0f} MiB   N=500 000: {big_rss:.0f} MiB ({big_wall:.1f} s)   ratio {big_rss / small_rss:.2f} (target ≤ 1.2)")
+    print(
+        f"  N=50 000: {small_rss:.0f} MiB   N=500 000: {big_rss:.0f} MiB ({big_wall:.1f} s)   ratio {big_rss / small_rss:.2f} (target ≤ 1.2)"
+    )
 
     print("\nd=60 000, K=10, N=2 000 (Σ_W alone would be 28.8 GB in float64):")
     wide_wall, wide_rss = best_of(analyze(wide, out), 1)
     gap = exact_nc1_check(wide, out)
-    print(f"  nccli analyze {wide_wall:.1f} s, {wide_rss:.0f} MiB (target < 2048), nc1 relative gap to closed form {gap:.1e}")
+    print(
+        f"  nccli analyze {wide_wall:.1f} s, {wide_rss:.0f} MiB (target < 2048), nc1 relative gap to closed form {gap:.1e}"
+    )
 
     print("\nstart-up:")
     help_wall = min(measure([*NCCLI, "--help"])[0] for _ in range(3))
     probe = "import runpy,sys; sys.argv=['nccli','analyze',sys.argv[1],'--out',sys.argv[2],'--device','auto']\n"
-    probe += "try: runpy.run_module('nccli', run_name='__main__')\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
+    probe += (
+        "try: runpy.run_module('nccli', run_name='__main__')\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
+    )
     imported = subprocess.run([PYTHON, "-c", probe, str(one), str(out)], capture_output=True, text=True).stdout.strip()
     print(f"  nccli --help: {help_wall:.2f} s; analyze --device auto imported torch: {imported.splitlines()[-1]}")
 

@@ -149,7 +149,9 @@ def side_by_side(
     line = f"  {label:<28} nccli {ours_wall:8.1f} s {ours_rss:7.0f} MiB"
     if python is not None and run_reference:
         wall, rss, values = reference_values(python, path, out.parent, repeats)
-        line += f" | library {wall:8.1f} s {rss:7.0f} MiB | ratio {ours_wall / wall:.3f}× time, {ours_rss / rss:.3f}× RSS"
+        line += (
+            f" | library {wall:8.1f} s {rss:7.0f} MiB | ratio {ours_wall / wall:.3f}× time, {ours_rss / rss:.3f}× RSS"
+        )
         if not passes:
             line += f"\n  {'':<28} relative gaps: {compare(nccli_values(out), values)}"
     elif python is not None:
@@ -159,12 +161,18 @@ def side_by_side(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=None, help="Where the synthetic files go (default: a temp dir).")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="Where the synthetic files go (default: a temp dir)."
+    )
     parser.add_argument("--keep", action="store_true", help="Keep the synthetic files.")
-    parser.add_argument("--reference-python", default=None, help="An interpreter that imports neural_collapse (the library).")
+    parser.add_argument(
+        "--reference-python", default=None, help="An interpreter that imports neural_collapse (the library)."
+    )
     parser.add_argument("--reference-max-k", type=int, default=10_000, help="Largest K to run the library at.")
     parser.add_argument("--cases", default="scaling,k100,big", help="Comma-separated: scaling, k100, big.")
-    parser.add_argument("--scaling-ks", default=",".join(map(str, SCALING_KS)), help="The K values of the scaling table.")
+    parser.add_argument(
+        "--scaling-ks", default=",".join(map(str, SCALING_KS)), help="The K values of the scaling table."
+    )
     parser.add_argument("--passes-only", action="store_true", help="Time nccli's two passes without the summaries.")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="nccli-many-"))

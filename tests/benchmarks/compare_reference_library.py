@@ -61,9 +61,17 @@ def nccli_side(features, labels, weight, ood, folder) -> dict:
 
     from nccli.analyze import AnalyzeConfig, analyze_features
 
-    path = write_feature_file(os.path.join(folder, "run.h5"), labels, {"feat": features}, weight=weight,
-                              bias=np.zeros(len(weight)), classifier_layer="feat")
-    ood_path = write_feature_file(os.path.join(folder, "ood.h5"), np.zeros(len(ood), dtype=int), {"feat": ood}, num_classes=1)
+    path = write_feature_file(
+        os.path.join(folder, "run.h5"),
+        labels,
+        {"feat": features},
+        weight=weight,
+        bias=np.zeros(len(weight)),
+        classifier_layer="feat",
+    )
+    ood_path = write_feature_file(
+        os.path.join(folder, "ood.h5"), np.zeros(len(ood), dtype=int), {"feat": ood}, num_classes=1
+    )
     import warnings
 
     with warnings.catch_warnings():
@@ -136,22 +144,78 @@ def rows(ours: dict, theirs: dict, k: int):
     yield "nc1", ours["nc1"], "covariance_ratio(pinv)", theirs["nc1"], theirs["nc1"]
     yield "nc1_tilde", ours["nc1_tilde"], "covariance_ratio(quotient)", theirs["nc1_tilde"], theirs["nc1_tilde"]
     yield "cdnv", ours["cdnv"], "variability_cdnv", theirs["cdnv"], theirs["cdnv"]
-    yield "nc2_equinorm", ours["nc2_equinorm"], "mean_norms std/mean (ddof 1)", theirs["nc2_equinorm"], theirs["nc2_equinorm"] * ddof_std
-    yield "nc2_tirer", ours["nc2_tirer"], "simplex_etf_error → e√(1−e²/4)", theirs["simplex_etf_error"], tirer(theirs["simplex_etf_error"])
-    yield "gnc2_dist_var", ours["gnc2_dist_var"], "kernel_stats(dist_kernel) var", theirs["gnc2_dist_var"], theirs["gnc2_dist_var"]
-    yield "gnc2_log_var", ours["gnc2_log_var"], "kernel_stats(log_kernel) var", theirs["gnc2_log_var"], theirs["gnc2_log_var"]
-    yield "w_equinorm", ours["w_equinorm"], "mean_norms(W) std/mean (ddof 1)", theirs["w_equinorm"], theirs["w_equinorm"] * ddof_std
+    yield (
+        "nc2_equinorm",
+        ours["nc2_equinorm"],
+        "mean_norms std/mean (ddof 1)",
+        theirs["nc2_equinorm"],
+        theirs["nc2_equinorm"] * ddof_std,
+    )
+    yield (
+        "nc2_tirer",
+        ours["nc2_tirer"],
+        "simplex_etf_error → e√(1−e²/4)",
+        theirs["simplex_etf_error"],
+        tirer(theirs["simplex_etf_error"]),
+    )
+    yield (
+        "gnc2_dist_var",
+        ours["gnc2_dist_var"],
+        "kernel_stats(dist_kernel) var",
+        theirs["gnc2_dist_var"],
+        theirs["gnc2_dist_var"],
+    )
+    yield (
+        "gnc2_log_var",
+        ours["gnc2_log_var"],
+        "kernel_stats(log_kernel) var",
+        theirs["gnc2_log_var"],
+        theirs["gnc2_log_var"],
+    )
+    yield (
+        "w_equinorm",
+        ours["w_equinorm"],
+        "mean_norms(W) std/mean (ddof 1)",
+        theirs["w_equinorm"],
+        theirs["w_equinorm"] * ddof_std,
+    )
     yield "nc3_etf", ours["nc3_etf"], "self_duality_error", theirs["self_duality_error"], theirs["self_duality_error"]
-    yield "nc3_tirer", ours["nc3_tirer"], "self_duality_error → e√(1−e²/4)", theirs["self_duality_error"], tirer(theirs["self_duality_error"])
-    yield "nc3_uniform_duality", ours["nc3_uniform_duality"], "similarities(cos).var() (ddof 1)", theirs["nc3_uniform_duality"], theirs["nc3_uniform_duality"] * ddof_var
-    yield "1 − nc4_ncc_mismatch", 1 - ours["nc4_ncc_mismatch"], "clf_ncc_agreement (no bias)", theirs["clf_ncc_agreement"], theirs["clf_ncc_agreement"]
-    yield "nc5_ood_orthogonality", ours["nc5_ood_orthogonality"], "orthogonality_deviation", theirs["nc5_ood_orthogonality"], theirs["nc5_ood_orthogonality"]
+    yield (
+        "nc3_tirer",
+        ours["nc3_tirer"],
+        "self_duality_error → e√(1−e²/4)",
+        theirs["self_duality_error"],
+        tirer(theirs["self_duality_error"]),
+    )
+    yield (
+        "nc3_uniform_duality",
+        ours["nc3_uniform_duality"],
+        "similarities(cos).var() (ddof 1)",
+        theirs["nc3_uniform_duality"],
+        theirs["nc3_uniform_duality"] * ddof_var,
+    )
+    yield (
+        "1 − nc4_ncc_mismatch",
+        1 - ours["nc4_ncc_mismatch"],
+        "clf_ncc_agreement (no bias)",
+        theirs["clf_ncc_agreement"],
+        theirs["clf_ncc_agreement"],
+    )
+    yield (
+        "nc5_ood_orthogonality",
+        ours["nc5_ood_orthogonality"],
+        "orthogonality_deviation",
+        theirs["nc5_ood_orthogonality"],
+        theirs["nc5_ood_orthogonality"],
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("library", help="Checkout of rhubarbwu/neural-collapse (the folder holding neural_collapse/).")
-    parser.add_argument("--python", default=sys.executable, help="Interpreter with the library's requirements (torch, scipy).")
+    parser.add_argument(
+        "--python", default=sys.executable, help="Interpreter with the library's requirements (torch, scipy)."
+    )
     parser.add_argument("--library-side", metavar="ARRAYS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.library_side:
@@ -168,8 +232,12 @@ def main() -> None:
             ours = nccli_side(features, labels, weight, ood, folder)
             arrays = os.path.join(folder, "arrays.npz")
             np.savez(arrays, features=features, labels=labels, weight=weight, ood=ood)
-            done = subprocess.run([args.python, __file__, args.library, "--library-side", arrays],
-                                  capture_output=True, text=True, check=True)
+            done = subprocess.run(
+                [args.python, __file__, args.library, "--library-side", arrays],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             theirs = json.loads(done.stdout.strip().splitlines()[-1])
         for column, mine, function, raw, converted in rows(ours, theirs, len(weight)):
             diff = abs(mine - converted) / max(abs(mine), abs(converted), 1e-300)

@@ -129,7 +129,10 @@ def main() -> int:
                 seconds = time.perf_counter() - started
                 error, layer = worst_relative_error(layers_of(out), want)
                 passed = error <= TOLERANCE[precision]
-                return passed, f"worst relative error {error:.2e} ('{layer}', tolerance {TOLERANCE[precision]:g}); {n / seconds:.0f} images/s end to end"
+                return (
+                    passed,
+                    f"worst relative error {error:.2e} ('{layer}', tolerance {TOLERANCE[precision]:g}); {n / seconds:.0f} images/s end to end",
+                )
 
             return check
 
@@ -141,7 +144,10 @@ def main() -> int:
             nccli("analyze", reference, "--device", "cpu", "--out", on_cpu, "--mse")
             nccli("analyze", reference, "--device", "cuda", "--out", on_cuda, "--mse")
             difference = worst_metric_difference(metrics_of(on_cuda), metrics_of(on_cpu))
-            return difference <= ANALYZE_RTOL, f"worst relative difference {difference:.1e} (tolerance {ANALYZE_RTOL:g})"
+            return (
+                difference <= ANALYZE_RTOL,
+                f"worst relative difference {difference:.1e} (tolerance {ANALYZE_RTOL:g})",
+            )
 
         checks.run("analyze-cuda", analyze_check)
 
@@ -151,14 +157,22 @@ def main() -> int:
             with h5py.File(reference, "r") as handle:
                 labels = torch.from_numpy(handle["labels"][()]).cuda()
                 layers = {name: torch.from_numpy(handle["layers"][name][()]).cuda() for name in handle["layers"]}
-                classifier = tuple(torch.from_numpy(handle[path][()]).cuda() for path in ("classifier/weight", "classifier/bias"))
+                classifier = tuple(
+                    torch.from_numpy(handle[path][()]).cuda() for path in ("classifier/weight", "classifier/bias")
+                )
                 classifier_layer = handle["classifier"].attrs["layer"]
-            batches = [({name: rows[i : i + 500] for name, rows in layers.items()}, labels[i : i + 500]) for i in range(0, n, 500)]
+            batches = [
+                ({name: rows[i : i + 500] for name, rows in layers.items()}, labels[i : i + 500])
+                for i in range(0, n, 500)
+            ]
             rows = measure_collapse(batches, num_classes=10, classifier=classifier, classifier_layer=classifier_layer)
             on_cpu = work / "cpu-plain.parquet"
             nccli("analyze", reference, "--device", "cpu", "--out", on_cpu)
             difference = worst_metric_difference({row["layer"]: row for row in rows}, metrics_of(on_cpu))
-            return difference <= ANALYZE_RTOL, f"tensors on {labels.device}; worst relative difference {difference:.1e} (tolerance {ANALYZE_RTOL:g})"
+            return (
+                difference <= ANALYZE_RTOL,
+                f"tensors on {labels.device}; worst relative difference {difference:.1e} (tolerance {ANALYZE_RTOL:g})",
+            )
 
         checks.run("measure-cuda", measure_check)
 
@@ -167,7 +181,9 @@ def main() -> int:
             nccli("extract", *common, "--device", "cuda", "--out", index, torchrun=gpus)
             single = work / "cuda-fp32.h5"
             error, layer = worst_relative_error(layers_of(index), layers_of(single))
-            return error <= TOLERANCE["fp32"], f"{gpus} process(es), NCCL; worst relative error vs one process {error:.2e} ('{layer}')"
+            return error <= TOLERANCE[
+                "fp32"
+            ], f"{gpus} process(es), NCCL; worst relative error vs one process {error:.2e} ('{layer}')"
 
         checks.run("torchrun-extract", torchrun_extract_check)
 
@@ -183,9 +199,28 @@ def main() -> int:
         def bench_extract_check():
             images = 2048 if options.quick else 10240
             done = subprocess.run(
-                [sys.executable, str(ROOT / "tests/benchmarks/bench_extract.py"), "--model", "resnet50", "--sizes", "224",
-                 "--n", str(images), "--batch-size", "256", "--precision", "bf16", "--device", "cuda", "--workers", "8"],
-                capture_output=True, text=True, timeout=600, check=True,
+                [
+                    sys.executable,
+                    str(ROOT / "tests/benchmarks/bench_extract.py"),
+                    "--model",
+                    "resnet50",
+                    "--sizes",
+                    "224",
+                    "--n",
+                    str(images),
+                    "--batch-size",
+                    "256",
+                    "--precision",
+                    "bf16",
+                    "--device",
+                    "cuda",
+                    "--workers",
+                    "8",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=True,
             )
             header, row = [line for line in done.stdout.splitlines() if line.strip() and not line.startswith("#")][-2:]
             return True, f"{' '.join(header.split())} = {' '.join(row.split())}"
@@ -212,7 +247,10 @@ def main() -> int:
             started = time.perf_counter()
             nccli("analyze", path, "--device", "cuda", "--out", work / "big.parquet")
             analyzed = time.perf_counter() - started
-            return True, f"{rows / analyzed:,.0f} rows/s analyze (two passes) vs {rows / read:,.0f} rows/s raw read; ratio {read * 2 / analyzed:.2f} of two reads"
+            return (
+                True,
+                f"{rows / analyzed:,.0f} rows/s analyze (two passes) vs {rows / read:,.0f} rows/s raw read; ratio {read * 2 / analyzed:.2f} of two reads",
+            )
 
         checks.run("bench-analyze", bench_analyze_check)
     print(f"{checks.failures} failed")

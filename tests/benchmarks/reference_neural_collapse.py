@@ -45,7 +45,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path")
     parser.add_argument("values", help="Where the JSON values go.")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="The library's accumulator dtype (its default: float32).")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="The library's accumulator dtype (its default: float32).",
+    )
     parser.add_argument("--batch", type=int, default=1024, help="Rows per accumulate call.")
     parser.add_argument("--tile", type=int, default=1024, help="tile_size of its K × K kernels.")
     args = parser.parse_args()

@@ -49,9 +49,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from h5files import write_feature_file
+from h5files import write_feature_file  # noqa: E402 (tests/ is put on sys.path first)
 
-from nccli import schema
+from nccli import schema  # noqa: E402
 
 FILE_SECONDS = 120.0  # per file: a valid small file takes well under a second; a probe gives up after 60 s
 ADDRESS_SPACE = 3 * 2**30  # bytes of virtual memory a worker may map
