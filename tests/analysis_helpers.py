@@ -90,6 +90,16 @@ def assert_matches_reference(result, reference, rtol=1e-9, atol=1e-12, with_mse=
 
 
 ABSENT, NEVER_WINS = 3, 6
+# What is computed from the logits: over every output of the classifier, present class or not (metrics.md).
+LOGIT_COLUMNS = (
+    "clf_accuracy",
+    "nc4_ncc_mismatch",
+    "margin_min",
+    "margin_mean",
+    "margin_normalized",
+    "ce_loss",
+    "ce_excess",
+)
 
 
 def absent_winner(seed: int = 0, n: int = 291, k: int = 8, d: int = 6):

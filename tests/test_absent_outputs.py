@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from analysis_helpers import (
     ABSENT,
+    LOGIT_COLUMNS,
     NEVER_WINS,
     absent_winner,
     analyze_arrays,
@@ -24,16 +25,6 @@ from reference import reference_metrics
 from nccli import measure_collapse
 from nccli.metrics.backend import TorchBackend
 from nccli.metrics.numpy_backend import NumpyBackend
-
-LOGIT_COLUMNS = (
-    "clf_accuracy",
-    "nc4_ncc_mismatch",
-    "margin_min",
-    "margin_mean",
-    "margin_normalized",
-    "ce_loss",
-    "ce_excess",
-)
 
 
 def test_the_data_has_an_absent_class_that_wins_rows():

@@ -16,6 +16,8 @@ from nccli import schema
 from nccli.cli import app
 from nccli.demo import DemoConfig, penultimate_rows, run_demo
 
+pytestmark = pytest.mark.slow  # processes, torchrun jobs, kills and whole pipelines: the CI tier
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):

@@ -29,6 +29,8 @@ from nccli.errors import DistributedError, UsageError
 from nccli.extract.distributed import ADVICE
 from nccli.io import shards
 
+pytestmark = pytest.mark.slow  # processes, torchrun jobs, kills and whole pipelines: the CI tier
+
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 ROWS, BATCH, RESUMED_ROWS = 301, 50, 50  # RESUMED_ROWS: a whole batch, so the resumed batches stay aligned
 ARGS = (

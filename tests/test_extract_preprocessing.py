@@ -240,12 +240,17 @@ def test_a_resumed_run_records_the_accuracy_of_all_its_rows(setup, tmp_path, mon
     assert _accuracy_line(result, out).endswith(f"on these {ROWS} samples: {_numpy_accuracy(out):.4f}")
 
 
-def test_unreadable_samples_left_out_are_left_out_of_the_accuracy(setup, tmp_path):
-    _, images, _ = setup
-    folder = tmp_path / "folder"
-    for index in range(6):
+def _two_class_folder(images, folder, count: int):
+    """An ImageFolder of the first ``count`` images, alternately in class0 and class1."""
+    for index in range(count):
         (folder / f"class{index % 2}").mkdir(parents=True, exist_ok=True)
         Image.fromarray(images[index]).save(folder / f"class{index % 2}" / f"{index}.png")
+    return folder
+
+
+def test_unreadable_samples_left_out_are_left_out_of_the_accuracy(setup, tmp_path):
+    _, images, _ = setup
+    folder = _two_class_folder(images, tmp_path / "folder", 6)
     (folder / "class0" / "2.png").write_bytes(b"not an image")
     torch.save(tiny_cnn(num_classes=2).state_dict(), tmp_path / "two.pt")
     out = tmp_path / "f.h5"
@@ -261,10 +266,7 @@ def test_unreadable_samples_left_out_are_left_out_of_the_accuracy(setup, tmp_pat
 
 def test_a_file_without_logits_has_no_accuracy_and_prints_none(setup, tmp_path):
     directory, images, _ = setup
-    folder = tmp_path / "folder"
-    for index in range(4):
-        (folder / f"class{index % 2}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(images[index]).save(folder / f"class{index % 2}" / f"{index}.png")
+    folder = _two_class_folder(images, tmp_path / "folder", 4)
     out = tmp_path / "f.h5"
     result = invoke("extract", directory / "model.pt", folder, *ARCH, *IMAGENET, "--out", out, "--workers", 0)
     assert result.exit_code == 0, result.stderr  # 10 outputs for 2 classes: no /logits

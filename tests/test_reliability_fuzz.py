@@ -21,6 +21,8 @@ from test_reliability_kill import load_benchmark
 from nccli.errors import FeatureFileError
 from nccli.io import reader, sources
 
+pytestmark = pytest.mark.slow  # processes, torchrun jobs, kills and whole pipelines: the CI tier
+
 fuzz = load_benchmark("reliability_fuzz")
 BASE = {
     "seed": 1,

@@ -16,6 +16,8 @@ from cli_helpers import invoke
 
 from nccli.io import writer
 
+pytestmark = pytest.mark.slow  # processes, torchrun jobs, kills and whole pipelines: the CI tier
+
 BENCHMARKS = Path(__file__).parent / "benchmarks"
 
 

@@ -6,11 +6,14 @@ import os
 import random
 
 import pyarrow.parquet as pq
+import pytest
 from cli_helpers import assert_user_error, invoke
 from test_analyze_cli import good_file
 from test_reliability_kill import load_benchmark
 
 from nccli.io.lock import OutputLock, lock_path
+
+pytestmark = pytest.mark.slow  # processes, torchrun jobs, kills and whole pipelines: the CI tier
 
 
 def test_killed_while_writing_the_report_leaves_the_earlier_or_the_new_one_whole(tmp_path):
