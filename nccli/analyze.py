@@ -32,7 +32,7 @@ from nccli.metrics import formulas
 from nccli.metrics.backend import Backend, select_backend
 from nccli.metrics.classifier import imbalanced
 from nccli.metrics.geometry import build_geometry
-from nccli.metrics.layer import ClassMeans, summarize_layer
+from nccli.metrics.layer import summarize_layer
 from nccli.metrics.mse import MSE_MAX_DIM, mse_decomposition
 from nccli.metrics.spectra import snr_columns
 from nccli.ood import check_ood, ood_columns, ood_means
@@ -41,6 +41,7 @@ from nccli.progress import progress_bar
 from nccli.references import pair_references, read_reference_means, reference_layers
 from nccli.report.tables import PairOutput, PairSink, check_pairs_size, class_table
 from nccli.scan import Scanner
+from nccli.types import ClassMeans
 
 
 @dataclass
@@ -211,8 +212,8 @@ def _analyze_layers(
         built = {}
         for layer in layers:
             host = moments[layer.name]
-            spectra[layer.name] = formulas.between_class_spectrum(ClassMeans.of(host).centred)
-            ncc_reference = reference_means[layer.name] if reference_means else ClassMeans.of(host)
+            spectra[layer.name] = formulas.between_class_spectrum(host.class_means().centred)
+            ncc_reference = reference_means[layer.name] if reference_means else host.class_means()
             classifier = feature_file.classifier if layer.name == classifier_layer else None
             built[layer.name] = build_geometry(xp, host, spectra[layer.name], ncc_reference, classifier)
         return built
@@ -248,7 +249,7 @@ def _analyze_layers(
             metrics.summary = metrics.summary.with_opt_in(snr_columns(moments[layer.name], decisions[layer.name], warn))
         if ood is not None:
             metrics.summary = metrics.summary.with_opt_in(
-                ood_columns(ClassMeans.of(moments[layer.name]), ood[layer.name])
+                ood_columns(moments[layer.name].class_means(), ood[layer.name])
             )
         keys = {schema.COL_FILE: info.path, schema.COL_LAYER: layer.name}
         file_rows.append(

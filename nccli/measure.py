@@ -24,9 +24,9 @@ from nccli.errors import DataError, UsageError
 from nccli.io.memory import BatchRows
 from nccli.io.reader import open_feature_file
 from nccli.metrics.accumulators import Moved
-from nccli.metrics.layer import ClassMeans
 from nccli.references import check_reference
 from nccli.scan import Scanner
+from nccli.types import ClassMeans
 
 
 def measure_collapse(
@@ -90,4 +90,4 @@ def _reference_means(scanner: Scanner, path: str, rows: BatchRows) -> dict[str, 
         check_reference(reference.info, rows.info, rows.info.layers)
         layers = tuple(reference.info.layer(layer.name) for layer in rows.info.layers)
         moments = scanner.moments(reference, layers)
-    return {name: ClassMeans.of(state) for name, state in moments.items()}
+    return {name: state.class_means() for name, state in moments.items()}

@@ -11,8 +11,8 @@ import numpy as np
 from nccli import schema
 from nccli.errors import UsageError
 from nccli.io.reader import FeatureFileInfo, LayerInfo, open_feature_file
-from nccli.metrics.layer import ClassMeans
 from nccli.scan import Scanner
+from nccli.types import ClassMeans
 
 
 def check_ood(ood: FeatureFileInfo, infos: list[FeatureFileInfo], selections) -> tuple[LayerInfo, ...]:

@@ -17,8 +17,8 @@ from nccli import schema
 from nccli.errors import FeatureFileError, UsageError
 from nccli.globs import expand_globs, glob_files, is_glob
 from nccli.io.reader import FeatureFileInfo, LayerInfo, open_feature_file, read_info
-from nccli.metrics.layer import ClassMeans
 from nccli.scan import Scanner
+from nccli.types import ClassMeans
 
 FEATURE_FILE_GLOB = "*.h5"
 
@@ -155,5 +155,5 @@ def read_reference_means(
         for layers in groups:
             moments = scanner.moments(feature_file, layers)
             if scanner.main:  # elsewhere rank 0 holds the merged states
-                means.update((name, ClassMeans.of(state)) for name, state in moments.items())
+                means.update((name, state.class_means()) for name, state in moments.items())
     return means

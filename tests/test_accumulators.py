@@ -12,7 +12,7 @@ from nccli.metrics import accumulators, formulas
 from nccli.metrics.accumulators import ClassMoments, Decisions, moved_class
 from nccli.metrics.backend import NumpyBackend, TorchBackend, select_backend
 from nccli.metrics.geometry import build_geometry
-from nccli.metrics.layer import Classifier, ClassMeans
+from nccli.types import Classifier
 
 NUM_CLASSES, DIM = 4, 5
 
@@ -59,9 +59,9 @@ def test_pass_two_states_merge_exactly(seed, cut):
     xp = NumpyBackend()
     features, labels = data(seed)
     moments = one_pass(xp, features, labels).host()
-    spectrum = formulas.between_class_spectrum(ClassMeans.of(moments).centred)
+    spectrum = formulas.between_class_spectrum(moments.class_means().centred)
     classifier = Classifier(np.random.default_rng(seed).normal(size=(NUM_CLASSES, DIM)), np.zeros(NUM_CLASSES))
-    geometry = build_geometry(xp, moments, spectrum, ClassMeans.of(moments), classifier)
+    geometry = build_geometry(xp, moments, spectrum, moments.class_means(), classifier)
     whole = Decisions.of_block(xp, geometry, features, labels, NUM_CLASSES, with_matrix=True)
     halves = Decisions.of_block(xp, geometry, features[:cut], labels[:cut], NUM_CLASSES, with_matrix=True).merge(
         Decisions.of_block(xp, geometry, features[cut:], labels[cut:], NUM_CLASSES, with_matrix=True)
@@ -91,8 +91,8 @@ def spread_out(block: Decisions) -> np.ndarray:
 
 def pass_two(xp, moments: ClassMoments, features, labels, cuts=()):
     """Pass 2 over ``features`` in blocks cut at ``cuts``, with pass 1's ``moments``: (state, centres, origin)."""
-    spectrum = formulas.between_class_spectrum(ClassMeans.of(moments).centred)
-    geometry = build_geometry(xp, moments, spectrum, ClassMeans.of(moments), None)
+    spectrum = formulas.between_class_spectrum(moments.class_means().centred)
+    geometry = build_geometry(xp, moments, spectrum, moments.class_means(), None)
     state = Decisions.empty(xp, NUM_CLASSES, spectrum.rank, dim=DIM)
     bounds = [0, *sorted(cuts), len(labels)]
     for a, b in itertools.pairwise(bounds):
@@ -144,11 +144,11 @@ def test_torch_backend_equals_numpy():
     torch_state = one_pass(TorchBackend("cpu"), features, labels)
     assert_moments_equal(torch_state, one_pass(NumpyBackend(), features, labels), rtol=1e-12)
     moments = torch_state.host()
-    spectrum = formulas.between_class_spectrum(ClassMeans.of(moments).centred)
+    spectrum = formulas.between_class_spectrum(moments.class_means().centred)
     classifier = Classifier(np.random.default_rng(1).normal(size=(NUM_CLASSES, DIM)), np.ones(NUM_CLASSES))
     results = []
     for xp in (NumpyBackend(), TorchBackend("cpu")):
-        geometry = build_geometry(xp, moments, spectrum, ClassMeans.of(moments), classifier)
+        geometry = build_geometry(xp, moments, spectrum, moments.class_means(), classifier)
         state = Decisions.empty(xp, NUM_CLASSES, spectrum.rank)
         state.update(geometry, xp.features(features), xp.labels(labels))
         results.append(state.host())
@@ -177,16 +177,16 @@ def test_states_of_a_torch_run_merge_on_the_host_with_numpy_states():
     assert_moments_equal(numpy_part.merge(torch_part), one_pass(NumpyBackend(), features, labels))
 
     moments = one_pass(NumpyBackend(), features, labels)
-    spectrum = formulas.between_class_spectrum(ClassMeans.of(moments).centred)
+    spectrum = formulas.between_class_spectrum(moments.class_means().centred)
     classifier = Classifier(np.random.default_rng(2).normal(size=(NUM_CLASSES, DIM)), np.zeros(NUM_CLASSES))
     halves = []
     for xp, rows in ((TorchBackend("cpu"), slice(0, 50)), (NumpyBackend(), slice(50, None))):
-        geometry = build_geometry(xp, moments, spectrum, ClassMeans.of(moments), classifier)
+        geometry = build_geometry(xp, moments, spectrum, moments.class_means(), classifier)
         state = Decisions.empty(xp, NUM_CLASSES, spectrum.rank)
         state.update(geometry, xp.features(features[rows]), xp.labels(labels[rows]))
         halves.append(state.host())
     merged = halves[0].merge(halves[1])
-    geometry = build_geometry(NumpyBackend(), moments, spectrum, ClassMeans.of(moments), classifier)
+    geometry = build_geometry(NumpyBackend(), moments, spectrum, moments.class_means(), classifier)
     whole = Decisions.of_block(NumpyBackend(), geometry, features, labels, NUM_CLASSES)
     np.testing.assert_allclose(merged.projected_sq, whole.projected_sq, rtol=1e-12)
     np.testing.assert_array_equal(merged.ncc_correct, whole.ncc_correct)

@@ -12,7 +12,7 @@ from nccli.metrics import formulas, logits
 from nccli.metrics.accumulators import ClassMoments
 from nccli.metrics.backend import NumpyBackend, TorchBackend
 from nccli.metrics.geometry import build_geometry
-from nccli.metrics.layer import Classifier, ClassMeans
+from nccli.types import Classifier
 
 
 def oracle(features, labels, weight, bias) -> dict[str, np.ndarray]:
@@ -34,7 +34,7 @@ def geometry_of(xp, features, labels, weight, bias, tile_classes):
     moments = ClassMoments.empty(xp, k, d)
     moments.update(xp.features(features), xp.labels(labels))
     moments = moments.host()
-    means = ClassMeans.of(moments)
+    means = moments.class_means()
     spectrum = formulas.between_class_spectrum(means.centred)
     return build_geometry(xp, moments, spectrum, means, Classifier(weight, bias), tile_classes)
 

@@ -19,8 +19,9 @@ from nccli.metrics import tiles
 from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import select_backend
 from nccli.metrics.formulas import Spectrum, between_class_spectrum
-from nccli.metrics.geometry import build_geometry
-from nccli.metrics.layer import Classifier, ClassMeans, summarize_layer
+from nccli.metrics.geometry import build_geometry, ties_exact
+from nccli.metrics.layer import summarize_layer
+from nccli.types import Classifier, ClassMeans
 
 XP = select_backend("cpu")
 RTOL, ATOL = 1e-12, 1e-15
@@ -38,9 +39,9 @@ def states_of(features, labels, num_classes) -> States:
     features, labels = XP.features(np.asarray(features)), XP.labels(np.asarray(labels))
     moments = ClassMoments.empty(XP, num_classes, features.shape[1])
     moments.update(features, labels)
-    spectrum = between_class_spectrum(ClassMeans.of(moments).centred)
+    spectrum = between_class_spectrum(moments.class_means().centred)
     decisions = Decisions.empty(XP, num_classes, spectrum.rank)
-    decisions.update(build_geometry(XP, moments, spectrum, ClassMeans.of(moments), None), features, labels)
+    decisions.update(build_geometry(XP, moments, spectrum, moments.class_means(), None), features, labels)
     return States(moments, spectrum, decisions)
 
 
@@ -207,11 +208,11 @@ def test_ncc_ties_without_a_k_by_k_matrix(monkeypatch, budget):
     means[20:26] = means[19]  # a run of equal means: many candidates in one window
     means[31] = means[32] * (1 + 1e-15)  # the lower id second
     ids = np.arange(40) * 3
-    tied = ClassMeans(ids, means).with_ties_exact()
+    tied = ties_exact(ClassMeans(ids, means))
     np.testing.assert_array_equal(tied.means, dense_ties(means))
     np.testing.assert_array_equal(tied.ids, ids)
     zeros = np.zeros((5, 3))  # tolerance 0: exactly equal means only
-    np.testing.assert_array_equal(ClassMeans(ids[:5], zeros).with_ties_exact().means, dense_ties(zeros))
+    np.testing.assert_array_equal(ties_exact(ClassMeans(ids[:5], zeros)).means, dense_ties(zeros))
 
 
 def test_tiled_etf_distance_takes_both_branches_exactly():

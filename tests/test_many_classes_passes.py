@@ -16,9 +16,9 @@ from nccli.io.reader import FeatureFile, read_info
 from nccli.metrics import formulas
 from nccli.metrics.accumulators import ClassMoments, Decisions
 from nccli.metrics.backend import NumpyBackend, TorchBackend
-from nccli.metrics.geometry import build_geometry, distinct_rows
-from nccli.metrics.layer import Classifier, ClassMeans
+from nccli.metrics.geometry import build_geometry, distinct_rows, ties_exact
 from nccli.metrics.numpy_backend import LONG_RUN
+from nccli.types import Classifier, ClassMeans
 
 
 def backends():
@@ -72,8 +72,8 @@ def test_class_moments_equal_the_oracle_whatever_the_labels(case, order, block):
         for start in range(0, len(labels), block):
             moments.update(xp.features(features[start : start + block]), xp.labels(labels[start : start + block]))
         moments = moments.host()
-        spectrum = formulas.between_class_spectrum(ClassMeans.of(moments).centred)
-        geometry = build_geometry(xp, moments, spectrum, ClassMeans.of(moments), None)
+        spectrum = formulas.between_class_spectrum(moments.class_means().centred)
+        geometry = build_geometry(xp, moments, spectrum, moments.class_means(), None)
         centred = Decisions.empty(xp, num_classes, spectrum.rank, within_dim=6)
         for start in range(0, len(labels), block):
             centred.update(
@@ -120,8 +120,8 @@ def decisions(xp, features, labels, classifier, tile_classes, block=64):
     moments = ClassMoments.empty(xp, k, features.shape[1])
     moments.update(xp.features(features), xp.labels(labels))
     moments = moments.host()
-    spectrum = formulas.between_class_spectrum(ClassMeans.of(moments).centred)
-    geometry = build_geometry(xp, moments, spectrum, ClassMeans.of(moments), classifier, tile_classes)
+    spectrum = formulas.between_class_spectrum(moments.class_means().centred)
+    geometry = build_geometry(xp, moments, spectrum, moments.class_means(), classifier, tile_classes)
     state = Decisions.empty(xp, k, spectrum.rank)
     for start in range(0, len(labels), block):
         state.update(geometry, xp.features(features[start : start + block]), xp.labels(labels[start : start + block]))
@@ -130,7 +130,7 @@ def decisions(xp, features, labels, classifier, tile_classes, block=64):
 
 def oracle_decisions(features, labels, moments, classifier):
     """NCC and classifier decisions by explicit loops over classes (strict < and >: lowest id on ties)."""
-    means = ClassMeans.of(moments).with_ties_exact()
+    means = ties_exact(moments.class_means())
     ncc_right = clf_right = mismatch = 0
     margins = []
     for h, y in zip(features, labels):
@@ -183,7 +183,7 @@ def test_near_ties_below_float32_resolution_are_decided_in_float64():
             moments = ClassMoments.empty(xp, k, d)
             moments.update(xp.features(features), xp.labels(labels))
             moments = moments.host()
-            spectrum = formulas.between_class_spectrum(ClassMeans.of(moments).centred)
+            spectrum = formulas.between_class_spectrum(moments.class_means().centred)
             geometry = build_geometry(xp, moments, spectrum, geometry_means, classifier, tile_classes)
             block = geometry.block(xp, xp.features(features))
             ncc = xp.host(geometry.nearest(xp, block))
@@ -208,7 +208,7 @@ def test_projections_equal_the_oracle_nc1():
     """Σ_j Σ_i (v_jᵀ(h_i − μ_{y_i}))² / s_j² / N against (1/K) tr(Σ_W Σ_B⁺) with full d × d matrices."""
     features, labels, classifier = pass_two_data()
     state, moments = decisions(NumpyBackend(), features, labels, classifier, tile_classes=3)
-    means = ClassMeans.of(moments)
+    means = moments.class_means()
     spectrum = formulas.between_class_spectrum(means.centred)
     residuals = features - moments.mean[labels]
     sigma_w = residuals.T @ residuals / len(labels)
@@ -315,7 +315,7 @@ def test_pass_two_losses_margins_and_distances_over_class_tiles_equal_the_oracle
     smallest bias-free margin, Σ‖h_i − μ_{y_i}‖ and Σ‖h_i − μ_G‖, by explicit loops in float64."""
     features, labels, classifier = pass_two_data()
     _, moments = decisions(NumpyBackend(), features, labels, classifier, tile_classes=None)
-    present = ClassMeans.of(moments)
+    present = moments.class_means()
     centre = present.means.mean(axis=0)
     ce = free_ce = own_distance = global_distance = 0.0
     free_margins = []

@@ -12,7 +12,7 @@ import numpy as np
 
 from nccli.errors import DataError, UsageError
 from nccli.io.validate import MAX_WIDTH
-from nccli.metrics.layer import Classifier
+from nccli.types import Classifier
 
 FLOAT_SIZES = (2, 4, 8)
 

@@ -40,7 +40,7 @@ from nccli.io.validate import (
     memory_budget,
     validate,
 )
-from nccli.metrics.layer import Classifier
+from nccli.types import Classifier
 
 BLOCK_BYTES = 16 * 2**20  # float64 bytes of one layer's block
 CHUNK_CACHE_BYTES_MAX = 256 * 2**20

@@ -30,7 +30,7 @@ from nccli.io.attributes import (
     text_attribute,
 )
 from nccli.io.sources import check_storage, follow
-from nccli.metrics.layer import Classifier
+from nccli.types import Classifier
 
 LABEL_BLOCK_ROWS = 2**20
 MAX_WIDTH = 2**24  # features per row: one float64 row is then at most 128 MiB

@@ -30,14 +30,12 @@ wherever each was computed.
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nccli.metrics.backend import Backend, backend_of
-
-if TYPE_CHECKING:  # geometry.py imports layer.py, which imports this module
-    from nccli.metrics.geometry import Geometry
+from nccli.metrics.geometry import Geometry
+from nccli.types import ClassMeans
 
 
 @dataclass
@@ -106,6 +104,11 @@ class ClassMoments:
         """The same state as numpy arrays."""
         return on_host(self)
 
+    def class_means(self) -> ClassMeans:
+        """The means of the present classes (count > 0) of this host state."""
+        ids = np.flatnonzero(self.count > 0)
+        return ClassMeans(ids, present_rows(self.mean, ids))
+
 
 @dataclass
 class Decisions:
@@ -160,7 +163,7 @@ class Decisions:
 
     @classmethod
     def of_block(
-        cls, xp: Backend, geometry: "Geometry", rows, labels, num_classes: int, with_matrix: bool = False
+        cls, xp: Backend, geometry: Geometry, rows, labels, num_classes: int, with_matrix: bool = False
     ) -> "Decisions":
         block = geometry.block(xp, rows)
         residuals = block.centred - geometry.own_centres[geometry.column_of_class[labels]]
@@ -223,7 +226,7 @@ class Decisions:
         spread[self.residual_ids] = self.residual_sum
         return spread
 
-    def update(self, geometry: "Geometry", rows, labels) -> None:
+    def update(self, geometry: Geometry, rows, labels) -> None:
         """Fold one block of rows into this state, in place."""
         xp = backend_of(self.projected_sq)
         self.fold(Decisions.of_block(xp, geometry, rows, labels, self.ncc_correct.shape[0], self.within is not None))
@@ -324,6 +327,11 @@ def moved_class(state: "Decisions", centres: np.ndarray, origin: np.ndarray) -> 
     shift = moved[worst] / count[worst]
     own_spread = np.sqrt(max(scatter[worst] / count[worst] - shift**2, 0.0))
     return Moved(int(worst), float(shift), float(own_spread))
+
+
+def present_rows(array: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``array[ids]``, without an O(K·d) copy when every class is present (ids = 0..C−1)."""
+    return array if len(ids) == len(array) else array[ids]
 
 
 def on_host(state):

@@ -16,7 +16,7 @@ id (the rule of ``metrics.md``). The classifier's side (decisions, margins,
 cross-entropies) is :mod:`nccli.metrics.logits`.
 
 Exact ties come from classes with identical centres (coincident means made
-identical by ``ClassMeans.with_ties_exact``) or identical classifier rows
+identical by :func:`ties_exact`) or identical classifier rows
 (w_c, b_c). Only the first (lowest-id) class of a set of identical rows is a
 candidate, so they never depend on rounding either.
 """
@@ -27,8 +27,9 @@ import numpy as np
 
 from nccli.metrics import logits
 from nccli.metrics.backend import Backend
-from nccli.metrics.formulas import Spectrum
-from nccli.metrics.layer import Classifier, ClassMeans
+from nccli.metrics.formulas import COINCIDENCE_TOLERANCE, Spectrum
+from nccli.metrics.tiles import lowest_coincident
+from nccli.types import Classifier, ClassMeans
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,16 @@ def distinct_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, np.searchsorted(first, representative)
 
 
+def ties_exact(means: ClassMeans) -> ClassMeans:
+    """Coincident means replaced by the lowest id's, so NCC ties go to the lowest class id exactly.
+
+    Class c gets the mean of the lowest c' ≤ c within the coincidence distance
+    (:func:`tiles.lowest_coincident`: no K × K matrix).
+    """
+    representative = lowest_coincident(means.means, COINCIDENCE_TOLERANCE * means.scale)
+    return ClassMeans(means.ids, means.means[representative])
+
+
 def build_geometry(
     xp: Backend,
     moments,
@@ -216,15 +227,15 @@ def build_geometry(
 ) -> Geometry:
     """Move what pass 2 needs onto the backend's device, relative to this layer's μ_G.
 
-    NCC means go through ``with_ties_exact`` (coincident means become
+    NCC means go through :func:`ties_exact` (coincident means become
     identical), then only the first class of identical means or classifier
     rows stays a candidate.
     """
-    present = ClassMeans.of(moments)
+    present = moments.class_means()
     origin = present.means.mean(axis=0)
     own = present.means - origin
     own_centres = xp.constant(own)
-    ncc = ncc_reference.with_ties_exact()
+    ncc = ties_exact(ncc_reference)
     first, _ = distinct_rows(ncc.means)
     shared = np.array_equal(ncc.ids[first], present.ids) and np.array_equal(ncc.means, present.means)
     ncc_centres = own if shared else ncc.means[first] - origin

@@ -13,57 +13,13 @@ import numpy as np
 from nccli import schema
 from nccli.metrics import classifier as clf
 from nccli.metrics import formulas as f
-from nccli.metrics.accumulators import ClassMoments, Decisions
+from nccli.metrics.accumulators import ClassMoments, Decisions, present_rows
 from nccli.metrics.inter import inter_class_cosines
 from nccli.metrics.pair_stats import PairStats
 from nccli.metrics.pairs import PairInputs, Tile
 from nccli.metrics.record import SummaryRecord, class_table
-from nccli.metrics.tiles import (
-    CentredMeans,
-    etf_distance,
-    lowest_coincident,
-    tile_classes,
-)
-
-
-@dataclass(frozen=True)
-class Classifier:
-    """The last linear layer: ``weight`` (C, d) and ``bias`` (C,), float64."""
-
-    weight: np.ndarray
-    bias: np.ndarray
-
-
-@dataclass(frozen=True)
-class ClassMeans:
-    """Means of the present classes: ``ids`` ascending, ``means`` (K, d)."""
-
-    ids: np.ndarray
-    means: np.ndarray
-
-    @classmethod
-    def of(cls, moments: ClassMoments) -> "ClassMeans":
-        ids = np.flatnonzero(moments.count > 0)
-        return cls(ids, present_rows(moments.mean, ids))
-
-    @property
-    def centred(self) -> np.ndarray:
-        """M: rows μ_c − μ_G, μ_G the mean of class means."""
-        return self.means - self.means.mean(axis=0)
-
-    @property
-    def scale(self) -> float:
-        """Largest ‖μ_c‖: the size of rounding errors in differences of means."""
-        return float(np.linalg.norm(self.means, axis=1).max()) if len(self.ids) else 0.0
-
-    def with_ties_exact(self) -> "ClassMeans":
-        """Coincident means replaced by the lowest id's, so NCC ties go to the lowest class id exactly.
-
-        Class c gets the mean of the lowest c' ≤ c within the coincidence
-        distance (:func:`tiles.lowest_coincident`: no K × K matrix).
-        """
-        representative = lowest_coincident(self.means, f.COINCIDENCE_TOLERANCE * self.scale)
-        return ClassMeans(self.ids, self.means[representative])
+from nccli.metrics.tiles import CentredMeans, etf_distance, tile_classes
+from nccli.types import Classifier
 
 
 @dataclass
@@ -95,7 +51,7 @@ def summarize_layer(
     ``tiles.TILE_BYTES``); each tile (:class:`pairs.Tile`, per-pair values of
     a block of classes) is handed to ``pairs`` if given, and dropped.
     """
-    present = ClassMeans.of(moments)
+    present = moments.class_means()
     ids, k = present.ids, len(present.ids)
     tile = tile or tile_classes()
     n = float(moments.count.sum())
@@ -190,11 +146,6 @@ def _classifier_values(moments, ids, weight, w_norms, duality_cos, decisions, st
         ce_loss=decisions.ce_sum / n,
         ce_excess=clf.excess_cross_entropy(decisions.free_ce_sum / n, k, sq_w, sq_h, n),
     )
-
-
-def present_rows(array: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """``array[ids]``, without an O(K·d) copy when every class is present (ids = 0..C−1)."""
-    return array if len(ids) == len(array) else array[ids]
 
 
 def _warn_degenerate(

@@ -16,7 +16,7 @@ import numpy as np
 
 from nccli import schema
 from nccli.metrics.accumulators import ClassMoments, Decisions
-from nccli.metrics.layer import Classifier
+from nccli.types import Classifier
 
 MSE_MAX_DIM = 4096
 

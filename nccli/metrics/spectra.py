@@ -12,7 +12,6 @@ from collections.abc import Callable
 import numpy as np
 
 from nccli import schema
-from nccli.metrics.layer import ClassMeans
 
 EPS = np.finfo(np.float64).eps
 
@@ -35,7 +34,7 @@ def snr_extremes(within_scatter: np.ndarray, n_samples: float, centred_means: np
 
 def snr_columns(moments, decisions, warn: Callable[[str], None]) -> dict[str, float]:
     """``snr_min``, ``snr_max`` from pass 2's within-class matrix; none (null) with a warning when Σ_W is singular."""
-    present = ClassMeans.of(moments)
+    present = moments.class_means()
     extremes = snr_extremes(decisions.within, float(moments.count.sum()), present.centred)
     if extremes is None:
         if len(present.ids) >= 2:

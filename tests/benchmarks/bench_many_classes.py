@@ -79,7 +79,6 @@ def passes_only(path: str) -> None:
     from nccli.metrics import formulas
     from nccli.metrics.backend import NumpyBackend
     from nccli.metrics.geometry import build_geometry
-    from nccli.metrics.layer import ClassMeans
     from nccli.scan import Scanner
 
     xp = NumpyBackend()
@@ -89,7 +88,7 @@ def passes_only(path: str) -> None:
         moments = scanner.moments(feature_file, layers)
         geometries = {}
         for layer in layers:
-            means = ClassMeans.of(moments[layer.name])
+            means = moments[layer.name].class_means()
             spectrum = formulas.between_class_spectrum(means.centred)
             classifier = feature_file.classifier if layer.name == feature_file.info.classifier_layer else None
             geometries[layer.name] = build_geometry(xp, moments[layer.name], spectrum, means, classifier)
