@@ -17,13 +17,13 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY_EXPORTS = {
-    "AnalyzeConfig": "nccli.analyze_config",
-    "AnalysisResult": "nccli.analyze",
-    "analyze_features": "nccli.analyze",
-    "write_analysis": "nccli.report.outputs",
+    "AnalyzeConfig": "nccli.analyze.config",
+    "AnalysisResult": "nccli.analyze.analysis",
+    "analyze_features": "nccli.analyze.analysis",
+    "write_analysis": "nccli.analyze.outputs",
     "ConvertConfig": "nccli.convert",
     "convert_features": "nccli.convert",
-    "measure_collapse": "nccli.measure",
+    "measure_collapse": "nccli.analyze.measure",
     "ExtractConfig": "nccli.extract",
     "extract_features": "nccli.extract",
     "list_layers": "nccli.extract",

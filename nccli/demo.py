@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nccli import schema
-from nccli.analyze import AnalyzeConfig, analyze_features
+from nccli.analyze.analysis import AnalyzeConfig, analyze_features
 from nccli.errors import UsageError
 
 SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data"
@@ -58,8 +58,8 @@ def _bundled_checkpoints(folder: Path, epochs: tuple[int, ...] | None) -> dict[i
 
 def run_demo(config: DemoConfig) -> DemoResult:
     """Extract, analyze, report and plot; return the report, figures and summary rows."""
+    from nccli.analyze.outputs import write_report
     from nccli.extract import ExtractConfig, ModelOptions, extract_features
-    from nccli.report.outputs import write_report
     from nccli.report.plots import plot_report
 
     data = Path(config.sample_data)

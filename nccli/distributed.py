@@ -6,7 +6,7 @@ place through ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
 the job: ``--device auto`` (or ``cuda``) becomes ``cuda:LOCAL_RANK`` when CUDA
 is available, and the process group is initialised (NCCL on CUDA, gloo on
 CPU). ``extract`` (:mod:`nccli.extract.distributed`) and ``analyze``
-(:mod:`nccli.collectives`) build on it.
+(:mod:`nccli.analyze.collectives`) build on it.
 
 The ranks agree through the rendezvous store torchrun already runs, not
 through collectives: a rank that fails early may have to wait for the others

@@ -9,7 +9,7 @@ import pyarrow as pa
 from h5files import write_feature_file
 
 from nccli import schema
-from nccli.analyze import AnalyzeConfig, analyze_features
+from nccli.analyze.analysis import AnalyzeConfig, analyze_features
 
 
 def analyze_arrays(

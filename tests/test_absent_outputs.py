@@ -62,7 +62,7 @@ def test_pass_two_over_class_tiles_includes_every_row_of_w(tmp_path, monkeypatch
     if backend == "torch":
         torch_backend = TorchBackend("cpu")
         torch_backend.tile_bytes = tile_bytes
-        monkeypatch.setattr("nccli.analyze.select_backend", lambda device: torch_backend)
+        monkeypatch.setattr("nccli.analyze.analysis.select_backend", lambda device: torch_backend)
     features, labels, weight, bias = absent_winner(seed=k, n=291 if k == 8 else 400, k=k)
     result = analyze_arrays(tmp_path, features, labels, weight, bias, file_kwargs={"num_classes": k}, block_rows=16)
     expected = oracle(features, labels, weight, bias).summary

@@ -8,9 +8,9 @@ from analysis_helpers import analyze_collected
 from h5files import write_feature_file
 from typer.testing import CliRunner
 
-from nccli.analyze import AnalyzeConfig
+from nccli.analyze.analysis import AnalyzeConfig
+from nccli.analyze.passes import row_ranges
 from nccli.cli import app
-from nccli.scan import row_ranges
 
 
 def feature_files(folder, count=2):

@@ -22,12 +22,12 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory"), OSError(5, "Input/output error")])
 def test_an_error_in_the_analysis_is_not_blamed_on_the_file(tmp_path, monkeypatch, error):
     """What metric code (or a GPU) raises inside the analysis is not 'cannot read (truncated or corrupt file?)'."""
-    import nccli.analyze
+    import nccli.analyze.analysis
 
     def failing(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(nccli.analyze, "summarize_layer", failing)
+    monkeypatch.setattr(nccli.analyze.analysis, "summarize_layer", failing)
     path = good_file(tmp_path / "a.h5")
     before = snapshot(tmp_path)
     result = invoke("analyze", path, "--out", tmp_path / "r.parquet", "--device", "cpu")

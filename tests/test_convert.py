@@ -13,7 +13,7 @@ from h5files import write_feature_file
 from safetensors.numpy import save_file
 
 from nccli import schema
-from nccli.analyze import AnalyzeConfig, analyze_features
+from nccli.analyze.analysis import AnalyzeConfig, analyze_features
 from nccli.extract.capture import pool_rows
 
 N, K = 40, 4

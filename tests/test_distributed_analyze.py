@@ -24,8 +24,8 @@ from reference import reference_metrics
 from typer.testing import CliRunner
 
 import nccli
+from nccli.analyze.collectives import _arrays, _rebuilt, rank_rows
 from nccli.cli import app
-from nccli.collectives import _arrays, _rebuilt, rank_rows
 from nccli.io import shards
 
 pytestmark = pytest.mark.slow  # processes, torchrun jobs, kills and whole pipelines: the CI tier

@@ -7,10 +7,10 @@ import pytest
 from h5files import write_feature_file
 from typer.testing import CliRunner
 
+import nccli.analyze.plan
 import nccli.metrics.numpy_backend
 import nccli.metrics.threads
-import nccli.plan
-from nccli.analyze import AnalyzeConfig, analyze_features
+from nccli.analyze.analysis import AnalyzeConfig, analyze_features
 from nccli.cli import app
 from nccli.io.reader import FeatureFile, read_info
 from nccli.metrics import formulas
@@ -260,8 +260,10 @@ def test_a_small_memory_budget_gives_the_same_report_in_more_passes(tmp_path, mo
         FeatureFile, "blocks", lambda self, layers, *a: reads.append(len(layers)) or original(self, layers, *a)
     )
     info = read_info(path)  # a budget that one layer fits, but no two
-    needs = [nccli.plan.layer_bytes(NumpyBackend(), info, layer, config) for layer in info.layers]
-    monkeypatch.setattr(nccli.plan, "memory_budget", lambda: max(resident + working for resident, working in needs))
+    needs = [nccli.analyze.plan.layer_bytes(NumpyBackend(), info, layer, config) for layer in info.layers]
+    monkeypatch.setattr(
+        nccli.analyze.plan, "memory_budget", lambda: max(resident + working for resident, working in needs)
+    )
     grouped = analyze_features(config)
     assert reads == [1] * 6  # two passes for each of three groups
     assert [row["layer"] for row in grouped.summary] == [row["layer"] for row in whole.summary]
@@ -298,7 +300,7 @@ def test_pieces_on_any_number_of_threads_give_the_same_report_to_the_bit(tmp_pat
 def test_a_layer_that_cannot_fit_is_refused_before_any_row_is_read(tmp_path, monkeypatch):
     path = three_layer_file(tmp_path / "three.h5")
     monkeypatch.setattr(FeatureFile, "blocks", lambda *a: pytest.fail("a row was read"))
-    monkeypatch.setattr(nccli.plan, "memory_budget", lambda: 2**20)
+    monkeypatch.setattr(nccli.analyze.plan, "memory_budget", lambda: 2**20)
     out = tmp_path / "report.parquet"
     result = CliRunner().invoke(app, ["analyze", str(path), "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 2, result.output

@@ -10,7 +10,7 @@ from cli_helpers import assert_user_error, invoke
 from test_analyze_cli import good_file
 from test_analyze_robustness import snapshot
 
-from nccli.analyze import AnalyzeConfig, analyze_features
+from nccli.analyze.analysis import AnalyzeConfig, analyze_features
 
 EPOCHS = (1, 5, 30)
 
@@ -56,7 +56,7 @@ def test_each_file_gets_the_reference_of_its_epoch(tmp_path, form):
 
 
 def test_a_file_paired_with_itself_uses_its_own_means_and_each_reference_is_read_once(tmp_path, monkeypatch):
-    from nccli.scan import Scanner
+    from nccli.analyze.passes import Scanner
 
     checkpoints(tmp_path)
     passes = []

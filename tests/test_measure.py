@@ -10,7 +10,7 @@ import torch
 from h5files import write_feature_file
 
 from nccli import measure_collapse, schema
-from nccli.analyze import AnalyzeConfig, analyze_features
+from nccli.analyze.analysis import AnalyzeConfig, analyze_features
 from nccli.errors import DegenerateMetricWarning, NcCliError
 from nccli.metrics.backend import TorchBackend
 
@@ -125,7 +125,7 @@ def test_a_shuffling_dataloader_and_means_from_equal_analyze(tmp_path):
 
 def test_the_torch_backend_takes_the_tensors_as_they_are(tmp_path, monkeypatch):
     """What runs on CUDA tensors (the torch backend on their device), here on the CPU."""
-    monkeypatch.setattr("nccli.io.memory.select_backend", lambda device: TorchBackend("cpu"))
+    monkeypatch.setattr("nccli.analyze.memory.select_backend", lambda device: TorchBackend("cpu"))
     d = data(4)
     expected = analyzed(tmp_path, {"block": d["block"], "fc_in": d["fc_in"]}, d["labels"], (d["W"], None, "fc_in"))
     rows = measure_collapse(
@@ -268,7 +268,7 @@ def test_a_second_pass_that_gives_other_rows_is_refused_naming_the_causes(case):
 
 
 def test_other_rows_are_refused_on_the_torch_backend_too(monkeypatch):
-    monkeypatch.setattr("nccli.io.memory.select_backend", lambda device: TorchBackend("cpu"))
+    monkeypatch.setattr("nccli.analyze.memory.select_backend", lambda device: TorchBackend("cpu"))
     assert OTHER_ROWS.fullmatch(
         one_line_error(lambda: measure_collapse(OTHER_ROW_SOURCES["dropout in training mode"](), num_classes=K))
     )

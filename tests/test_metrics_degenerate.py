@@ -15,7 +15,7 @@ from h5files import write_feature_file
 from reference import reference_metrics
 
 from nccli import schema
-from nccli.analyze import AnalyzeConfig, analyze_features
+from nccli.analyze.analysis import AnalyzeConfig, analyze_features
 from nccli.errors import DegenerateMetricWarning
 
 

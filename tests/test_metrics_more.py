@@ -17,7 +17,7 @@ from h5files import write_feature_file
 from reference import reference_metrics
 
 from nccli import schema
-from nccli.analyze import AnalyzeConfig, analyze_features
+from nccli.analyze.analysis import AnalyzeConfig, analyze_features
 from nccli.errors import UsageError
 from nccli.metrics.backend import TorchBackend
 
@@ -103,7 +103,7 @@ def test_absent_classes_and_the_torch_backend(tmp_path, monkeypatch):
     keep = (labels != 1) & (labels != 4)
     features, labels = features[keep], labels[keep]
     reference = reference_metrics(features, labels, weight, bias, num_classes=6, snr=True)
-    monkeypatch.setattr("nccli.analyze.select_backend", lambda device: TorchBackend("cpu"))
+    monkeypatch.setattr("nccli.analyze.analysis.select_backend", lambda device: TorchBackend("cpu"))
     result = analyze_arrays(
         tmp_path, features, labels, weight, bias, file_kwargs={"num_classes": 6}, snr=True, block_rows=11
     )

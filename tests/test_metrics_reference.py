@@ -18,7 +18,7 @@ from h5files import write_feature_file
 from reference import reference_metrics
 
 from nccli import schema
-from nccli.analyze import AnalyzeConfig
+from nccli.analyze.analysis import AnalyzeConfig
 
 
 def random_layer(seed, n=120, d=7, k=5, spread=2.0, counts=None):

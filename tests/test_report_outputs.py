@@ -1,4 +1,4 @@
-"""Writing analyze's reports (report/outputs.py, report.md): the per-pair table streamed, `--pairs-top`,
+"""Writing analyze's reports (analyze/outputs.py, docs/report.md): the per-pair table streamed, `--pairs-top`,
 the refusal of a too-large table, outputs that never overlap inputs, and permissions under the umask."""
 
 import contextlib
@@ -16,11 +16,11 @@ from h5files import write_feature_file
 from test_analyze_cli import good_file
 
 from nccli import __version__, schema
-from nccli.analyze import AnalyzeConfig
+from nccli.analyze.analysis import AnalyzeConfig
+from nccli.analyze.outputs import write_analysis
 from nccli.errors import NcCliError
 from nccli.metrics import tiles
 from nccli.report import tables
-from nccli.report.outputs import write_analysis
 
 
 def many_classes_file(path, k=23, seed=3):

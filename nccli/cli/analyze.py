@@ -112,11 +112,11 @@ def analyze(
         nccli analyze 'test/*.h5' --means-from train/ --out test.parquet
     """
     with user_errors():
-        from nccli.analyze import AnalyzeConfig
+        from nccli.analyze.analysis import AnalyzeConfig
+        from nccli.analyze.outputs import write_analysis
         from nccli.distributed import main_process
         from nccli.globs import expand_globs
         from nccli.report.formats import compact
-        from nccli.report.outputs import write_analysis
         from nccli.report.parquet import to_table
 
         config = AnalyzeConfig(

@@ -24,7 +24,7 @@ States are plain data: dataclasses of arrays (and a few floats), with no
 backend object inside. Their kernels take the backend from the arrays
 (:func:`~nccli.metrics.backend.backend_of`), so a state moved to the host
 (:meth:`host`), pickled to another process or sent to another rank
-(:mod:`nccli.collectives`) merges with any other state of the same layer,
+(:mod:`nccli.analyze.collectives`) merges with any other state of the same layer,
 wherever each was computed.
 """
 

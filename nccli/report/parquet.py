@@ -1,7 +1,7 @@
 """The Parquet report tables (``report.md``): their columns and Arrow types, reading, and output locks.
 
 Undefined metrics are written as Parquet nulls (pandas shows NaN, DuckDB
-NULL). Writing, atomically, is :mod:`nccli.report.outputs`'s job: every
+NULL). Writing, atomically, is :mod:`nccli.analyze.outputs`'s job: every
 output is first written to a temporary file beside its target (named by
 :func:`temporary_prefix` and ``TEMPORARY_SUFFIX``).
 :func:`reserve_outputs` holds the outputs' locks

@@ -2,7 +2,7 @@
 
 The per-pair table has K(K−1)/2 rows per layer, so it is produced as Arrow
 record batches, one per tile of :mod:`nccli.metrics.pairs`, and handed to a
-sink (the Parquet writer of :mod:`nccli.report.outputs` writes each as row
+sink (the Parquet writer of :mod:`nccli.analyze.outputs` writes each as row
 groups) as soon as it is computed; with ``--pairs-top N`` only the N most
 confusable pairs of each layer are kept (:class:`~nccli.metrics.pairs.TopPairs`).
 """

@@ -75,11 +75,11 @@ def make_file(path: Path, n: int, d: int, k: int, seed: int = 0) -> Path:
 
 def passes_only(path: str) -> None:
     """Child process: nccli's two passes over every layer, no summaries."""
+    from nccli.analyze.passes import Scanner
     from nccli.io.reader import open_feature_file
     from nccli.metrics import formulas
     from nccli.metrics.backend import NumpyBackend
     from nccli.metrics.geometry import build_geometry
-    from nccli.scan import Scanner
 
     xp = NumpyBackend()
     with open_feature_file(path) as feature_file:

@@ -59,7 +59,7 @@ def nccli_side(features, labels, weight, ood, folder) -> dict:
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     from h5files import write_feature_file
 
-    from nccli.analyze import AnalyzeConfig, analyze_features
+    from nccli.analyze.analysis import AnalyzeConfig, analyze_features
 
     path = write_feature_file(
         os.path.join(folder, "run.h5"),

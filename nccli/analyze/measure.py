@@ -3,8 +3,8 @@
 Inside an evaluation loop the features already exist as tensors; writing them
 to HDF5 just to read them back costs a disk round trip and a second tool.
 :func:`measure_collapse` wraps the batches in a
-:class:`~nccli.io.memory.BatchRows` and runs analyze's own per-file function
-(:func:`nccli.analyze.analyze_file`): the same two passes, the same
+:class:`~nccli.analyze.memory.BatchRows` and runs analyze's own per-file function
+(:func:`nccli.analyze.analysis.analyze_file`): the same two passes, the same
 accumulators, the same formulas, so its numbers equal ``analyze`` on the same
 rows written to a file (to rounding: the blocks differ).
 
@@ -19,13 +19,13 @@ pass 1's means, n_c·(μ_c of pass 2 − μ_c of pass 1), show it
 import numbers
 
 from nccli import schema
-from nccli.analyze import AnalysisResult, AnalyzeConfig, analyze_file, warn_imbalance
+from nccli.analyze.analysis import AnalysisResult, AnalyzeConfig, analyze_file, warn_imbalance
+from nccli.analyze.memory import BatchRows
+from nccli.analyze.passes import Scanner
+from nccli.analyze.references import check_reference
 from nccli.errors import DataError, UsageError
-from nccli.io.memory import BatchRows
 from nccli.io.reader import open_feature_file
 from nccli.metrics.accumulators import Moved
-from nccli.references import check_reference
-from nccli.scan import Scanner
 from nccli.types import ClassMeans
 
 

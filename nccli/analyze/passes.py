@@ -7,7 +7,7 @@ With ``jobs > 1`` each file's rows are cut into block-aligned ranges; each
 worker opens the file itself, accumulates its range, and returns its state
 (O(K·d) per layer). States merge exactly (``ClassMoments.merge``,
 ``Decisions.merge``), so the result equals a single pass to rounding. Under
-torchrun (``group``, :mod:`nccli.collectives`) this process scans only its
+torchrun (``group``, :mod:`nccli.analyze.collectives`) this process scans only its
 rank's rows, and the ranks' states merge with the same ``merge``. Each worker's BLAS, and so its
 thread pool, gets its share of the cores (``cores // jobs`` threads): left at its default, every
 worker would start one thread per core and they would fight over them.
@@ -40,7 +40,7 @@ from nccli.metrics.backend import Backend, NumpyBackend, backend_of
 from nccli.metrics.geometry import Geometry
 
 if TYPE_CHECKING:  # torch, only under torchrun
-    from nccli.collectives import Group
+    from nccli.analyze.collectives import Group
 
 RANGES_PER_JOB = 4  # more ranges than workers evens out slow ones
 POOL_START_SECONDS = 120.0  # spawned workers import numpy and h5py: seconds on a loaded machine

@@ -10,7 +10,7 @@ analyze checks a file (:mod:`nccli.io.checks`) as it arrives.
 Two passes need the same rows twice: a one-shot iterator is refused up
 front, the second pass must give as many rows of each class as the first,
 checked here, and the same rows, checked on pass 2's state
-(:meth:`nccli.scan.Scanner.decisions`); their order may differ (the metrics
+(:meth:`nccli.analyze.passes.Scanner.decisions`); their order may differ (the metrics
 do not depend on it). The first batch is read once, to learn the layers and
 their widths, and then used as the start of the first pass, so the batches
 are iterated exactly twice.

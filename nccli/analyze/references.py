@@ -14,10 +14,10 @@ import glob
 import os
 
 from nccli import schema
+from nccli.analyze.passes import Scanner
 from nccli.errors import FeatureFileError, UsageError
 from nccli.globs import expand_globs, glob_files, is_glob
 from nccli.io.reader import FeatureFileInfo, LayerInfo, open_feature_file, read_info
-from nccli.scan import Scanner
 from nccli.types import ClassMeans
 
 FEATURE_FILE_GLOB = "*.h5"

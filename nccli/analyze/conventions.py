@@ -6,7 +6,7 @@ number can be compared with theirs.
 """
 
 from nccli import schema
-from nccli.analyze_config import AnalyzeConfig
+from nccli.analyze.config import AnalyzeConfig
 from nccli.metrics import formulas
 
 

@@ -8,7 +8,7 @@ they assume every class present.
 """
 
 from nccli import schema
-from nccli.analyze_config import AnalyzeConfig
+from nccli.analyze.config import AnalyzeConfig
 from nccli.errors import FeatureFileError
 from nccli.io.reader import BLOCK_BYTES, FeatureFileInfo, LayerInfo, memory_budget
 from nccli.metrics.accumulators import ClassMoments, Decisions

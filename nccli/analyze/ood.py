@@ -9,9 +9,9 @@ mean over all rows is used, from one pass-1 sum over its rows.
 import numpy as np
 
 from nccli import schema
+from nccli.analyze.passes import Scanner
 from nccli.errors import UsageError
 from nccli.io.reader import FeatureFileInfo, LayerInfo, open_feature_file
-from nccli.scan import Scanner
 from nccli.types import ClassMeans
 
 

@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nccli import schema
-from nccli.analyze import AnalysisResult, AnalyzeConfig, analysis_job, analyze_features
+from nccli.analyze.analysis import AnalysisResult, AnalyzeConfig, analysis_job, analyze_features
+from nccli.analyze.references import reference_paths
 from nccli.errors import OutputError, UsageError
-from nccli.references import reference_paths
 from nccli.report.parquet import (
     TEMPORARY_SUFFIX,
     check_writable,

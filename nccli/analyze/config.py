@@ -13,7 +13,7 @@ class AnalyzeConfig:
     ``layers``: names or globs (None = all); ``means_from``: a reference
     feature file whose class means the nearest-class-centre metrics use, or a
     folder or glob of them, paired with each file by epoch, else file name
-    (:mod:`nccli.references`);
+    (:mod:`nccli.analyze.references`);
     ``mse``: add the MSE decomposition with weight decay ``weight_decay``;
     ``snr``: add the SNR spectrum (both need the d × d within-class matrix of
     the classifier layer); ``ood``: a feature file of out-of-distribution

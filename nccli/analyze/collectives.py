@@ -2,7 +2,7 @@
 
 ``torchrun --nproc-per-node G [--nnodes M ...] -m nccli analyze FILE... --out r.parquet`` needs no flag:
 each rank joins the job (:func:`nccli.distributed.session`: gloo on the CPU, NCCL with rank r on
-``cuda:LOCAL_RANK``) and runs analyze's own passes (:class:`nccli.scan.Scanner`) over its part of each
+``cuda:LOCAL_RANK``) and runs analyze's own passes (:class:`nccli.analyze.passes.Scanner`) over its part of each
 file's rows (:func:`rank_rows`):
 
 - a torchrun shard index (``extract`` under torchrun; :mod:`nccli.io.shards`) of S shards read by W

@@ -6,7 +6,7 @@ between-class span and the NCC / classifier decisions), or each group of
 layers in turn when their state does not fit in memory together
 (``plan.py``). Everything is validated before the first row is read, so a
 bad input fails in seconds, not after an hour. Under torchrun each rank reads
-its part of the rows and rank 0 reports (:mod:`nccli.collectives`).
+its part of the rows and rank 0 reports (:mod:`nccli.analyze.collectives`).
 """
 
 import contextlib
@@ -17,9 +17,13 @@ from functools import partial
 import numpy as np
 
 from nccli import distributed, schema
-from nccli.analyze_config import AnalyzeConfig, check_config
-from nccli.collectives import Group, job
-from nccli.conventions import conventions
+from nccli.analyze.collectives import Group, job
+from nccli.analyze.config import AnalyzeConfig, check_config
+from nccli.analyze.conventions import conventions
+from nccli.analyze.ood import check_ood, ood_columns, ood_means
+from nccli.analyze.passes import Scanner
+from nccli.analyze.plan import layer_groups, state_budget
+from nccli.analyze.references import pair_references, read_reference_means, reference_layers
 from nccli.errors import DegenerateMetricWarning, UsageError, warn_caller
 from nccli.io.reader import (
     FeatureFile,
@@ -35,12 +39,8 @@ from nccli.metrics.geometry import build_geometry
 from nccli.metrics.layer import summarize_layer
 from nccli.metrics.mse import MSE_MAX_DIM, mse_decomposition
 from nccli.metrics.spectra import snr_columns
-from nccli.ood import check_ood, ood_columns, ood_means
-from nccli.plan import layer_groups, state_budget
 from nccli.progress import progress_bar
-from nccli.references import pair_references, read_reference_means, reference_layers
 from nccli.report.tables import PairOutput, PairSink, check_pairs_size, class_table
-from nccli.scan import Scanner
 from nccli.types import ClassMeans
 
 
@@ -129,7 +129,7 @@ def analyze_features(
 
 def analysis_job(config: AnalyzeConfig):
     """Join the torchrun job this process is in, if any (a context yielding its
-    :class:`~nccli.collectives.Group`, else None): ranks compute on ``cuda:LOCAL_RANK`` where CUDA is
+    :class:`~nccli.analyze.collectives.Group`, else None): ranks compute on ``cuda:LOCAL_RANK`` where CUDA is
     there (``--device auto``/``cuda``), on the CPU with ``--jobs``."""
     return job(config.compute_device)
 
