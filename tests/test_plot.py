@@ -17,10 +17,9 @@ from nccli import schema  # noqa: E402
 from nccli.cli import app  # noqa: E402
 from nccli.report import panels, plots  # noqa: E402
 
-NC1 = schema.NC1_METRICS[2]
-EQUINORM = schema.NC2_METRICS[0]
-NCC_ACC, CLF_ACC = schema.NCC_METRICS[:2]
-MARGIN_MIN = schema.NCC_METRICS[3]
+NC1, EQUINORM, NCC_ACC, CLF_ACC, MARGIN_MIN = (
+    schema.METRIC_BY_NAME[name].name for name in ("nc1", "nc2_equinorm", "ncc_accuracy", "clf_accuracy", "margin_min")
+)
 EPOCHS = (1, 10, 100, 300)
 SPLITS = ("train", "test")
 LAYERS = ("stem", "layer1.0.relu", "avgpool")
@@ -34,9 +33,11 @@ INT_COLUMNS = {
     schema.COL_EFFECTIVE_DEPTH,
 }
 STR_COLUMNS = {schema.COL_FILE, schema.COL_SPLIT, schema.COL_MODEL, schema.COL_LAYER}
-CLASSIFIER_ONLY = (
-    set(schema.NC3_METRICS) | set(schema.NCC_METRICS[1:]) | set(schema.W_METRICS) | set(schema.LOSS_METRICS)
-)
+CLASSIFIER_ONLY = {
+    column.name
+    for column in schema.METRICS
+    if column.applies_to == schema.CLASSIFIER_LAYER and column.family in ("nc3", "ncc", "w", "loss")
+}
 ALL_NULL = set(schema.MSE_METRICS) | set(schema.COSINE_METRICS) | {MARGIN_MIN}
 
 runner = CliRunner()
@@ -266,7 +267,9 @@ def test_nc2_panels_draw_the_classifier_rows_beside_the_class_means(report, tmp_
 
 def test_margin_and_loss_panels_over_epochs(report, tmp_path, monkeypatch):
     (figure,) = _figures(monkeypatch, report, tmp_path, kind="epochs")
-    margin, ce_loss, ce_excess = schema.LOSS_METRICS[0], *schema.LOSS_METRICS[2:]
+    margin, ce_loss, ce_excess = (
+        schema.METRIC_BY_NAME[name].name for name in ("margin_normalized", "ce_loss", "ce_excess")
+    )
     assert _panel(figure, schema.METRIC_BY_NAME[margin].title).get_lines()
     loss = _panel(figure, panels.SHARED_PANELS[-1].title)
     assert panels.SHARED_PANELS[-1].metrics == (ce_loss, ce_excess)

@@ -14,15 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from nccli.errors import DegenerateMetricWarning, warn_caller
-from nccli.schema import (
-    LOSS_METRICS,
-    METRIC_BY_NAME,
-    NC1_METRICS,
-    NC2_METRICS,
-    NC3_METRICS,
-    NCC_METRICS,
-    W_METRICS,
-)
+from nccli.schema import METRIC_BY_NAME
 
 DPI = 100
 PANEL_INCHES = (4.0, 3.4)
@@ -30,30 +22,32 @@ TITLE_INCHES = 0.4
 MAX_COLUMNS = 4
 LABEL_PIXELS = 22  # horizontal room one rotated 7-point tick label needs
 
-_TR_SW, _TR_SB, _NC1, _NC1_TILDE, _CDNV, _NC1_DIST_RATIO = NC1_METRICS
-_EQUINORM, _EQUIANGULAR, _MAXANGLE, _NC2_ETF, _NC2_TIRER, _GNC2_DIST_VAR, _GNC2_LOG_VAR = NC2_METRICS
-_W_EQUINORM, _W_EQUIANGULAR, _W_MAXANGLE = W_METRICS
-_NC3_DUALITY, _NC3_ETF, _NC3_TIRER, _NC3_UNIFORM_DUALITY = NC3_METRICS
-_NCC_ACC, CLF_ACC, _NC4, _MARGIN_MIN, _MARGIN_MEAN = NCC_METRICS
-_MARGIN_NORMALIZED, _NORM_BALANCE, _CE_LOSS, _CE_EXCESS = LOSS_METRICS
+
+def _columns(*names: str) -> tuple[str, ...]:
+    """Report columns looked up by name in the registry: a column that is renamed or removed fails here, at
+    import, and a new one changes nothing (panels never depend on a family's order or size)."""
+    return tuple(METRIC_BY_NAME[name].name for name in names)
+
+
+CLF_ACC, _NCC_ACC = _columns("clf_accuracy", "ncc_accuracy")
 ACCURACY_METRICS = (CLF_ACC, _NCC_ACC)
-EPOCH_METRICS = (
-    _NC1,
-    _EQUINORM,
-    _W_EQUINORM,
-    _EQUIANGULAR,
-    _W_EQUIANGULAR,
-    _MAXANGLE,
-    _W_MAXANGLE,
-    _NC3_DUALITY,
-    _NC4,
-    CLF_ACC,
-    _NCC_ACC,
-    _MARGIN_NORMALIZED,
-    _CE_LOSS,
-    _CE_EXCESS,
+EPOCH_METRICS = _columns(
+    "nc1",
+    "nc2_equinorm",
+    "w_equinorm",
+    "nc2_equiangular",
+    "w_equiangular",
+    "nc2_maxangle",
+    "w_maxangle",
+    "nc3_duality",
+    "nc4_ncc_mismatch",
+    "clf_accuracy",
+    "ncc_accuracy",
+    "margin_normalized",
+    "ce_loss",
+    "ce_excess",
 )
-DEPTH_METRICS = (_NC1, _NC1_TILDE, _CDNV, _EQUINORM, _EQUIANGULAR, _MAXANGLE, _NCC_ACC)
+DEPTH_METRICS = _columns("nc1", "nc1_tilde", "cdnv", "nc2_equinorm", "nc2_equiangular", "nc2_maxangle", "ncc_accuracy")
 
 
 @dataclass(frozen=True)
@@ -70,25 +64,28 @@ class _Shared:
 SHARED_PANELS = (
     _Shared(ACCURACY_METRICS, "Errors: classifier and NCC", "error = 1 − accuracy", ("classifier", "NCC"), error=True),
     _Shared(
-        (_EQUINORM, _W_EQUINORM),
+        _columns("nc2_equinorm", "w_equinorm"),
         "NC2: equinorm, means and classifier",
         r"std / mean of $\Vert\mu_c - \mu_G\Vert$, $\Vert w_c\Vert$",
         ("class means", "classifier rows"),
     ),
     _Shared(
-        (_EQUIANGULAR, _W_EQUIANGULAR),
+        _columns("nc2_equiangular", "w_equiangular"),
         "NC2: equiangularity, means and classifier",
         r"std of the cosines",
         ("class means", "classifier rows"),
     ),
     _Shared(
-        (_MAXANGLE, _W_MAXANGLE),
+        _columns("nc2_maxangle", "w_maxangle"),
         "NC2: angles vs the ETF, means and classifier",
         r"mean of $|\cos + 1/(K-1)|$",
         ("class means", "classifier rows"),
     ),
     _Shared(
-        (_CE_LOSS, _CE_EXCESS), "Cross-entropy and its excess", "nats", ("CE of Wh + b", "excess over the optimum")
+        _columns("ce_loss", "ce_excess"),
+        "Cross-entropy and its excess",
+        "nats",
+        ("CE of Wh + b", "excess over the optimum"),
     ),
 )
 LEGEND_NAMES = {metric: name for shared in SHARED_PANELS for metric, name in zip(shared.metrics, shared.names)}
