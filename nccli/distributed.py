@@ -38,8 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
-from nccli.errors import DistributedError, NcCliError, UsageError
-from nccli.extract.messages import first_line
+from nccli.errors import DistributedError, NcCliError, UsageError, first_line
 
 INIT_TIMEOUT = timedelta(minutes=10)  # joining the job, and the process group's own collectives
 POLL_SECONDS = 0.2  # how often a waiting rank asks the store whether the others are done

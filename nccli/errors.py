@@ -70,3 +70,9 @@ def warn_caller(warning: Warning) -> None:
     while frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE):
         frame, level = frame.f_back, level + 1
     warnings.warn(warning, stacklevel=level)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (libraries' messages can run to a traceback)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -8,8 +8,7 @@ import numpy as np
 import torch
 
 from nccli import schema
-from nccli.errors import DataError
-from nccli.extract.messages import first_line
+from nccli.errors import DataError, first_line
 
 
 def read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:

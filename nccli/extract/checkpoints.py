@@ -25,8 +25,7 @@ import torch
 from torch import nn
 from torch.torch_version import TorchVersion
 
-from nccli.errors import ModelError
-from nccli.extract.messages import first_line
+from nccli.errors import ModelError, first_line
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".pt2")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")

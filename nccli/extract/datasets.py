@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nccli.errors import DataError, UsageError
+from nccli.errors import DataError, UsageError, first_line
 from nccli.extract.array_files import ArrayBatches, read_h5, read_npz
 from nccli.extract.config import Split
-from nccli.extract.messages import did_you_mean, first_line
+from nccli.extract.messages import did_you_mean
 from nccli.extract.samples import PerImage, UnreadableSample, channels_of
 
 NAMED_DATASETS = ("cifar10", "cifar100", "mnist", "fashionmnist", "svhn", "stl10", "imagenet")

@@ -24,9 +24,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from nccli.errors import ModelError, UsageError
+from nccli.errors import ModelError, UsageError, first_line
 from nccli.extract.config import MapPooling, TokenPooling
-from nccli.extract.messages import did_you_mean, first_line
+from nccli.extract.messages import did_you_mean
 
 CALL_MARK = "#"
 INPUT_MARK = ":input"

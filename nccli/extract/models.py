@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nccli.errors import ModelError, UsageError
+from nccli.errors import ModelError, UsageError, first_line
 from nccli.extract.checkpoints import CHECKPOINT_SUFFIXES, epoch_from_name, read_checkpoint
 from nccli.extract.config import ModelOptions
-from nccli.extract.messages import did_you_mean, first_line
+from nccli.extract.messages import did_you_mean
 from nccli.extract.state_dicts import load_state_dict, strip_prefixes
 from nccli.globs import expand_globs
 

@@ -14,8 +14,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as F
 
-from nccli.errors import DataError
-from nccli.extract.messages import first_line
+from nccli.errors import DataError, first_line
 
 # What PIL raises for a file that is not a decodable image: not an image or empty (UnidentifiedImageError, an
 # OSError), truncated (OSError), a broken header (SyntaxError), a bad field (ValueError), a decompression bomb.
