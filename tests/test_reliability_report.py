@@ -3,7 +3,7 @@ one whole; and a second `analyze` writing the same report is refused, naming the
 
 import errno
 import os
-import random
+import secrets
 
 import pyarrow.parquet as pq
 import pytest
@@ -56,7 +56,7 @@ def test_a_second_analyze_of_the_same_report_is_refused_naming_the_first(tmp_pat
         )
         assert_user_error(invoke("analyze", path, "--out", tmp_path / "other.parquet", "--pairs", out), "being written")
     assert out.read_bytes() == b"earlier report"
-    stale = tmp_path / f".r.parquet.{random.randrange(10**6)}.tmp"  # what a killed writer leaves
+    stale = tmp_path / f".r.parquet.{secrets.token_hex(6)}.tmp"  # what a killed writer leaves
     stale.write_bytes(b"half a report")
     result = invoke("analyze", path, "--out", out)
     assert result.exit_code == 0, result.output

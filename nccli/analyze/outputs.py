@@ -13,10 +13,8 @@ get the permissions of any new file under the user's umask.
 """
 
 import os
-import secrets
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,15 +22,14 @@ import pyarrow.parquet as pq
 from nccli import schema
 from nccli.analyze.analysis import AnalysisResult, AnalyzeConfig, analysis_job, analyze_features
 from nccli.analyze.references import reference_paths
-from nccli.errors import OutputError, UsageError
+from nccli.errors import UsageError
+from nccli.io.publish import Staged, cannot_write
 from nccli.report.parquet import (
-    TEMPORARY_SUFFIX,
     check_writable,
     class_columns,
     pair_columns,
     report_metadata,
     reserve_outputs,
-    temporary_prefix,
     to_table,
 )
 
@@ -71,14 +68,14 @@ def _write(
     requested = {"--out": out, "--classes": classes, "--pairs": pairs}
     targets = {option: check_writable(path, option) for option, path in requested.items() if path is not None}
     check_apart(targets, [*config.files, *(reference_paths(config.means_from)[0] if config.means_from else [])])
-    with reserve_outputs(targets.values()), _Staged(targets.values()) as staged:
+    with reserve_outputs(targets.values()), Staged(targets.values()) as staged:
         stream = _ParquetStream(staged.path(targets["--pairs"])) if pairs is not None else None
         result = analyze_features(config, stream.write if stream is not None else None, group)
         metadata = report_metadata(result, command)
-        staged.write(targets["--out"], to_table(result.summary, schema.SUMMARY_COLUMNS, metadata))
+        _write_table(staged, targets["--out"], to_table(result.summary, schema.SUMMARY_COLUMNS, metadata))
         if classes is not None:
             tables = result.classes or [to_table([], class_columns(False), {})]
-            staged.write(targets["--classes"], pa.concat_tables(tables).replace_schema_metadata(metadata))
+            _write_table(staged, targets["--classes"], pa.concat_tables(tables).replace_schema_metadata(metadata))
         if stream is not None:
             stream.close(metadata)
         staged.commit()
@@ -88,8 +85,8 @@ def _write(
 def write_report(result: AnalysisResult, out: PathLike, command: str) -> None:
     """The summary table of ``result`` at ``out``, atomically."""
     target = check_writable(out, "--out")
-    with reserve_outputs([target]), _Staged([target]) as staged:
-        staged.write(target, to_table(result.summary, schema.SUMMARY_COLUMNS, report_metadata(result, command)))
+    with reserve_outputs([target]), Staged([target]) as staged:
+        _write_table(staged, target, to_table(result.summary, schema.SUMMARY_COLUMNS, report_metadata(result, command)))
         staged.commit()
 
 
@@ -117,61 +114,11 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _cannot_write(error: OSError, target) -> OutputError:
-    return OutputError(f"cannot write '{error.filename or target}': {error.strerror or error}")
-
-
-class _Staged:
-    """A temporary file beside each target (mode 0666 & ~umask, as any new file), renamed into place by
-    :meth:`commit`; whatever is left is removed on exit."""
-
-    def __init__(self, targets: Iterable[Path]):
-        self.targets = list(targets)
-        self.temporary: dict[Path, Path] = {}
-
-    def __enter__(self) -> Self:
-        for target in self.targets:
-            self.temporary[target] = self._create(target)
-        return self
-
-    @staticmethod
-    def _create(target: Path) -> Path:
-        folder = target.parent if str(target.parent) else Path(".")
-        while True:
-            name = folder / f"{temporary_prefix(target)}{secrets.token_hex(6)}{TEMPORARY_SUFFIX}"
-            try:
-                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
-                return name
-            except FileExistsError:
-                continue
-            except OSError as error:
-                raise _cannot_write(error, target) from None
-
-    def path(self, target: Path) -> Path:
-        return self.temporary[target]
-
-    def write(self, target: Path, table: pa.Table) -> None:
-        try:
-            pq.write_table(table, self.temporary[target])
-        except OSError as error:
-            raise _cannot_write(error, target) from None
-
-    def commit(self) -> None:
-        """Flush every temporary file to disk, then rename them all, then flush the folders' renames."""
-        try:
-            for temporary in self.temporary.values():
-                _sync(temporary)
-            for target, temporary in self.temporary.items():
-                os.replace(temporary, target)
-            for folder in {target.parent for target in self.targets}:
-                _sync(folder)
-        except OSError as error:
-            raise _cannot_write(error, error.filename) from None
-
-    def __exit__(self, *exc) -> None:
-        for temporary in self.temporary.values():
-            if os.path.exists(temporary):
-                os.remove(temporary)
+def _write_table(staged: Staged, target: Path, table: pa.Table) -> None:
+    try:
+        pq.write_table(table, staged.path(target))
+    except OSError as error:
+        raise cannot_write(error, target) from None
 
 
 class _ParquetStream:
@@ -188,7 +135,7 @@ class _ParquetStream:
                 self.writer = pq.ParquetWriter(self.path, batch.schema.remove_metadata(), store_schema=False)
             self.writer.write_batch(batch)
         except OSError as error:
-            raise _cannot_write(error, self.path) from None
+            raise cannot_write(error, self.path) from None
 
     def close(self, metadata: dict[str, str]) -> None:
         """Add the report's metadata (known only at the end) to the footer and close."""
@@ -199,13 +146,4 @@ class _ParquetStream:
             self.writer.add_key_value_metadata(metadata)
             self.writer.close()
         except OSError as error:
-            raise _cannot_write(error, self.path) from None
-
-
-def _sync(path: PathLike) -> None:
-    """Flush a file's (or a folder's renames') data to disk, so a rename never exposes an unwritten file."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+            raise cannot_write(error, self.path) from None

@@ -31,9 +31,9 @@ from nccli import schema
 from nccli.errors import FeatureFileError, OutputError, UsageError
 from nccli.io.accuracy import stored_counts
 from nccli.io.options import describe_differences, options_of, store_options
+from nccli.io.publish import publish
 from nccli.io.writer import PARTIAL_SUFFIX
 
-INDEX_TEMP_SUFFIX = ".index-tmp"  # FILE.h5.index-tmp: the index while it is written, renamed when done
 SHARD_VISIBLE_SECONDS = 60.0  # how long to wait for another node's shard to appear on a shared filesystem
 SHARD_POLL_SECONDS = 0.5
 ROW_DATASETS = (schema.LABELS, schema.SAMPLE_INDEX, schema.LOGITS)  # and every /layers/<name>
@@ -124,7 +124,7 @@ def is_index(path: str) -> bool:
 
 
 def write_index(target: str, ranks: int, options: dict) -> None:
-    """Write ``target`` over the complete shards of a ``ranks``-process run, atomically (temporary file, rename).
+    """Write ``target`` over the complete shards of a ``ranks``-process run, atomically (:mod:`nccli.io.publish`).
 
     Every shard must be complete and written with ``options`` (its own part aside); rows follow rank order.
     """
@@ -139,15 +139,8 @@ def write_index(target: str, ranks: int, options: dict) -> None:
         row_paths = _row_datasets(handles[0])
         for handle, name in zip(handles[1:], names[1:]):
             _check_same_layout(handles[0], handle, row_paths, os.path.join(folder, name))
-        temp = target + INDEX_TEMP_SUFFIX
-        try:
-            with h5py.File(temp, "w") as index:
-                _write_index(index, handles, names, offsets, row_paths, options)
-            os.replace(temp, target)
-        except OSError as error:
-            with contextlib.suppress(OSError):
-                os.remove(temp)
-            raise OutputError(f"cannot write the index '{target}': {error}") from None
+        with publish(target) as temporary, h5py.File(temporary, "w") as index:
+            _write_index(index, handles, names, offsets, row_paths, options)
     finally:
         for handle in handles:
             handle.close()

@@ -54,6 +54,7 @@ from nccli.io.final_copy import write_final
 from nccli.io.guarded import GuardedHdf5, failure_of, words
 from nccli.io.lock import OutputLock
 from nccli.io.options import describe_differences, options_of, store_options
+from nccli.io.publish import sync
 
 CHUNK_BYTES = 2**20
 CHUNK_CACHE_BYTES = 4 * CHUNK_BYTES  # per dataset: a partly filled chunk stays in memory until flushed
@@ -287,7 +288,10 @@ class FeatureWriter:
             for file in (self._file, compressed):
                 if file is not None and file.failure is not None:
                     raise file.failure
-            os.replace(partial if compressed is None else building, self.path)
+            finished = partial if compressed is None else building
+            sync(finished)  # on disk before the name says it is complete (nccli.io.publish)
+            os.replace(finished, self.path)
+            sync(os.path.dirname(self.path) or ".")
             if compressed is not None:
                 os.remove(partial)
         except (OSError, RuntimeError) as error:

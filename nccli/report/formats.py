@@ -219,6 +219,7 @@ def write_xlsx(table: pa.Table, path: str) -> None:
         from openpyxl import Workbook
     except ImportError:
         raise UsageError("--format xlsx needs openpyxl: pip install 'nccli[xlsx]'") from None
+    from nccli.io.publish import publish
     from nccli.report.parquet import check_writable
 
     target = check_writable(path, "--output")
@@ -228,12 +229,8 @@ def write_xlsx(table: pa.Table, path: str) -> None:
     sheet.append(table.column_names)
     for row in table.to_pylist():
         sheet.append(list(row.values()))
-    temporary = target.with_name(f".{target.name}.tmp")
-    try:
+    with publish(target) as temporary:
         workbook.save(temporary)
-        temporary.replace(target)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def render(table: pa.Table, fmt: ReportFormat) -> str:

@@ -1,10 +1,8 @@
 """The Parquet report tables (``report.md``): their columns and Arrow types, reading, and output locks.
 
 Undefined metrics are written as Parquet nulls (pandas shows NaN, DuckDB
-NULL). Writing, atomically, is :mod:`nccli.analyze.outputs`'s job: every
-output is first written to a temporary file beside its target (named by
-:func:`temporary_prefix` and ``TEMPORARY_SUFFIX``).
-:func:`reserve_outputs` holds the outputs' locks
+NULL). Writing, atomically, is :mod:`nccli.analyze.outputs`'s job
+(:mod:`nccli.io.publish`). :func:`reserve_outputs` holds the outputs' locks
 (:mod:`nccli.io.lock`) while a command runs, so a second writer of the same
 report is refused instead of racing the first; holding them, it also removes
 the temporary files a killed writer left behind.
@@ -23,8 +21,7 @@ import pyarrow.parquet as pq
 from nccli import __version__, schema
 from nccli.errors import OutputError, UsageError
 from nccli.io.lock import locked
-
-TEMPORARY_SUFFIX = ".tmp"
+from nccli.io.publish import remove_stale
 
 
 def class_columns(named: bool) -> tuple[str, ...]:
@@ -75,14 +72,8 @@ def reserve_outputs(paths: Iterable[Path]) -> Iterator[None]:
     paths = list(paths)
     with locked(paths):
         for path in paths:
-            for stale in Path(path).parent.glob(temporary_prefix(Path(path)) + "*" + TEMPORARY_SUFFIX):
-                with contextlib.suppress(OSError):
-                    stale.unlink()
+            remove_stale(Path(path))
         yield
-
-
-def temporary_prefix(target: Path) -> str:
-    return f".{target.name}."
 
 
 def report_metadata(result, command: str) -> dict[str, str]:

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from nccli.errors import DegenerateMetricWarning, OutputError, UsageError, warn_caller
+from nccli.io.publish import publish
 from nccli.report.panels import (
     DEPTH_METRICS,
     DPI,
@@ -288,16 +289,10 @@ def _figure(n_panels: int, title: str):
 
 
 def _save(figure, path: Path, fmt: str) -> Path:
-    """Write to a hidden temporary name in the same directory, then rename over ``path``."""
+    """Write the figure to ``path`` atomically (:func:`nccli.io.publish.publish`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            figure.savefig(handle, format=fmt, dpi=DPI)
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise OutputError(f"cannot write the figure '{path}': {error.strerror or error}") from None
+    with publish(path) as temporary, open(temporary, "wb") as handle:
+        figure.savefig(handle, format=fmt, dpi=DPI)
     return path
