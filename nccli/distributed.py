@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
+from nccli.devices import resolve_device
 from nccli.errors import DistributedError, NcCliError, UsageError, first_line
 
 INIT_TIMEOUT = timedelta(minutes=10)  # joining the job, and the process group's own collectives
@@ -78,11 +79,12 @@ def main_process() -> bool:
 
 
 def rank_device(spec: str, local_rank: int) -> str:
-    """``auto`` and ``cuda`` mean this rank's GPU, ``cuda:LOCAL_RANK`` (``auto`` without CUDA: ``cpu``)."""
+    """``auto`` and ``cuda`` mean this rank's GPU, ``cuda:LOCAL_RANK`` (``auto`` without CUDA: ``cpu``); other
+    devices as :func:`nccli.devices.resolve_device` says."""
+    if spec not in ("auto", "cuda") or resolve_device(spec) == "cpu":
+        return resolve_device(spec)
     import torch
 
-    if spec not in ("auto", "cuda") or not torch.cuda.is_available():
-        return "cpu" if spec == "auto" else spec
     if local_rank >= torch.cuda.device_count():
         raise UsageError(
             f"LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} CUDA device(s); start at most "

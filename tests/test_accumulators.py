@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from nccli.metrics import accumulators, formulas
 from nccli.metrics.accumulators import ClassMoments, Decisions, moved_class
-from nccli.metrics.backend import NumpyBackend, TorchBackend, select_backend
+from nccli.metrics.backend import NumpyBackend, TorchBackend
 from nccli.metrics.geometry import build_geometry
 from nccli.types import Classifier
 
@@ -158,11 +158,6 @@ def test_torch_backend_equals_numpy():
     assert results[0].margin_min == pytest.approx(results[1].margin_min, rel=1e-12)
     np.testing.assert_array_equal(results[0].count, results[1].count)
     np.testing.assert_allclose(results[0].residual_sum, results[1].residual_sum, atol=1e-12)
-
-
-def test_device_selection():
-    assert isinstance(select_backend("cpu"), NumpyBackend)
-    assert select_backend("auto").name in ("cpu", "cuda")
 
 
 def test_states_of_a_torch_run_merge_on_the_host_with_numpy_states():

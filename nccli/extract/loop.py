@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from nccli import schema
-from nccli.errors import ModelError, NcCliError, UsageError
+from nccli import devices, schema
+from nccli.errors import ModelError, NcCliError
 from nccli.extract.capture import FeatureCapture
 from nccli.extract.config import Precision
 from nccli.extract.datasets import already_batched
@@ -31,20 +31,8 @@ AUTOCAST_DTYPES = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16
 
 
 def resolve_device(spec: str) -> torch.device:
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:i``."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise UsageError(f"--device '{spec}' is not a device; use auto, cpu, cuda or cuda:INDEX") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device '{spec}': only cpu and cuda are supported")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device '{spec}': no CUDA device is available here; use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UsageError(f"--device '{spec}': this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
+    """The torch device of ``--device`` (:func:`nccli.devices.resolve_device`)."""
+    return torch.device(devices.resolve_device(spec))
 
 
 def place_model(model: nn.Module, device: torch.device) -> tuple[nn.Module, bool]:

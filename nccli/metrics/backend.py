@@ -6,11 +6,10 @@ NVIDIA driver is present.
 """
 
 import functools
-from pathlib import Path
 
 import numpy as np
 
-from nccli.errors import UsageError
+from nccli.devices import resolve_device
 from nccli.metrics.numpy_backend import NumpyBackend
 from nccli.metrics.torch_backend import TorchBackend
 
@@ -35,28 +34,7 @@ def backend_of(array) -> "Backend":
     return _NUMPY if isinstance(array, np.ndarray) else _torch_backend(str(array.device))
 
 
-def _nvidia_driver_present() -> bool:
-    return Path("/proc/driver/nvidia/version").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
-
-
 def select_backend(device: str) -> "Backend":
-    """``cpu`` → numpy; ``cuda``/``cuda:i`` → torch (error if unavailable); ``auto`` → CUDA if present."""
-    if device == "cpu":
-        return NumpyBackend()
-    if device == "auto":
-        if not _nvidia_driver_present():
-            return NumpyBackend()
-        try:
-            import torch
-        except ImportError:
-            return NumpyBackend()
-        return TorchBackend("cuda") if torch.cuda.is_available() else NumpyBackend()
-    if device == "cuda" or device.startswith("cuda:"):
-        try:
-            import torch
-        except ImportError:
-            raise UsageError(f"--device {device} needs torch, which is not installed; use --device cpu") from None
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: no CUDA device is visible to torch; use --device cpu or auto")
-        return TorchBackend(device)
-    raise UsageError(f"unknown --device '{device}'; expected auto, cpu, cuda or cuda:N")
+    """``--device`` (:mod:`nccli.devices`) → numpy on the CPU, torch on CUDA."""
+    resolved = resolve_device(device)
+    return NumpyBackend() if resolved == "cpu" else TorchBackend(resolved)
