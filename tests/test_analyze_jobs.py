@@ -9,7 +9,7 @@ from h5files import write_feature_file
 from typer.testing import CliRunner
 
 from nccli.analyze.analysis import AnalyzeConfig
-from nccli.analyze.passes import row_ranges
+from nccli.analyze.plan import row_ranges
 from nccli.cli import app
 
 

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from nccli import distributed, schema
+from nccli.analyze.plan import row_ranges
 from nccli.errors import DistributedError, UsageError
 from nccli.metrics.backend import select_backend
 
@@ -51,10 +52,8 @@ def rank_rows(n_samples: int, block_rows: int, ranks: int, shard_offsets=None) -
     if shard_offsets is not None and (len(shard_offsets) - 1) % ranks == 0:
         cuts = [int(offset) for offset in shard_offsets[:: (len(shard_offsets) - 1) // ranks]]
         return list(zip(cuts, cuts[1:]))
-    blocks = -(-n_samples // block_rows)
-    per_rank = max(1, -(-blocks // ranks))
-    cuts = [min(n_samples, rank * per_rank * block_rows) for rank in range(ranks + 1)]
-    return list(zip(cuts, cuts[1:]))
+    parts = row_ranges(n_samples, block_rows, ranks)
+    return parts + [(n_samples, n_samples)] * (ranks - len(parts))
 
 
 @contextlib.contextmanager

@@ -20,7 +20,6 @@ loader gave other rows, which its own ``other_rows`` error says.
 
 import concurrent.futures
 import concurrent.futures.process
-import itertools
 import multiprocessing
 import os
 import resource
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from nccli import schema
 from nccli.allocator import keep_freed_memory
+from nccli.analyze.plan import row_ranges
 from nccli.errors import FeatureFileError, NcCliError, UsageError
 from nccli.io.attributes import shown
 from nccli.io.reader import FeatureFile, LayerInfo, open_feature_file
@@ -45,14 +45,6 @@ if TYPE_CHECKING:  # torch, only under torchrun
 RANGES_PER_JOB = 4  # more ranges than workers evens out slow ones
 POOL_START_SECONDS = 120.0  # spawned workers import numpy and h5py: seconds on a loaded machine
 BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def row_ranges(stop: int, block_rows: int, parts: int, start: int = 0) -> list[tuple[int, int]]:
-    """About ``parts`` consecutive ranges covering [start, stop), cut every so many ``block_rows`` from ``start``."""
-    blocks = -(-(stop - start) // block_rows)
-    per_part = max(1, -(-blocks // parts))
-    cuts = list(range(start, stop, per_part * block_rows)) + [stop]
-    return list(itertools.pairwise(cuts))
 
 
 def moments_over(xp, feature_file, layers, block_rows, start, stop, advance) -> dict[str, ClassMoments]:

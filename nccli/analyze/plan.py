@@ -7,6 +7,8 @@ before any row is read (one line, exit 2). The bounds below are upper bounds:
 they assume every class present.
 """
 
+import itertools
+
 from nccli import schema
 from nccli.analyze.config import AnalyzeConfig
 from nccli.errors import FeatureFileError
@@ -76,3 +78,11 @@ def layer_groups(
         resident_sum += resident
         working_max = max(working_max, working)
     return groups + [tuple(current)] if current else groups
+
+
+def row_ranges(stop: int, block_rows: int, parts: int, start: int = 0) -> list[tuple[int, int]]:
+    """About ``parts`` consecutive ranges covering [start, stop), cut every so many ``block_rows`` from ``start``."""
+    blocks = -(-(stop - start) // block_rows)
+    per_part = max(1, -(-blocks // parts))
+    cuts = list(range(start, stop, per_part * block_rows)) + [stop]
+    return list(itertools.pairwise(cuts))
