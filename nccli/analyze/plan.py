@@ -1,4 +1,5 @@
-"""How much memory each layer of ``analyze`` needs, and which layers can share a pair of passes.
+"""The plan of `analyze`'s passes: how much memory each layer needs, which layers share a pair of passes, and how
+the rows are cut among `--jobs` workers and torchrun ranks (:func:`row_ranges`).
 
 State is O(C·d) per layer (C = the file's ``num_classes``): when the selected
 layers do not fit in the budget together, they are cut into groups, each one
