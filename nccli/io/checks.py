@@ -5,7 +5,7 @@ memory) refuse what ``analyze`` would refuse, with the same wording, but
 naming where the array came from (``where``: a key of a source file, a
 batch) instead of a path inside an HDF5 file. Everything is checked from
 shapes and dtypes, except the label range and finiteness, which the callers
-check block by block with :func:`label_range` and :func:`first_nonfinite_row`.
+check block by block with :func:`label_range_error` and :func:`first_nonfinite_row`.
 """
 
 import numpy as np
