@@ -1,4 +1,4 @@
-"""Quoted globs in file arguments: one rule for every command that takes files.
+"""Globs: quoted file arguments, and ``--layers`` names; one rule for every command.
 
 ``nccli analyze 'test/*.h5'``, ``nccli info 'test/*.h5'`` and ``--means-from 'train/*.h5'`` (and a
 folder of references) expand here. An argument that names an existing path is that path, even with
@@ -9,6 +9,7 @@ A pattern that matches no file is refused. Nothing is de-duplicated: a file name
 and a pattern or by two patterns, is named twice, as when the shell expands the pattern.
 """
 
+import fnmatch
 import glob
 import os
 import re
@@ -48,3 +49,13 @@ def expand_globs(arguments: Iterable[str], what: str = "pattern") -> list[str]:
             raise UsageError(f"{what} '{argument}' matches no file")
         expanded.extend(found)
     return expanded
+
+
+def names_matching(pattern: str, names: Iterable[str]) -> list[str]:
+    """The names ``pattern`` selects (``--layers`` of extract and analyze alike): itself when it is one of
+    ``names`` (a layer may have ``[`` in its name), else, when it has glob characters, every name it matches
+    (``fnmatch``, case-sensitive), in ``names``' order; possibly none."""
+    names = list(names)
+    if pattern in names:
+        return [pattern]
+    return [name for name in names if glob.has_magic(pattern) and fnmatch.fnmatchcase(name, pattern)]

@@ -13,6 +13,8 @@ from cli_helpers import assert_user_error, invoke
 from h5files import write_feature_file
 
 from nccli import __version__, schema
+from nccli.globs import names_matching
+from nccli.io.reader import read_info
 
 
 def good_file(path, n=40, k=4, d=5, seed=0, **kwargs):
@@ -332,3 +334,19 @@ def test_analyze_on_the_cpu_does_not_import_torch(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, env=env_without_gpu, check=True
     )
     assert completed.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_layers_select_a_name_first_then_a_glob_as_extract_does(tmp_path):
+    """--layers (nccli.globs.names_matching): a layer named with glob characters is that layer; a pattern
+    selects every layer it matches; one that selects none is one line naming the layers."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(12) % 3
+    layers = {name: rng.normal(size=(12, 4)) for name in ("block[0]", "block0", "blockA", "fc")}
+    path = write_feature_file(tmp_path / "f.h5", labels, layers)
+    info = read_info(str(path))
+    assert [layer.name for layer in info.select_layers(("block[0]",))] == ["block[0]"]
+    assert [layer.name for layer in info.select_layers(("block[0A]",))] == ["block0", "blockA"]
+    assert [layer.name for layer in info.select_layers(("fc", "block*"))] == ["block[0]", "block0", "blockA", "fc"]
+    result = invoke("analyze", path, "--layers", "conv*", "--out", tmp_path / "r.parquet")
+    assert_user_error(result, "--layers 'conv*' matches no layer", "block[0], block0, blockA, fc")
+    assert names_matching("layer4.*", ["layer4.0", "layer40", "layer4.1.relu"]) == ["layer4.0", "layer4.1.relu"]

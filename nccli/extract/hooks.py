@@ -16,7 +16,7 @@ such a layer is stored with each ``/`` written ``%2F`` (``blocks/a`` →
 says so; ``--layers`` takes the model's own name.
 """
 
-import fnmatch
+import glob
 import math
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -27,6 +27,7 @@ from torch import nn
 from nccli.errors import ModelError, UsageError, first_line
 from nccli.extract.config import MapPooling, TokenPooling
 from nccli.extract.messages import did_you_mean
+from nccli.globs import names_matching
 
 CALL_MARK = "#"
 INPUT_MARK = ":input"
@@ -216,18 +217,18 @@ def select_layers(probe: Probe, patterns: tuple[str, ...] | None) -> list[LayerC
         return [layer for layer in probe.layers if layer.default]
     capturable = [layer for layer in probe.layers if layer.sample_shape is not None]
     chosen: set[str] = set()
+    names = [layer.name for layer in capturable]
     for pattern in patterns:
-        if any(char in pattern for char in "*?["):
-            matches = {
-                layer.name
-                for layer in capturable
-                if fnmatch.fnmatchcase(layer.name, pattern) or fnmatch.fnmatchcase(layer.module_name, pattern)
-            }
-            if not matches:
-                raise UsageError(f"--layers '{pattern}' matches no layer; `nccli layers MODEL` lists them")
-            chosen |= matches
-        else:
+        if pattern in names or not glob.has_magic(pattern):
             chosen.add(_exact(probe, capturable, pattern))
+            continue
+        modules = set(names_matching(pattern, {layer.module_name for layer in capturable}))
+        matches = set(names_matching(pattern, names)) | {
+            layer.name for layer in capturable if layer.module_name in modules
+        }
+        if not matches:
+            raise UsageError(f"--layers '{pattern}' matches no layer; `nccli layers MODEL` lists them")
+        chosen |= matches
     return [layer for layer in capturable if layer.name in chosen]
 
 

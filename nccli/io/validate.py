@@ -10,7 +10,6 @@ declares (attributes, the classifier, a row) is checked before anything of
 that size is allocated.
 """
 
-import fnmatch
 import os
 import resource
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 
 from nccli import schema
 from nccli.errors import FeatureFileError, UsageError
+from nccli.globs import names_matching
 from nccli.io.attributes import (
     READ_ERRORS,
     bool_attribute,
@@ -64,16 +64,20 @@ class FeatureFileInfo:
         return next(layer for layer in self.layers if layer.name == name)
 
     def select_layers(self, patterns: tuple[str, ...] | None) -> tuple[LayerInfo, ...]:
-        """Layers matching any name or glob, in forward order; each pattern must match one."""
+        """Layers a name or glob selects (:func:`nccli.globs.names_matching`), in forward order; each pattern
+        must select one."""
         if not patterns:
             return self.layers
         names = [layer.name for layer in self.layers]
+        chosen = set()
         for pattern in patterns:
-            if not fnmatch.filter(names, pattern):
+            matches = names_matching(pattern, names)
+            if not matches:
                 raise UsageError(
                     f"--layers '{pattern}' matches no layer in '{self.path}'; layers are: {', '.join(names)}"
                 )
-        return tuple(layer for layer in self.layers if any(fnmatch.fnmatchcase(layer.name, p) for p in patterns))
+            chosen.update(matches)
+        return tuple(layer for layer in self.layers if layer.name in chosen)
 
 
 def memory_budget() -> int:
