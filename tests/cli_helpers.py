@@ -1,8 +1,14 @@
-"""Running the command line in tests, and what every refusal must look like."""
+"""Running the command line (and the benchmark scripts) in tests, and what every refusal must look like."""
+
+import importlib
+import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
 from nccli.cli import app
+
+BENCHMARKS = Path(__file__).parent / "benchmarks"
 
 
 def invoke(*args):
@@ -20,3 +26,21 @@ def assert_user_error(result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def invoke_with_columns(width, *args):
+    """Invoke the CLI as if the terminal were ``width`` columns wide."""
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": str(width)})
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` and its bytes."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def load_benchmark(name: str):
+    """A script of tests/benchmarks as a module (they are scripts, not a package; the kill harness's
+    children import it by name)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)

@@ -503,10 +503,7 @@ def offset_collapse(
     the shifted values alone perturbs the 1e-4 deviations at ~1e-9 relative).
     ``extras['unshifted']`` holds those unshifted features.
     """
-    try:  # the one fixture defined by the oracle; tests/ may or may not be a package
-        from reference import reference_metrics
-    except ImportError:
-        from tests.reference import reference_metrics
+    from reference import reference_metrics  # the one fixture defined by the oracle
 
     if abs(offset) < 4:
         raise ValueError("offset must be large (the point of the fixture)")

@@ -132,3 +132,19 @@ def _storage(shape: tuple[int, ...], chunks, compression) -> dict:
         rows = max(1, min(int(chunks), shape[0]))
         kwargs["chunks"] = (rows, *(max(1, s) for s in shape[1:]))
     return kwargs
+
+
+def good_file(path, n=40, k=4, d=5, seed=0, **kwargs):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % k
+    features = rng.normal(size=(n, d)) + labels[:, None]
+    kwargs.setdefault("weight", rng.normal(size=(k, d)))
+    kwargs.setdefault("bias", rng.normal(size=k))
+    kwargs.setdefault("classifier_layer", "fc_in")
+    layers = kwargs.pop("layers", {"block": np.tanh(features @ rng.normal(size=(d, 7))), "fc_in": features})
+    return write_feature_file(path, labels, layers, **kwargs)
+
+
+def not_hdf5(path):
+    path.write_bytes(b"this is not hdf5" * 100)
+    return path

@@ -81,13 +81,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import reference_more as more
 
 from nccli import schema
-
-try:  # tests/ is not a package: pytest puts this folder on sys.path
-    import reference_more as more
-except ImportError:  # pragma: no cover - if tests/ becomes a package
-    from tests import reference_more as more
 
 PINV_RCOND = 1e-10
 COINCIDENT_RTOL = 1e-12

@@ -10,23 +10,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from cli_helpers import assert_user_error, invoke
-from h5files import write_feature_file
+from h5files import good_file, not_hdf5, write_feature_file
 
 from nccli import __version__, schema
 from nccli.globs import names_matching
 from nccli.io.reader import read_info
-
-
-def good_file(path, n=40, k=4, d=5, seed=0, **kwargs):
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % k
-    features = rng.normal(size=(n, d)) + labels[:, None]
-    kwargs.setdefault("weight", rng.normal(size=(k, d)))
-    kwargs.setdefault("bias", rng.normal(size=k))
-    kwargs.setdefault("classifier_layer", "fc_in")
-    layers = kwargs.pop("layers", {"block": np.tanh(features @ rng.normal(size=(d, 7))), "fc_in": features})
-    return write_feature_file(path, labels, layers, **kwargs)
-
 
 # --------------------------------------------------------------------------- quoted globs
 
@@ -188,11 +176,6 @@ def test_report_table_xlsx_and_columns(tmp_path):
 
 
 # --------------------------------------------------------------------------- bad input
-
-
-def not_hdf5(path):
-    path.write_bytes(b"this is not hdf5" * 100)
-    return path
 
 
 def corrupt(path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import typer.main
-from test_analyze_cli import good_file
+from h5files import good_file
 
 from nccli.cli import app
 

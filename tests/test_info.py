@@ -5,10 +5,8 @@ import json
 
 import numpy as np
 import pytest
-from cli_helpers import assert_user_error, invoke
-from test_analyze_cli import good_file, not_hdf5
-from test_analyze_robustness import snapshot
-from test_tables import invoke_with_columns
+from cli_helpers import assert_user_error, invoke, invoke_with_columns, snapshot
+from h5files import good_file, not_hdf5
 
 COMMAND = "nccli extract resnet18 cifar10 --out run.h5 --layers layer1,layer2,layer3,layer4,fc:input --pool avg"
 

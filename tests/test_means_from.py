@@ -6,9 +6,8 @@ import math
 
 import pyarrow.parquet as pq
 import pytest
-from cli_helpers import assert_user_error, invoke
-from test_analyze_cli import good_file
-from test_analyze_robustness import snapshot
+from cli_helpers import assert_user_error, invoke, snapshot
+from h5files import good_file
 
 from nccli.analyze.analysis import AnalyzeConfig, analyze_features
 

@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import math
 
+import closed_forms as cf
 import h5py
 import numpy as np
 import pytest
+from h5files import write_feature_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import reference_metrics
 
 from nccli import schema
-
-try:  # tests/ is not a package: pytest puts this folder on sys.path
-    import closed_forms as cf
-    from h5files import write_feature_file
-    from reference import reference_metrics
-except ImportError:  # pragma: no cover - if tests/ becomes a package
-    from tests import closed_forms as cf
-    from tests.h5files import write_feature_file
-    from tests.reference import reference_metrics
 
 CLOSED_TOL = 1e-9
 

@@ -15,8 +15,7 @@ import time
 import h5py
 import numpy as np
 import pytest
-from cli_helpers import assert_user_error, invoke
-from test_reliability_kill import load_benchmark
+from cli_helpers import assert_user_error, invoke, load_benchmark
 
 from nccli.errors import FeatureFileError
 from nccli.io import reader, sources

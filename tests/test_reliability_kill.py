@@ -6,27 +6,15 @@ partial file is created, inside an HDF5 flush, after a batch and while finishing
 HDF5 metadata fixed after creation).
 """
 
-import importlib
 import random
-import sys
 from pathlib import Path
 
 import pytest
-from cli_helpers import invoke
+from cli_helpers import invoke, load_benchmark
 
 from nccli.io import writer
 
 pytestmark = pytest.mark.slow  # processes, torchrun jobs, kills and whole pipelines: the CI tier
-
-BENCHMARKS = Path(__file__).parent / "benchmarks"
-
-
-def load_benchmark(name: str):
-    """A script of tests/benchmarks as a module (they are scripts, not a package; the kill harness's
-    children import it by name)."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    return importlib.import_module(name)
 
 
 @pytest.fixture(scope="module")

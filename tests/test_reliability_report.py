@@ -7,9 +7,8 @@ import secrets
 
 import pyarrow.parquet as pq
 import pytest
-from cli_helpers import assert_user_error, invoke
-from test_analyze_cli import good_file
-from test_reliability_kill import load_benchmark
+from cli_helpers import assert_user_error, invoke, load_benchmark
+from h5files import good_file
 
 from nccli.io.lock import OutputLock, lock_path
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from cli_helpers import assert_user_error, invoke
+from cli_helpers import BENCHMARKS, assert_user_error, invoke
 from extract_helpers import IMAGENET, random_images, tiny_cnn, write_npz
 
 from nccli import schema
@@ -28,7 +28,6 @@ from nccli.io.guarded import GuardedFile
 from nccli.io.lock import OutputLock, lock_path
 from nccli.io.writer import FeatureWriter, RowDataset, partial_path
 
-BENCHMARKS = Path(__file__).parent / "benchmarks"
 PAGE = 4096
 ROWS = 90
 

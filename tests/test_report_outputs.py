@@ -12,8 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from analysis_helpers import table_rows
 from cli_helpers import assert_user_error, invoke
-from h5files import write_feature_file
-from test_analyze_cli import good_file
+from h5files import good_file, write_feature_file
 
 from nccli import __version__, schema
 from nccli.analyze.analysis import AnalyzeConfig

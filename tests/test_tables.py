@@ -8,10 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from cli_helpers import invoke
+from cli_helpers import invoke, invoke_with_columns, snapshot
+from h5files import good_file
 from rich.console import Console
-from test_analyze_cli import good_file
-from test_analyze_robustness import snapshot
 
 from nccli.report.formats import compact, to_rich
 
@@ -91,14 +90,6 @@ def test_report_columns_chosen_to_fit_need_no_note(tmp_path):
     assert expected_numbers(pq.read_table(out, columns=["epoch", "nc1"]), ["epoch", "nc1"]) <= set(
         shown_numbers(result.stdout)
     )
-
-
-def invoke_with_columns(width, *args):
-    from typer.testing import CliRunner
-
-    from nccli.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": str(width)})
 
 
 def test_numbers_in_scientific_notation_stay_whole():
