@@ -4,7 +4,7 @@ changed 2026-12-07): a split that lacks a class still sees the network predict i
 The data: class 3 is absent, and its classifier row is class 0's with a larger bias, so it wins every row
 that class 0 would have won. Every logit-derived column (decisions, margins, q₀, both cross-entropies) must
 equal the float64 oracle over all outputs, through every path: one process and several block sizes, pass 2
-over class tiles of several widths (numpy and torch), ``--jobs`` and ``measure_collapse``. Torchrun runs the
+over class tiles of several widths (numpy and torch) and ``measure_collapse``. Torchrun runs the
 same data in ``test_distributed_analyze.py``.
 """
 
@@ -67,14 +67,6 @@ def test_pass_two_over_class_tiles_includes_every_row_of_w(tmp_path, monkeypatch
     result = analyze_arrays(tmp_path, features, labels, weight, bias, file_kwargs={"num_classes": k}, block_rows=16)
     expected = oracle(features, labels, weight, bias).summary
     assert_close(result.summary[0], expected, LOGIT_COLUMNS, rtol=1e-9, atol=1e-11)
-
-
-def test_jobs_merge_the_same_numbers(tmp_path):
-    features, labels, weight, bias = absent_winner(seed=2)
-    result = analyze_arrays(
-        tmp_path, features, labels, weight, bias, file_kwargs={"num_classes": len(weight)}, jobs=2, block_rows=32
-    )
-    assert_close(result.summary[0], oracle(features, labels, weight, bias).summary, LOGIT_COLUMNS, rtol=1e-9)
 
 
 def test_measure_collapse_gives_the_same_numbers():

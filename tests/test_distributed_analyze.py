@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 import nccli
 from nccli.analyze.collectives import _arrays, _rebuilt, rank_rows
+from nccli.analyze.plan import row_ranges
 from nccli.cli import app
 from nccli.io import shards
 
@@ -148,6 +149,15 @@ def test_an_absent_class_that_wins_rows_counts_under_torchrun_as_in_the_oracle(t
     expected = reference_metrics(features, labels, weight, bias, num_classes=len(weight)).summary
     for key in LOGIT_COLUMNS:
         assert row[key] == pytest.approx(expected[key], rel=1e-9, abs=1e-11), key
+
+
+def test_row_ranges_cover_every_row_once_at_block_boundaries():
+    for n, block, parts in [(997, 32, 8), (10, 3, 4), (5, 100, 8), (64, 8, 1)]:
+        ranges = row_ranges(n, block, parts)
+        assert ranges[0][0] == 0 and ranges[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert all(start % block == 0 for start, _ in ranges)
+        assert len(ranges) <= parts
 
 
 def test_ranks_read_their_own_shards_else_block_aligned_parts():

@@ -4,7 +4,7 @@
 - ``memory``: the in-memory row source (batches in hand), beside the feature file's reader (``nccli.io``);
 - ``plan``: each layer's memory, and the layer groups that fit;
 - ``passes``: the two passes over a source's rows (pass 1 class means, pass 2 everything centred on them),
-  on ``--jobs`` workers or this rank's rows;
+  or this torchrun rank's rows;
 - ``collectives``: the torchrun job (exact merges in rank order, the geometry broadcast);
 - ``references``: ``--means-from`` (each file's reference and its class means);
 - ``ood``: ``--ood`` (the out-of-distribution means);

@@ -76,7 +76,7 @@ def analyze_features(
         with analysis_job(config) as group:
             return analyze_features(config, pairs, group)
     check_config(config, pairs is not None)
-    xp = select_backend(config.compute_device if group is None else group.device)
+    xp = select_backend(config.device if group is None else group.device)
     infos = [read_info(path) for path in config.files]
     selections = [info.select_layers(config.layers) for info in infos]
     references = pair_references(config.means_from, infos, selections) if config.means_from else [None] * len(infos)
@@ -108,8 +108,7 @@ def analyze_features(
         )
         if group is not None:
             advance = _every_rank(advance, group.world)
-        scanner = Scanner(xp, config.jobs, config.block_rows, advance, group)
-        stack.callback(scanner.close)
+        scanner = Scanner(xp, config.block_rows, advance, group)
         ood = ood_means(scanner, ood_info, ood_layers) if ood_info else None
         means: dict[str, dict[str, ClassMeans]] = {}
         for index, (info, layers, groups, reference) in enumerate(zip(infos, selections, plans, references)):
@@ -130,8 +129,8 @@ def analyze_features(
 def analysis_job(config: AnalyzeConfig):
     """Join the torchrun job this process is in, if any (a context yielding its
     :class:`~nccli.analyze.collectives.Group`, else None): ranks compute on ``cuda:LOCAL_RANK`` where CUDA is
-    there (``--device auto``/``cuda``), on the CPU with ``--jobs``."""
-    return job(config.compute_device)
+    there (``--device auto``/``cuda``)."""
+    return job(config.device)
 
 
 def _every_rank(advance: Callable[[int], None], ranks: int) -> Callable[[int], None]:

@@ -12,7 +12,7 @@ file's rows (:func:`rank_rows`):
   when the file has fewer blocks than ranks).
 
 **Merging.** Every state merges with its own ``merge`` (count-weighted means for pass 1, sums and minima
-for pass 2): the one code path that ``--jobs`` workers use, so torchrun adds no second
+for pass 2): the one code path that a single process uses over its blocks, so torchrun adds no second
 implementation of any statistic, and a field added to a state moves and merges with no change here (the
 fields travel generically, as arrays). Ranks merge in a binomial tree, in rank order: at step s = 1, 2,
 4, … rank r with r mod 2s = s sends its states to rank r − s, which merges them after its own. Every
@@ -20,7 +20,7 @@ rank's rows enter exactly once, in a fixed order (the same rounding every run); 
 merged states after ⌈log₂ W⌉ steps, and no rank ever holds more than its own states, one received layer
 state and their merge: O(K·d) per layer, not O(W·K·d) as gathering every rank's states would be. (An
 all-reduce of sums would be a second formula for the same statistics, rounding differently from
-``--jobs`` and from one process.)
+one process.)
 
 **Geometry.** Pass 2 needs the same fixed quantities on every rank: rank 0 builds them from the merged
 states, once, and broadcasts them byte for byte, so every rank decides with bit-identical centres

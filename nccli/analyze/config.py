@@ -19,8 +19,7 @@ class AnalyzeConfig:
     the classifier layer); ``ood``: a feature file of out-of-distribution
     inputs through the same network, for ``nc5_ood_orthogonality``;
     ``depth_epsilon``: ε of ``ncc_effective_depth``; ``block_rows``: rows per
-    block (None = about 16 MiB of the widest layer, chunk-aligned); ``jobs``:
-    worker processes that share each file's rows (CPU only); ``pairs_top``:
+    block (None = about 16 MiB of the widest layer, chunk-aligned); ``pairs_top``:
     per layer, send only the N pairs with the largest cdnv to the pair sink;
     ``tile``: classes per side of the pair tiles (None = from
     ``tiles.TILE_BYTES``).
@@ -36,15 +35,9 @@ class AnalyzeConfig:
     device: str = "auto"
     depth_epsilon: float = 0.01
     block_rows: int | None = None
-    jobs: int = 1
     show_progress: bool = False
     pairs_top: int | None = None
     tile: int | None = None
-
-    @property
-    def compute_device(self) -> str:
-        """The ``--device`` the passes run on: the CPU under ``--jobs``."""
-        return "cpu" if self.jobs > 1 else self.device
 
 
 def check_config(config: AnalyzeConfig, with_pairs: bool) -> None:
@@ -65,9 +58,3 @@ def check_config(config: AnalyzeConfig, with_pairs: bool) -> None:
         raise UsageError(f"--epsilon must be in [0, 1], got {config.depth_epsilon}")
     if config.block_rows is not None and config.block_rows < 1:
         raise UsageError(f"--block-rows must be ≥ 1, got {config.block_rows}")
-    if config.jobs < 1:
-        raise UsageError(f"--jobs must be ≥ 1, got {config.jobs}")
-    if config.jobs > 1 and config.device not in ("cpu", "auto"):
-        raise UsageError(
-            f"--jobs {config.jobs} spreads rows over CPU processes; it does not combine with --device {config.device}"
-        )

@@ -61,7 +61,7 @@ def measure_collapse(
         raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
     rows = BatchRows(batches, int(num_classes), device, classifier, classifier_layer)
     config = AnalyzeConfig(files=(rows.info.path,), means_from=means_from, device=device)
-    scanner = Scanner(rows.xp, 1, None, lambda n: None, other_rows=other_rows)
+    scanner = Scanner(rows.xp, None, lambda n: None, other_rows=other_rows)
     result = AnalysisResult()
     layers = rows.info.layers
     reference_means = _reference_means(scanner, means_from, rows) if means_from else None

@@ -166,7 +166,7 @@ class BatchRows:
     def blocks(self, layers: tuple[LayerInfo, ...], block_rows: int, first: int = 0, end: int | None = None):
         """Yield ``(labels, {layer: rows})`` per batch, checked; all rows of one pass (no row ranges)."""
         if first != 0:
-            raise ValueError("batches are read whole; row ranges (analyze --jobs) do not apply")
+            raise ValueError("batches are read whole; row ranges (torchrun ranks) do not apply")
         iterator, self._first_pass = (self._first_pass or iter(self._iterations())), None
         counts, row = np.zeros(self.num_classes, dtype=np.int64), 0
         names = [layer.name for layer in self._info.layers]

@@ -1,5 +1,5 @@
 """The plan of `analyze`'s passes: how much memory each layer needs, which layers share a pair of passes, and how
-the rows are cut among `--jobs` workers and torchrun ranks (:func:`row_ranges`).
+the rows are cut among torchrun ranks (:func:`row_ranges`).
 
 State is O(C·d) per layer (C = the file's ``num_classes``): when the selected
 layers do not fit in the budget together, they are cut into groups, each one
@@ -31,8 +31,7 @@ def layer_bytes(xp: Backend, info: FeatureFileInfo, layer: LayerInfo, config: An
 
     Resident while its group of layers is scanned: both passes' states, the
     pass-2 geometry and two stored blocks (the next is read while the pool
-    works on one), in each of ``jobs`` workers, and twice in the parent that
-    merges them. Working, for one layer at a time:
+    works on one). Working, for one layer at a time:
     building the geometry or summarizing (four (C, d) float64 arrays), one
     block's float64 copies (eight, over its pieces: two of them pass 2's
     residuals sorted by class and their per-class sums) and pass 2's class
@@ -49,8 +48,6 @@ def layer_bytes(xp: Backend, info: FeatureFileInfo, layer: LayerInfo, config: An
         + 2 * block
     )
     working = 8 * 4 * classes * dim + 8 * block + 5 * xp.tile_bytes * xp.pieces_at_once()
-    if config.jobs > 1:  # each worker holds its own state; the parent a merged one and the next to merge
-        resident *= config.jobs + 2
     return resident, working
 
 

@@ -94,12 +94,6 @@ def analyze(
             help="Rows read per block. Default: about 16 MiB of the widest layer, aligned to its HDF5 chunks."
         ),
     ] = None,
-    jobs: Annotated[
-        int,
-        typer.Option(
-            "--jobs", "-j", help="Worker processes that share each file's rows (CPU); their states merge exactly."
-        ),
-    ] = 1,
 ) -> None:
     """Compute every neural-collapse metric per layer of each feature file into a Parquet report.
 
@@ -130,7 +124,6 @@ def analyze(
             device=device,
             depth_epsilon=epsilon,
             block_rows=block_rows,
-            jobs=jobs,
             show_progress=stderr_is_terminal(),  # on rank 0 only, under torchrun
             pairs_top=pairs_top,
         )

@@ -4,8 +4,7 @@ Each thread makes its own BLAS calls with BLAS held to one thread (numpy
 releases the GIL during its array work; an idle BLAS thread spins waiting for
 work and would take a core from the pool), so the elementwise work between
 products runs on every core too. The pool has as many threads as BLAS had (the
-cores, or the user's ``OMP_NUM_THREADS``, or a worker's share under ``--jobs``),
-at most ``MAX_THREADS``. Callers cut their work the same way whatever the
+cores, or the user's ``OMP_NUM_THREADS``), at most ``MAX_THREADS``. Callers cut their work the same way whatever the
 number of threads and merge the parts in a fixed order, so results never depend on it.
 """
 

@@ -7,7 +7,6 @@ Synthetic float32 feature files (chunks of about 1 MiB):
   * N=500 000 vs N=50 000 (one layer): peak RSS must not grow with N;
   * one layer of d=60 000 (K=10, N=2 000): exact nc1 in < 2 GB, checked
     against an independent closed form (K × K Gram pseudo-inverse);
-  * --jobs 2 against --jobs 1 on the four-layer file;
   * start-up: `nccli --help`, and whether analyze imported torch.
 
 Targets (issue 3): analyze no slower than (b) with a fraction of its memory;
@@ -169,12 +168,6 @@ def main() -> None:
         print(row("nccli analyze", *ours))
         print(row("(a) plain h5py read", *best_of(plain_read(path), args.repeats), ours))
         print(row("(b) in-memory numpy", *best_of(inmemory(path), args.repeats), ours))
-
-    print("\n--jobs (N=50 000, d=512, K=100, 4 layers):")
-    one_job = best_of(analyze(four, out), args.repeats)
-    two_jobs = best_of([*analyze(four, out), "--jobs", "2"], args.repeats)
-    print(row("--jobs 1", *one_job))
-    print(row("--jobs 2", *two_jobs, one_job, "--jobs 1"))
 
     print("\nscaling in N (1 layer, d=512, K=100):")
     small_rss = best_of(analyze(one, out), 1)[1]

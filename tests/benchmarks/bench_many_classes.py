@@ -84,7 +84,7 @@ def passes_only(path: str) -> None:
     xp = NumpyBackend()
     with open_feature_file(path) as feature_file:
         layers = feature_file.info.layers
-        scanner = Scanner(xp, 1, None, lambda n: None)
+        scanner = Scanner(xp, None, lambda n: None)
         moments = scanner.moments(feature_file, layers)
         geometries = {}
         for layer in layers:
