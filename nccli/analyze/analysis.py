@@ -26,12 +26,12 @@ from nccli.analyze.plan import layer_groups, state_budget
 from nccli.analyze.references import pair_references, read_reference_means, reference_layers
 from nccli.errors import DegenerateMetricWarning, UsageError, warn_caller
 from nccli.io.reader import (
-    FeatureFile,
     FeatureFileInfo,
     LayerInfo,
     open_feature_file,
     read_info,
 )
+from nccli.io.rows import RowSource
 from nccli.metrics import formulas
 from nccli.metrics.backend import Backend, select_backend
 from nccli.metrics.classifier import imbalanced
@@ -114,11 +114,9 @@ def analyze_features(
         for index, (info, layers, groups, reference) in enumerate(zip(infos, selections, plans, references)):
             if reference is not None and reference.path not in means:
                 means[reference.path] = read_reference_means(scanner, reference, reference_plans[reference.path])
-            with open_feature_file(info.path, probed=True, expected=info) as feature_file:
+            with open_feature_file(info.path, probed=True, expected=info) as source:
                 reference_means = None if reference is None else means[reference.path]
-                analyze_file(
-                    xp, scanner, feature_file, layers, reference_means, config, result, groups, pair_output, ood
-                )
+                analyze_file(xp, scanner, source, layers, reference_means, config, result, groups, pair_output, ood)
             if reference is not None and all(later is not reference for later in references[index + 1 :]):
                 del means[reference.path]  # a reference's means are kept only while a later file uses them
     warn_imbalance(result)
@@ -153,7 +151,7 @@ def _check_matrix_width(infos: list[FeatureFileInfo], selections, option: str) -
 def analyze_file(
     xp: Backend,
     scanner: Scanner,
-    feature_file: FeatureFile,
+    source: RowSource,
     layers: tuple[LayerInfo, ...],
     reference_means,
     config: AnalyzeConfig,
@@ -169,16 +167,14 @@ def analyze_file(
     summaries are computed all the same). ``ood``: μ_ood per layer name (``--ood``), for
     ``nc5_ood_orthogonality``.
     """
-    info = feature_file.info
+    info = source.info
     pair_output = pair_output or PairOutput(None, info.class_names is not None, None)
     for option, asked, names in (("--mse", config.mse, "mse_*"), ("--snr", config.snr, "snr_*")):
-        if asked and feature_file.classifier is None and scanner.main:
+        if asked and source.classifier is None and scanner.main:
             _warn(result, info.path, None, f"no /classifier/weight: {names} reported as null ({option})")
     file_rows = []
     for group in groups or [layers]:
-        file_rows.extend(
-            _analyze_layers(xp, scanner, feature_file, group, reference_means, config, result, pair_output, ood)
-        )
+        file_rows.extend(_analyze_layers(xp, scanner, source, group, reference_means, config, result, pair_output, ood))
     if not scanner.main:
         return  # another rank of a torchrun job: rank 0 reports
     depth = effective_depth(file_rows, config.depth_epsilon)
@@ -191,7 +187,7 @@ def analyze_file(
 def _analyze_layers(
     xp: Backend,
     scanner: Scanner,
-    feature_file: FeatureFile,
+    source: RowSource,
     layers: tuple[LayerInfo, ...],
     reference_means,
     config: AnalyzeConfig,
@@ -201,9 +197,9 @@ def _analyze_layers(
 ) -> list[dict]:
     """Pass 1, geometry, pass 2 and the summaries of ``layers``: their summary rows (none on the ranks
     of a torchrun job other than 0, which only scan their rows)."""
-    info = feature_file.info
-    classifier_layer = info.classifier_layer if feature_file.classifier is not None else None
-    moments = scanner.moments(feature_file, layers)
+    info = source.info
+    classifier_layer = info.classifier_layer if source.classifier is not None else None
+    moments = scanner.moments(source, layers)
 
     spectra = {}
 
@@ -213,19 +209,19 @@ def _analyze_layers(
             host = moments[layer.name]
             spectra[layer.name] = formulas.between_class_spectrum(host.class_means().centred)
             ncc_reference = reference_means[layer.name] if reference_means else host.class_means()
-            classifier = feature_file.classifier if layer.name == classifier_layer else None
+            classifier = source.classifier if layer.name == classifier_layer else None
             built[layer.name] = build_geometry(xp, host, spectra[layer.name], ncc_reference, classifier)
         return built
 
     # the geometries are (K, d) arrays per layer that the summaries no longer need: not kept past pass 2
     matrix_layer = classifier_layer if config.mse or config.snr else None
-    decisions = scanner.decisions(feature_file, layers, scanner.shared(geometries), matrix_layer)
+    decisions = scanner.decisions(source, layers, scanner.shared(geometries), matrix_layer)
     if not scanner.main:
         return []
 
     file_rows = []
     for layer in layers:
-        classifier = feature_file.classifier if layer.name == classifier_layer else None
+        classifier = source.classifier if layer.name == classifier_layer else None
         layer_pairs = pair_output.layer(info, layer.name)
         metrics = summarize_layer(
             moments[layer.name],

@@ -38,9 +38,10 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from nccli import distributed, schema
+from nccli import distributed
 from nccli.analyze.plan import row_ranges
 from nccli.errors import DistributedError, UsageError
+from nccli.io.rows import RowSource
 from nccli.metrics.backend import select_backend
 
 ADVICE = "no report was written; fix this and rerun the command"
@@ -92,9 +93,9 @@ class Group:
         is validated: before any rank reads a row)."""
         self.session.gather()
 
-    def rows(self, feature_file, block_rows: int) -> tuple[int, int]:
-        offsets = feature_file.attribute("", schema.ATTR_SHARD_OFFSETS)
-        return rank_rows(feature_file.info.n_samples, block_rows, self.world, offsets)[self.rank]
+    def rows(self, source: RowSource, block_rows: int) -> tuple[int, int]:
+        """This rank's rows [start, stop) of ``source`` (:func:`rank_rows`)."""
+        return rank_rows(source.info.n_samples, block_rows, self.world, source.part_offsets())[self.rank]
 
     def reduce(self, states: dict) -> dict | None:
         """Every rank's ``{layer: state}`` merged in rank order (binomial tree): the merged states on rank 0,

@@ -1,8 +1,8 @@
 """Batches in memory, read the way analyze reads a feature file.
 
-:class:`BatchRows` gives what analyze's per-file analysis uses of a
-:class:`~nccli.io.reader.FeatureFile` (``info``, ``classifier``,
-``block_rows``, ``blocks``), over a re-iterable of ``(features, labels)``
+:class:`BatchRows` is a :class:`~nccli.io.rows.RowSource`, as the feature
+file is (``info``, ``classifier``, ``block_rows``, ``blocks``,
+``part_offsets``), over a re-iterable of ``(features, labels)``
 batches instead of HDF5 datasets, so that ``measure_collapse`` runs the very
 code ``analyze`` runs. The batches set the blocks. Each batch is checked as
 analyze checks a file (:mod:`nccli.io.checks`) as it arrives.
@@ -105,7 +105,7 @@ def pick_backend(device: str, first_layer):
 
 
 class BatchRows:
-    """Re-iterable batches of ``(features, labels)`` as analyze's passes read a file."""
+    """Re-iterable batches of ``(features, labels)``: a :class:`~nccli.io.rows.RowSource`."""
 
     def __init__(self, batches, num_classes: int, device: str, classifier=None, classifier_layer: str | None = None):
         self._iterations = _iterations(batches)
@@ -160,8 +160,12 @@ class BatchRows:
         return checked, checks.classifier_layer(widths, weight.shape[1], given, "classifier_layer=")
 
     def block_rows(self, layers: tuple[LayerInfo, ...], requested: int | None = None) -> int:
-        """Unused: the batches are the blocks."""
+        """1, a placeholder: the caller's batches are the blocks, whatever their size."""
         return 1
+
+    def part_offsets(self) -> None:
+        """None: the batches are one part, read whole by one process."""
+        return None
 
     def blocks(self, layers: tuple[LayerInfo, ...], block_rows: int, first: int = 0, end: int | None = None):
         """Yield ``(labels, {layer: rows})`` per batch, checked; all rows of one pass (no row ranges)."""

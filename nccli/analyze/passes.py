@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from nccli import schema
 from nccli.errors import FeatureFileError, NcCliError
-from nccli.io.reader import FeatureFile, LayerInfo
+from nccli.io.reader import LayerInfo
+from nccli.io.rows import RowSource
 from nccli.metrics.accumulators import ClassMoments, Decisions, Moved, moved_class
 from nccli.metrics.backend import Backend, backend_of
 from nccli.metrics.geometry import Geometry
@@ -29,21 +30,21 @@ if TYPE_CHECKING:  # torch, only under torchrun
     from nccli.analyze.collectives import Group
 
 
-def moments_over(xp, feature_file, layers, block_rows, start, stop, advance) -> dict[str, ClassMoments]:
+def moments_over(xp, source, layers, block_rows, start, stop, advance) -> dict[str, ClassMoments]:
     """Pass 1 over rows [start, stop) of ``layers``; states on the host."""
-    num_classes = feature_file.info.num_classes
+    num_classes = source.info.num_classes
     moments = {layer.name: ClassMoments.empty(xp, num_classes, layer.dim) for layer in layers}
     kernels = {name: partial(ClassMoments.of_block, xp) for name in moments}
-    _fold_blocks(xp, feature_file, layers, block_rows, start, stop, kernels, moments, advance)
+    _fold_blocks(xp, source, layers, block_rows, start, stop, kernels, moments, advance)
     return {name: state.host() for name, state in moments.items()}
 
 
 def decisions_over(
-    xp, feature_file, layers, block_rows, start, stop, advance, *, geometries, matrix_layer
+    xp, source, layers, block_rows, start, stop, advance, *, geometries, matrix_layer
 ) -> dict[str, Decisions]:
     """Pass 2 over rows [start, stop) of ``layers`` (with the within-class matrix of ``matrix_layer``); states on
     the host."""
-    num_classes = feature_file.info.num_classes
+    num_classes = source.info.num_classes
     decisions = {
         layer.name: Decisions.empty(
             xp,
@@ -60,16 +61,16 @@ def decisions_over(
         )
         for name, state in decisions.items()
     }
-    _fold_blocks(xp, feature_file, layers, block_rows, start, stop, kernels, decisions, advance)
+    _fold_blocks(xp, source, layers, block_rows, start, stop, kernels, decisions, advance)
     return {name: state.host() for name, state in decisions.items()}
 
 
-def _fold_blocks(xp, feature_file, layers, block_rows, start, stop, kernels: dict, states: dict, advance) -> None:
+def _fold_blocks(xp, source, layers, block_rows, start, stop, kernels: dict, states: dict, advance) -> None:
     """Fold ``kernels[name](rows, labels)`` of every piece of every block into ``states[name]``, in row
     order. With a pool, it works on one block while the next is read."""
     with xp.piece_pool() as pool:
         pending = None  # the block submitted last: its pieces' states (in order) and its number of rows
-        for labels, rows in feature_file.blocks(layers, block_rows, start, stop):
+        for labels, rows in source.blocks(layers, block_rows, start, stop):
             submitted = (
                 {name: _each_piece(xp, pool, block, labels, kernels[name]) for name, block in rows.items()},
                 len(labels),
@@ -128,43 +129,39 @@ class Scanner:
         self.other_rows = other_rows
         self.main = group is None or group.main  # the process that holds the merged states and reports
 
-    def moments(self, feature_file: FeatureFile, layers: tuple[LayerInfo, ...]):
+    def moments(self, source: RowSource, layers: tuple[LayerInfo, ...]):
         """Pass-1 states of ``layers`` over every row (None on the ranks other than 0)."""
-        return self._run(moments_over, feature_file, layers)
+        return self._run(moments_over, source, layers)
 
     def decisions(
         self,
-        feature_file: FeatureFile,
+        source: RowSource,
         layers: tuple[LayerInfo, ...],
         geometries: dict[str, Geometry],
         matrix_layer: str | None = None,
     ):
         """Pass-2 states of ``layers`` over every row, with the within-class matrix of ``matrix_layer`` (None on
         the ranks other than 0), checked to be over the rows of pass 1."""
-        states = self._run(
-            partial(decisions_over, geometries=geometries, matrix_layer=matrix_layer), feature_file, layers
-        )
+        states = self._run(partial(decisions_over, geometries=geometries, matrix_layer=matrix_layer), source, layers)
         if states is not None:
             for layer in layers:
-                self._check_same_rows(feature_file, layer.name, states[layer.name], geometries[layer.name])
+                self._check_same_rows(source, layer.name, states[layer.name], geometries[layer.name])
         return states
 
-    def _check_same_rows(self, feature_file: FeatureFile, name: str, state: Decisions, geometry: Geometry) -> None:
+    def _check_same_rows(self, source: RowSource, name: str, state: Decisions, geometry: Geometry) -> None:
         """Refuse (``other_rows``) a pass 2 that did not read the rows of pass 1, whose means ``geometry`` holds."""
         host = backend_of(geometry.origin).host
         centres = host(geometry.own_centres)[host(geometry.column_of_class)]  # μ_c − o of every class
         moved = moved_class(state, centres, host(geometry.origin))
         if moved is not None:
-            raise self.other_rows(feature_file.info.path, name, moved)
+            raise self.other_rows(source.info.path, name, moved)
 
     def shared(self, build: Callable[[], dict]) -> dict:
         """What ``build()`` returns, built once (on rank 0 in a job) and the same on every rank."""
         return build() if self.group is None else self.group.share(build)
 
-    def _run(self, pass_function, feature_file: FeatureFile, layers):
-        block_rows = feature_file.block_rows(layers, self.block_rows)
-        start, stop = (
-            (0, feature_file.info.n_samples) if self.group is None else self.group.rows(feature_file, block_rows)
-        )
-        states = pass_function(self.xp, feature_file, layers, block_rows, start, stop, self.advance)
+    def _run(self, pass_function, source: RowSource, layers):
+        block_rows = source.block_rows(layers, self.block_rows)
+        start, stop = (0, source.info.n_samples) if self.group is None else self.group.rows(source, block_rows)
+        states = pass_function(self.xp, source, layers, block_rows, start, stop, self.advance)
         return states if self.group is None else self.group.reduce(states)

@@ -50,7 +50,7 @@ __all__ = ["FeatureFile", "FeatureFileInfo", "LayerInfo", "memory_budget", "open
 
 
 class FeatureFile:
-    """An open, validated feature file. Use :func:`open_feature_file`."""
+    """An open, validated feature file (a :class:`~nccli.io.rows.RowSource`). Use :func:`open_feature_file`."""
 
     def __init__(self, handle: h5py.File, info: FeatureFileInfo, classifier: Classifier | None):
         self._handle = handle
@@ -109,6 +109,10 @@ class FeatureFile:
             raise self._fail(
                 path, f"cannot read rows {start}–{stop - 1} (truncated or corrupt file?): {shown(error)}"
             ) from None
+
+    def part_offsets(self) -> np.ndarray | None:
+        """The shards' row offsets of a torchrun index (its ``shard_offsets``), None for any other file."""
+        return self.attribute("", schema.ATTR_SHARD_OFFSETS)
 
     def attribute(self, path: str, name: str):
         """Optional attribute ``name`` of the object at ``path`` ('' = the root) as stored; None when absent."""
