@@ -11,7 +11,7 @@ check block by block with :func:`label_range_error` and :func:`first_nonfinite_r
 import numpy as np
 
 from nccli.errors import DataError, UsageError
-from nccli.io.validate import MAX_WIDTH
+from nccli.io.validate import MAX_WIDTH, label_range_problem, nonfinite_problem
 from nccli.types import Classifier
 
 FLOAT_SIZES = (2, 4, 8)
@@ -53,10 +53,8 @@ def check_rows(shape: tuple[int, ...], rows: int, labels_where: str, where: str)
 
 def label_range_error(low: int, high: int, num_classes: int, where: str) -> DataError | None:
     """The error for labels spanning [low, high] when they must lie in [0, num_classes), else None."""
-    if low >= 0 and high < num_classes:
-        return None
-    bad = low if low < 0 else high
-    return DataError(f"{where}: label {bad} outside [0, {num_classes}) (num_classes = {num_classes})")
+    problem = label_range_problem(low, high, num_classes)
+    return None if problem is None else DataError(f"{where}: {problem}")
 
 
 def first_nonfinite_row(block: np.ndarray) -> int | None:
@@ -68,7 +66,7 @@ def first_nonfinite_row(block: np.ndarray) -> int | None:
 
 
 def nonfinite_error(row: int, where: str) -> DataError:
-    return DataError(f"{where}: non-finite feature value (NaN or Inf) in row {row}")
+    return DataError(f"{where}: {nonfinite_problem(row)}")
 
 
 def classifier_layer(widths: dict[str, int], weight_width: int, given: str | None, option: str) -> str:

@@ -38,6 +38,7 @@ from nccli.io.validate import (
     FeatureFileInfo,
     LayerInfo,
     memory_budget,
+    nonfinite_problem,
     validate,
 )
 from nccli.types import Classifier
@@ -84,7 +85,7 @@ class FeatureFile:
                 block = self._read(path, start, stop)
                 bad = first_nonfinite_row(block)
                 if bad is not None:
-                    raise self._fail(path, f"non-finite feature value (NaN or Inf) in row {start + bad}")
+                    raise self._fail(path, nonfinite_problem(start + bad))
                 rows[layer.name] = block
             yield labels, rows
 

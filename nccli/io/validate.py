@@ -80,6 +80,20 @@ class FeatureFileInfo:
         return tuple(layer for layer in self.layers if layer.name in chosen)
 
 
+def label_range_problem(low: int, high: int, num_classes: int) -> str | None:
+    """What is wrong with labels spanning [low, high] that must lie in [0, num_classes), else None: the one
+    wording for files, arrays (:mod:`nccli.io.checks`) and batches."""
+    if low >= 0 and high < num_classes:
+        return None
+    bad = low if low < 0 else high
+    return f"label {bad} outside [0, {num_classes}) (num_classes = {num_classes})"
+
+
+def nonfinite_problem(row: int) -> str:
+    """The one wording of a non-finite feature row, for files and arrays."""
+    return f"non-finite feature value (NaN or Inf) in row {row}"
+
+
 def memory_budget() -> int:
     """Bytes a hostile header may make nccli allocate at most: half the physical memory, or half the
     address-space limit (``ulimit -v``) when that is lower."""
@@ -149,11 +163,9 @@ def validate(handle: h5py.File, file: str, scan_labels: bool = True) -> tuple[Fe
     num_classes = declared if declared is not None else max(high + 1, 0 if classifier is None else len(classifier.bias))
     if num_classes < 1:
         raise FeatureFileError(file, "", f"attribute '{schema.ATTR_NUM_CLASSES}' must be ≥ 1, found {num_classes}")
-    if low < 0 or high >= num_classes:
-        bad = low if low < 0 else high
-        raise FeatureFileError(
-            file, schema.LABELS, f"label {bad} outside [0, {num_classes}) (num_classes = {num_classes})"
-        )
+    problem = label_range_problem(low, high, num_classes)
+    if problem is not None:
+        raise FeatureFileError(file, schema.LABELS, problem)
     if classifier is not None and len(classifier.bias) != num_classes:
         raise FeatureFileError(
             file, schema.CLASSIFIER_WEIGHT, f"has {len(classifier.bias)} rows but num_classes is {num_classes}"
