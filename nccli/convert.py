@@ -19,15 +19,15 @@ import contextlib
 import json
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 
-from nccli import __version__, schema
+from nccli import schema
 from nccli.errors import DataError, OutputError, UsageError
 from nccli.extract.config import MapPooling
 from nccli.io import checks
 from nccli.io.arrays import KeySpace, SourceArray, open_sources
+from nccli.io.header import root_attributes
 from nccli.io.writer import FeatureWriter, RowDataset, check_not_being_written, partial_path
 from nccli.progress import progress_bar
 
@@ -264,21 +264,14 @@ def _class_names(path: str | None, num_classes: int) -> list[str] | None:
 
 
 def _root_attrs(config: ConvertConfig, num_classes: int, names: list[str] | None) -> dict:
-    attrs = {
-        schema.ATTR_FORMAT: schema.FORMAT_NAME,
-        schema.ATTR_FORMAT_VERSION: schema.FORMAT_VERSION,
-        schema.ATTR_NUM_CLASSES: num_classes,
-        schema.ATTR_SPLIT: config.split,
-        schema.ATTR_COMMAND: config.command or "nccli.convert_features (Python API)",
-        schema.ATTR_CREATED: datetime.now(UTC).isoformat(timespec="seconds"),
-        schema.ATTR_NCCLI_VERSION: __version__,
-        schema.ATTR_SOURCES: json.dumps(list(config.sources)),
-    }
-    if config.epoch is not None:
-        attrs[schema.ATTR_EPOCH] = config.epoch
-    if names is not None:
-        attrs[schema.ATTR_CLASS_NAMES] = np.array(names, dtype=object)
-    return attrs
+    return root_attributes(
+        num_classes,
+        config.split,
+        config.command or "nccli.convert_features (Python API)",
+        config.epoch,
+        names,
+        **{schema.ATTR_SOURCES: json.dumps(list(config.sources))},
+    )
 
 
 def _copy_rows(writer: FeatureWriter, plan: _Plan, advance) -> None:

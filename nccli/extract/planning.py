@@ -6,17 +6,17 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 import torch
 
-from nccli import __version__, schema
+from nccli import schema
 from nccli.errors import DataError, ModelError, OutputError
 from nccli.extract.config import ExtractConfig
 from nccli.extract.datasets import ImageData
 from nccli.extract.hooks import INPUT_MARK, LayerPlan, Probe
 from nccli.extract.models import LoadedModel
+from nccli.io.header import root_attributes
 from nccli.io.writer import FeatureWriter, RowDataset
 
 
@@ -141,32 +141,25 @@ def _root_attrs(config: ExtractConfig, job: Job, data: ImageData) -> dict:
         f"; first {config.limit}" if config.limit else ""
     )
     loaded = job.loaded
-    attrs = {
-        schema.ATTR_FORMAT: schema.FORMAT_NAME,
-        schema.ATTR_FORMAT_VERSION: schema.FORMAT_VERSION,
-        schema.ATTR_NUM_CLASSES: job.num_classes,
-        schema.ATTR_SPLIT: str(config.split),
-    }
-    provenance = {
-        schema.ATTR_MODEL: loaded.name,
-        schema.ATTR_WEIGHTS: loaded.weights,
-        schema.ATTR_CHECKPOINT: loaded.checkpoint,
-        schema.ATTR_CHECKPOINT_SHA256: loaded.checkpoint_sha256,
-        schema.ATTR_DATASET: data.description + selection,
-        schema.ATTR_TRANSFORM: job.transform,
-        schema.ATTR_COMMAND: config.command or "nccli.extract_features (Python API)",
-        schema.ATTR_CREATED: datetime.now(UTC).isoformat(timespec="seconds"),
-        schema.ATTR_NCCLI_VERSION: __version__,
-        schema.ATTR_TORCH_VERSION: str(torch.__version__),
-    }
-    attrs.update(provenance)
+    names = loaded.class_names or data.class_names
+    attrs = root_attributes(
+        job.num_classes,
+        str(config.split),
+        config.command or "nccli.extract_features (Python API)",
+        loaded.epoch,
+        names if names and len(names) == job.num_classes else None,
+        **{
+            schema.ATTR_MODEL: loaded.name,
+            schema.ATTR_WEIGHTS: loaded.weights,
+            schema.ATTR_CHECKPOINT: loaded.checkpoint,
+            schema.ATTR_CHECKPOINT_SHA256: loaded.checkpoint_sha256,
+            schema.ATTR_DATASET: data.description + selection,
+            schema.ATTR_TRANSFORM: job.transform,
+            schema.ATTR_TORCH_VERSION: str(torch.__version__),
+        },
+    )
     if job.logits:  # a placeholder of the type finishing writes, so that it is rewritten in place (io.writer)
         attrs[schema.ATTR_LOGITS_ACCURACY] = np.nan
-    if loaded.epoch is not None:
-        attrs[schema.ATTR_EPOCH] = loaded.epoch
     if loaded.init_seed is not None:
         attrs[schema.ATTR_INIT_SEED] = loaded.init_seed
-    names = loaded.class_names or data.class_names
-    if names and len(names) == job.num_classes:
-        attrs[schema.ATTR_CLASS_NAMES] = np.array(names, dtype=object)
     return attrs
