@@ -10,6 +10,7 @@ import math
 
 import pyarrow.parquet as pq
 import pytest
+import stored_reports
 from typer.testing import CliRunner
 
 from nccli import schema
@@ -66,3 +67,9 @@ def test_figures_are_written(demo):
 def test_demo_command_rejects_a_missing_sample_folder(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--sample-data", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "sample data not found" in result.stderr and "Traceback" not in result.output
+
+
+def test_the_demo_report_is_the_stored_one_bit_for_bit(demo):
+    """A redesign changes no number (tests/stored_reports.py; `python tests/stored_reports.py` re-stores)."""
+    assert dict(checkpoints=(1, 300), limit=450, device="cpu") == stored_reports.DEMO  # the fixture's setting
+    stored_reports.assert_as_stored("demo", demo.report)
