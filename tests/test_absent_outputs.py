@@ -4,8 +4,8 @@ changed 2026-12-07): a split that lacks a class still sees the network predict i
 The data: class 3 is absent, and its classifier row is class 0's with a larger bias, so it wins every row
 that class 0 would have won. Every logit-derived column (decisions, margins, q₀, both cross-entropies) must
 equal the float64 oracle over all outputs, through every path: one process and several block sizes, pass 2
-over class tiles of several widths (numpy and torch) and ``measure_collapse``. Torchrun runs the
-same data in ``test_distributed_analyze.py``.
+over class tiles of several widths (numpy and torch); ``measure_collapse``, ``convert`` and torchrun run the
+same data in ``test_entry_points.py``.
 """
 
 import numpy as np
@@ -22,7 +22,6 @@ from analysis_helpers import (
 )
 from reference import reference_metrics
 
-from nccli import measure_collapse
 from nccli.metrics.backend import TorchBackend
 from nccli.metrics.numpy_backend import NumpyBackend
 
@@ -67,10 +66,3 @@ def test_pass_two_over_class_tiles_includes_every_row_of_w(tmp_path, monkeypatch
     result = analyze_arrays(tmp_path, features, labels, weight, bias, file_kwargs={"num_classes": k}, block_rows=16)
     expected = oracle(features, labels, weight, bias).summary
     assert_close(result.summary[0], expected, LOGIT_COLUMNS, rtol=1e-9, atol=1e-11)
-
-
-def test_measure_collapse_gives_the_same_numbers():
-    features, labels, weight, bias = absent_winner(seed=4)
-    batches = [(features[start : start + 50], labels[start : start + 50]) for start in range(0, len(labels), 50)]
-    (row,) = measure_collapse(batches, num_classes=len(weight), classifier=(weight, bias), device="cpu")
-    assert_close(row, oracle(features, labels, weight, bias).summary, LOGIT_COLUMNS, rtol=1e-9, atol=1e-11)

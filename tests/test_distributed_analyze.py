@@ -18,9 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from analysis_helpers import LOGIT_COLUMNS, absent_winner
 from h5files import write_feature_file
-from reference import reference_metrics
 from typer.testing import CliRunner
 
 import nccli
@@ -127,28 +125,6 @@ def test_a_torchrun_shard_index_equals_one_process(tmp_path):
         feature_file(shard, labels[part], {name: values[part] for name, values in layers.items()}, weight, bias)
     shards.write_index(str(index), 2, {})
     compare(tmp_path, [index], ["--pairs-top", "4"])
-
-
-def test_an_absent_class_that_wins_rows_counts_under_torchrun_as_in_the_oracle(tmp_path):
-    """The logit columns run over every output (metrics.md): ranks merge them as one process computes them."""
-    features, labels, weight, bias = absent_winner(seed=5, n=301)
-    path = write_feature_file(
-        tmp_path / "absent.h5",
-        labels,
-        {"fc_in": features},
-        weight=weight,
-        bias=bias,
-        classifier_layer="fc_in",
-        num_classes=len(weight),
-        chunks=16,
-        complete=True,
-    )
-    done = torchrun(path, "--out", tmp_path / "r.parquet", "--block-rows", "32", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    (row,) = rows(tmp_path / "r.parquet")
-    expected = reference_metrics(features, labels, weight, bias, num_classes=len(weight)).summary
-    for key in LOGIT_COLUMNS:
-        assert row[key] == pytest.approx(expected[key], rel=1e-9, abs=1e-11), key
 
 
 def test_row_ranges_cover_every_row_once_at_block_boundaries():
