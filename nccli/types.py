@@ -1,4 +1,4 @@
-"""The data that storage and the metrics both speak: a classifier and the class means.
+"""The data that storage and the metrics both speak: a classifier, the class means, and what an array is.
 
 Plain float64 arrays and what describes them; no metric. The feature file's
 reader builds a :class:`Classifier`; the passes of ``analyze`` build
@@ -7,8 +7,15 @@ reference file (``--means-from``).
 """
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+Array: TypeAlias = "np.ndarray | torch.Tensor"
+"""What the metrics' states and kernels hold: a numpy array on the CPU, a torch tensor on CUDA."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ backend object inside. Their kernels take the backend from the arrays
 wherever each was computed.
 """
 
+from __future__ import annotations
+
 import dataclasses
 from dataclasses import dataclass
 
@@ -35,7 +37,7 @@ import numpy as np
 
 from nccli.metrics.backend import Backend, backend_of
 from nccli.metrics.geometry import Geometry
-from nccli.types import ClassMeans
+from nccli.types import Array, ClassMeans
 
 
 @dataclass
@@ -47,14 +49,14 @@ class ClassMoments:
     state and its merge cost O(classes in the block · d), not O(K · d).
     """
 
-    count: object  # (C,) float64: n_c (exact below 2**53)
-    mean: object  # (C, d) μ_c
-    unit_sum: object  # (C, d) Σ_{i∈c, h_i≠0} h_i/‖h_i‖
-    unit_count: object  # (C,) number of non-zero h_i
-    ids: object = None  # class id of each row (a block's state), None = all classes
+    count: Array  # (C,) float64: n_c (exact below 2**53)
+    mean: Array  # (C, d) μ_c
+    unit_sum: Array  # (C, d) Σ_{i∈c, h_i≠0} h_i/‖h_i‖
+    unit_count: Array  # (C,) number of non-zero h_i
+    ids: Array | None = None  # class id of each row (a block's state), None = all classes
 
     @classmethod
-    def empty(cls, xp: Backend, num_classes: int, dim: int) -> "ClassMoments":
+    def empty(cls, xp: Backend, num_classes: int, dim: int) -> ClassMoments:
         return cls(xp.zeros(num_classes), xp.zeros(num_classes, dim), xp.zeros(num_classes, dim), xp.zeros(num_classes))
 
     @staticmethod
@@ -63,7 +65,7 @@ class ClassMoments:
         return 8 * num_classes * (2 * dim + 2)
 
     @classmethod
-    def of_block(cls, xp: Backend, rows, labels) -> "ClassMoments":
+    def of_block(cls, xp: Backend, rows, labels) -> ClassMoments:
         """Moments of one block of rows (float64 backend arrays) for the classes present in it (``ids``)."""
         rows, labels = xp.grouped(rows, labels)
         groups = xp.groups(labels)
@@ -74,7 +76,7 @@ class ClassMoments:
         unit_sum = xp.segment_sum(rows / (norms + ~nonzero)[:, None], groups)
         return cls(groups.count, mean, unit_sum, xp.group_sum(1.0 * nonzero, groups), groups.ids)
 
-    def _combined(self, other: "ClassMoments"):
+    def _combined(self, other: ClassMoments):
         """Chan et al. pairwise update of this state's rows for ``other``'s classes (n-weighted means)."""
         xp, at = backend_of(self.count), slice(None) if other.ids is None else other.ids
         count_a, mean_a = self.count[at], self.mean[at]
@@ -87,7 +89,7 @@ class ClassMoments:
             self.unit_count[at] + other.unit_count,
         )
 
-    def merge(self, other: "ClassMoments") -> "ClassMoments":
+    def merge(self, other: ClassMoments) -> ClassMoments:
         """Both states (over all classes) merged, as one pass over both."""
         return ClassMoments(*self._combined(other))
 
@@ -95,12 +97,12 @@ class ClassMoments:
         """Fold one block of rows into this state, in place."""
         self.fold(ClassMoments.of_block(backend_of(self.count), rows, labels))
 
-    def fold(self, block: "ClassMoments") -> None:
+    def fold(self, block: ClassMoments) -> None:
         """Fold a block's state (``of_block``) into this state, in place, touching only the block's classes."""
         at = block.ids
         self.count[at], self.mean[at], self.unit_sum[at], self.unit_count[at] = self._combined(block)
 
-    def host(self) -> "ClassMoments":
+    def host(self) -> ClassMoments:
         """The same state as numpy arrays."""
         return on_host(self)
 
@@ -127,10 +129,10 @@ class Decisions:
     block costs O(classes in the block · d), not O(K · d).
     """
 
-    projected_sq: object  # (r,) Σ_i (v_j·(h_i − μ_{y_i}))²
-    scatter: object  # (C,) Σ_{i∈c} ‖h_i − μ_c‖²
-    ncc_correct: object  # (C,)
-    clf_correct: object  # (C,)
+    projected_sq: Array  # (r,) Σ_i (v_j·(h_i − μ_{y_i}))²
+    scatter: Array  # (C,) Σ_{i∈c} ‖h_i − μ_c‖²
+    ncc_correct: Array  # (C,)
+    clf_correct: Array  # (C,)
     mismatch: float = 0.0
     margin_min: float = float("inf")
     margin_sum: float = 0.0
@@ -139,15 +141,15 @@ class Decisions:
     free_margin_min: float = float("inf")
     ce_sum: float = 0.0
     free_ce_sum: float = 0.0
-    within: object = None  # (d, d) within-class scatter matrix, MSE and SNR only
-    count: object = None  # (C,) n_c of this pass
-    residual_sum: object = None  # (C, d) Σ_{i∈c} (h_i − μ_c); None until the first block when made without d
-    residual_ids: object = None  # class of each row of residual_sum (a block's state), None = all classes
+    within: Array | None = None  # (d, d) within-class scatter matrix, MSE and SNR only
+    count: Array | None = None  # (C,) n_c of this pass
+    residual_sum: Array | None = None  # (C, d) Σ_{i∈c} (h_i − μ_c); None until the first block when made without d
+    residual_ids: Array | None = None  # class of each row of residual_sum (a block's state), None = all classes
 
     @classmethod
     def empty(
         cls, xp: Backend, num_classes: int, rank: int, within_dim: int | None = None, dim: int | None = None
-    ) -> "Decisions":
+    ) -> Decisions:
         """A state of nothing; ``within_dim`` d: with the d × d within-class matrix; ``dim`` d: with the
         residual sums already there (states that travel between processes must all have them)."""
         within = None if within_dim is None else xp.zeros(within_dim, within_dim)
@@ -164,7 +166,7 @@ class Decisions:
     @classmethod
     def of_block(
         cls, xp: Backend, geometry: Geometry, rows, labels, num_classes: int, with_matrix: bool = False
-    ) -> "Decisions":
+    ) -> Decisions:
         block = geometry.block(xp, rows)
         residuals = block.centred - geometry.own_centres[geometry.column_of_class[labels]]
         squared = xp.rowdot(residuals, residuals)
@@ -197,7 +199,7 @@ class Decisions:
             state.free_margin_min = xp.scalar((scored.free_own - scored.free_other).min())
         return state
 
-    def merge(self, other: "Decisions") -> "Decisions":
+    def merge(self, other: Decisions) -> Decisions:
         """Both states merged, as one pass over both (over all classes: block states' sums are spread out)."""
         mine, theirs = self._all_residuals(), other._all_residuals()
         return Decisions(
@@ -231,7 +233,7 @@ class Decisions:
         xp = backend_of(self.projected_sq)
         self.fold(Decisions.of_block(xp, geometry, rows, labels, self.ncc_correct.shape[0], self.within is not None))
 
-    def fold(self, block: "Decisions") -> None:
+    def fold(self, block: Decisions) -> None:
         """Fold a block's state (``of_block``) into this state, in place; the residual sums only at the
         block's classes (no O(K·d) array per block)."""
         sums, at = block.residual_sum, slice(None) if block.residual_ids is None else block.residual_ids
@@ -242,7 +244,7 @@ class Decisions:
             self.residual_sum = backend_of(self.scatter).zeros(len(self.scatter), sums.shape[1])
         self.residual_sum[at] += sums
 
-    def host(self) -> "Decisions":
+    def host(self) -> Decisions:
         """The same state as numpy arrays."""
         return on_host(self)
 
@@ -281,7 +283,7 @@ class Moved:
         )
 
 
-def moved_class(state: "Decisions", centres: np.ndarray, origin: np.ndarray) -> Moved | None:
+def moved_class(state: Decisions, centres: np.ndarray, origin: np.ndarray) -> Moved | None:
     """The class whose rows pass 2 (``state``, on the host) did not read in pass 1, worst first; None if none.
 
     ``centres`` (C, d): μ_c − o, the means of pass 1 less the ``origin`` o pass 2 worked relative to

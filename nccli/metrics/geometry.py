@@ -21,6 +21,8 @@ identical by :func:`ties_exact`) or identical classifier rows
 candidate, so they never depend on rounding either.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +31,7 @@ from nccli.metrics import logits
 from nccli.metrics.backend import Backend
 from nccli.metrics.formulas import COINCIDENCE_TOLERANCE, Spectrum
 from nccli.metrics.tiles import lowest_coincident
-from nccli.types import Classifier, ClassMeans
+from nccli.types import Array, Classifier, ClassMeans
 
 
 @dataclass(frozen=True)
@@ -57,22 +59,22 @@ class Geometry:
     tile width (tests); None sizes float32 tiles by ``tile_bytes``.
     """
 
-    origin: object
-    basis: object
-    own_centres: object
-    column_of_class: object
-    ncc_centres: object
-    ncc_single: object
-    ncc_sqnorms: object
-    ncc_ids: object
-    weight: object = None
-    weight_single: object = None
-    bias: object = None
-    clf_ids: object = None
-    clf_column: object = None
-    clf_shared: object = None
-    free_bias: object = None
-    multiplicity: object = None
+    origin: Array
+    basis: Array
+    own_centres: Array
+    column_of_class: Array
+    ncc_centres: Array
+    ncc_single: Array
+    ncc_sqnorms: Array
+    ncc_ids: Array
+    weight: Array | None = None
+    weight_single: Array | None = None
+    bias: Array | None = None
+    clf_ids: Array | None = None
+    clf_column: Array | None = None
+    clf_shared: Array | None = None
+    free_bias: Array | None = None
+    multiplicity: Array | None = None
     weight_norm_max: float = 0.0
     bias_is_zero: bool = False
     tile_bytes: int = 32 * 2**20
@@ -91,13 +93,13 @@ class Geometry:
         width = self.tile_width(rows)
         return [(start, min(start + width, classes)) for start in range(0, classes, width)]
 
-    def block(self, xp: Backend, rows) -> "Block":
+    def block(self, xp: Backend, rows) -> Block:
         """What both decisions need of a block of float64 rows, computed once."""
         centred = rows - self.origin
         return Block(centred, xp.single_with_ones(centred), xp.sqrt(xp.rowdot(centred, centred)))
 
     def slack(
-        self, block: "Block", norm_max: float, folded_max: float, added_max: float = 0.0, unit: float | None = None
+        self, block: Block, norm_max: float, folded_max: float, added_max: float = 0.0, unit: float | None = None
     ):
         """2δ_i: twice the bound on |float32 − exact| of (h_i − origin)·v + a + e over rows v of norm ≤
         ``norm_max``, offsets a folded into the product (|a| ≤ ``folded_max``, the product's last column)
@@ -107,7 +109,7 @@ class Geometry:
         d, u = block.centred.shape[1], unit or self.single_unit
         return 4.0 * u * ((d + 4) * (block.norms * norm_max + folded_max) + 2.0 * added_max)
 
-    def _lowest(self, xp: Backend, block: "Block", count: int, tile, slack, exact):
+    def _lowest(self, xp: Backend, block: Block, count: int, tile, slack, exact):
         """Per row, the column of the exact smallest value among ``count`` columns (lowest column on ties).
 
         ``tile(start, stop)`` gives the float32 values of a tile of columns,
@@ -147,7 +149,7 @@ class Geometry:
         best_column[rows[first]] = columns[first]
         return best_column
 
-    def nearest(self, xp: Backend, block: "Block"):
+    def nearest(self, xp: Backend, block: Block):
         """NCC decision of each row: argmin_c ‖c‖² − 2(h_i − origin)·c over c = μ_c − origin, which is
         ‖h_i − μ_c‖² less a per-row constant."""
         norm_max = xp.scalar(self.ncc_sqnorms.max()) ** 0.5
@@ -162,11 +164,11 @@ class Geometry:
 
         return self.ncc_ids[self._lowest(xp, block, len(self.ncc_ids), tile, slack, exact)]
 
-    def classify(self, xp: Backend, block: "Block", labels):
+    def classify(self, xp: Backend, block: Block, labels):
         """The classifier's decisions, logits and losses of each row (:func:`nccli.metrics.logits.classify`)."""
         return logits.classify(self, xp, block, labels)
 
-    def exact_products(self, xp: Backend, block: "Block", rows, columns):
+    def exact_products(self, xp: Backend, block: Block, rows, columns):
         """w_cᵀ(h_i − origin) in float64 for the given (row, classifier column) pairs, in chunks of a tile's bytes."""
         chunk = max(1, self.tile_bytes // (16 * max(block.centred.shape[1], 1)))
         parts = [
@@ -180,9 +182,9 @@ class Geometry:
 class Block:
     """One block of rows for pass 2: h_i − origin in float64, (h_i − origin, 1) in float32, and ‖h_i − origin‖."""
 
-    centred: object
-    single: object
-    norms: object
+    centred: Array
+    single: Array
+    norms: Array
 
 
 def distinct_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

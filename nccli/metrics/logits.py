@@ -25,12 +25,15 @@ go to the lowest class id: the lowest column within a tile, strict updates
 across ascending tiles.
 """
 
+from __future__ import annotations
+
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from nccli.metrics.backend import Backend
+from nccli.types import Array
 
 # A row whose tile has more than 1/DENSE_SHARE of its classes as candidates gets a float64 product.
 DENSE_SHARE = 32
@@ -43,13 +46,13 @@ class ClassifierRows:
     """Per row of a block: the decision (class id), own and best other logit, cross-entropy; ``free_*``
     the same of the bias-free logits."""
 
-    prediction: object
-    own: object
-    other: object
-    ce: object
-    free_own: object
-    free_other: object
-    free_ce: object
+    prediction: Array
+    own: Array
+    other: Array
+    ce: Array
+    free_own: Array
+    free_other: Array
+    free_ce: Array
 
 
 class RunningLogSumExp:

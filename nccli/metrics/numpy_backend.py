@@ -6,11 +6,14 @@ The accumulators are written once against the primitives of
 is what both give for the classes of a block.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 import numpy as np
 
 from nccli.metrics.threads import pool_size, thread_pool
+from nccli.types import Array
 
 # Label runs at least this long are summed by one BLAS product each; shorter ones in batches (segment_sum).
 LONG_RUN = 32
@@ -26,9 +29,9 @@ class Groups:
     """The classes present in one block: ``ids`` ascending, ``count`` (float64) rows of each, ``index``
     the group of each row; on numpy (rows sorted by label) also each run's ``starts`` and ``lengths``."""
 
-    ids: object
-    count: object
-    index: object
+    ids: Array
+    count: Array
+    index: Array
     starts: np.ndarray | None = None
     lengths: np.ndarray | None = None
 
