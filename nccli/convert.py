@@ -1,4 +1,4 @@
-"""``convert``: write a feature file (``feature-file.md``) from arrays other tools saved.
+"""``convert``: write a feature file (``docs/feature-file.md``) from arrays other tools saved.
 
 The sources (:mod:`nccli.io.arrays`: ``.npy``, ``.npz``, ``.pt``/``.pth``,
 ``.safetensors``) form one key space; the options name which key holds the

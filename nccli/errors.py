@@ -15,7 +15,7 @@ class NcCliError(Exception):
 
 
 class FeatureFileError(NcCliError):
-    """A feature file that does not follow ``feature-file.md``.
+    """A feature file that does not follow ``docs/feature-file.md``.
 
     The message names the file, the path inside it and what is wrong.
     """

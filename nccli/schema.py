@@ -1,7 +1,7 @@
 """Every name in nccli's file formats, in one place.
 
 The HDF5 feature file (``docs/feature-file.md``, format version 1) and
-the Parquet report (``report.md``, ``metrics.md``). No other module spells
+the Parquet report (``docs/report.md``, ``docs/metrics.md``). No other module spells
 these strings.
 """
 

@@ -9,7 +9,7 @@ comparison between shifted and unshifted data (see there).
 Rows are shuffled (seeded) wherever there is more than one sample per class:
 nccli must work from labels, never from the sample order.
 
-Metric names are those of ``metrics.md`` (``nccli.schema``). Note that
+Metric names are those of ``docs/metrics.md`` (``nccli.schema``). Note that
 ``nc3_duality`` there is the *unsquared* distance, while seed-notes' M20 is its
 square.
 """
@@ -405,7 +405,7 @@ def _t8_issue13(C: float) -> dict[str, float]:
     )
 
 
-# --------------------------------------------------------------------------- issue 13: self-dual ETF
+# --------------------------------------------------------------------------- self-dual ETF
 
 
 def self_dual_etf(

@@ -1,4 +1,4 @@
-"""A deliberately naive float64 numpy oracle for every metric of ``metrics.md``.
+"""A deliberately naive float64 numpy oracle for every metric of ``docs/metrics.md``.
 
 This module is the *independent* test oracle for ``nccli analyze``: it is
 written from ``docs/metrics.md`` alone, works on whole in-memory
@@ -152,7 +152,7 @@ def reference_metrics(
     snr: bool = False,
     ood_features=None,
 ) -> Reference:
-    """Every metric of ``metrics.md`` for one layer, computed naively in float64.
+    """Every metric of ``docs/metrics.md`` for one layer, computed naively in float64.
 
     ``features`` (N, d) any float dtype (cast to float64); ``labels`` (N,) ints
     in ``[0, num_classes)``; ``num_classes`` defaults to ``max(labels) + 1``.
@@ -166,7 +166,7 @@ def reference_metrics(
     ``mse=True`` (with a weight) adds the MSE decomposition with weight decay
     λ = ``weight_decay``; ``snr=True`` (with a weight) the SNR spectrum;
     ``ood_features`` (M, d) the NC5 orthogonality to their mean. The columns
-    of issue 13 are computed in ``reference_more.py``.
+    not above are computed in ``reference_more.py``.
 
     Raises ``ValueError`` only for malformed input (shapes, labels out of
     range, non-finite values), never for degenerate data.

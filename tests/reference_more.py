@@ -1,4 +1,4 @@
-"""The naive float64 oracle, continued: the columns of issue 13 (``metrics.md``).
+"""The naive float64 oracle, continued: Tirer's forms, GNC2, the classifier's own geometry, UNC3, margins and losses, SNR and NC5 (``docs/metrics.md``).
 
 Written from ``docs/metrics.md`` alone, on whole in-memory arrays
 (explicit K×K matrices, per-sample loops); called by
@@ -100,7 +100,7 @@ def nc2_more(stats, summary, undefined) -> None:
 
 def classifier_more(X, y, W, b, stats, summary, per_class, per_pair, undefined) -> None:
     """The classifier's own geometry (rows of present classes, **not** centred), Tirer's NC3, uniform
-    duality, the bias-free normalised margin, the norm balance and the cross-entropies of ``metrics.md``.
+    duality, the bias-free normalised margin, the norm balance and the cross-entropies of ``docs/metrics.md``.
 
     ``margin_normalized = q₀ · 2(K−1)√n / (‖W‖²_F + ‖H‖²_F)``, q₀ the smallest
     bias-free margin, n = N/K, ‖H‖²_F = Σ_i ‖h_i‖²; ``norm_balance = ‖W‖_F/‖H‖_F``;

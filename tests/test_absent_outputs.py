@@ -1,4 +1,4 @@
-"""What comes from the logits runs over every output of the classifier, present class or not (``metrics.md``,
+"""What comes from the logits runs over every output of the classifier, present class or not (``docs/metrics.md``,
 changed 2026-12-07): a split that lacks a class still sees the network predict it.
 
 The data: class 3 is absent, and its classifier row is class 0's with a larger bias, so it wins every row

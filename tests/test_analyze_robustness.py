@@ -1,4 +1,4 @@
-"""analyze's errors at the right depth (issue 12): HDF5 errors are translated where files are read, a bug in the
+"""analyze's errors at the right depth: HDF5 errors are translated where files are read, a bug in the
 analysis keeps its traceback and inputs are opened one at a time."""
 
 import json

@@ -1,6 +1,6 @@
 """The demo pipeline on a cut-down setting: two checkpoints, a subset of the digits.
 
-Checks the directions issue 5 promises, measured on the report the demo writes:
+Checks the directions the README promises, measured on the report the demo writes:
 on the penultimate layer nc1 falls ≥ 10× from the first to the last epoch;
 at the last epoch nc1 decreases with depth, train NCC accuracy is 1 and test
 nc1 (with the train means) is above train nc1.

@@ -1,4 +1,4 @@
-"""``nccli extract`` under torchrun (issue 6): shards, the index over them, resume per shard, failures.
+"""``nccli extract`` under torchrun: shards, the index over them, resume per shard, failures.
 
 Real torchrun runs (``python -m torch.distributed.run --standalone --nproc-per-node 2``, gloo on CPU) on
 the bundled digits MLP; each run costs a few seconds of torch imports, so the module makes three.

@@ -1,4 +1,4 @@
-"""``nccli analyze`` under torchrun (issue 14): each rank reads its part of the rows, rank 0 writes the same
+"""``nccli analyze`` under torchrun: each rank reads its part of the rows, rank 0 writes the same
 reports as one process.
 
 Real torchrun runs (``python -m torch.distributed.run --standalone --nproc-per-node 2``, gloo on CPU), a

@@ -128,7 +128,9 @@ def readme_runs(tmp_path_factory):
 
 
 def test_the_readme_commands_are_found():
-    assert "nccli analyze 'test/*.h5' --means-from train/ --out test.parquet" in COMMANDS  # issue 22
+    assert (
+        "nccli analyze 'test/*.h5' --means-from train/ --out test.parquet" in COMMANDS
+    )  # test collapse over training in one command
     assert sum(command.split()[1] == "analyze" for command in COMMANDS) >= 3
     assert {command.split()[1] for command in COMMANDS} >= {"analyze", "report", "plot"}
 

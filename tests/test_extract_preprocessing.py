@@ -1,4 +1,4 @@
-"""Preprocessing is never guessed, and every extract with logits ends with the classifier's accuracy (issue 22).
+"""Preprocessing is never guessed, and every extract with logits ends with the classifier's accuracy.
 
 Without ``--weights``, ``--mean``/``--std`` or ``--normalize none|imagenet`` must say how the images are
 normalised: features of wrongly normalised images look plausible and are wrong. The top-1 accuracy of the

@@ -1,4 +1,4 @@
-"""Many classes (issue 11), the passes: pass 1 per block over present classes only, pass 2 tiled over
+"""Many classes, the passes: pass 1 per block over present classes only, pass 2 tiled over
 classes, the Σ_B spectrum from the smaller factor, layer groups under a memory budget, and the torch
 backend (on the CPU) equal to numpy. Oracles: explicit float64 loops over classes and rows."""
 

@@ -623,7 +623,7 @@ def test_h5_file_feeds_the_reference(tmp_path):
     assert a["nc1"] == pytest.approx(0.18, rel=1e-5)
 
 
-# --------------------------------------------------------------------------- issue 13: closed forms and bounds
+# --------------------------------------------------------------------------- closed forms and bounds
 
 
 @pytest.mark.parametrize(

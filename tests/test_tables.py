@@ -1,4 +1,4 @@
-"""Tables for people never break a number across lines (issue 12): at 80 or 40 columns, columns that do not fit are
+"""Tables for people never break a number across lines: at 80 or 40 columns, columns that do not fit are
 left out, and a one-line note says which and how to choose them."""
 
 import io

@@ -60,7 +60,7 @@ class AnalysisResult:
 def analyze_features(
     config: AnalyzeConfig, pairs: PairSink | None = None, group: Group | None = None
 ) -> AnalysisResult:
-    """Compute the metrics of ``metrics.md`` for every selected layer of every file.
+    """Compute the metrics of ``docs/metrics.md`` for every selected layer of every file.
 
     Every input is validated first (opened, checked and closed again); then each file is opened only
     while its rows are read, so any number of files fits under the open-file limit. ``pairs``, if
@@ -276,7 +276,7 @@ def effective_depth(rows: list[dict], epsilon: float) -> int:
 
 def warn_imbalance(result: AnalysisResult) -> None:
     """One warning for the whole run when some file's classes are imbalanced (``classifier.imbalanced``):
-    margin_normalized's bound 1 assumes balanced classes (``metrics.md``)."""
+    margin_normalized's bound 1 assumes balanced classes (``docs/metrics.md``)."""
     if not result.imbalance:
         return
     file, (low, high) = min(result.imbalance.items(), key=lambda item: item[1][0] / item[1][1])

@@ -1,4 +1,4 @@
-"""The conventions of an analysis, recorded in the report's metadata (``report.md``, key ``conventions``).
+"""The conventions of an analysis, recorded in the report's metadata (``docs/report.md``, key ``conventions``).
 
 Normalisations, cut-offs and choices that other tools make differently
 (population versus sample variances, the global mean, centring), so that a
@@ -11,7 +11,7 @@ from nccli.metrics import formulas
 
 
 def conventions(config: AnalyzeConfig, device: str, summary: list[dict], references: dict) -> dict:
-    """The choices other tools make differently, so a number can be compared (``report.md``).
+    """The choices other tools make differently, so a number can be compared (``docs/report.md``).
 
     Takes each summary row's Σ_B rank out of the row (it belongs to the metadata, not to a column).
     """

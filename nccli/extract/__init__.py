@@ -1,4 +1,4 @@
-"""Run a model over a dataset and stream per-layer features into a feature file (``feature-file.md``).
+"""Run a model over a dataset and stream per-layer features into a feature file (``docs/feature-file.md``).
 
 Data flow: :mod:`~nccli.extract.models` and :mod:`~nccli.extract.checkpoints`
 give an ``nn.Module``; :mod:`~nccli.extract.datasets` and

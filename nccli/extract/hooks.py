@@ -10,7 +10,7 @@ captured by a forward *pre*-hook as the layer ``<classifier>:input``, so
 captured by :mod:`~nccli.extract.capture`.
 
 A module name may hold ``/`` (an ``nn.ModuleDict`` key), which a layer name in
-the feature file cannot (HDF5 would make it nested groups, ``feature-file.md``):
+the feature file cannot (HDF5 would make it nested groups, ``docs/feature-file.md``):
 such a layer is stored with each ``/`` written ``%2F`` (``blocks/a`` →
 ``blocks%2Fa``), the name to use with ``nccli analyze --layers``, and extract
 says so; ``--layers`` takes the model's own name.

@@ -77,7 +77,7 @@ class ExtractionInterrupted(KeyboardInterrupt):
 
 
 def extract_features(config: ExtractConfig) -> list[ExtractResult]:
-    """Write one feature file per model (``feature-file.md``); returns what was written.
+    """Write one feature file per model (``docs/feature-file.md``); returns what was written.
 
     Under torchrun, each process writes its shard and rank 0 an index over them (:mod:`.distributed`).
     """

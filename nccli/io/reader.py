@@ -1,4 +1,4 @@
-"""Reading feature files (``feature-file.md``): validation up front, then row blocks.
+"""Reading feature files (``docs/feature-file.md``): validation up front, then row blocks.
 
 :func:`open_feature_file` checks everything that can be checked without
 reading features (:func:`nccli.io.validate.validate`) and raises

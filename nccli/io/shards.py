@@ -1,7 +1,7 @@
 """A sharded feature file: one shard per torchrun rank under ``FILE.shards/``, and the index ``FILE.h5``.
 
 Each rank writes ``FILE.shards/rank-RRRRR-of-WWWWW.h5``, a complete feature file
-(``feature-file.md``) of its contiguous part of the rows. Once every shard is
+(``docs/feature-file.md``) of its contiguous part of the rows. Once every shard is
 complete, rank 0 writes ``FILE.h5``: an HDF5 virtual dataset (VDS) file whose
 row datasets (``/labels``, ``/sample_index``, ``/logits``, ``/layers/<name>``)
 map the shards' rows end to end, with the root, layer and ``/classifier``

@@ -1,4 +1,4 @@
-"""What a feature file must hold (``feature-file.md``), checked without reading a single feature.
+"""What a feature file must hold (``docs/feature-file.md``), checked without reading a single feature.
 
 :func:`validate` checks the required paths, dtypes, shapes and attributes, the
 label range, the classifier, and where every dataset's bytes come from

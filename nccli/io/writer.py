@@ -1,4 +1,4 @@
-"""Writing a feature file (``feature-file.md``) so that no finished row is ever lost, even to SIGKILL.
+"""Writing a feature file (``docs/feature-file.md``) so that no finished row is ever lost, even to SIGKILL.
 
 Rows go to ``FILE.partial`` with ``complete = False``. Every
 :data:`FLUSH_SECONDS` (and on close) the file is flushed and only then

@@ -1,4 +1,4 @@
-"""The classifier's own geometry, Tirer's ρ-forms, norms, margins and the cross-entropy (``metrics.md``).
+"""The classifier's own geometry, Tirer's ρ-forms, norms, margins and the cross-entropy (``docs/metrics.md``).
 
 Pure float64 numpy functions of the pass-1 and pass-2 states: ``W`` holds
 the rows of present classes (**not** centred, as Papyan et al. plot them),

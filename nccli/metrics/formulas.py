@@ -1,4 +1,4 @@
-"""The neural-collapse formulas of ``metrics.md``, as pure float64 numpy functions.
+"""The neural-collapse formulas of ``docs/metrics.md``, as pure float64 numpy functions.
 
 Notation (Kothapalli's review, §2.3): K present classes, centred means
 M = [μ_c − μ_G] (K × d) with μ_G the mean of class means, Σ_W normalised by N,

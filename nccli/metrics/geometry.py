@@ -12,7 +12,7 @@ decided in float64. A float32 value is within δ_i of the exact one
 is within 2δ_i of the row's float32 best is a candidate, so the exact best
 is always among them, and only the candidates (a handful per row) are
 recomputed in float64 as explicit dot products; ties go to the lowest class
-id (the rule of ``metrics.md``). The classifier's side (decisions, margins,
+id (the rule of ``docs/metrics.md``). The classifier's side (decisions, margins,
 cross-entropies) is :mod:`nccli.metrics.logits`.
 
 Exact ties come from classes with identical centres (coincident means made

@@ -1,4 +1,4 @@
-"""The cosine view's summaries over pairs, ``inter_cos_max`` and ``inter_cos_mean`` (``metrics.md``,
+"""The cosine view's summaries over pairs, ``inter_cos_max`` and ``inter_cos_mean`` (``docs/metrics.md``,
 "Cosine-similarity view"), without a float64 product per pair.
 
 With a_c = Σ_{i∈c} ĥ_i / n_c (unit vectors of the non-zero rows),

@@ -1,6 +1,6 @@
 """One layer's metrics from its final pass-1 and pass-2 states.
 
-Decides which metrics are undefined (``metrics.md``, "Degenerate cases"),
+Decides which metrics are undefined (``docs/metrics.md``, "Degenerate cases"),
 reports them as NaN and says why through ``warn``; never a crash, never a
 silent 0.
 """
@@ -44,7 +44,7 @@ def summarize_layer(
     pairs: Callable[[Tile], None] | None = None,
     tile: int | None = None,
 ) -> LayerMetrics:
-    """Every summary metric of ``metrics.md`` for one layer (MSE columns left NaN), and the per-class table.
+    """Every summary metric of ``docs/metrics.md`` for one layer (MSE columns left NaN), and the per-class table.
 
     Memory O(K·d) plus one tile: pair statistics are folded tile by tile
     (:mod:`nccli.metrics.pairs`, tiles of ``tile`` classes, default from
@@ -130,7 +130,7 @@ def summarize_layer(
 
 def _classifier_values(moments, ids, weight, w_norms, duality_cos, decisions, stats: PairStats) -> dict:
     """The classifier's own geometry (rows not centred), uniform duality, the bias-free normalised
-    margin, the norm balance and the cross-entropies (``metrics.md``)."""
+    margin, the norm balance and the cross-entropies (``docs/metrics.md``)."""
     k, n = len(ids), float(moments.count.sum())
     sq_w = float(np.sum(w_norms**2))
     sq_h = clf.feature_sq_norm(

@@ -32,7 +32,7 @@ def _loss_parts(weight_ext: np.ndarray, means_ext: np.ndarray, shares: np.ndarra
 def mse_decomposition(
     moments: ClassMoments, decisions: Decisions, classifier: Classifier, weight_decay: float
 ) -> dict[str, float]:
-    """``mse_loss``, ``mse_ls``, ``mse_perp``, ``mse_nc1``, ``mse_nc23`` (``metrics.md``): the counts and means of
+    """``mse_loss``, ``mse_ls``, ``mse_perp``, ``mse_nc1``, ``mse_nc23`` (``docs/metrics.md``): the counts and means of
     pass 1, the within-class matrix of pass 2."""
     count = moments.count
     n = count.sum()

@@ -1,4 +1,4 @@
-"""Summaries over the pairs c < c' folded tile by tile (``metrics.md``, "Many classes"), exactly.
+"""Summaries over the pairs c < c' folded tile by tile (``docs/metrics.md``, "Many classes"), exactly.
 
 :class:`PairStats` keeps sums, minima and the Chan et al. centred merge for
 the spreads, so any cut of the pairs into tiles or strips, merged in a fixed

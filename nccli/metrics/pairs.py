@@ -1,4 +1,4 @@
-"""Pair values over tiles of the K × K Gram matrices (``metrics.md``, "Many classes").
+"""Pair values over tiles of the K × K Gram matrices (``docs/metrics.md``, "Many classes").
 
 No K × K matrix is ever held: classes are cut into tiles of ``T`` ids and the
 pairs c < c' are visited tile by tile (T × T blocks of the Gram matrices

@@ -1,4 +1,4 @@
-"""Class-mean geometry without a K × K matrix (``metrics.md``, "Many classes"): tiles, their budget,
+"""Class-mean geometry without a K × K matrix (``docs/metrics.md``, "Many classes"): tiles, their budget,
 distances exact where the Gram form would cancel, coincident means, and ETF distances of K × K products.
 
 Classes are cut into tiles of T ids (``tile_classes``: about ``TILE_BYTES``

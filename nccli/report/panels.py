@@ -126,7 +126,7 @@ def figure_pixels(n_panels: int) -> tuple[int, int]:
 
 
 def is_null(value) -> bool:
-    """Reports write undefined metrics as null or as NaN (``metrics.md``); both mean missing."""
+    """Reports write undefined metrics as null or as NaN (``docs/metrics.md``); both mean missing."""
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 

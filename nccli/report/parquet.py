@@ -1,4 +1,4 @@
-"""The Parquet report tables (``report.md``): their columns and Arrow types, reading, and output locks.
+"""The Parquet report tables (``docs/report.md``): their columns and Arrow types, reading, and output locks.
 
 Undefined metrics are written as Parquet nulls (pandas shows NaN, DuckDB
 NULL). Writing, atomically, is :mod:`nccli.analyze.outputs`'s job

@@ -1,6 +1,6 @@
 """Figures from a report: neural-collapse metrics over epochs and through depth.
 
-From the summary table that ``nccli analyze`` writes (``report.md``):
+From the summary table that ``nccli analyze`` writes (``docs/report.md``):
 
 ``nc_over_epochs.<fmt>``
     One panel per metric, x = epoch, one line per split (per model and split

@@ -1,4 +1,4 @@
-"""The per-class and per-pair tables (``report.md``) as Arrow columns, never as one Python object per row.
+"""The per-class and per-pair tables (``docs/report.md``) as Arrow columns, never as one Python object per row.
 
 The per-pair table has K(K−1)/2 rows per layer, so it is produced as Arrow
 record batches, one per tile of :mod:`nccli.metrics.pairs`, and handed to a

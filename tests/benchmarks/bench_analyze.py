@@ -9,7 +9,7 @@ Synthetic float32 feature files (chunks of about 1 MiB):
     against an independent closed form (K × K Gram pseudo-inverse);
   * start-up: `nccli --help`, and whether analyze imported torch.
 
-Targets (issue 3): analyze no slower than (b) with a fraction of its memory;
+Targets: analyze no slower than (b) with a fraction of its memory;
 RSS(500k) ≤ 1.2 × RSS(50k); d=60 000 in < 2 GB. Run from the repository root:
 
     python tests/benchmarks/bench_analyze.py [--workdir DIR] [--keep]

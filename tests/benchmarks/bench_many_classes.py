@@ -1,4 +1,4 @@
-"""Benchmark of `nccli analyze` at many classes (issue 11): wall time and peak RSS of whole processes.
+"""Benchmark of `nccli analyze` at many classes: wall time and peak RSS of whole processes.
 
 Synthetic float32 files with a classifier (class centres × 2 + unit noise,
 labels balanced so that every class is present, W = the centres, b = 0), made
@@ -14,7 +14,7 @@ by this script:
   * no regression at K = 100: N = 50 000, d = 512, beside the library;
   * K = 100 000, d = 512, N = 200 000: nccli alone.
 
-Targets (issue 11): at K = 10 000, ≤ 0.1× the library's wall time and ≤ 0.5×
+Targets: at K = 10 000, ≤ 0.1× the library's wall time and ≤ 0.5×
 its peak RSS; at K = 100, ≤ 0.3× its wall time; K = 100 000, d = 512,
 N = 200 000 in < 10 min under 6 GB on 2 cores.
 
