@@ -262,7 +262,8 @@ def test_means_from_must_match_layers_and_classes(tmp_path):
     assert not out.exists()
 
 
-def test_mse_refuses_wide_layers(tmp_path):
+@pytest.mark.parametrize("option", ["--mse", "--snr"])
+def test_the_d_by_d_options_refuse_wide_layers(tmp_path, option):
     rng = np.random.default_rng(0)
     labels = np.arange(6) % 2
     path = write_feature_file(
@@ -272,7 +273,9 @@ def test_mse_refuses_wide_layers(tmp_path):
         weight=np.ones((2, 4097)),
         classifier_layer="wide",
     )
-    assert_user_error(invoke("analyze", path, "--mse", "--out", tmp_path / "r.parquet"), "d = 4097", "4096")
+    out = tmp_path / "r.parquet"
+    assert_user_error(invoke("analyze", path, option, "--out", out), option, "d = 4097", "4096")
+    assert not out.exists()
 
 
 def test_files_written_by_other_tools_with_odd_layouts(tmp_path):

@@ -17,8 +17,6 @@ from h5files import write_feature_file
 from reference import reference_metrics
 
 from nccli import schema
-from nccli.analyze.analysis import AnalyzeConfig, analyze_features
-from nccli.errors import UsageError
 from nccli.metrics.backend import TorchBackend
 
 NEW_COLUMNS = (
@@ -148,23 +146,6 @@ def test_ood_file_with_other_layers_or_widths_is_refused(tmp_path):
     assert_user_error(invoke("analyze", path, "--ood", renamed, "--out", out), "renamed.h5", "no layer 'feat'", "other")
     assert_user_error(invoke("analyze", path, "--ood", narrow, "--out", out), "narrow.h5", "d = 3", "d = 7")
     assert not out.exists()
-
-
-def test_snr_refuses_wide_layers(tmp_path):
-    rng = np.random.default_rng(0)
-    labels = np.arange(6) % 2
-    path = write_feature_file(
-        tmp_path / "w.h5",
-        labels,
-        {"wide": rng.normal(size=(6, 4097))},
-        weight=np.ones((2, 4097)),
-        classifier_layer="wide",
-    )
-    out = tmp_path / "r.parquet"
-    assert_user_error(invoke("analyze", path, "--snr", "--out", out), "--snr", "d = 4097", "4096")
-    assert not out.exists()
-    with pytest.raises(UsageError, match="--snr"):
-        analyze_features(AnalyzeConfig(files=(str(path),), snr=True))
 
 
 def test_snr_and_ood_from_the_command_line(tmp_path):
