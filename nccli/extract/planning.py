@@ -17,6 +17,7 @@ from nccli.extract.datasets import ImageData
 from nccli.extract.hooks import INPUT_MARK, LayerPlan, Probe
 from nccli.extract.models import LoadedModel
 from nccli.io.header import root_attributes
+from nccli.io.validate import label_range_problem
 from nccli.io.writer import FeatureWriter, RowDataset
 
 
@@ -42,8 +43,9 @@ def plan_job(
     span = int(data.labels.max()) + 1
     outputs = probe.logits_width
     if data.num_classes is not None:
-        if span > data.num_classes:
-            raise DataError(f"{data.description} has label {span - 1} but only {data.num_classes} classes")
+        problem = label_range_problem(int(data.labels.min()), span - 1, data.num_classes)
+        if problem is not None:  # the rule analyze applies to the file (io/validate.py), refused before writing
+            raise DataError(f"{data.description}: {problem}")
         num_classes = data.num_classes
     else:
         num_classes = max(span, outputs or 0)
