@@ -4,6 +4,7 @@ Anything that is not an :class:`NcCliError` is a bug and keeps its traceback.
 """
 
 import sys
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -76,3 +77,12 @@ def first_line(error: BaseException) -> str:
     """The first line of an error's message (libraries' messages can run to a traceback)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control and format characters (escape sequences, newlines, bidirectional
+    overrides), which names read from files may hold, written as escapes (``\\x1b``, ``\\u202e``)."""
+    return "".join(
+        char.encode("unicode_escape").decode("ascii") if unicodedata.category(char) in ("Cc", "Cf") else char
+        for char in text
+    )

@@ -249,7 +249,18 @@ def test_option_errors(tmp_path):
     assert_user_error(invoke("analyze", path, "--out", out, "--weight-decay", "0.1"), "--mse")
     assert_user_error(invoke("analyze", path, "--out", out, "--device", "tpu"), "--device")
     assert_user_error(invoke("analyze", tmp_path / "none.h5", "--out", out), "none.h5", "no such file")
+    for value in ("nan", "inf", "-1"):
+        refused = invoke("analyze", path, "--out", out, "--mse", "--weight-decay", value)
+        assert_user_error(refused, "--weight-decay must be a finite number ≥ 0")
+    assert_user_error(invoke("analyze", path, "--out", out, "--epsilon", "nan"), "--epsilon must be in [0, 1]")
     assert not out.exists()
+
+
+def test_the_ood_file_is_an_input_the_report_may_not_replace(tmp_path):
+    path, ood = good_file(tmp_path / "a.h5"), good_file(tmp_path / "ood.h5", seed=3)
+    before = ood.read_bytes()
+    assert_user_error(invoke("analyze", path, "--ood", ood, "--out", ood), "is the input file", "ood.h5")
+    assert ood.read_bytes() == before
 
 
 def test_means_from_must_match_layers_and_classes(tmp_path):

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 from cli_helpers import assert_user_error, invoke, invoke_with_columns, snapshot
-from h5files import good_file, not_hdf5
+from h5files import good_file, not_hdf5, write_feature_file
 
 COMMAND = "nccli extract resnet18 cifar10 --out run.h5 --layers layer1,layer2,layer3,layer4,fc:input --pool avg"
 
@@ -106,3 +106,21 @@ def test_layers_and_extract_given_a_feature_file_as_the_model_point_to_info(tmp_
     extra = ("fake:4", "--out", tmp_path / "out.h5") if command == ("extract",) else ()
     assert_user_error(invoke(*command, path, *extra), str(path), "not a model", f"nccli info {path}")
     assert snapshot(tmp_path) == before
+
+
+def test_names_from_a_file_reach_the_terminal_escaped(tmp_path):
+    """Layer, split and model names are the file's: escape sequences in them (clear the screen, write the
+    clipboard) are printed escaped in tables, errors and warnings alike (nccli.errors.printable)."""
+    hostile = "fc\x1b[2J\x1b]52;c;aGk=\x07"
+    labels = np.arange(12) % 3
+    path = write_feature_file(
+        tmp_path / "f.h5", labels, {hostile: np.random.default_rng(0).normal(size=(12, 4))},
+        extra_root_attrs={"split": "test\x1b[1A", "model": "m\u202eodel"},
+    )  # fmt: skip
+    shown = invoke("info", path)
+    assert shown.exit_code == 0, shown.output
+    refused = invoke("analyze", path, "--layers", "nope", "--out", tmp_path / "r.parquet")
+    assert_user_error(refused, "fc\\x1b[2J\\x1b]52;c;aGk=\\x07")
+    for output in (shown.stdout + shown.stderr, refused.stderr):
+        assert "\x1b" not in output and "\u202e" not in output and "\x07" not in output
+    assert "fc\\x1b[2J" in shown.stdout and "test\\x1b[1A" in shown.stdout and "m\\u202eodel" in shown.stdout

@@ -1,6 +1,7 @@
 """What ``nccli analyze`` is asked to do (:class:`AnalyzeConfig`, built by the command line or by a
 caller of :func:`nccli.analyze_features`), and the checks of its options that need no file."""
 
+import math
 from dataclasses import dataclass
 
 from nccli.errors import UsageError
@@ -50,11 +51,11 @@ def check_config(config: AnalyzeConfig, with_pairs: bool) -> None:
         raise UsageError(f"--pairs-top must be ≥ 1, got {config.pairs_top}")
     if config.tile is not None and config.tile < 1:
         raise UsageError(f"tile must be ≥ 1, got {config.tile}")
-    if config.weight_decay < 0:
-        raise UsageError(f"--weight-decay must be ≥ 0, got {config.weight_decay}")
+    if not config.weight_decay >= 0 or math.isinf(config.weight_decay):  # NaN fails the first test
+        raise UsageError(f"--weight-decay must be a finite number ≥ 0, got {config.weight_decay}")
     if config.weight_decay and not config.mse:
         raise UsageError("--weight-decay only applies to the MSE decomposition; add --mse")
-    if not 0 <= config.depth_epsilon <= 1:
+    if not 0 <= config.depth_epsilon <= 1:  # NaN too
         raise UsageError(f"--epsilon must be in [0, 1], got {config.depth_epsilon}")
     if config.block_rows is not None and config.block_rows < 1:
         raise UsageError(f"--block-rows must be ≥ 1, got {config.block_rows}")

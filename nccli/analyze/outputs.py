@@ -67,7 +67,8 @@ def _write(
 ) -> AnalysisResult:
     requested = {"--out": out, "--classes": classes, "--pairs": pairs}
     targets = {option: check_writable(path, option) for option, path in requested.items() if path is not None}
-    check_apart(targets, [*config.files, *(reference_paths(config.means_from)[0] if config.means_from else [])])
+    references = reference_paths(config.means_from)[0] if config.means_from else []
+    check_apart(targets, [*config.files, *references, *([config.ood] if config.ood else [])])
     with reserve_outputs(targets.values()), Staged(targets.values()) as staged:
         stream = _ParquetStream(staged.path(targets["--pairs"])) if pairs is not None else None
         result = analyze_features(config, stream.write if stream is not None else None, group)

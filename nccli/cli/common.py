@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from nccli.errors import DegenerateMetricWarning, NcCliError, UsageError
+from nccli.errors import DegenerateMetricWarning, NcCliError, UsageError, printable
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -27,7 +27,7 @@ def echo_error(message: str) -> None:
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Print nccli's own warnings as one plain line; others the usual way."""
     if issubclass(category, DegenerateMetricWarning):
-        echo_error(f"warning: {message}")
+        echo_error(f"warning: {printable(str(message))}")
     else:
         echo_error(warnings.formatwarning(message, category, filename, lineno, line).rstrip())
 
@@ -41,7 +41,7 @@ def user_errors() -> Iterator[None]:
         yield
     except NcCliError as error:
         if getattr(error, "echo", True):  # under torchrun, rank 0 prints the job's error once
-            echo_error(f"error: {error}")
+            echo_error(f"error: {printable(str(error))}")
         raise typer.Exit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt:
         echo_error("interrupted")

@@ -37,6 +37,7 @@ def info(
     with user_errors():
         import json
 
+        from nccli.errors import printable
         from nccli.globs import expand_globs
         from nccli.io.info import as_records, describe
 
@@ -49,6 +50,6 @@ def info(
         console = table_console()
         for description in descriptions:
             grid, layers, left_out = describe_rich(description, console.width)
-            console.print(description.path, style="bold", markup=False, highlight=False)
+            console.print(printable(description.path), style="bold", markup=False, highlight=False)
             console.print(grid, layers)
             note_left_out(left_out, console.width, "see every column with --format json")

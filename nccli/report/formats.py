@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from nccli import schema
-from nccli.errors import UsageError
+from nccli.errors import UsageError, printable
 
 if TYPE_CHECKING:  # pyarrow loads only when a report is read, so `nccli --help` stays instant
     import pyarrow as pa
@@ -72,11 +72,12 @@ def _cell(value) -> str:
 
 
 def _human(value) -> str:
+    """A cell for people: 4 significant digits, – for null, names with their control characters escaped."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return printable(str(value))
 
 
 def to_delimited(table: pa.Table, delimiter: str) -> str:
@@ -196,13 +197,13 @@ def describe_rich(description: FileDescription, width: int | None = None):
     }
     facts.update((name, value) for name, value in description.provenance.items() if name not in facts)
     for name, value in facts.items():
-        grid.add_row(name, value)
+        grid.add_row(printable(name), printable(str(value)))
     rows = [
         [
-            layer.name,
+            printable(layer.name),
             str(layer.order),
             str(layer.width),
-            layer.dtype,
+            printable(layer.dtype),
             _human(layer.pooling),
             "×".join(map(str, layer.sample_shape)) if layer.sample_shape else "–",
         ]
