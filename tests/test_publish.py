@@ -5,6 +5,8 @@ import os
 import stat
 
 import pytest
+from cli_helpers import assert_user_error, invoke
+from h5files import good_file
 
 from nccli.errors import OutputError
 from nccli.io.publish import Staged, publish, remove_stale
@@ -57,3 +59,21 @@ def test_stale_temporaries_are_only_the_writers_own_names_whatever_the_target(tm
         remove_stale(target)
         assert not stale.exists()
     assert all(path.read_text() == "keep" for path in unrelated)
+
+
+def test_a_planted_lock_link_or_hard_link_is_refused_and_its_target_untouched(tmp_path):
+    path, victim, out = good_file(tmp_path / "a.h5"), tmp_path / "victim.txt", tmp_path / "r.parquet"
+    victim.write_text("precious")
+    (tmp_path / "r.parquet.lock").symlink_to(victim)
+    assert_user_error(invoke("analyze", path, "--out", out), "lock file", "symbolic link")
+    (tmp_path / "r.parquet.lock").unlink()
+    os.link(victim, tmp_path / "r.parquet.lock")
+    assert_user_error(invoke("analyze", path, "--out", out), "lock file", "hard link")
+    assert victim.read_text() == "precious" and not out.exists()
+
+
+def test_an_output_named_like_a_lock_file_is_refused(tmp_path):
+    path = good_file(tmp_path / "a.h5")
+    result = invoke("analyze", path, "--out", tmp_path / "r.parquet", "--classes", tmp_path / "r.parquet.lock")
+    assert_user_error(result, "--classes", "nccli's lock files")
+    assert not (tmp_path / "r.parquet").exists()

@@ -18,6 +18,7 @@ import fcntl
 import os
 import shlex
 import socket
+import stat
 import sys
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -53,12 +54,20 @@ class OutputLock:
     def acquire(self) -> Self:
         name = lock_path(self.path)
         while self._fd is None:
-            try:
-                fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:  # never through a planted link: a lock file is nccli's own, a regular file of one name
+                fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
             except OSError as error:
+                why = "it is a symbolic link" if error.errno == errno.ELOOP else error.strerror
                 raise OutputError(
-                    f"cannot write '{self.path}': cannot create its lock file '{name}': {error.strerror}"
+                    f"cannot write '{self.path}': cannot create its lock file '{name}': {why}; remove it"
                 ) from None
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1:
+                os.close(fd)
+                raise OutputError(
+                    f"cannot write '{self.path}': its lock file '{name}' is not nccli's (a special file or another "
+                    "file's hard link); remove it"
+                )
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

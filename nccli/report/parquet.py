@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from nccli import __version__, schema
 from nccli.errors import OutputError, UsageError
-from nccli.io.lock import locked
+from nccli.io.lock import LOCK_SUFFIX, locked
 from nccli.io.publish import remove_stale
 
 
@@ -59,6 +59,10 @@ def check_writable(path: str | os.PathLike, option: str) -> Path:
     folder = target.parent if str(target.parent) else Path(".")
     if target.is_dir():
         raise OutputError(f"{option} '{target}' is a directory; give a file name such as report.parquet")
+    if target.name.endswith(LOCK_SUFFIX):
+        raise OutputError(
+            f"{option} '{target}': names ending in '{LOCK_SUFFIX}' are nccli's lock files; choose another"
+        )
     if not folder.is_dir():
         raise OutputError(f"{option} '{target}': directory '{folder}' does not exist")
     if not os.access(folder, os.W_OK):
