@@ -16,6 +16,7 @@ import pytest
 import typer.main
 from h5files import good_file
 
+import nccli
 from nccli.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,3 +178,7 @@ def test_random_features_column_is_the_stored_output():
             cell,
         )
     assert stored["draws"] >= 30 and f"{stored['draws']} seeded draws" in README
+
+
+def test_the_lazy_exports_are_listed_by_dir():
+    assert {"analyze_features", "measure_collapse", "write_analysis", "extract_features"} <= set(dir(nccli))

@@ -53,7 +53,3 @@ def test_a_new_registry_entry_breaks_no_import():
         check=False,
     )
     assert done.returncode == 0, done.stderr
-
-
-def test_the_lazy_exports_are_listed_by_dir():
-    assert {"analyze_features", "measure_collapse", "write_analysis", "extract_features"} <= set(dir(nccli))
