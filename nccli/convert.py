@@ -131,7 +131,8 @@ def _plan(keys: KeySpace, config: ConvertConfig) -> _Plan:
     if logits is not None:
         if logits.dtype.kind != "f" or len(logits.shape) != 2 or logits.shape[1] != num_classes:
             raise DataError(
-                f"{logits.where}: logits must be float (N, {num_classes}), found shape {logits.shape} dtype {logits.dtype}"
+                f"{logits.where}: logits must be float (N, {num_classes}), found shape {logits.shape} dtype "
+                f"{logits.dtype}"
             )
         checks.check_rows(logits.shape, labels.shape[0], labels.where, logits.where)
     names = _class_names(config.class_names, num_classes)

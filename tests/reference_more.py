@@ -1,4 +1,5 @@
-"""The naive float64 oracle, continued: Tirer's forms, GNC2, the classifier's own geometry, UNC3, margins and losses, SNR and NC5 (``docs/metrics.md``).
+"""The naive float64 oracle, continued: Tirer's forms, GNC2, the classifier's own geometry, UNC3, margins and
+losses, SNR and NC5 (``docs/metrics.md``).
 
 Written from ``docs/metrics.md`` alone, on whole in-memory arrays
 (explicit K×K matrices, per-sample loops); called by

@@ -135,7 +135,8 @@ def test_tiled_pair_statistics_equal_the_dense_computation(name, tile):
     listed = [w for w in warnings if w.startswith("coincident class means")]
     if dense.coincident:
         assert listed == [
-            f"coincident class means for pairs {', '.join(f'{a}–{b}' for a, b in dense.coincident)}: cdnv reported as null"
+            f"coincident class means for pairs {', '.join(f'{a}–{b}' for a, b in dense.coincident)}: cdnv reported "
+            "as null"
         ]
     else:
         assert listed == []

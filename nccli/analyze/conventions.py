@@ -27,7 +27,9 @@ def conventions(config: AnalyzeConfig, device: str, summary: list[dict], referen
         "sigma_b_rank": ranks,
         "coincident_means": f"two class means closer than {formulas.COINCIDENCE_TOLERANCE:g} × max_c ‖μ_c‖ coincide",
         "cosine_view": "raw (uncentred) features; pairs i = j included; all-zero vectors left out",
-        "ncc_means": f"class means of the --means-from '{config.means_from}' file paired with each file (ncc_means_from)"
+        "ncc_means": (
+            f"class means of the --means-from '{config.means_from}' file paired with each file (ncc_means_from)"
+        )
         if config.means_from
         else "each file's own class means",
         "ncc_means_from": {
@@ -58,6 +60,9 @@ def conventions(config: AnalyzeConfig, device: str, summary: list[dict], referen
         "ncc_effective_depth_epsilon": config.depth_epsilon,
         "pair_table": "every pair c < c'"
         if config.pairs_top is None
-        else f"per layer, the {config.pairs_top} pairs with the largest cdnv (coincident pairs, cdnv null, first; ties by class ids)",
+        else (
+            f"per layer, the {config.pairs_top} pairs with the largest cdnv (coincident pairs, cdnv null, first; "
+            "ties by class ids)"
+        ),
         "device": device,
     }

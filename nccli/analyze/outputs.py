@@ -101,7 +101,8 @@ def check_apart(outputs: dict[str, Path], inputs: Iterable[PathLike]) -> None:
         for source in inputs:
             if _same_file(path, Path(source)):
                 raise UsageError(
-                    f"{option} '{path}' is the input file '{source}': writing the report would replace it; choose another file"
+                    f"{option} '{path}' is the input file '{source}': writing the report would replace it; choose "
+                    "another file"
                 )
 
 

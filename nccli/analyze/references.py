@@ -67,7 +67,8 @@ def _check_single(spec: str, reference: FeatureFileInfo, infos: list[FeatureFile
     for info in infos:
         if reference.epoch is not None and info.epoch is not None and reference.epoch != info.epoch:
             raise UsageError(
-                f"--means-from '{spec}' is from epoch {reference.epoch} but '{info.path}' is from epoch {info.epoch}; {how}"
+                f"--means-from '{spec}' is from epoch {reference.epoch} but '{info.path}' is from epoch "
+                f"{info.epoch}; {how}"
             )
     epochs = sorted({info.epoch for info in infos if info.epoch is not None})
     if reference.epoch is None and len(epochs) > 1:

@@ -103,7 +103,8 @@ def classifier(weight: np.ndarray, bias: np.ndarray | None, num_classes: int, wh
     bias = np.asarray(bias)
     if bias.shape != (num_classes,) or bias.dtype.kind != "f":
         raise DataError(
-            f"{where}: the classifier bias must be float of shape ({num_classes},), found shape {bias.shape} dtype {bias.dtype}"
+            f"{where}: the classifier bias must be float of shape ({num_classes},), found shape {bias.shape} dtype "
+            f"{bias.dtype}"
         )
     result = Classifier(np.asarray(weight, dtype=np.float64), np.asarray(bias, dtype=np.float64))
     for name, values in (("weight", result.weight), ("bias", result.bias)):

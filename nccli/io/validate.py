@@ -131,7 +131,8 @@ def validate(handle: h5py.File, file: str, scan_labels: bool = True) -> tuple[Fe
         raise FeatureFileError(
             file,
             "",
-            f"root attribute '{schema.ATTR_FORMAT}' must be '{schema.FORMAT_NAME}' ({found}); not an nccli feature file",
+            f"root attribute '{schema.ATTR_FORMAT}' must be '{schema.FORMAT_NAME}' ({found}); not an nccli feature "
+            "file",
         )
     version = int_attribute(file, handle, schema.ATTR_FORMAT_VERSION, "")
     if version != schema.FORMAT_VERSION:
@@ -255,7 +256,8 @@ def _validate_classifier(
         raise FeatureFileError(
             file,
             schema.CLASSIFIER,
-            f"attribute '{schema.ATTR_CLASSIFIER_LAYER}' names '{layer_name}', which is not under /{schema.LAYERS}; layers are: {', '.join(names)}",
+            f"attribute '{schema.ATTR_CLASSIFIER_LAYER}' names '{layer_name}', which is not under "
+            f"/{schema.LAYERS}; layers are: {', '.join(names)}",
         )
     dim = next(layer.dim for layer in layers if layer.name == layer_name)
     if weight.shape[1] != dim:

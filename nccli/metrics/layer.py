@@ -173,7 +173,8 @@ def _warn_degenerate(
     all_zero = ids[moments.unit_count[ids] == 0]
     if len(all_zero):
         warn(
-            f"every feature vector is zero in classes {_listing([str(c) for c in all_zero])}: intra_cos_*, inter_cos_* reported as null"
+            f"every feature vector is zero in classes {_listing([str(c) for c in all_zero])}: intra_cos_*, "
+            "inter_cos_* reported as null"
         )
     zero_vectors = int(moments.count[ids].sum() - moments.unit_count[ids].sum())
     if zero_vectors and len(all_zero) < k:

@@ -39,7 +39,8 @@ def check_pairs_size(class_counts: Sequence[int]) -> None:
     if rows > PAIRS_ROWS_MAX:
         raise UsageError(
             f"--pairs would write up to {rows:,} rows, about {rows * PAIR_ROW_BYTES / 1e9:,.1f} GB "
-            f"(K(K−1)/2 per layer over {len(class_counts)} layer{'s' if len(class_counts) > 1 else ''}, K up to {max(class_counts):,}), "
+            f"(K(K−1)/2 per layer over {len(class_counts)} layer{'s' if len(class_counts) > 1 else ''}, K up to "
+            f"{max(class_counts):,}), "
             f"above the limit of {PAIRS_ROWS_MAX:,} rows; "
             "add --pairs-top N to keep the N pairs with the largest cdnv per layer"
         )

@@ -174,14 +174,16 @@ def main() -> None:
     measure(plain_read(big))
     big_wall, big_rss = best_of(analyze(big, out), 1)
     print(
-        f"  N=50 000: {small_rss:.0f} MiB   N=500 000: {big_rss:.0f} MiB ({big_wall:.1f} s)   ratio {big_rss / small_rss:.2f} (target ≤ 1.2)"
+        f"  N=50 000: {small_rss:.0f} MiB   N=500 000: {big_rss:.0f} MiB ({big_wall:.1f} s)   ratio "
+        f"{big_rss / small_rss:.2f} (target ≤ 1.2)"
     )
 
     print("\nd=60 000, K=10, N=2 000 (Σ_W alone would be 28.8 GB in float64):")
     wide_wall, wide_rss = best_of(analyze(wide, out), 1)
     gap = exact_nc1_check(wide, out)
     print(
-        f"  nccli analyze {wide_wall:.1f} s, {wide_rss:.0f} MiB (target < 2048), nc1 relative gap to closed form {gap:.1e}"
+        f"  nccli analyze {wide_wall:.1f} s, {wide_rss:.0f} MiB (target < 2048), nc1 relative gap to closed form "
+        f"{gap:.1e}"
     )
 
     print("\nstart-up:")

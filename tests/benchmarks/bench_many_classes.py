@@ -97,7 +97,10 @@ def passes_only(path: str) -> None:
 
 def nccli_command(path: Path, out: Path, passes: bool) -> list[str]:
     if passes:
-        code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import bench_many_classes; bench_many_classes.passes_only(sys.argv[1])"
+        code = (
+            f"import sys; sys.path.insert(0, {str(HERE)!r}); import bench_many_classes; "
+            "bench_many_classes.passes_only(sys.argv[1])"
+        )
         return [PYTHON, "-c", code, str(path)]
     return [PYTHON, "-m", "nccli", "analyze", str(path), "--out", str(out), "--device", "cpu"]
 

@@ -131,7 +131,8 @@ def main() -> int:
                 passed = error <= TOLERANCE[precision]
                 return (
                     passed,
-                    f"worst relative error {error:.2e} ('{layer}', tolerance {TOLERANCE[precision]:g}); {n / seconds:.0f} images/s end to end",
+                    f"worst relative error {error:.2e} ('{layer}', tolerance {TOLERANCE[precision]:g}); "
+                    f"{n / seconds:.0f} images/s end to end",
                 )
 
             return check
@@ -249,7 +250,8 @@ def main() -> int:
             analyzed = time.perf_counter() - started
             return (
                 True,
-                f"{rows / analyzed:,.0f} rows/s analyze (two passes) vs {rows / read:,.0f} rows/s raw read; ratio {read * 2 / analyzed:.2f} of two reads",
+                f"{rows / analyzed:,.0f} rows/s analyze (two passes) vs {rows / read:,.0f} rows/s raw read; ratio "
+                f"{read * 2 / analyzed:.2f} of two reads",
             )
 
         checks.run("bench-analyze", bench_analyze_check)

@@ -200,7 +200,9 @@ def command_line_cases(directory: Path, limit: int, tmpfs: str | None) -> dict:
         page = 4096
         results["tmpfs"] = fill_and_resume(
             Path(tmpfs) / "full.h5", reference, limit,
-            lambda: subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size // 2 // page * page}", "tmpfs", tmpfs], check=True),
+            lambda: subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size // 2 // page * page}", "tmpfs", tmpfs], check=True
+            ),
             lambda: subprocess.run(["mount", "-o", "remount,size=64m", tmpfs], check=True),
         )  # fmt: skip
     return results
