@@ -147,3 +147,16 @@ def test_a_reference_of_another_model_is_refused(tmp_path):
     reference = good_file(tmp_path / "train.h5", model="resnet18")
     analysed = good_file(tmp_path / "test.h5", seed=3, model="vgg11")
     assert_user_error(refused(tmp_path, analysed, "--means-from", reference), str(reference), "'resnet18'", "'vgg11'")
+
+
+def test_a_reference_whose_class_names_are_in_another_order_is_refused(tmp_path):
+    """Same K, names permuted: the NCC rule would compare every row with another class's mean."""
+    names = ["cat", "dog", "eel", "fox"]
+    train = good_file(tmp_path / "train.h5", class_names=names)
+    test = good_file(tmp_path / "test.h5", seed=3, split="test", class_names=[names[1], names[0], *names[2:]])
+    out = tmp_path / "r.parquet"
+    result = invoke("analyze", test, "--means-from", train, "--out", out)
+    assert_user_error(result, "train.h5", "names class 0 'cat'", "'dog'", "2 of 4 names differ")
+    assert not out.exists()
+    same = good_file(tmp_path / "same.h5", seed=4, split="test", class_names=names)
+    assert invoke("analyze", same, "--means-from", train, "--out", out).exit_code == 0

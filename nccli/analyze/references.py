@@ -110,6 +110,17 @@ def check_reference(reference: FeatureFileInfo, info: FeatureFileInfo, layers: t
             "",
             f"--means-from file has {reference.num_classes} classes but '{info.path}' has {info.num_classes}",
         )
+    if reference.class_names is not None and info.class_names is not None:
+        differ = [c for c, (a, b) in enumerate(zip(reference.class_names, info.class_names)) if a != b]
+        if differ:  # the same K in another order: every NCC decision would be made against the wrong class
+            c = differ[0]
+            raise FeatureFileError(
+                reference.path,
+                "",
+                f"--means-from file names class {c} '{reference.class_names[c]}' but '{info.path}' names it "
+                f"'{info.class_names[c]}' ({len(differ)} of {info.num_classes} names differ): a class id must mean the "
+                "same class in both files",
+            )
     for layer in layers:
         if layer.name not in available:
             raise FeatureFileError(
