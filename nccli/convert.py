@@ -276,7 +276,8 @@ def _root_attrs(config: ConvertConfig, num_classes: int, names: list[str] | None
 
 
 def _copy_rows(writer: FeatureWriter, plan: _Plan, advance) -> None:
-    """Every source's blocks in step; maps pooled, features checked for NaN/Inf, rows handed to the writer."""
+    """Every source's blocks in step; maps pooled, features and logits checked for NaN/Inf, rows handed to the
+    writer."""
     if any(layer.pooling != UNPOOLED for layer in plan.layers):
         import torch  # only for maps: pool_rows is extract's, on tensors
 
@@ -295,6 +296,10 @@ def _copy_rows(writer: FeatureWriter, plan: _Plan, advance) -> None:
             bad = checks.first_nonfinite_row(arrays[path])
             if bad is not None:
                 raise checks.nonfinite_error(start + bad, layer.array.where)
+        if plan.logits is not None:  # extract refuses non-finite logits before writing them; so does convert
+            bad = checks.first_nonfinite_row(arrays[schema.LOGITS])
+            if bad is not None:
+                raise DataError(f"{plan.logits.where}: non-finite logit (NaN or Inf) in row {start + bad}")
         writer.write(start, {path: np.ascontiguousarray(values) for path, values in arrays.items()})
         start += len(arrays[schema.LABELS])
         advance(len(arrays[schema.LABELS]))

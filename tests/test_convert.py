@@ -206,6 +206,11 @@ BAD_INPUTS = {
     ),
     "label out of range": (lambda d: d, ["--num-classes", "3"], "label 3 outside [0, 3)"),
     "negative label": (lambda d: {**d, "labels": d["labels"] - 1}, [], "label -1 outside"),
+    "uint64 label past int64": (
+        lambda d: {**d, "labels": np.where(np.arange(N) == 7, 2**63, d["labels"]).astype(np.uint64)},
+        [],
+        "label 9223372036854775808 does not fit int64",
+    ),
     "integer features": (
         lambda d: {**d, "features": d["labels"][:, None].repeat(2, 1)},
         [],
@@ -215,6 +220,11 @@ BAD_INPUTS = {
         lambda d: {**d, "features": np.where(np.arange(N)[:, None] == 31, np.nan, d["features"])},
         [],
         "non-finite feature value (NaN or Inf) in row 31",
+    ),
+    "NaN logits": (
+        lambda d: {**d, "logits": np.where(np.arange(N)[:, None] == 33, np.inf, d["features"][:, :4])},
+        ["--logits", "logits"],
+        "non-finite logit (NaN or Inf) in row 33",
     ),
     "W width": (lambda d: {**d, "W": d["W"][:, :3]}, [], "the classifier weight has width 3"),
     "W rows": (

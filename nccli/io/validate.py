@@ -80,9 +80,16 @@ class FeatureFileInfo:
         return tuple(layer for layer in self.layers if layer.name in chosen)
 
 
+INT64_MAX = int(np.iinfo(np.int64).max)
+
+
 def label_range_problem(low: int, high: int, num_classes: int) -> str | None:
     """What is wrong with labels spanning [low, high] that must lie in [0, num_classes), else None: the one
-    wording for files, arrays (:mod:`nccli.io.checks`) and batches."""
+    wording for files, arrays (:mod:`nccli.io.checks`) and batches. Labels and ``num_classes`` are stored as
+    int64: a larger one (an unsigned label ≥ 2⁶³) would wrap to a negative id."""
+    if high > INT64_MAX or num_classes > INT64_MAX:
+        big = high if high > INT64_MAX else num_classes
+        return f"{'label' if big == high else 'num_classes'} {big} does not fit int64 (class ids count from 0)"
     if low >= 0 and high < num_classes:
         return None
     bad = low if low < 0 else high
