@@ -226,6 +226,7 @@ BAD_INPUTS = {
         ["--logits", "logits"],
         "non-finite logit (NaN or Inf) in row 33",
     ),
+    "epoch past int64": (lambda d: d, ["--epoch", str(10**29)], f"--epoch {10**29} does not fit int64"),
     "W width": (lambda d: {**d, "W": d["W"][:, :3]}, [], "the classifier weight has width 3"),
     "W rows": (
         lambda d: {**d, "W": np.vstack([d["W"], d["W"]])},

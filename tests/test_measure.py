@@ -355,3 +355,10 @@ def test_imbalanced_batches_warn_once_at_the_callers_line():
     with pytest.warns(DegenerateMetricWarning, match="20 to 40 samples per class") as record:
         measure_collapse(batches, num_classes=3, classifier=(rng.normal(size=(3, 4)), np.zeros(3)), device="cpu")
     assert len(record) == 1 and record[0].filename == __file__
+
+
+def test_a_layer_name_that_is_not_a_string_is_refused_in_one_line():
+    batches = [({1: torch.ones(4, 3)}, torch.tensor([0, 1, 0, 1]))]
+    assert "a layer name must be a string, found 1 (int)" in one_line_error(
+        lambda: measure_collapse(batches, num_classes=2)
+    )

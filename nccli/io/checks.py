@@ -18,6 +18,9 @@ FLOAT_SIZES = (2, 4, 8)
 
 
 def check_layer_name(name: str, where: str) -> None:
+    """A layer name is a non-empty string without '/' (the feature file stores it as an HDF5 name)."""
+    if not isinstance(name, str):
+        raise UsageError(f"{where}: a layer name must be a string, found {name!r} ({type(name).__name__})")
     if not name or "/" in name:
         raise UsageError(f"{where}: layer name '{name}' must be non-empty and hold no '/' (HDF5 would nest it)")
 

@@ -6,6 +6,9 @@ from datetime import UTC, datetime
 import numpy as np
 
 from nccli import __version__, schema
+from nccli.errors import UsageError
+
+INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
 
 def root_attributes(
@@ -29,6 +32,8 @@ def root_attributes(
         **provenance,
     }
     if epoch is not None:
+        if not INT64_MIN <= epoch <= INT64_MAX:  # an attribute of int64, as every reader takes it
+            raise UsageError(f"--epoch {epoch} does not fit int64")
         attrs[schema.ATTR_EPOCH] = epoch
     if class_names is not None:
         attrs[schema.ATTR_CLASS_NAMES] = np.array(class_names, dtype=object)
