@@ -6,10 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from cli_helpers import invoke, snapshot
-from h5files import good_file
+from cli_helpers import assert_user_error, invoke, snapshot
+from h5files import good_file, write_feature_file
+
+from nccli.io import shards
 
 TESTS = Path(__file__).resolve().parent
 
@@ -78,3 +81,28 @@ def test_a_file_that_changed_since_its_validation_is_refused(tmp_path):
             pass
     with open_feature_file(path, probed=True, expected=dataclasses.replace(validated, n_samples=44)) as feature_file:
         assert feature_file.info.n_samples == 44
+
+
+def test_an_index_whose_shard_is_of_another_extraction_is_refused(tmp_path):
+    """A torchrun index reads its shards' rows: a shard replaced by one of another checkpoint (or epoch, model,
+    data) must not be analysed as part of it."""
+    index = tmp_path / "features.h5"
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 4
+    layers = {"fc_in": rng.normal(size=(40, 5))}
+    identity = {"model": "resnet18", "checkpoint_sha256": "aa" * 32, "epoch": 3}
+    for rank in range(2):
+        shard = Path(shards.shard_path(str(index), rank, 2))
+        shard.parent.mkdir(exist_ok=True)
+        part = slice(20 * rank, 20 * rank + 20)
+        write_feature_file(
+            shard, labels[part], {k: v[part] for k, v in layers.items()}, extra_root_attrs=identity, complete=True
+        )
+    shards.write_index(str(index), 2, {})
+    out = tmp_path / "r.parquet"
+    assert invoke("analyze", index, "--out", out).exit_code == 0
+    replaced = Path(shards.shard_path(str(index), 1, 2))
+    write_feature_file(replaced, labels[20:], {k: v[20:] for k, v in layers.items()},
+                       extra_root_attrs={**identity, "checkpoint_sha256": "bb" * 32}, complete=True)  # fmt: skip
+    result = invoke("analyze", index, "--out", tmp_path / "other.parquet")
+    assert_user_error(result, "features.h5", "rank-00001-of-00002.h5", "is not of this extraction", "checkpoint_sha256")

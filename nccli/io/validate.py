@@ -29,6 +29,7 @@ from nccli.io.attributes import (
     shown,
     text_attribute,
 )
+from nccli.io.options import describe_differences, options_of
 from nccli.io.sources import check_storage, follow
 from nccli.types import Classifier
 
@@ -81,6 +82,60 @@ class FeatureFileInfo:
 
 
 INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+# What makes a torchrun shard part of its index's extraction: the same model, weights, data and label space.
+SHARD_IDENTITY = (
+    schema.ATTR_MODEL,
+    schema.ATTR_WEIGHTS,
+    schema.ATTR_CHECKPOINT,
+    schema.ATTR_CHECKPOINT_SHA256,
+    schema.ATTR_DATASET,
+    schema.ATTR_TRANSFORM,
+    schema.ATTR_EPOCH,
+    schema.ATTR_SPLIT,
+    schema.ATTR_NUM_CLASSES,
+    schema.ATTR_INIT_SEED,
+)
+
+
+def _check_shards(handle: h5py.File, file: str) -> None:
+    """Every shard of a torchrun index is of the index's extraction: its identity attributes and its extract
+    options (its own rows aside) are the index's. A shard replaced by one of another run (another checkpoint,
+    other data) would otherwise be analysed as part of this file."""
+    names = [str(name) for name in np.atleast_1d(read_attribute(file, handle, schema.ATTR_SHARDS, ""))]
+    wanted = {name: _plain(handle.attrs.get(name)) for name in SHARD_IDENTITY}
+    options = options_of(handle) or {}
+    for name in names:
+        path = os.path.join(os.path.dirname(file), name)
+        try:
+            with h5py.File(path, "r") as shard:
+                found = {key: _plain(shard.attrs.get(key)) for key in SHARD_IDENTITY}
+                shard_options = {k: v for k, v in (options_of(shard) or {}).items() if k != schema.EXTRACT_OPTION_SHARD}
+        except OSError as error:
+            raise FeatureFileError(file, "", f"cannot open its shard '{name}': {shown(error)}") from None
+        differ = [key for key in SHARD_IDENTITY if found[key] != wanted[key]]
+        if differ:
+            key = differ[0]
+            raise FeatureFileError(
+                file,
+                "",
+                f"shard '{name}' is not of this extraction: its {key} is {found[key]!r}, the index's "
+                f"{wanted[key]!r}; extract the shards again, or analyze the shard alone",
+            )
+        if options and shard_options != options:
+            raise FeatureFileError(
+                file,
+                "",
+                f"shard '{name}' was written with other options ({describe_differences(options, shard_options)})",
+            )
+
+
+def _plain(value):
+    """An attribute as a comparable Python value (numpy scalars and bytes decoded)."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def label_range_problem(low: int, high: int, num_classes: int) -> str | None:
@@ -186,6 +241,8 @@ def validate(handle: h5py.File, file: str, scan_labels: bool = True) -> tuple[Fe
     provenance = {
         name: str(read_attribute(file, handle, name, "")) for name in schema.PROVENANCE_ATTRS if name in handle.attrs
     }
+    if schema.ATTR_SHARDS in handle.attrs:
+        _check_shards(handle, file)
     info = FeatureFileInfo(
         path=file,
         n_samples=n,
