@@ -35,7 +35,7 @@ from nccli.io.rows import RowSource
 from nccli.metrics import formulas
 from nccli.metrics.backend import Backend, select_backend
 from nccli.metrics.classifier import imbalanced
-from nccli.metrics.geometry import build_geometry
+from nccli.metrics.geometry import build_geometry, check_scale
 from nccli.metrics.layer import summarize_layer
 from nccli.metrics.mse import MSE_MAX_DIM, mse_decomposition
 from nccli.metrics.spectra import snr_columns
@@ -207,7 +207,10 @@ def _analyze_layers(
         built = {}
         for layer in layers:
             host = moments[layer.name]
-            spectra[layer.name] = formulas.between_class_spectrum(host.class_means().centred)
+            centred = host.class_means().centred
+            scale = float(np.abs(centred).max()) * layer.dim**0.5 if centred.size else 0.0  # ≥ every norm
+            check_scale(scale, scale, layer.dim)  # before the spectrum squares them
+            spectra[layer.name] = formulas.between_class_spectrum(centred)
             ncc_reference = reference_means[layer.name] if reference_means else host.class_means()
             classifier = source.classifier if layer.name == classifier_layer else None
             built[layer.name] = build_geometry(xp, host, spectra[layer.name], ncc_reference, classifier)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nccli.errors import DataError
 from nccli.metrics import logits
 from nccli.metrics.backend import Backend
 from nccli.metrics.formulas import COINCIDENCE_TOLERANCE, Spectrum
@@ -94,9 +95,13 @@ class Geometry:
         return [(start, min(start + width, classes)) for start in range(0, classes, width)]
 
     def block(self, xp: Backend, rows) -> Block:
-        """What both decisions need of a block of float64 rows, computed once."""
+        """What both decisions need of a block of float64 rows, computed once (refused, in one line, when the
+        float32 screens could overflow on them: :func:`check_scale`)."""
         centred = rows - self.origin
-        return Block(centred, xp.single_with_ones(centred), xp.sqrt(xp.rowdot(centred, centred)))
+        norms = xp.sqrt(xp.rowdot(centred, centred))
+        partner = max(xp.scalar(self.ncc_sqnorms.max()) ** 0.5 if len(self.ncc_sqnorms) else 0.0, self.weight_norm_max)
+        check_scale(float(norms.max()) if len(norms) else 0.0, partner, centred.shape[1])
+        return Block(centred, xp.single_with_ones(centred), norms)
 
     def slack(
         self, block: Block, norm_max: float, folded_max: float, added_max: float = 0.0, unit: float | None = None
@@ -207,6 +212,24 @@ def distinct_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         representative[candidates] = candidates[first[inverse.ravel()]]  # the lowest index of each set
     first = np.flatnonzero(representative == np.arange(len(matrix)))
     return first, np.searchsorted(first, representative)
+
+
+# Pass 2 screens products of (h − μ_G) with class means and classifier rows in float32 (2^128 at most) and
+# the spectrum squares the centred means in float64 (2^1024): finite data beyond these bounds would overflow.
+SINGLE_LIMIT, DOUBLE_LIMIT = 2.0**120, 2.0**500
+
+
+def check_scale(largest: float, partner: float, dim: int) -> None:
+    """Refuse, in one line, rows of norm up to ``largest`` whose products with vectors of norm ``partner``
+    could overflow pass 2's float32 screens, or whose squares overflow float64 (float32 features near 1e19,
+    float64 features near 1e155: decisions would be made on inf)."""
+    magnitude = (dim + 4) * (largest * partner + partner * partner)
+    if not (magnitude < SINGLE_LIMIT and largest < DOUBLE_LIMIT):
+        raise DataError(
+            f"feature values too large for analyze: ‖h − μ_G‖ reaches {largest:.1e} and pass 2's float32 products "
+            f"{magnitude:.1e}, beyond what they hold; divide the features by a constant (the NC ratios do not "
+            "change) and analyze again"
+        )
 
 
 def ties_exact(means: ClassMeans) -> ClassMeans:
