@@ -28,7 +28,7 @@ from nccli.extract.config import MapPooling
 from nccli.io import checks
 from nccli.io.arrays import KeySpace, SourceArray, open_sources
 from nccli.io.header import root_attributes
-from nccli.io.writer import FeatureWriter, RowDataset, check_not_being_written, partial_path
+from nccli.io.writer import FeatureWriter, RowDataset, check_not_being_written, check_output_name, partial_path
 from nccli.progress import progress_bar
 
 BLOCK_BYTES = 16 * 2**20  # rows read at once: about this much of the widest source array
@@ -169,9 +169,10 @@ def _write(plan: _Plan, keys: KeySpace, config: ConvertConfig) -> None:
 
 def _check_output(config: ConvertConfig) -> None:
     out, partial = config.out, partial_path(config.out)
+    check_output_name(out)
     if os.path.isdir(out):
         raise OutputError(f"'{out}' is a directory; --out names the feature file to write")
-    if any(os.path.abspath(out) == os.path.abspath(source) for source in config.sources):
+    if any(_same_path(out, source) for source in config.sources):
         raise UsageError(f"--out '{out}' is also a SOURCE; write the feature file elsewhere")
     if os.path.exists(out) and not config.overwrite:
         raise OutputError(f"'{out}' already exists; pass --overwrite to replace it")
@@ -182,6 +183,14 @@ def _check_output(config: ConvertConfig) -> None:
     parent = os.path.dirname(out) or "."
     if not os.path.isdir(parent):
         raise OutputError(f"cannot write '{out}': the directory '{parent}' does not exist")
+
+
+def _same_path(a: str, b: str) -> bool:
+    """The same file, through links and symlinked folders too (``b`` exists; ``a`` may not yet)."""
+    try:
+        return os.path.realpath(a) == os.path.realpath(b) or os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _plan_layers(keys: KeySpace, config: ConvertConfig, labels: SourceArray) -> list[_Layer]:

@@ -308,3 +308,26 @@ def test_a_damaged_npz_member_gives_one_line_and_no_file(tmp_path):
     result = invoke("convert", source, "--out", tmp_path / "out.h5")
     assert_user_error(result, "key 'x' of", "cannot be read")
     assert os.listdir(tmp_path) == ["run.npz"]
+
+
+def test_a_source_reached_through_a_link_is_never_the_output(tmp_path):
+    """--out naming a source through a symlink, or through a symlinked folder, is refused even with --overwrite."""
+    np.savez(tmp_path / "run.npz", x=np.ones((N, 2)) * (np.arange(N) % K)[:, None], y=np.arange(N) % K)
+    before = (tmp_path / "run.npz").read_bytes()
+    (tmp_path / "link.npz").symlink_to(tmp_path / "run.npz")
+    (tmp_path / "folder").symlink_to(tmp_path)
+    for source, out in ((tmp_path / "link.npz", tmp_path / "run.npz"), (tmp_path / "run.npz", tmp_path / "link.npz"),
+                        (tmp_path / "run.npz", tmp_path / "folder" / "run.npz")):  # fmt: skip
+        assert_user_error(invoke("convert", source, "--out", out, "--overwrite"), "is also a SOURCE")
+    assert (tmp_path / "run.npz").read_bytes() == before
+
+
+def test_working_file_names_are_refused_as_outputs_and_a_planted_link_is_not_followed(tmp_path):
+    np.savez(tmp_path / "run.npz", x=np.ones((N, 2)) * (np.arange(N) % K)[:, None], y=np.arange(N) % K)
+    for name in ("k.h5.partial", "k.h5.partial.new", "k.h5.lock"):
+        assert_user_error(invoke("convert", tmp_path / "run.npz", "--out", tmp_path / name), "nccli's working files")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "k.h5.partial.new").symlink_to(victim)  # where convert builds the file
+    assert invoke("convert", tmp_path / "run.npz", "--out", tmp_path / "k.h5").exit_code == 0
+    assert victim.read_text() == "precious" and h5py.is_hdf5(tmp_path / "k.h5")

@@ -40,7 +40,7 @@ from nccli.extract.transforms import build_transform
 from nccli.io import shards
 from nccli.io.accuracy import recorded_accuracy, top1_counts
 from nccli.io.options import stored_options
-from nccli.io.writer import FeatureWriter, check_not_being_written, partial_path
+from nccli.io.writer import FeatureWriter, check_not_being_written, check_output_name, partial_path
 from nccli.progress import progress_bar
 
 PROBE_SAMPLES = 2
@@ -117,6 +117,7 @@ def check_output(path: str, config: ExtractConfig, ranks: int = 1) -> None:
     """Refuse, before any work, to replace a file or a partial file the user did not say to replace
     (and shards of a run with another number of processes than ``ranks``)."""
     partial = partial_path(path)
+    check_output_name(path)
     if os.path.isdir(path):
         raise OutputError(f"'{path}' is a directory; --out names the feature file to write")
     if os.path.exists(path) and not (config.overwrite or config.resume):

@@ -21,11 +21,13 @@ import h5py
 
 
 class GuardedFile(io.RawIOBase):
-    """A file opened for HDF5 (``"w"``: created or truncated; ``"r+"``: existing) that stops at its first failure."""
+    """A file opened for HDF5 (``"w"``: created or truncated; ``"x"``: created, never through a link nor over
+    an existing file; ``"r+"``: existing) that stops at its first failure."""
 
     def __init__(self, path: str, mode: str):
         super().__init__()
-        flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if mode == "w" else 0)
+        created = {"w": os.O_CREAT | os.O_TRUNC, "x": os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW}
+        flags = os.O_RDWR | created.get(mode, 0)
         self._fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
         self._position = 0
         self.failure: OSError | None = None
@@ -97,7 +99,7 @@ class GuardedHdf5:
     def __init__(self, path: str, mode: str, **options):
         self.disk, self.closed = GuardedFile(path, mode), False
         try:
-            self.handle = h5py.File(self.disk, mode, **options)
+            self.handle = h5py.File(self.disk, "w" if mode == "x" else mode, **options)
         except BaseException:
             self.disk.close()
             raise

@@ -52,7 +52,7 @@ from nccli import schema
 from nccli.errors import OutputError, UsageError
 from nccli.io.final_copy import write_final
 from nccli.io.guarded import GuardedHdf5, failure_of, words
-from nccli.io.lock import OutputLock
+from nccli.io.lock import LOCK_SUFFIX, OutputLock
 from nccli.io.options import describe_differences, options_of, store_options
 from nccli.io.publish import sync
 
@@ -88,12 +88,28 @@ def _open(path: str, mode: str) -> GuardedHdf5:
     return GuardedHdf5(path, mode, rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=CHUNK_CACHE_SLOTS)
 
 
+def _create(path: str) -> GuardedHdf5:
+    """A new HDF5 file at nccli's own temporary name ``path``: what a killed run left there (or a link planted
+    there) is removed, not followed, and the file is created exclusively (O_EXCL: never through a link)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return _open(path, "x")
+
+
 def _preallocated() -> h5py.h5p.PropDCID:
     """Dataset creation properties: every chunk allocated when the dataset is made, never filled."""
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
     return dcpl
+
+
+def check_output_name(path: str) -> None:
+    """Refuse an output named like nccli's own working files (``FILE.partial``, ``FILE.partial.new``,
+    ``FILE.lock``): writing it would replace, or be replaced by, another run's work."""
+    for suffix in (PARTIAL_SUFFIX, PARTIAL_SUFFIX + BUILDING_SUFFIX, LOCK_SUFFIX):
+        if os.fspath(path).endswith(suffix):
+            raise UsageError(f"'{path}': names ending in '{suffix}' are nccli's working files; choose another name")
 
 
 def check_not_being_written(path: str) -> None:
@@ -130,7 +146,7 @@ class FeatureWriter:
         building = partial + BUILDING_SUFFIX
         lock, made = OutputLock(path).acquire(), None
         try:
-            made = _open(building, "w")
+            made = _create(building)
             with made as handle:
                 # complete and rows_written first: they sit in the root header's first block, so raising
                 # rows_written rewrites a few hundred bytes in place
@@ -277,7 +293,7 @@ class FeatureWriter:
                 self._handle.attrs.modify(schema.ATTR_COMPLETE, True)
                 self._file.close()
             else:
-                compressed = _open(building, "w")
+                compressed = _create(building)
                 with compressed as target:
                     write_final(self._handle, target, compression, self.rows_written, keep)
                     for path, values in (extra or {}).items():
