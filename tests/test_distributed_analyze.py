@@ -189,3 +189,29 @@ def test_a_state_travels_as_its_fields_whatever_they_are():
     received = _rebuilt(State(np.zeros((2, 3))), [array.copy() for array in arrays])
     assert np.array_equal(received.sums, sent.sums) and (received.smallest, received.seen) == (-1.5, 7)
     assert type(received.seen) is int and received.matrix is None
+
+
+RANK_ONE_SEES_ANOTHER_FILE = """\
+import os, sys
+import nccli.analyze.collectives as collectives
+if os.environ["RANK"] == "1":  # as if rank 1's node held another file under the same path
+    collectives._identity = lambda info: "0" * 16
+from nccli.cli import main
+sys.argv = ["nccli", "analyze", *sys.argv[1:]]
+main()
+"""
+
+
+def test_ranks_that_see_other_files_under_one_path_are_refused_before_any_row(tmp_path):
+    labels, layers, weight, bias = data(n=101)
+    path = feature_file(tmp_path / "f.h5", labels, layers, weight, bias)
+    script = tmp_path / "other_file.py"
+    script.write_text(RANK_ONE_SEES_ANOTHER_FILE)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
+    out = tmp_path / "r.parquet"
+    done = subprocess.run(
+        [*command, str(path), "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=RUN_SECONDS,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False,
+    )  # fmt: skip
+    assert_refused(done, "rank 1 sees another file than rank 0", "f.h5", "a filesystem every rank shares")
+    assert not out.exists()

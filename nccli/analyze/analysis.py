@@ -100,8 +100,8 @@ def analyze_features(
     total += sum(reference.n_samples * len(reference_plans[path]) for path, (reference, _) in needed.items())
     total += ood_info.n_samples if ood_info else 0
     result = AnalysisResult()
-    if group is not None:
-        group.agree()  # every rank has validated its inputs: none reads a row if one has failed
+    if group is not None:  # every rank has validated its inputs, the same ones: none reads a row otherwise
+        group.agree_on_inputs([*infos, *(info for info, _ in needed.values()), *([ood_info] if ood_info else [])])
     with contextlib.ExitStack() as stack:
         advance = stack.enter_context(
             progress_bar(config.show_progress and (group is None or group.main), "analyze", total)

@@ -34,6 +34,9 @@ one that will never come, and no report is written from part of the rows.
 
 import contextlib
 import dataclasses
+import hashlib
+import json
+import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -42,6 +45,7 @@ from nccli import distributed
 from nccli.analyze.plan import row_ranges
 from nccli.errors import DistributedError, UsageError
 from nccli.io.rows import RowSource
+from nccli.io.validate import FeatureFileInfo
 from nccli.metrics.backend import select_backend
 
 ADVICE = "no report was written; fix this and rerun the command"
@@ -92,6 +96,20 @@ class Group:
         """Wait until every rank is here; stop if one has failed (before a collective, and once everything
         is validated: before any rank reads a row)."""
         self.session.gather()
+
+    def agree_on_inputs(self, infos: list[FeatureFileInfo]) -> None:
+        """:meth:`agree`, and every rank sees the same files under the same paths (size, rows, layers,
+        classes and provenance): on a filesystem that is not really shared, ranks would otherwise merge rows
+        of different files into one report."""
+        mine = [_identity(info) for info in infos]
+        for rank, theirs in enumerate(self.session.gather(json.dumps(mine))):
+            for info, own, other in zip(infos, mine, json.loads(theirs)):
+                if own != other:
+                    raise DistributedError(
+                        f"rank {rank} sees another file than rank {self.rank} at '{info.path}' ({other} against "
+                        f"{own}): the feature files must be on a filesystem every rank shares; {ADVICE}",
+                        echo=self.main,
+                    )
 
     def rows(self, source: RowSource, block_rows: int) -> tuple[int, int]:
         """This rank's rows [start, stop) of ``source`` (:func:`rank_rows`)."""
@@ -205,3 +223,17 @@ def _describe(value: dict) -> dict:
                 seen[id(part)] = field.name
         described[name] = (type(item), fields)
     return described
+
+
+def _identity(info: FeatureFileInfo) -> str:
+    """A short digest of what makes a feature file this file: its size, rows, classes, layers and provenance."""
+    described = (
+        os.path.getsize(info.path),
+        info.n_samples,
+        info.num_classes,
+        info.split,
+        info.epoch,
+        [(layer.name, layer.dim) for layer in info.layers],
+        sorted(info.provenance.items()),
+    )
+    return hashlib.sha256(repr(described).encode()).hexdigest()[:16]
