@@ -155,6 +155,11 @@ def _write(plan: _Plan, keys: KeySpace, config: ConvertConfig) -> None:
     options = {"convert": {"sources": list(config.sources), "keys": keys.used, "pool": str(config.pool)}}
     n = plan.labels.shape[0]
     attrs = _root_attrs(config, plan.num_classes, plan.class_names)
+    parent = os.path.dirname(config.out)
+    try:
+        os.makedirs(parent or ".", exist_ok=True)  # as extract does: --out may name a new folder
+    except OSError as error:
+        raise OutputError(f"cannot create directory '{parent}': {error.strerror}") from None
     writer = FeatureWriter.create(
         config.out, n, datasets, attrs, options, fixed=plan.classifier, group_attrs=layer_attr
     )
@@ -181,8 +186,8 @@ def _check_output(config: ConvertConfig) -> None:
         if not config.overwrite:
             raise OutputError(f"'{partial}' is left from an interrupted write; pass --overwrite to replace it")
     parent = os.path.dirname(out) or "."
-    if not os.path.isdir(parent):
-        raise OutputError(f"cannot write '{out}': the directory '{parent}' does not exist")
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise OutputError(f"cannot write '{out}': '{parent}' is not a directory")
 
 
 def _same_path(a: str, b: str) -> bool:

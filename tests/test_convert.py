@@ -331,3 +331,12 @@ def test_working_file_names_are_refused_as_outputs_and_a_planted_link_is_not_fol
     (tmp_path / "k.h5.partial.new").symlink_to(victim)  # where convert builds the file
     assert invoke("convert", tmp_path / "run.npz", "--out", tmp_path / "k.h5").exit_code == 0
     assert victim.read_text() == "precious" and h5py.is_hdf5(tmp_path / "k.h5")
+
+
+def test_the_output_folder_is_created_as_extract_creates_it(tmp_path):
+    np.savez(tmp_path / "run.npz", x=np.ones((N, 2)) * (np.arange(N) % K)[:, None], y=np.arange(N) % K)
+    out = tmp_path / "new" / "deeper" / "run.h5"
+    assert invoke("convert", tmp_path / "run.npz", "--out", out).exit_code == 0
+    assert h5py.is_hdf5(out)
+    (tmp_path / "plain").write_text("a file, not a folder")
+    assert_user_error(invoke("convert", tmp_path / "run.npz", "--out", tmp_path / "plain" / "x.h5"), "not a directory")
