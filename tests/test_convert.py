@@ -340,3 +340,13 @@ def test_the_output_folder_is_created_as_extract_creates_it(tmp_path):
     assert h5py.is_hdf5(out)
     (tmp_path / "plain").write_text("a file, not a folder")
     assert_user_error(invoke("convert", tmp_path / "run.npz", "--out", tmp_path / "plain" / "x.h5"), "not a directory")
+
+
+def test_an_interrupted_conversion_is_not_told_to_resume_with_extract(tmp_path):
+    np.savez(tmp_path / "run.npz", x=np.ones((N, 2)) * (np.arange(N) % K)[:, None], y=np.arange(N) % K)
+    out = tmp_path / "k.h5"
+    assert invoke("convert", tmp_path / "run.npz", "--out", out).exit_code == 0
+    with h5py.File(out, "r+") as handle:  # as a conversion killed before it finished leaves it
+        handle.attrs["complete"] = False
+    result = invoke("analyze", out, "--out", tmp_path / "r.parquet")
+    assert_user_error(result, "'complete' is False", "run `nccli convert` again")

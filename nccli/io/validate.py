@@ -202,11 +202,13 @@ def validate(handle: h5py.File, file: str, scan_labels: bool = True) -> tuple[Fe
             file, "", f"unsupported '{schema.ATTR_FORMAT_VERSION}' {version} (this nccli reads {schema.FORMAT_VERSION})"
         )
     if bool_attribute(file, handle, schema.ATTR_COMPLETE, "") is False:
+        finish = (  # a converted file is made again; an extraction continues where it stopped
+            "run `nccli convert` again"
+            if schema.ATTR_SOURCES in handle.attrs
+            else "finish it with `nccli extract --resume`"
+        )
         raise FeatureFileError(
-            file,
-            "",
-            "attribute 'complete' is False: the file is still being written or was interrupted "
-            "(finish it with `nccli extract --resume`)",
+            file, "", f"attribute 'complete' is False: the file is still being written or was interrupted ({finish})"
         )
 
     labels = _dataset(handle, file, schema.LABELS)
