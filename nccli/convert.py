@@ -28,6 +28,7 @@ from nccli.extract.config import MapPooling
 from nccli.io import checks
 from nccli.io.arrays import KeySpace, SourceArray, open_sources
 from nccli.io.header import root_attributes
+from nccli.io.validate import MAX_CLASSIFIER_BYTES, memory_budget
 from nccli.io.writer import FeatureWriter, RowDataset, check_not_being_written, check_output_name, partial_path
 from nccli.progress import progress_bar
 
@@ -254,6 +255,9 @@ def _classifier(weight, bias, config: ConvertConfig, layers: list[_Layer], num_c
         )
     widths = {layer.name: layer.width for layer in layers}
     name = checks.classifier_layer(widths, weight.shape[1], config.classifier_layer, "--classifier-layer")
+    most = min(MAX_CLASSIFIER_BYTES, memory_budget()) // (8 * max(weight.shape[1], 1))
+    if not 1 <= weight.shape[0] <= most:  # the bound analyze sets (io/validate.py), before W is read whole
+        raise DataError(f"{weight.where}: the classifier weight has {weight.shape[0]} rows; expected 1 to {most}")
     fixed = {schema.CLASSIFIER_WEIGHT: weight.read()}
     if bias is not None and len(bias.shape) != 1:
         raise DataError(f"{bias.where}: the classifier bias must be 1-D (num_classes,), found shape {bias.shape}")

@@ -1,8 +1,11 @@
 """`nccli convert`: arrays saved by other tools become feature files that analyze exactly like h5py-written ones."""
 
+import io
 import json
 import math
 import os
+import struct
+import zipfile
 
 import h5py
 import numpy as np
@@ -350,3 +353,19 @@ def test_an_interrupted_conversion_is_not_told_to_resume_with_extract(tmp_path):
         handle.attrs["complete"] = False
     result = invoke("analyze", out, "--out", tmp_path / "r.parquet")
     assert_user_error(result, "'complete' is False", "run `nccli convert` again")
+
+
+def test_a_classifier_declaring_more_rows_than_analyze_takes_is_refused_before_it_is_read(tmp_path):
+    """A small .npz whose W member declares 400 million rows: one line, no allocation of gigabytes."""
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (400000000, 5), }"
+    header += " " * (118 - len(header)) + "\n"
+    with zipfile.ZipFile(tmp_path / "run.npz", "w") as archive:
+        for key, value in arrays().items():
+            if key != "W":
+                buffer = io.BytesIO()
+                np.save(buffer, value)
+                archive.writestr(f"{key}.npy", buffer.getvalue())
+        archive.writestr("W.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + bytes(80))
+    result = invoke("convert", tmp_path / "run.npz", "--features", "features", "--out", tmp_path / "out.h5")
+    assert_user_error(result, "the classifier weight has 400000000 rows; expected 1 to")
+    assert sorted(os.listdir(tmp_path)) == ["run.npz"]
