@@ -362,3 +362,10 @@ def test_a_layer_name_that_is_not_a_string_is_refused_in_one_line():
     assert "a layer name must be a string, found 1 (int)" in one_line_error(
         lambda: measure_collapse(batches, num_classes=2)
     )
+
+
+def test_a_label_space_that_cannot_fit_in_memory_is_refused_before_any_allocation():
+    """analyze's memory plan: num_classes = 10**8 at d = 512 is refused in one line, not a MemoryError."""
+    batches = [(torch.ones(4, 512), torch.tensor([0, 1, 0, 1]))]
+    message = one_line_error(lambda: measure_collapse(batches, num_classes=10**8, device="cpu"))
+    assert "num_classes = 100000000 at d = 512 needs" in message and "above the memory budget" in message

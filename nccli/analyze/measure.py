@@ -22,6 +22,7 @@ from nccli import schema
 from nccli.analyze.analysis import AnalysisResult, AnalyzeConfig, analyze_file, warn_imbalance
 from nccli.analyze.memory import BatchRows
 from nccli.analyze.passes import Scanner
+from nccli.analyze.plan import layer_groups, state_budget
 from nccli.analyze.references import check_reference
 from nccli.errors import DataError, UsageError
 from nccli.io.reader import open_feature_file
@@ -64,8 +65,9 @@ def measure_collapse(
     scanner = Scanner(rows.xp, None, lambda n: None, other_rows=other_rows)
     result = AnalysisResult()
     layers = rows.info.layers
+    groups = layer_groups(rows.xp, rows.info, layers, config, state_budget(rows.xp))  # analyze's memory plan
     reference_means = _reference_means(scanner, means_from, rows) if means_from else None
-    analyze_file(rows.xp, scanner, rows, layers, reference_means, config, result)
+    analyze_file(rows.xp, scanner, rows, layers, reference_means, config, result, groups)
     warn_imbalance(result)
     n_samples = rows.info.n_samples  # known once the first pass is over; analyze_file took info before it
     return [
