@@ -124,3 +124,8 @@ def test_names_from_a_file_reach_the_terminal_escaped(tmp_path):
     for output in (shown.stdout + shown.stderr, refused.stderr):
         assert "\x1b" not in output and "\u202e" not in output and "\x07" not in output
     assert "fc\\x1b[2J" in shown.stdout and "test\\x1b[1A" in shown.stdout and "m\\u202eodel" in shown.stdout
+
+
+def test_the_table_always_says_how_many_classes_are_present(tmp_path):
+    result = invoke("info", good_file(tmp_path / "a.h5"))
+    assert result.exit_code == 0 and "4 (4 present)" in result.stdout

@@ -187,8 +187,7 @@ def describe_rich(description: FileDescription, width: int | None = None):
     present = description.classes_present
     facts = {
         "samples": str(description.n_samples),
-        "classes": f"{description.num_classes}"
-        + ("" if present == description.num_classes else f" ({present} present)"),
+        "classes": f"{description.num_classes} ({present} present)",
         "split": description.split,
         "epoch": _human(description.epoch),
         "model": _human(description.model),
