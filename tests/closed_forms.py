@@ -50,6 +50,15 @@ class Fixture:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+# What is exactly 0 when the class means form a simplex ETF and W is proportional to them (self-dual): the
+# Tirer forms, the hyperspherical-uniformity variances, the classifier's own geometry and uniform duality.
+SELF_DUAL_ETF_ZEROS = dict.fromkeys(
+    ("nc2_tirer", "gnc2_dist_var", "gnc2_log_var", "w_equinorm", "w_equiangular", "w_maxangle", "nc3_tirer",
+     "nc3_uniform_duality"),
+    0.0,
+)  # fmt: skip
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -263,14 +272,7 @@ def etf_with_exact_noise(
         nc3_etf=0.0,
         margin_min=margin_min,
         margin_mean=float(np.mean(gaps)),
-        nc2_tirer=0.0,
-        gnc2_dist_var=0.0,
-        gnc2_log_var=0.0,
-        w_equinorm=0.0,
-        w_equiangular=0.0,
-        w_maxangle=0.0,
-        nc3_tirer=0.0,
-        nc3_uniform_duality=0.0,
+        **SELF_DUAL_ETF_ZEROS,
         snr_min=math.sqrt(rho) / sigma,
         snr_max=math.sqrt(rho) / sigma,
     )
@@ -436,14 +438,7 @@ def self_dual_etf(
     ce = math.log1p((K - 1) * math.exp(-gap))
     expected = dict(
         nc1_dist_ratio=0.0,
-        nc2_tirer=0.0,
-        gnc2_dist_var=0.0,
-        gnc2_log_var=0.0,
-        w_equinorm=0.0,
-        w_equiangular=0.0,
-        w_maxangle=0.0,
-        nc3_tirer=0.0,
-        nc3_uniform_duality=0.0,
+        **SELF_DUAL_ETF_ZEROS,
         margin_min=gap,
         margin_normalized=2 * alpha * beta * math.sqrt(n) / (beta**2 + n * alpha**2),
         norm_balance=beta / (alpha * math.sqrt(n)),
