@@ -369,3 +369,24 @@ def test_a_classifier_declaring_more_rows_than_analyze_takes_is_refused_before_i
     result = invoke("convert", tmp_path / "run.npz", "--features", "features", "--out", tmp_path / "out.h5")
     assert_user_error(result, "the classifier weight has 400000000 rows; expected 1 to")
     assert sorted(os.listdir(tmp_path)) == ["run.npz"]
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda x: x.to_sparse(), "is a sparse tensor, not rows of numbers; save tensor.to_dense()"),
+        (lambda x: torch.empty(x.shape, device="meta"), "is a meta tensor"),
+        (
+            lambda x: torch.quantize_per_tensor(x.float(), 0.1, 0, torch.qint8),
+            "is a quantized tensor, not rows of numbers; save tensor.dequantize()",
+        ),
+    ],
+    ids=["sparse", "meta", "quantized"],
+)
+def test_tensors_that_are_not_dense_rows_are_refused_in_one_line(tmp_path, make, fragment):
+    data = {key: torch.from_numpy(value) for key, value in arrays().items()}
+    data["features"] = make(data["features"])
+    torch.save(data, tmp_path / "run.pt")
+    result = invoke("convert", tmp_path / "run.pt", "--features", "features", "--out", tmp_path / "out.h5")
+    assert_user_error(result, "key 'features'", fragment)
+    assert sorted(os.listdir(tmp_path)) == ["run.pt"]

@@ -24,6 +24,7 @@ Nothing here imports torch or safetensors until such a file is opened.
 import contextlib
 import os
 import pickle
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -249,13 +250,16 @@ def _open_torch(path: str, stack: contextlib.ExitStack) -> list[SourceArray]:
     import torch
 
     try:
-        with torch.serialization.safe_globals(_safe_numpy_globals()):
+        with torch.serialization.safe_globals(_safe_numpy_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's notes on what it validates: not the user's
             loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as error:
-        reason = next((line.strip() for line in str(error).splitlines() if "WeightsUnpickler error" in line), "")
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
+        reason = reason.removeprefix("WeightsUnpickler error:").strip() or type(error).__name__
         raise DataError(
             f"'{path}' holds Python objects other than tensors and arrays, which nccli never unpickles "
-            f"({shown(reason.removeprefix('WeightsUnpickler error:').strip())}); save a dict of tensors or arrays"
+            f"({shown(reason)}); save a dict of tensors or arrays"
         ) from None
     except (RuntimeError, OSError, EOFError, KeyError, ValueError, TypeError) as error:
         raise DataError(f"'{path}' cannot be read as a torch.save file: {shown(error)}") from None
@@ -264,12 +268,36 @@ def _open_torch(path: str, stack: contextlib.ExitStack) -> list[SourceArray]:
     arrays = []
     for key, value in loaded.items():
         if isinstance(value, torch.Tensor):
+            kind = _unusual_kind(value)
+            if kind is not None:
+                raise DataError(f"key '{key}' of '{path}' is a {kind} tensor, not rows of numbers; {_DENSE[kind]}")
             arrays.append(
                 SourceArray(path, str(key), tuple(value.shape), _torch_dtype(value), _sliced(value, _tensor_to_numpy))
             )
         elif isinstance(value, np.ndarray):
             arrays.append(SourceArray(path, str(key), value.shape, value.dtype, _sliced(value)))
     return arrays
+
+
+_DENSE = {  # how to save each kind of tensor as the dense array convert reads
+    "sparse": "save tensor.to_dense()",
+    "nested": "save one padded tensor (torch.nested.to_padded_tensor)",
+    "quantized": "save tensor.dequantize()",
+    "meta": "it holds no values: save the tensor itself, not its meta-device copy",
+}
+
+
+def _unusual_kind(tensor) -> str | None:
+    """What makes a tensor more than a dense array of numbers in memory (sparse, nested, quantized, on the meta
+    device), which cannot be read as rows; None for a plain dense tensor."""
+    import torch
+
+    if tensor.layout != torch.strided:
+        return "sparse"
+    for kind, flag in (("nested", "is_nested"), ("quantized", "is_quantized"), ("meta", "is_meta")):
+        if getattr(tensor, flag, False):
+            return kind
+    return None
 
 
 def _open_safetensors(path: str, stack: contextlib.ExitStack) -> list[SourceArray]:
