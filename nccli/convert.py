@@ -221,6 +221,8 @@ def _plan_layers(keys: KeySpace, config: ConvertConfig, labels: SourceArray) -> 
                 f"{array.where}: has shape {shape}: (N, T, D) tokens or (N, C, L) maps are ambiguous to pool; "
                 "pass --pool flatten, or pool them before saving"
             )
+        elif 0 in shape[1:]:  # nothing to pool: averages of no values would read as NaN features
+            raise DataError(f"{array.where}: has shape {shape}, with no values per sample to pool")
         else:
             pooling, stored = str(config.pool), np.dtype(np.float32)
             width = int(np.prod(shape[1:], dtype=np.int64)) if config.pool == MapPooling.FLATTEN else shape[1]

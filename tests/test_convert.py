@@ -239,6 +239,11 @@ BAD_INPUTS = {
     "bias shape": (lambda d: {**d, "b": d["b"][:2]}, [], "the classifier bias must be float of shape (4,)"),
     "layer name with a slash": (lambda d: d, ["--features", "features=a/b"], "layer name 'a/b'"),
     "tokens need flatten": (lambda d: {**d, "features": d["features"][:, :, None]}, [], "--pool flatten"),
+    "empty maps": (
+        lambda d: {**d, "features": np.zeros((N, 5, 0, 0), dtype=np.float32)},
+        [],
+        "with no values per sample to pool",
+    ),
     "bias without weight": (
         lambda d: {k: v for k, v in d.items() if k != "W"},
         ["--bias", "b"],
