@@ -8,10 +8,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from cli_helpers import invoke, invoke_with_columns, snapshot
+from cli_helpers import assert_user_error, invoke, invoke_with_columns, snapshot
 from h5files import good_file
 from rich.console import Console
 
+from nccli.cli.common import TABLE_ROWS_MAX
 from nccli.report.formats import compact, to_rich
 
 NUMBER = re.compile(r"(?<![\w.+-])-?\d[\d.]*(?:e[+-]\d+)?(?![\w.])")
@@ -99,3 +100,24 @@ def test_numbers_in_scientific_notation_stay_whole():
     console.print(rich_table)
     text = console.export_text()
     assert left_out == [] and {"1.234e-05", "-9.876e+12", "0.5"} <= set(shown_numbers(text))
+
+
+def test_a_table_for_people_shows_its_first_rows_and_says_so(tmp_path):
+    """A small file may declare millions of rows (it took minutes to draw them): the table stops at its cap."""
+    rows = TABLE_ROWS_MAX + 500
+    path = tmp_path / "many.parquet"
+    pq.write_table(
+        pa.table({"file": ["a.h5"] * rows, "layer": [f"l{i}" for i in range(rows)], "nc1": [1.0] * rows}), path
+    )
+    result = invoke("report", path, "--columns", "layer,nc1")
+    assert result.exit_code == 0, result.output
+    assert f"l{TABLE_ROWS_MAX - 1} " in result.stdout and f"l{TABLE_ROWS_MAX} " not in result.stdout
+    assert f"showing the first {TABLE_ROWS_MAX} of {rows} rows" in result.stderr
+    every = invoke("report", path, "--format", "csv", "--columns", "layer")
+    assert every.stdout.count("\n") == rows + 1  # the formats for pipes: every row
+
+
+def test_a_parquet_file_naming_a_column_twice_is_one_line(tmp_path):
+    path = tmp_path / "dup.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array([1.0]), pa.array([2.0])], names=["nc1", "nc1"]), path)
+    assert_user_error(invoke("report", path), "names column(s) 'nc1' twice")

@@ -99,12 +99,22 @@ def table_console(stderr: bool = False):
     return Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 10_000)
 
 
+TABLE_ROWS_MAX = 1_000  # rows a table for people shows; the formats for pipes show every row
+
+
 def print_table(table, title: str, advice: str, stderr: bool = False) -> None:
     """A report table for a person that fits the console without breaking a number; columns left out to fit are
-    named in a one-line note on stderr, with ``advice`` on how to choose them."""
+    named in a one-line note on stderr, with ``advice`` on how to choose them. Beyond ``TABLE_ROWS_MAX`` rows
+    (a pair table, or a hostile file declaring millions), the first rows and a note."""
     from nccli.report.formats import to_rich
 
     console = table_console(stderr)
+    if table.num_rows > TABLE_ROWS_MAX:
+        echo_error(
+            f"note: showing the first {TABLE_ROWS_MAX} of {table.num_rows} rows; --format csv, tsv or json show "
+            "every row"
+        )
+        table = table.slice(0, TABLE_ROWS_MAX)
     shown, left_out = to_rich(table, title=title, width=console.width)
     console.print(shown)
     note_left_out(left_out, console.width, advice)

@@ -22,6 +22,7 @@ from nccli import __version__, schema
 from nccli.errors import OutputError, UsageError
 from nccli.io.lock import LOCK_SUFFIX, locked
 from nccli.io.publish import remove_stale
+from nccli.io.validate import memory_budget
 
 
 def class_columns(named: bool) -> tuple[str, ...]:
@@ -92,9 +93,25 @@ def report_metadata(result, command: str) -> dict[str, str]:
 
 
 def read_report(path: str | os.PathLike) -> pa.Table:
-    """Any report table (summary, per-class, per-pair) as written by ``analyze``."""
+    """Any report table (summary, per-class, per-pair) as written by ``analyze``, after its footer: a file
+    whose columns are named twice, or whose rows would not fit in memory once read, is refused before any
+    row is read (a small file may declare millions of rows)."""
     if not os.path.isfile(path):
         raise UsageError(f"'{path}': no such report file")
+    try:
+        footer = pq.ParquetFile(path).metadata
+        names = footer.schema.to_arrow_schema().names
+        declared = sum(footer.row_group(index).total_byte_size for index in range(footer.num_row_groups))
+    except (pa.ArrowException, OSError) as error:
+        raise UsageError(f"'{path}': not a Parquet file ({error})") from None
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise UsageError(f"'{path}' names column(s) {', '.join(map(repr, twice))} twice; not a report of nccli")
+    if declared > memory_budget():
+        raise UsageError(
+            f"'{path}' declares {footer.num_rows} rows of {declared / 2**30:.1f} GiB, more than the memory budget "
+            f"of {memory_budget() / 2**30:.1f} GiB; read it in parts (pyarrow, DuckDB)"
+        )
     try:
         return pq.read_table(path)
     except (pa.ArrowException, OSError) as error:
