@@ -78,9 +78,9 @@ def layer_groups(
     return groups + [tuple(current)] if current else groups
 
 
-def row_ranges(stop: int, block_rows: int, parts: int, start: int = 0) -> list[tuple[int, int]]:
-    """About ``parts`` consecutive ranges covering [start, stop), cut every so many ``block_rows`` from ``start``."""
-    blocks = -(-(stop - start) // block_rows)
+def row_ranges(rows: int, block_rows: int, parts: int) -> list[tuple[int, int]]:
+    """At most ``parts`` consecutive ranges covering [0, rows), cut at multiples of ``block_rows``."""
+    blocks = -(-rows // block_rows)
     per_part = max(1, -(-blocks // parts))
-    cuts = list(range(start, stop, per_part * block_rows)) + [stop]
+    cuts = list(range(0, rows, per_part * block_rows)) + [rows]
     return list(itertools.pairwise(cuts))
