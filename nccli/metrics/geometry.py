@@ -52,8 +52,9 @@ class Geometry:
     when another class has the same row; ``free_bias`` (W·origin) gives the
     bias-free logits w_cᵀh_i of seed ``002_*``, ``multiplicity`` the number of
     classes that share each candidate's row (the cross-entropy sums over
-    classes), ``weight_norm_max`` the largest ‖w_c‖, ``bias_is_zero`` whether
-    b = 0 (then both kinds of logits are one). The screening multiplies float32
+    classes), ``weight_norm_max`` the largest ‖w_c‖ (``ncc_norm_max`` the
+    largest ‖c‖ of the NCC centres), ``bias_is_zero`` whether b = 0 (then both
+    kinds of logits are one). The screening multiplies float32
     rows (h_i − origin, 1) by ``ncc_single`` (−2·``ncc_centres``, ‖c‖²) and
     ``weight_single`` (``weight``, ``bias``): the offsets come out of the
     product, with unit roundoff ``single_unit``. ``tile_classes`` fixes the
@@ -77,6 +78,7 @@ class Geometry:
     free_bias: Array | None = None
     multiplicity: Array | None = None
     weight_norm_max: float = 0.0
+    ncc_norm_max: float = 0.0
     bias_is_zero: bool = False
     tile_bytes: int = 32 * 2**20
     tile_classes: int | None = None
@@ -99,7 +101,7 @@ class Geometry:
         float32 screens could overflow on them: :func:`check_scale`)."""
         centred = rows - self.origin
         norms = xp.sqrt(xp.rowdot(centred, centred))
-        partner = max(xp.scalar(self.ncc_sqnorms.max()) ** 0.5 if len(self.ncc_sqnorms) else 0.0, self.weight_norm_max)
+        partner = max(self.ncc_norm_max, self.weight_norm_max)
         check_scale(float(norms.max()) if len(norms) else 0.0, partner, centred.shape[1])
         return Block(centred, xp.single_with_ones(centred), norms)
 
@@ -157,7 +159,7 @@ class Geometry:
     def nearest(self, xp: Backend, block: Block):
         """NCC decision of each row: argmin_c ‖c‖² − 2(h_i − origin)·c over c = μ_c − origin, which is
         ‖h_i − μ_c‖² less a per-row constant."""
-        norm_max = xp.scalar(self.ncc_sqnorms.max()) ** 0.5
+        norm_max = self.ncc_norm_max
         slack = xp.single(2.0 * self.slack(block, norm_max, norm_max**2))  # rows −2c: norm 2·norm_max, × 2
         scratch = xp.scratch(len(block.centred) * self.tile_width(len(block.centred)))
 
@@ -295,6 +297,7 @@ def build_geometry(
         ncc_centres=ncc_device,
         ncc_single=xp.single(xp.constant(np.hstack([-2.0 * ncc_centres, sqnorms[:, None]]))),
         ncc_sqnorms=xp.constant(sqnorms),
+        ncc_norm_max=float(sqnorms.max(initial=0.0)) ** 0.5,
         ncc_ids=xp.labels(ncc.ids[first]),
         tile_bytes=xp.tile_bytes,
         tile_classes=tile_classes,
