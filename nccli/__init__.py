@@ -27,6 +27,7 @@ _LAZY_EXPORTS = {
     "ExtractConfig": "nccli.extract",
     "extract_features": "nccli.extract",
     "list_layers": "nccli.extract",
+    "list_models": "nccli.extract",
 }
 
 __all__ = ["__version__", *_LAZY_EXPORTS]

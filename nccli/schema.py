@@ -33,6 +33,7 @@ PROVENANCE_ATTRS = (
     "created",
     "nccli_version",
     "torch_version",
+    "model_library",
 )
 DEFAULT_SPLIT = "train"
 
@@ -606,6 +607,7 @@ ATTR_COMMAND = "command"
 ATTR_CREATED = "created"
 ATTR_NCCLI_VERSION = "nccli_version"
 ATTR_TORCH_VERSION = "torch_version"
+ATTR_MODEL_LIBRARY = "model_library"  # the zoo a model came from and its version ("timm 1.0.31"); "" for own code
 
 # --- sharded extraction under torchrun: one shard file per rank, an index over them (README) ---
 SHARDS_FOLDER_SUFFIX = ".shards"  # FILE.h5 → FILE.shards/

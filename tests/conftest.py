@@ -5,7 +5,8 @@
 command line and the benchmark scripts, the shape of a refusal), ``analysis_helpers`` (analyze on
 arrays, comparisons with the oracle), ``extract_helpers`` (tiny models and image data), ``reference``
 and ``reference_more`` (the naive float64 oracle, written from ``docs/metrics.md``), ``closed_forms``
-(fixtures with known values) and ``dense`` (the dense pair statistics). Test modules import helpers,
+(fixtures with known values), ``dense`` (the dense pair statistics) and ``zoo_helpers`` (a Hugging
+Face cache in a test folder, tiny Hugging Face classifiers). Test modules import helpers,
 never each other. Tests marked ``slow`` (torchrun jobs, kills, whole pipelines) are left out by
 ``pytest -m "not slow"``.
 """
@@ -16,3 +17,5 @@ from pathlib import Path
 TESTS = str(Path(__file__).resolve().parent)
 if TESTS not in sys.path:  # the helpers above, also for subprocesses that import this file's folder
     sys.path.insert(0, TESTS)
+
+from zoo_helpers import hub_cache  # noqa: E402,F401  (a fixture of the model-zoo tests)

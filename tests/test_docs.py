@@ -61,6 +61,7 @@ LAYOUT = {
     **{f"features/{split}/epoch_{epoch}.h5": (split, epoch) for split in ("train", "test") for epoch in EPOCHS},
     "features/val.h5": ("test", None),  # the torchrun sections' index
     **{f"{split}/epoch_{epoch}.h5": (split, epoch) for split in ("train", "test") for epoch in EPOCHS},
+    "convnext.h5": ("train", None),  # the timm example's file
 }
 
 

@@ -1,7 +1,8 @@
 """Preprocessing is never guessed, and every extract with logits ends with the classifier's accuracy.
 
 Without ``--weights``, ``--mean``/``--std`` or ``--normalize none|imagenet`` must say how the images are
-normalised: features of wrongly normalised images look plausible and are wrong. The top-1 accuracy of the
+normalised: features of wrongly normalised images look plausible and are wrong. With weights, either replaces
+their own preprocessing. The top-1 accuracy of the
 stored logits is printed and recorded, so a model fed the wrong inputs shows at once.
 
 The models here are importable as ``--arch test_extract_preprocessing:NAME`` (pytest puts ``tests/`` on sys.path).
@@ -117,7 +118,6 @@ def test_an_image_folder_and_a_named_dataset_are_refused_alike(setup, tmp_path):
         ),
         (("--mean", "0.5"), ("--mean without --std: pass both",)),
         (("--std", "0.2"), ("--std without --mean: pass both",)),
-        (("--normalize", "none", "--weights", "DEFAULT"), ("--normalize none with --weights", "leave out --normalize")),
     ],
 )
 def test_contradicting_or_half_normalisations_are_refused_in_one_line(setup, tmp_path, options, fragments):
@@ -125,6 +125,39 @@ def test_contradicting_or_half_normalisations_are_refused_in_one_line(setup, tmp
     result = invoke("extract", "resnet18", directory / "data.npz", "--out", tmp_path / "f.h5", *options)
     assert_user_error(result, *fragments)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def cached_resnet18(tmp_path, monkeypatch):
+    """torchvision's IMAGENET1K_V1 resnet18 weights (random here) in a test torch hub cache."""
+    from torchvision import models
+
+    weights = models.ResNet18_Weights.IMAGENET1K_V1
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    (tmp_path / "torch_home" / "hub" / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(2)
+    model = models.resnet18().eval()
+    torch.save(model.state_dict(), tmp_path / "torch_home" / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[1])
+    return model
+
+
+def test_an_explicit_normalisation_replaces_the_weights_own_preprocessing(setup, tmp_path, cached_resnet18):
+    directory, images, _ = setup
+    common = ("resnet18", directory / "data.npz", "--weights", "IMAGENET1K_V1", "--layers", "fc:input")
+    transforms = {}
+    for name, options in (("own", ()), ("none", ("--normalize", "none")), ("imagenet", IMAGENET)):
+        result = invoke("extract", *common, *options, "--out", tmp_path / f"{name}.h5", "--workers", 0)
+        assert result.exit_code == 0, result.stderr
+        with h5py.File(tmp_path / f"{name}.h5") as handle:
+            transforms[name] = handle.attrs[schema.ATTR_TRANSFORM]
+    assert "ImageClassification" in transforms["own"] and "resize_size=[256]" in transforms["own"]
+    assert "ImageClassification" not in transforms["none"] and "Normalize" not in transforms["none"]
+    for name, inputs in (("none", unit_inputs(images)), ("imagenet", reference_inputs(images))):
+        _, captured, _ = reference_outputs(cached_resnet18, inputs, [], inputs_of=["fc"])
+        stored = read_datasets(tmp_path / f"{name}.h5")[schema.layer_path("fc:input")]
+        np.testing.assert_allclose(stored, captured["fc"].numpy(), **TOLERANCE)  # exactly the given pixels
+    resized = invoke("extract", *common, "--resize", 8, "--out", tmp_path / "r.h5")
+    assert_user_error(resized, "--resize is for your own preprocessing; the model's own resizes the images")
 
 
 def test_the_python_api_refuses_too(setup, tmp_path):

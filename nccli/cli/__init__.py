@@ -12,7 +12,7 @@ import typer
 
 from nccli import __version__
 from nccli.allocator import keep_freed_memory
-from nccli.cli import analyze, convert, demo, extract, info, layers, plot, report
+from nccli.cli import analyze, convert, demo, extract, info, layers, models, plot, report
 
 app = typer.Typer(
     name="nccli",
@@ -43,6 +43,7 @@ def _root(
 
 app.command("extract")(extract.extract)
 app.command("layers")(layers.layers_command)
+app.command("models")(models.models)
 app.command("analyze")(analyze.analyze)
 app.command("convert", help=convert.HELP)(convert.convert)
 app.command("report")(report.report)

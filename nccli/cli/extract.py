@@ -100,7 +100,7 @@ def extract(
 ) -> None:
     """Run MODEL over DATA and write per-layer features, labels, logits and the classifier to an HDF5 file.
 
-    Without --weights, say how the images are normalised: --mean and --std (the statistics the model was trained with), --normalize none or --normalize imagenet. When the file has logits, the top-1 accuracy of the stored logits is printed at the end and recorded in the file.
+    MODEL is a torchvision name, timm:NAME, a Hugging Face folder or hf:ORG/NAME, file.py:callable, or checkpoints; `nccli models` lists the names. Unless the model brings its own preprocessing (--weights, a Hugging Face image processor), say how the images are normalised: --mean and --std (the statistics the model was trained with), --normalize none or --normalize imagenet; either replaces the model's own. When the file has logits, the top-1 accuracy of the stored logits is printed at the end and recorded in the file.
 
     The file is written as FILE.h5.partial and renamed when complete; after Ctrl-C or a crash, rerun the same command with --resume. Read the file with `nccli analyze FILE.h5`; `nccli layers MODEL` lists the layers --layers can pick.
     """

@@ -25,7 +25,9 @@ ModelsArgument = Annotated[
     list[str],
     typer.Argument(
         metavar="MODEL",
-        help="A torchvision model name (resnet18, vit_b_16, ...), or checkpoint files: a state_dict "
+        help="A torchvision model name (resnet18, vit_b_16, ...); timm:NAME (a timm model; the timm extra); a "
+        "Hugging Face image classifier: a folder holding config.json, or hf:ORG/NAME from the local cache "
+        "(the hf extra); path/to/file.py:callable (your network, random weights); or checkpoint files: a state_dict "
         "(.pt, .pth, .safetensors; with --arch), a torch.export program (.pt2), or a pickled nn.Module "
         "(both with --trust-checkpoint). Several checkpoints or a quoted glob ('ckpt/epoch_*.pt') write one "
         "file each into the --out directory.",
@@ -89,8 +91,9 @@ MeanOption = Annotated[
     str | None,
     typer.Option(
         help="Per-channel mean to subtract after scaling pixels to [0, 1], as the model was trained with: one "
-        "number or three, comma-separated. Give it with --std; without --weights, --mean/--std or --normalize "
-        "is required, since features of wrongly normalised images look plausible and are wrong.",
+        "number or three, comma-separated. Give it with --std; it replaces the model's own preprocessing (that of "
+        "--weights or of a Hugging Face image processor). Without one, --mean/--std or --normalize is required, "
+        "since features of wrongly normalised images look plausible and are wrong.",
         rich_help_panel=DATA_PANEL,
         show_default=False,
     ),
@@ -107,10 +110,11 @@ StdOption = Annotated[
 NormalizeOption = Annotated[
     Normalization | None,
     typer.Option(
-        help="How to normalise the images when the model's own --mean and --std are not given: none keeps the "
+        help="How to normalise the images when --mean and --std are not given: none keeps the "
         "pixels in [0, 1]; imagenet uses ImageNet's mean 0.485,0.456,0.406 and std 0.229,0.224,0.225 (their "
-        "averages for 1-channel images). Without --weights (whose own transforms are used), one of --mean/--std "
-        "or --normalize is required; fake:N data defaults to none. The file's transform attribute records it.",
+        "averages for 1-channel images). It replaces the model's own preprocessing, which is used otherwise "
+        "(--weights, a Hugging Face image processor); a model without one needs one of --mean/--std or "
+        "--normalize; fake:N data defaults to none. The file's transform attribute records it.",
         rich_help_panel=DATA_PANEL,
         show_default=False,
     ),

@@ -14,14 +14,15 @@ ModelArgument = Annotated[
     str,
     typer.Argument(
         metavar="MODEL",
-        help="A torchvision model name or a checkpoint file, as for `nccli extract`.",
+        help="A torchvision model name, timm:NAME, a Hugging Face folder or hf:ORG/NAME, file.py:callable, or a "
+        "checkpoint file, as for `nccli extract`.",
         show_default=False,
     ),
 ]
 ArchOption = Annotated[
     str | None,
     typer.Option(
-        help="The network a state_dict checkpoint fits: a torchvision model name (resnet18), "
+        help="The network a state_dict checkpoint fits: a torchvision model name (resnet18), timm:NAME, "
         "module.path:callable, or path/to/file.py:callable. The callable gets num_classes=K when --num-classes "
         "is given.",
         rich_help_panel=MODEL_PANEL,
@@ -31,8 +32,11 @@ ArchOption = Annotated[
 WeightsOption = Annotated[
     str | None,
     typer.Option(
-        help="Torchvision weights for a torchvision MODEL name, e.g. IMAGENET1K_V1 or DEFAULT, read from the "
-        "torch hub cache (downloaded when online). Their own preprocessing replaces --resize/--mean/--std.",
+        help="Pretrained weights. For a torchvision name: e.g. IMAGENET1K_V1 or DEFAULT, from the torch hub "
+        "cache (downloaded when online). For timm:NAME: DEFAULT (the tag in NAME, or timm's default) or a tag "
+        "such as fb_in1k, from the local Hugging Face cache (set HF_HUB_OFFLINE=0 to download), or a checkpoint "
+        "file whose state_dict fits NAME. Pretrained weights bring their own preprocessing, which --mean/--std "
+        "or --normalize replace.",
         rich_help_panel=MODEL_PANEL,
         show_default=False,
     ),
@@ -61,8 +65,10 @@ TrustOption = Annotated[
 InitSeedOption = Annotated[
     int,
     typer.Option(
-        help="Seed of the random initialisation of a torchvision MODEL built without --weights (recorded in the "
-        "file), so the same command, --resume and every torchrun process build the same network.",
+        help="Seed of the random initialisation of a MODEL built without weights (a torchvision or timm name, "
+        "file.py:callable, a Hugging Face folder with config.json only), recorded in the file: torch is seeded "
+        "right before the model is built, so the same command, --resume and every torchrun process build the "
+        "same network.",
         rich_help_panel=MODEL_PANEL,
     ),
 ]

@@ -23,6 +23,7 @@ _LAZY_EXPORTS = {
     "ExtractionInterrupted": "nccli.extract.runner",
     "extract_features": "nccli.extract.runner",
     "list_layers": "nccli.extract.listing",
+    "list_models": "nccli.extract.listing",
 }
 
 __all__ = list(_LAZY_EXPORTS)

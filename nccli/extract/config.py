@@ -21,6 +21,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # DATA of random images: nccli.extract.datasets.FAKE_PREFIX, spelled here too so that this module stays torch-free
 FAKE_DATA_PREFIX = "fake:"
+HF_PREFIX = "hf:"  # a Hugging Face hub id as MODEL (nccli.extract.hf_models.PREFIX)
+
+
+class Zoo(enum.StrEnum):
+    """Where `nccli models` lists model names from: MODEL is the name with the zoo's prefix."""
+
+    TORCHVISION = "torchvision"
+    TIMM = "timm"
+    HF = "hf"  # the image classifiers in the local Hugging Face cache
 
 
 class Split(enum.StrEnum):
@@ -176,14 +185,11 @@ class ExtractConfig:
         self._check_normalization()
 
     def _check_normalization(self) -> None:
-        """Refuse to guess how the images are normalised (a wrong guess gives plausible, wrong features)."""
-        if self.model.weights:  # their own transforms; --mean/--std are ignored then, as documented
-            if self.normalize is not None:
-                raise UsageError(
-                    f"--normalize {self.normalize} with --weights: the weights' own transforms normalise the "
-                    "images; leave out --normalize"
-                )
-            return
+        """Refuse to guess how the images are normalised (a wrong guess gives plausible, wrong features).
+
+        An explicit choice replaces the model's own preprocessing; without one, pretrained weights and Hugging
+        Face models bring theirs (a Hugging Face folder without an image processor is refused when it is built).
+        """
         given = [option for option, value in (("--mean", self.mean), ("--std", self.std)) if value is not None]
         if self.normalize is not None and given:
             raise UsageError(
@@ -195,7 +201,7 @@ class ExtractConfig:
             raise UsageError(
                 f"{given[0]} without {missing}: pass both, the per-channel statistics the model was trained with"
             )
-        if given or self.normalize is not None:
+        if given or self.normalize is not None or self.model.weights or any(map(_hugging_face, self.models)):
             return
         if str(self.data).startswith(FAKE_DATA_PREFIX):  # random pixels: no statistics to match
             object.__setattr__(self, "normalize", Normalization.NONE)
@@ -204,6 +210,11 @@ class ExtractConfig:
             f"say how to normalise the images of '{self.data}': --mean M --std S (the statistics the model was "
             "trained with), --normalize none (pixels in [0, 1]) or --normalize imagenet (ImageNet's mean and std)"
         )
+
+
+def _hugging_face(model: str) -> bool:
+    """``hf:ORG/NAME`` or a folder holding config.json (spelled as in nccli.extract.hf_models, torch-free here)."""
+    return model.startswith(HF_PREFIX) or os.path.isfile(os.path.join(model, "config.json"))
 
 
 _CHOICES = {

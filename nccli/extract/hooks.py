@@ -19,6 +19,7 @@ says so; ``--layers`` takes the model's own name.
 import glob
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -26,12 +27,14 @@ from torch import nn
 
 from nccli.errors import ModelError, UsageError, first_line
 from nccli.extract.config import MapPooling, TokenPooling
+from nccli.extract.loaded import ModelLayout
 from nccli.extract.messages import did_you_mean
 from nccli.globs import names_matching
 
 CALL_MARK = "#"
 INPUT_MARK = ":input"
 SLASH_STORED_AS = "%2F"
+CLASS_TOKEN_NAMES = ("class_token", "cls_token")  # torchvision's ViT; timm's and Hugging Face's
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Probe:
     classifier: str | None
     logits_width: int | None
     has_class_token: bool
+    classifier_note: str | None = None  # why no classifier was found where the model has logits
 
 
 @dataclass(frozen=True)
@@ -74,20 +78,29 @@ class LayerPlan:
 
 
 def first_tensor(value) -> torch.Tensor | None:
-    """The tensor itself, or the first tensor of a tuple/list output."""
+    """The tensor itself, or the first tensor of a tuple/list output or of a mapping's values (Hugging Face's
+    ``ModelOutput``: ``logits`` first, ``loss`` absent without labels)."""
     if isinstance(value, torch.Tensor):
         return value
+    if isinstance(value, Mapping):
+        value = tuple(value.values())
     if isinstance(value, (tuple, list)):
         return next((item for item in value if isinstance(item, torch.Tensor)), None)
     return None
 
 
-def probe_model(model: nn.Module, batch: torch.Tensor) -> Probe:
-    """Run ``batch`` once with a hook on every module and record what ran, in output order."""
+def probe_model(model: nn.Module, batch: torch.Tensor, layout: ModelLayout | None = None) -> Probe:
+    """Run ``batch`` once with a hook on every module and record what ran, in output order.
+
+    ``layout`` (a model zoo's word) names the classifier and the default layers; without it the classifier is
+    the last linear layer run on (N, d) inputs. Either way it must produce the model's output itself, or W and
+    b would not give the logits, and no classifier is reported.
+    """
     records: list[tuple[float, LayerCall]] = []
     outputs: list[torch.Tensor | None] = []  # kept alive during the probe, so no two outputs share freed memory
     calls: Counter = Counter()
     classifier: tuple[str, float, int, str, torch.Tensor] | None = None  # name, position, width, type, input
+    classifier_output: torch.Tensor | None = None
     modules = dict(model.named_modules())
 
     def record(name: str):
@@ -99,8 +112,10 @@ def probe_model(model: nn.Module, batch: torch.Tensor) -> Probe:
             position = float(len(records))
             records.append((position, LayerCall(name, name, calls[name], type(module).__name__, shape)))
             outputs.append(tensor)
-            if _is_linear_call(module, inputs, tensor):
+            if _is_linear_call(module, inputs, tensor) and (layout is None or name == layout.classifier):
+                nonlocal classifier_output
                 classifier = (name, position, inputs.shape[1], type(module).__name__, inputs)
+                classifier_output = tensor
             calls[name] += 1
 
         return hook
@@ -114,6 +129,7 @@ def probe_model(model: nn.Module, batch: torch.Tensor) -> Probe:
     finally:
         for handle in handles:
             handle.remove()
+    classifier, note = _producing_output(classifier, classifier_output, output, layout)
     feeds_classifier: set[tuple[str, int]] = set()
     if classifier is not None:
         name, position, width, type_name, inputs = classifier
@@ -126,15 +142,27 @@ def probe_model(model: nn.Module, batch: torch.Tensor) -> Probe:
         records.append((position - 0.5, call))  # the input exists just before the classifier's output
     outputs.clear()
     layers = [_named_call(layer, calls) for _, layer in sorted(records, key=lambda item: item[0])]
-    defaults = _default_picks(layers, classifier[0] if classifier else None, calls, feeds_classifier)
+    defaults = _default_picks(layers, classifier[0] if classifier else None, calls, feeds_classifier, layout)
     logits_width = output.shape[1] if output is not None and output.ndim == 2 else None
     return Probe(
         layers=tuple(replace(layer, default=layer.name in defaults) for layer in layers),
         calls=dict(calls),
         classifier=classifier[0] if classifier else None,
         logits_width=logits_width,
-        has_class_token=any(name.split(".")[-1] == "class_token" for name, _ in model.named_parameters()),
+        has_class_token=any(name.split(".")[-1] in CLASS_TOKEN_NAMES for name, _ in model.named_parameters()),
+        classifier_note=note if logits_width is not None else None,
     )
+
+
+def _producing_output(classifier, classifier_output, output, layout: ModelLayout | None):
+    """The classifier if its output is the model's output, else None and the reason."""
+    if classifier is None:
+        if layout is not None:
+            return None, "the model's head is not one linear layer (nn.Linear on (N, d) inputs)"
+        return None, None
+    if output is None or classifier_output is None or not _same_output(output, classifier_output):
+        return None, f"the output of '{classifier[0]}' is not the model's output, so its W and b do not give the logits"
+    return classifier, None
 
 
 def model_failure(error: Exception, batch: torch.Tensor) -> str:
@@ -171,22 +199,29 @@ def _named_call(layer: LayerCall, calls: Counter) -> LayerCall:
     return replace(layer, name=f"{layer.module_name}{CALL_MARK}{layer.call + 1}")
 
 
+def _same_output(output: torch.Tensor, classifier_output: torch.Tensor) -> bool:
+    """The same values (NaN where the other has NaN: a diverged model is refused later, by name)."""
+    return output is classifier_output or (
+        output.shape == classifier_output.shape
+        and torch.allclose(output.float(), classifier_output.float(), rtol=0, atol=0, equal_nan=True)
+    )
+
+
 def _default_picks(
-    layers: list[LayerCall], classifier: str | None, calls: Counter, feeds_classifier: set[tuple[str, int]]
+    layers: list[LayerCall],
+    classifier: str | None,
+    calls: Counter,
+    feeds_classifier: set[tuple[str, int]],
+    layout: ModelLayout | None = None,
 ) -> set[str]:
-    """The top-level blocks (below single-child wrappers) that do not hold the classifier, its input and its output.
+    """The top-level blocks (below single-child wrappers; or the zoo's stages) that do not hold the classifier,
+    its input and its output.
 
     A block whose output is the classifier's input itself is left to ``<classifier>:input`` (no duplicate rows);
     the classifier's own output is the logits.
     """
     ran = {layer.module_name for layer in layers if not layer.pre_hook}
-    prefix = ""
-    while True:
-        children = sorted({_child_of(prefix, name) for name in ran if name.startswith(prefix)} - {None})
-        if len(children) == 1 and any(name.startswith(children[0] + ".") for name in ran):
-            prefix = children[0] + "."
-            continue
-        break
+    children = sorted(set(layout.stages) & ran) if layout is not None else _top_level_blocks(ran)
     holds_classifier = {child for child in children if classifier and (classifier + ".").startswith(child + ".")}
     picks = {
         layer.name
@@ -204,6 +239,16 @@ def _default_picks(
         )
         picks |= {classifier + INPUT_MARK, logits.name}
     return picks
+
+
+def _top_level_blocks(ran: set[str]) -> list[str]:
+    prefix = ""
+    while True:
+        children = sorted({_child_of(prefix, name) for name in ran if name.startswith(prefix)} - {None})
+        if len(children) == 1 and any(name.startswith(children[0] + ".") for name in ran):
+            prefix = children[0] + "."
+            continue
+        return children
 
 
 def _child_of(prefix: str, name: str) -> str | None:

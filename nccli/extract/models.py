@@ -1,38 +1,27 @@
-"""Turning a MODEL argument into an eval-mode ``nn.Module``: torchvision names, ``--arch`` builders, checkpoints."""
+"""Turning a MODEL argument into an eval-mode ``nn.Module``: torchvision names, ``timm:NAME``, Hugging Face
+folders and ``hf:ORG/NAME`` (:mod:`.timm_models`, :mod:`.hf_models`), ``file.py:callable`` builders,
+``--arch`` builders for checkpoints."""
 
-import importlib
-import importlib.util
 import os
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from nccli.errors import ModelError, UsageError, first_line
+from nccli.errors import ModelError, UsageError
+from nccli.extract.builders import call_builder
 from nccli.extract.checkpoints import CHECKPOINT_SUFFIXES, epoch_from_name, read_checkpoint
 from nccli.extract.config import ModelOptions
+from nccli.extract.extras import version_of
+from nccli.extract.hf_models import PREFIX as HF_PREFIX
+from nccli.extract.hf_models import is_hf_folder, load_hf
+from nccli.extract.loaded import LoadedModel
 from nccli.extract.messages import did_you_mean
 from nccli.extract.state_dicts import load_state_dict, strip_prefixes
+from nccli.extract.timm_models import PREFIX as TIMM_PREFIX
+from nccli.extract.timm_models import build_timm_arch, load_timm
 from nccli.globs import expand_globs
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # a file's first 8 bytes (superblock at offset 0, as h5py writes)
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model ready to run, with the provenance written into the feature file."""
-
-    module: nn.Module
-    name: str
-    weights: str = ""
-    checkpoint: str = ""
-    checkpoint_sha256: str = ""
-    epoch: int | None = None
-    transforms: Callable | None = None
-    class_names: tuple[str, ...] | None = None
-    init_seed: int | None = None  # the seed of a randomly initialised network; None when weights fill it
 
 
 def expand_model_args(args: tuple[str, ...]) -> list[str]:
@@ -47,20 +36,51 @@ def expand_model_args(args: tuple[str, ...]) -> list[str]:
 
 
 def load_model(source: str, options: ModelOptions, epoch: int | None = None) -> LoadedModel:
-    """Build or load ``source`` (a torchvision name or a checkpoint path) and put it in eval mode."""
-    if os.path.isfile(source) and _is_hdf5(source):
-        raise ModelError(
-            f"'{source}' is an HDF5 file (features?), not a model; see what a feature file holds with "
-            f"`nccli info {source}`"
-        )
-    if os.path.isfile(source):
-        loaded = _from_checkpoint(source, options, epoch)
-    elif _looks_like_path(source):
-        raise ModelError(f"checkpoint file '{source}' does not exist")
-    else:
-        loaded = _from_torchvision(source, options, epoch)
+    """Build or load ``source`` (see :func:`model_kind`) and put it in eval mode."""
+    loaders = {
+        "timm": lambda: load_timm(source[len(TIMM_PREFIX) :], options, epoch),
+        "hf": lambda: load_hf(source, options, epoch),
+        "builder": lambda: _from_builder(source, options, epoch),
+        "checkpoint": lambda: _from_checkpoint(source, options, epoch),
+        "torchvision": lambda: _from_torchvision(source, options, epoch),
+    }
+    loaded = loaders[model_kind(source)]()
     loaded.module.eval()
     return loaded
+
+
+def model_kind(source: str) -> str:
+    """Which zoo a MODEL argument names: ``timm:NAME``; ``hf:ORG/NAME`` or a folder with config.json;
+    ``file.py:callable`` or ``module.path:callable`` (random weights); a checkpoint file; a torchvision name."""
+    if source.startswith(TIMM_PREFIX):
+        return "timm"
+    if source.startswith(HF_PREFIX) or is_hf_folder(source):
+        return "hf"
+    if os.path.isdir(source):
+        raise ModelError(f"'{source}' is a folder but not a Hugging Face model (it has no config.json)")
+    if os.path.isfile(source):
+        if _is_hdf5(source):
+            raise ModelError(
+                f"'{source}' is an HDF5 file (features?), not a model; see what a feature file holds with "
+                f"`nccli info {source}`"
+            )
+        return "checkpoint"
+    target, colon, attr = source.rpartition(":")
+    if colon and target and attr.isidentifier():
+        return "builder"
+    if _looks_like_path(source):
+        raise ModelError(f"checkpoint file '{source}' does not exist")
+    return "torchvision"
+
+
+def _from_builder(source: str, options: ModelOptions, epoch: int | None) -> LoadedModel:
+    """``file.py:callable`` or ``module.path:callable`` called with random weights seeded by ``--init-seed``."""
+    if options.weights or options.arch:
+        raise UsageError(f"'{source}' builds a network with random weights; --weights and --arch are for others")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options.init_seed)
+        module = call_builder(source, options.num_classes, f"'{source}'")
+    return LoadedModel(module, name=source, epoch=epoch, init_seed=options.init_seed)
 
 
 def _is_hdf5(path: str) -> bool:
@@ -109,6 +129,7 @@ def _from_torchvision(name: str, options: ModelOptions, epoch: int | None) -> Lo
         transforms=weights.transforms() if weights else None,
         class_names=tuple(weights.meta["categories"]) if weights and "categories" in weights.meta else None,
         init_seed=None if weights else options.init_seed,
+        library=version_of("torchvision"),
     )
 
 
@@ -140,7 +161,7 @@ def _from_checkpoint(path: str, options: ModelOptions, epoch: int | None) -> Loa
                 "or --arch path/to/file.py:callable to build the network it fits"
             )
         module = build_arch(options.arch, options.num_classes, checkpoint.state_dict)
-        load_state_dict(module, checkpoint, options.arch)
+        load_state_dict(module, checkpoint, f"--arch '{options.arch}'")
         name = options.arch
     found_epoch = epoch if epoch is not None else checkpoint.epoch
     return LoadedModel(
@@ -154,60 +175,11 @@ def _from_checkpoint(path: str, options: ModelOptions, epoch: int | None) -> Loa
 
 def build_arch(arch: str, num_classes: int | None, state_dict: dict) -> nn.Module:
     """The network ``--arch`` names: a torchvision model, ``module.path:callable`` or ``file.py:callable``."""
-    target, sep, attr = arch.rpartition(":")
-    if not sep:
+    if arch.startswith(TIMM_PREFIX):
+        return build_timm_arch(arch[len(TIMM_PREFIX) :], num_classes, state_dict)
+    if ":" not in arch:
         return _torchvision_arch(arch, num_classes, state_dict)
-    if not target or not attr:
-        raise UsageError(
-            f"--arch '{arch}' names no callable; use a torchvision model name, module.path:callable or "
-            "path/to/file.py:callable"
-        )
-    source = _import_target(target, arch)
-    factory = getattr(source, attr, None)
-    if not callable(factory):
-        public = [name for name in dir(source) if not name.startswith("_")]
-        raise ModelError(f"--arch '{arch}': '{target}' has no callable '{attr}'{did_you_mean(attr, public)}")
-    try:
-        module = factory() if num_classes is None else factory(num_classes=num_classes)
-    except Exception as error:  # the user's builder may raise anything
-        raise ModelError(
-            f"--arch '{arch}': calling {attr}() failed: {type(error).__name__}: {first_line(error)}"
-        ) from None
-    if not isinstance(module, nn.Module):
-        raise ModelError(f"--arch '{arch}' returned a {type(module).__name__}, not an nn.Module")
-    return module
-
-
-def _import_target(target: str, arch: str):
-    if not target.endswith(".py"):
-        try:
-            return importlib.import_module(target)
-        except ImportError as error:
-            raise ModelError(f"--arch '{arch}': cannot import '{target}': {first_line(error)}") from None
-        except Exception as error:  # the user's module may raise anything while importing
-            raise ModelError(
-                f"--arch '{arch}': importing '{target}' failed: {type(error).__name__}: {first_line(error)}"
-            ) from None
-    if not os.path.isfile(target):
-        raise ModelError(f"--arch '{arch}': file '{target}' does not exist")
-    stem = os.path.splitext(os.path.basename(target))[0]
-    name = f"nccli_arch_{stem}_{abs(hash(os.path.realpath(target))):x}"  # one module per file, not per file name
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, target)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    sys.path.insert(0, os.path.dirname(os.path.abspath(target)))  # so the file can import its neighbours
-    try:
-        spec.loader.exec_module(module)
-    except Exception as error:  # the user's file may raise anything while importing
-        del sys.modules[name]
-        raise ModelError(
-            f"--arch '{arch}': importing '{target}' failed: {type(error).__name__}: {first_line(error)}"
-        ) from None
-    finally:
-        sys.path.remove(os.path.dirname(os.path.abspath(target)))
-    return module
+    return call_builder(arch, num_classes, f"--arch '{arch}'")
 
 
 def _torchvision_arch(name: str, num_classes: int | None, state_dict: dict) -> nn.Module:

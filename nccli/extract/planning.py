@@ -15,7 +15,7 @@ from nccli.errors import DataError, ModelError, OutputError
 from nccli.extract.config import ExtractConfig
 from nccli.extract.datasets import ImageData
 from nccli.extract.hooks import INPUT_MARK, LayerPlan, Probe
-from nccli.extract.models import LoadedModel
+from nccli.extract.loaded import LoadedModel
 from nccli.io.header import root_attributes
 from nccli.io.validate import label_range_problem
 from nccli.io.writer import FeatureWriter, RowDataset
@@ -56,6 +56,8 @@ def plan_job(
                 f"layer '{plan.model_name}' is stored as '{plan.name}': a layer name in the file cannot hold '/'"
             )
     logits = outputs == num_classes
+    if logits and probe.classifier_note:
+        notes.append(f"{probe.classifier_note}; /classifier is not written")
     if outputs is not None and not logits:
         notes.append(
             f"the model has {outputs} outputs but the data {num_classes} classes; "
@@ -158,10 +160,12 @@ def _root_attrs(config: ExtractConfig, job: Job, data: ImageData) -> dict:
             schema.ATTR_DATASET: data.description + selection,
             schema.ATTR_TRANSFORM: job.transform,
             schema.ATTR_TORCH_VERSION: str(torch.__version__),
+            schema.ATTR_MODEL_LIBRARY: loaded.library,
         },
     )
     if job.logits:  # a placeholder of the type finishing writes, so that it is rewritten in place (io.writer)
         attrs[schema.ATTR_LOGITS_ACCURACY] = np.nan
     if loaded.init_seed is not None:
         attrs[schema.ATTR_INIT_SEED] = loaded.init_seed
+
     return attrs

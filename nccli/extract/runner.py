@@ -93,7 +93,7 @@ def extract_features(config: ExtractConfig) -> list[ExtractResult]:
         for target in targets:
             check_output(target, config, session.world if session else 1)
         with session.rank0_first() if session and config.download else contextlib.nullcontext():
-            own_scale = config.mean is not None and config.std is not None and not config.model.weights
+            own_scale = config.mean is not None and config.std is not None
             data = open_data(config.data, config.root, config.split, config.download, own_scale)
         indices = select_indices(data.labels, config.per_class, config.limit, config.seed)
         return [
@@ -152,7 +152,7 @@ def _extract_one(
     model, channels_last = loop.place_model(loaded.module, device)
     probe_images = _probe_images(SampleBatches(data, indices, transform, None, config.skip_unreadable), data)
     with loop.autocast(device, config.precision):
-        probe = probe_model(model, loop.to_device(probe_images, device, channels_last))
+        probe = probe_model(model, loop.to_device(probe_images, device, channels_last), loaded.layout)
     plans = plan_layers(probe, select_layers(probe, config.layers), config.pool, config.token_pool, config.max_dim)
     job = plan_job(loaded, probe, tuple(plans), repr(transform), data, network)
     options = extract_options(config, job, data, indices)

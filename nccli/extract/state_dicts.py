@@ -30,8 +30,9 @@ def strip_prefixes(state_dict: dict, expected: set[str]) -> dict:
     return state_dict
 
 
-def load_state_dict(module: nn.Module, checkpoint: Checkpoint, arch: str) -> None:
-    """Load a checkpoint's state_dict into ``module`` (``--arch``), or say in one line what does not fit."""
+def load_state_dict(module: nn.Module, checkpoint: Checkpoint, target: str) -> None:
+    """Load a checkpoint's state_dict into ``module`` (``target`` names it: ``--arch 'resnet18'``), or say in one
+    line what does not fit."""
     expected = module.state_dict()
     state_dict = dict(strip_prefixes(checkpoint.state_dict, set(expected)))
     for key in expected:
@@ -51,8 +52,8 @@ def load_state_dict(module: nn.Module, checkpoint: Checkpoint, arch: str) -> Non
     ]
     if problems:
         raise ModelError(
-            f"the state_dict in '{checkpoint.path}' does not fit --arch '{arch}': {'; '.join(problems)} "
-            "(check --arch and --num-classes)"
+            f"the state_dict in '{checkpoint.path}' does not fit {target}: {'; '.join(problems)} "
+            "(check the architecture and --num-classes)"
         )
     module.load_state_dict(state_dict, strict=False)
 

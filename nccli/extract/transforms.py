@@ -8,9 +8,11 @@ normalisation by ``--mean``/``--std``, by ImageNet's statistics
 (``--normalize imagenet``, averaged for 1-channel images), or none
 (``--normalize none``). Nothing is assumed:
 :class:`~nccli.extract.config.ExtractConfig` refuses a run that says none of
-these (a wrong guess gives plausible, wrong features). With ``--weights`` the
-weights' own transforms replace all of that. The pipeline's ``repr`` is the
-file's ``transform`` attribute, so it shows the normalisation used (no
+these (a wrong guess gives plausible, wrong features). With ``--weights`` (or
+a Hugging Face model's image processor) the model's own preprocessing is
+used instead, unless ``--mean``/``--std`` or ``--normalize`` is given: then
+the model sees exactly those pixels. The pipeline's ``repr`` is the file's
+``transform`` attribute, so it shows the normalisation used (no
 ``Normalize`` step: none).
 """
 
@@ -57,11 +59,18 @@ def build_transform(
 ) -> T.Compose:
     """The pipeline for uint8 or float image tensors that have ``channels`` channels as stored.
 
-    Without ``weights_transform``, ``mean`` and ``std`` (both) or ``normalize`` must say how to normalise.
+    ``mean`` and ``std`` (both) or ``normalize`` say how to normalise; without them, the model's own
+    ``weights_transform``, and without that, nothing is guessed.
     """
     steps: list[Callable] = [ToChannels(convert_to)] if convert_to and convert_to != channels else []
     channels = convert_to or channels
-    if weights_transform is not None:
+    own = (mean is not None and std is not None) or normalize is not None
+    if weights_transform is not None and not own:
+        if resize:
+            raise UsageError(
+                "--resize is for your own preprocessing; the model's own resizes the images (pass --mean/--std "
+                "or --normalize too to replace it)"
+            )
         return T.Compose([*steps, weights_transform])
     steps.append(T.ConvertImageDtype(torch.float32))
     if resize:
@@ -71,7 +80,34 @@ def build_transform(
     elif normalize == Normalization.IMAGENET:
         steps.append(T.Normalize(_imagenet(IMAGENET_MEAN, channels), _imagenet(IMAGENET_STD, channels)))
     elif normalize != Normalization.NONE:
-        raise UsageError("say how to normalise the images: --mean and --std, or --normalize none or imagenet")
+        raise UsageError(
+            "say how to normalise the images (the model brings no preprocessing of its own): --mean M --std S (the "
+            "statistics the model was trained with), --normalize none (pixels in [0, 1]) or --normalize imagenet"
+        )
+    return T.Compose(steps)
+
+
+def zoo_transform(
+    resize: int | tuple[int, int] | None,
+    crop: tuple[int, int] | None,
+    interpolation: str,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+) -> T.Compose:
+    """A model's own preprocessing as its zoo describes it (timm's data config, a Hugging Face image processor):
+    resize (an int: the shorter side), centre crop, uint8 → [0, 1] (floats are taken as already in [0, 1]) and,
+    where ``mean`` and ``std`` are given, normalise.
+    """
+    try:
+        mode = T.InterpolationMode(interpolation)
+    except ValueError:
+        raise DataError(f"the model's preprocessing resizes with '{interpolation}', which nccli cannot") from None
+    steps: list[Callable] = [T.Resize(resize, interpolation=mode, antialias=True)] if resize else []
+    if crop:
+        steps.append(T.CenterCrop(crop))
+    steps.append(T.ConvertImageDtype(torch.float32))
+    if mean is not None and std is not None:
+        steps.append(T.Normalize(list(mean), list(std)))
     return T.Compose(steps)
 
 
