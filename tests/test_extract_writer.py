@@ -87,3 +87,22 @@ def test_finish_before_all_rows_is_a_bug(tmp_path):
     with pytest.raises(ValueError, match="0 of 5000 rows"):
         writer.finish()
     writer.close()
+
+
+def test_the_class_names_of_a_vocabulary_fit_in_the_file(tmp_path):
+    """50 257 names (GPT-2's vocabulary) overflow the earliest HDF5 format's 64 KiB attribute header: convert,
+    like extract, writes the file format of HDF5 1.8, whose dense attribute storage holds them."""
+    from cli_helpers import invoke
+
+    classes = 50_257
+    features = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    np.savez(tmp_path / "arrays.npz", features=features, labels=np.arange(6, dtype=np.int64) * 1000)
+    names = [f"token {index}" for index in range(classes)]
+    (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
+    result = invoke(
+        "convert", tmp_path / "arrays.npz", "--num-classes", classes,
+        "--class-names", tmp_path / "names.txt", "--out", tmp_path / "k.h5",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    with h5py.File(tmp_path / "k.h5") as handle:
+        assert list(handle.attrs[schema.ATTR_CLASS_NAMES].astype(str)) == names

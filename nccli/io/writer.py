@@ -75,6 +75,11 @@ class RowDataset:
     attrs: dict = field(default_factory=dict)
 
 
+# HDF5 1.8's object headers keep large attributes (dense storage): class_names of a 50 000-token vocabulary
+# would overflow the earliest format's 64 KiB header message. Any HDF5 since 1.8 (2008) reads the file.
+CREATED_FORMAT = ("v108", "latest")
+
+
 def partial_path(path: str) -> str:
     return path + PARTIAL_SUFFIX
 
@@ -84,8 +89,8 @@ def chunk_rows(width: int, itemsize: int, rows: int) -> int:
     return max(1, min(rows, CHUNK_BYTES // (width * itemsize)))
 
 
-def _open(path: str, mode: str) -> GuardedHdf5:
-    return GuardedHdf5(path, mode, rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=CHUNK_CACHE_SLOTS)
+def _open(path: str, mode: str, **options) -> GuardedHdf5:
+    return GuardedHdf5(path, mode, rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=CHUNK_CACHE_SLOTS, **options)
 
 
 def _create(path: str) -> GuardedHdf5:
@@ -93,7 +98,7 @@ def _create(path: str) -> GuardedHdf5:
     there) is removed, not followed, and the file is created exclusively (O_EXCL: never through a link)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    return _open(path, "x")
+    return _open(path, "x", libver=CREATED_FORMAT)
 
 
 def _preallocated() -> h5py.h5p.PropDCID:
