@@ -22,13 +22,19 @@ def nvidia_driver_present() -> bool:
     return Path("/proc/driver/nvidia/version").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
 
 
-def resolve_device(spec: str) -> str:
+def resolve_device(spec: str, option: str = "--device") -> str:
     """``cpu``, ``cuda`` or ``cuda:N``: where ``spec`` computes on this machine (``auto`` decided here).
 
-    A CUDA device that torch cannot see (none, torch missing, an index past the last) is refused in one line.
+    A CUDA device that torch cannot see (none, torch missing, an index past the last) is refused in one line,
+    naming ``option`` as the caller spells it (``--device``, or ``device=`` from Python).
     """
+
+    def given(value: str) -> str:
+        return f"{option}'{value}'" if option.endswith("=") else f"{option} {value}"
+
     if spec not in ("auto", "cpu") and not _CUDA.fullmatch(spec):
-        raise UsageError(f"--device '{spec}' is not a device; use {CHOICES}")
+        quoted = f"{option}'{spec}'" if option.endswith("=") else f"{option} '{spec}'"
+        raise UsageError(f"{quoted} is not a device; use {CHOICES}")
     if spec == "cpu":
         return "cpu"
     if spec == "auto" and not nvidia_driver_present():
@@ -38,14 +44,14 @@ def resolve_device(spec: str) -> str:
     except ImportError:
         if spec == "auto":
             return "cpu"
-        raise UsageError(f"--device {spec} needs torch, which is not installed; use --device cpu") from None
+        raise UsageError(f"{given(spec)} needs torch, which is not installed; use {given('cpu')}") from None
     if not torch.cuda.is_available():
         if spec == "auto":
             return "cpu"
-        raise UsageError(f"--device {spec}: no CUDA device is available here; use --device cpu or auto")
+        raise UsageError(f"{given(spec)}: no CUDA device is available here; use {given('cpu')} or {given('auto')}")
     if spec == "auto":
         return "cuda"
     index = _CUDA.fullmatch(spec).group(2)
     if index is not None and int(index) >= torch.cuda.device_count():
-        raise UsageError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise UsageError(f"{given(spec)}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return spec

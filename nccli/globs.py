@@ -1,12 +1,12 @@
 """Globs: quoted file arguments, and ``--layers`` names; one rule for every command.
 
-``nccli analyze 'test/*.h5'``, ``nccli info 'test/*.h5'`` and ``--means-from 'train/*.h5'`` (and a
-folder of references) expand here. An argument that names an existing path is that path, even with
-glob characters in it (``run[1].h5``); any other argument with ``*``, ``?`` or ``[`` is a pattern,
-replaced in place by the files it matches (folders left out) in natural order: runs of digits
-compare as numbers, so ``epoch_2.h5`` comes before ``epoch_10.h5`` (the shell would put it after).
-A pattern that matches no file is refused. Nothing is de-duplicated: a file named twice, by a path
-and a pattern or by two patterns, is named twice, as when the shell expands the pattern.
+``nccli analyze 'test/*.h5'``, ``nccli info 'test/*.h5'``, ``nccli plot 'runs/*/train.parquet'`` and
+``--means-from 'train/*.h5'`` (and a folder of references) expand here. An argument that names an
+existing path is that path, even with glob characters in it (``run[1].h5``); any other argument with
+``*``, ``?`` or ``[`` is a pattern, replaced in place by the files it matches (folders left out) in
+natural order: runs of digits compare as numbers, so ``epoch_2.h5`` comes before ``epoch_10.h5`` (the
+shell would put it after). A pattern that matches no file is refused. Nothing is de-duplicated: a file
+named twice, by a path and a pattern or by two patterns, is named twice, as when the shell expands it.
 """
 
 import fnmatch

@@ -11,6 +11,7 @@ from h5files import write_feature_file
 
 from nccli import measure_collapse, schema
 from nccli.analyze.analysis import AnalyzeConfig, analyze_features
+from nccli.analyze.memory import DEFAULT_LAYER
 from nccli.errors import DegenerateMetricWarning, NcCliError
 from nccli.metrics.backend import TorchBackend
 
@@ -101,7 +102,7 @@ def test_dict_of_tensor_layers_with_a_classifier_equals_analyze(tmp_path):
 
 def test_arrays_from_a_callable_equal_analyze(tmp_path):
     d = data(1)
-    expected = analyzed(tmp_path, {"features": d["fc_in"]}, d["labels"])
+    expected = analyzed(tmp_path, {DEFAULT_LAYER: d["fc_in"]}, d["labels"])
     calls = []
 
     def batches():
@@ -115,8 +116,8 @@ def test_arrays_from_a_callable_equal_analyze(tmp_path):
 
 def test_a_shuffling_dataloader_and_means_from_equal_analyze(tmp_path):
     train, test = data(2), data(3)
-    reference = write_feature_file(tmp_path / "train.h5", train["labels"], {"features": train["fc_in"]})
-    expected = analyzed(tmp_path, {"features": test["fc_in"]}, test["labels"], means_from=str(reference))
+    reference = write_feature_file(tmp_path / "train.h5", train["labels"], {DEFAULT_LAYER: train["fc_in"]})
+    expected = analyzed(tmp_path, {DEFAULT_LAYER: test["fc_in"]}, test["labels"], means_from=str(reference))
     dataset = torch.utils.data.TensorDataset(torch.from_numpy(test["fc_in"]), torch.from_numpy(test["labels"]))
     loader = torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=True)  # each pass in another order
     rows = measure_collapse(loader, num_classes=K, means_from=str(reference))
@@ -221,7 +222,7 @@ def test_a_means_from_file_without_the_layer_is_refused_in_one_line(tmp_path):
 
 # Pass 2 must read the rows of pass 1 (in any order): a model or a loader that gives other rows is refused.
 OTHER_ROWS = re.compile(
-    r"the second pass over the batches gave other rows than the first \(layer 'features', class \d: "
+    rf"the second pass over the batches gave other rows than the first \(layer '{re.escape(DEFAULT_LAYER)}', class \d: "
     r"its rows' mean moved by [0-9.e+-]+, [0-9.e+-]+% of their spread\): "
     r"dropout or BatchNorm left in training mode \(call model\.eval\(\)\), "
     r"random augmentation, or a sampler that draws other samples; measure_collapse needs the same rows twice"
@@ -282,7 +283,7 @@ def test_the_same_model_in_eval_mode_through_a_shuffling_loader_is_measured(tmp_
     rows = measure_collapse(through(model), num_classes=K, device="cpu")
     x, y = inputs()
     with torch.no_grad():
-        expected = analyzed(tmp_path, {"features": model(x).numpy()}, y.numpy())
+        expected = analyzed(tmp_path, {DEFAULT_LAYER: model(x).numpy()}, y.numpy())
     for key in ("nc1", "tr_sw", "ncc_accuracy", "nc2_equinorm"):  # float32 rows of other batches: to their rounding
         assert rows[0][key] == pytest.approx(expected[0][key], rel=1e-6), key
 
@@ -306,7 +307,7 @@ def test_the_same_rows_in_another_order_pass_at_large_offsets_and_low_precision(
         return ((features[order[i : i + size]], labels[order[i : i + size]]) for i in range(0, len(labels), size))
 
     rows = measure_collapse(batches, num_classes=K, device="cpu")
-    expected = analyzed(tmp_path, {"features": features}, labels)
+    expected = analyzed(tmp_path, {DEFAULT_LAYER: features}, labels)
     assert rows[0]["ncc_accuracy"] == expected[0]["ncc_accuracy"]
     assert rows[0]["nc1"] == pytest.approx(expected[0]["nc1"], rel=1e-6)
 

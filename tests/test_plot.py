@@ -184,21 +184,40 @@ def test_report_without_epochs(tmp_path):
     # The default draws what it can: the depthwise profiles, one line per file.
     result = _plot(report, "--out", tmp_path / "b")
     assert result.exit_code == 0, result.output
-    assert "has no epochs" in result.stderr
+    assert f"warning: no epochs in '{report}'; drawing the depthwise figures only" in result.stderr
     assert sorted(path.name for path in (tmp_path / "b").iterdir()) == [
         f"{plots.DEPTH_FILE}_{split}.png" for split in sorted(SPLITS)
     ]
 
 
+def test_report_of_one_epoch(tmp_path):
+    """A figure over epochs of single points says nothing: the default draws the depthwise figures, and says so."""
+    rows = [_row(split, 10, order, layer) for split in SPLITS for order, layer in enumerate(LAYERS)]
+    report = _write_report(tmp_path / "one_epoch.parquet", rows)
+    result = _plot(report, "--out", tmp_path / "a")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"warning: one epoch (10) in '{report}'; drawing the depthwise figures only\n"
+    assert sorted(path.name for path in (tmp_path / "a").iterdir()) == [
+        f"{plots.DEPTH_FILE}_{split}.png" for split in sorted(SPLITS)
+    ]
+    result = _plot(report, "--out", tmp_path / "b", "--kind", "epochs")
+    _assert_user_error(
+        result, f"in '{report}' have one epoch (10), so nothing can be plotted over epochs", "--kind depth"
+    )
+    assert not (tmp_path / "b").exists()
+
+
 def test_missing_report(tmp_path):
-    _assert_user_error(_plot(tmp_path / "nope.parquet", "--out", tmp_path / "out"), "not found", "nope.parquet")
+    _assert_user_error(
+        _plot(tmp_path / "nope.parquet", "--out", tmp_path / "out"), "no such report file", "nope.parquet"
+    )
     assert not (tmp_path / "out").exists()
 
 
 def test_file_that_is_not_parquet(tmp_path):
     bogus = tmp_path / "report.parquet"
     bogus.write_text("file,layer\n")
-    _assert_user_error(_plot(bogus, "--out", tmp_path / "out"), "not a readable Parquet file")
+    _assert_user_error(_plot(bogus, "--out", tmp_path / "out"), f"'{bogus}': not a Parquet file")
     assert not (tmp_path / "out").exists()
 
 

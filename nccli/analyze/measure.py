@@ -37,14 +37,18 @@ def measure_collapse(
     classifier=None,
     classifier_layer: str | None = None,
     means_from: str | None = None,
+    epoch: int | None = None,
+    split: str = schema.DEFAULT_SPLIT,
     device: str = "auto",
 ) -> list[dict]:
     """Neural-collapse metrics of every layer of ``batches``: one dict per layer, keyed by the report's columns.
 
     ``batches``: ``(features, labels)`` pairs, read twice (two passes), so a list, a DataLoader, or a
     zero-argument function returning a new iterator each call (a plain generator is refused).
-    ``features``: a (B, d) float tensor or array (the layer ``features``), or a dict ``{layer: (B, d)}``,
-    the same layers in every batch, in forward order; ``labels``: (B,) integers in ``[0, num_classes)``.
+    ``features``: a (B, d) float tensor or array (one layer, named ``(features)``: bracketed like the rows'
+    ``file`` ``(batches)``, it matches no layer of a feature file, such as VGG's ``features``), or a dict
+    ``{layer: (B, d)}``, the same layers in every batch, in forward order; ``labels``: (B,) integers in
+    ``[0, num_classes)``.
     Tensors may be on a CUDA device. Every batch is checked as analyze checks a file (shapes, label range,
     NaN/Inf), and the second pass must give the same rows as the first, in any order (a shuffling
     DataLoader is fine, and so is the rounding of a model run in other batches; dropout or BatchNorm in
@@ -53,6 +57,9 @@ def measure_collapse(
     ``classifier``: ``(W, b)``, W (num_classes, d), b (num_classes,) or None; it applies to
     ``classifier_layer``, by default the only layer of width d. ``means_from``: a feature file (usually of
     the train split) whose class means the nearest-class-centre metrics use, as ``analyze --means-from``.
+    ``epoch`` (an integer ≥ 0, or None) and ``split`` (default ``train``, as in a feature file without them)
+    fill the rows' ``epoch`` and ``split``, so that the rows of several checkpoints make one report; a
+    ``means_from`` file of another epoch is refused.
     ``device``: ``auto`` computes on the device of CUDA tensors (else as analyze: CUDA if present), ``cpu``
     with numpy, ``cuda``/``cuda:N`` with torch; state is float64 everywhere.
 
@@ -60,18 +67,28 @@ def measure_collapse(
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
         raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0):
+        raise UsageError(f"epoch must be an integer ≥ 0 or None, got {epoch!r}")
+    if not isinstance(split, str) or not split:
+        raise UsageError(f"split must be a non-empty string such as 'train' or 'test', got {split!r}")
+    epoch = None if epoch is None else int(epoch)
     rows = BatchRows(batches, int(num_classes), device, classifier, classifier_layer)
     config = AnalyzeConfig(files=(rows.info.path,), means_from=means_from, device=device)
     scanner = Scanner(rows.xp, None, lambda n: None, other_rows=other_rows)
     result = AnalysisResult()
     layers = rows.info.layers
     groups = layer_groups(rows.xp, rows.info, layers, config, state_budget(rows.xp))  # analyze's memory plan
-    reference_means = _reference_means(scanner, means_from, rows) if means_from else None
+    reference_means = _reference_means(scanner, means_from, rows, epoch) if means_from else None
     analyze_file(rows.xp, scanner, rows, layers, reference_means, config, result, groups)
     warn_imbalance(result)
     n_samples = rows.info.n_samples  # known once the first pass is over; analyze_file took info before it
     return [
-        {**{column: row[column] for column in schema.SUMMARY_COLUMNS}, schema.COL_N_SAMPLES: n_samples}
+        {
+            **{column: row[column] for column in schema.SUMMARY_COLUMNS},
+            schema.COL_SPLIT: split,
+            schema.COL_EPOCH: epoch,
+            schema.COL_N_SAMPLES: n_samples,
+        }
         for row in result.summary
     ]
 
@@ -85,11 +102,16 @@ def other_rows(path: str, layer: str, moved: Moved) -> DataError:
     )
 
 
-def _reference_means(scanner: Scanner, path: str, rows: BatchRows) -> dict[str, ClassMeans]:
+def _reference_means(scanner: Scanner, path: str, rows: BatchRows, epoch: int | None) -> dict[str, ClassMeans]:
     """Class means of the layers of ``rows`` in the feature file ``path`` (pass 1 over it), checked as analyze
-    checks a --means-from file."""
+    checks a --means-from file: of the same epoch, when both have one."""
     with open_feature_file(path) as reference:
-        check_reference(reference.info, rows.info, rows.info.layers)
+        if epoch is not None and reference.info.epoch not in (None, epoch):
+            raise UsageError(
+                f"means_from='{path}' is from epoch {reference.info.epoch} but epoch={epoch}: the class means of "
+                f"another checkpoint do not apply; pass the feature file of epoch {epoch}"
+            )
+        check_reference(reference.info, rows.info, rows.info.layers, option="means_from=")
         layers = tuple(reference.info.layer(layer.name) for layer in rows.info.layers)
         moments = scanner.moments(reference, layers)
     return {name: state.class_means() for name, state in moments.items()}

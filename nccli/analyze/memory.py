@@ -26,13 +26,14 @@ from dataclasses import replace
 import numpy as np
 
 from nccli import schema
+from nccli.devices import resolve_device
 from nccli.errors import DataError, UsageError
 from nccli.io import checks
 from nccli.io.validate import FeatureFileInfo, LayerInfo
 from nccli.metrics.backend import NumpyBackend, TorchBackend, select_backend
 
 SOURCE_NAME = "(batches)"  # the report's `file` for rows that came from memory
-DEFAULT_LAYER = "features"  # the layer of batches whose features are one array, not a dict
+DEFAULT_LAYER = "(features)"  # one array, not a dict: bracketed like SOURCE_NAME, no extracted layer is so named
 
 
 class TensorBackend(TorchBackend):
@@ -100,6 +101,7 @@ def pick_backend(device: str, first_layer):
     picks, the torch backend taking tensors as they are."""
     if device in ("auto", "cuda") and _is_tensor(first_layer) and first_layer.device.type == "cuda":
         return TensorBackend(str(first_layer.device))
+    resolve_device(device, option="device=")  # refused as the Python caller spells it
     xp = select_backend(device)
     return xp if isinstance(xp, NumpyBackend) else TensorBackend(xp.name)
 

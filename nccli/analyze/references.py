@@ -101,14 +101,17 @@ def _pick(spec: str, info: FeatureFileInfo, references: list[FeatureFileInfo]) -
     )
 
 
-def check_reference(reference: FeatureFileInfo, info: FeatureFileInfo, layers: tuple[LayerInfo, ...]) -> None:
-    """The reference has the analysed file's classes and each of its selected layers, at the same width."""
+def check_reference(
+    reference: FeatureFileInfo, info: FeatureFileInfo, layers: tuple[LayerInfo, ...], option: str = "--means-from"
+) -> None:
+    """The reference has the analysed file's classes and each of its selected layers, at the same width
+    (``option``: how the caller names the reference, ``--means-from`` or ``means_from=``)."""
     available = {layer.name: layer for layer in reference.layers}
     if info.num_classes != reference.num_classes:
         raise FeatureFileError(
             reference.path,
             "",
-            f"--means-from file has {reference.num_classes} classes but '{info.path}' has {info.num_classes}",
+            f"{option} file has {reference.num_classes} classes but '{info.path}' has {info.num_classes}",
         )
     if reference.class_names is not None and info.class_names is not None:
         differ = [c for c, (a, b) in enumerate(zip(reference.class_names, info.class_names)) if a != b]
@@ -117,7 +120,7 @@ def check_reference(reference: FeatureFileInfo, info: FeatureFileInfo, layers: t
             raise FeatureFileError(
                 reference.path,
                 "",
-                f"--means-from file names class {c} '{reference.class_names[c]}' but '{info.path}' names it "
+                f"{option} file names class {c} '{reference.class_names[c]}' but '{info.path}' names it "
                 f"'{info.class_names[c]}' ({len(differ)} of {info.num_classes} names differ): a class id must mean the "
                 "same class in both files",
             )
@@ -126,14 +129,14 @@ def check_reference(reference: FeatureFileInfo, info: FeatureFileInfo, layers: t
             raise FeatureFileError(
                 reference.path,
                 schema.LAYERS,
-                f"--means-from file has no layer '{layer.name}' (needed by '{info.path}'); "
+                f"{option} file has no layer '{layer.name}' (needed by '{info.path}'); "
                 f"its layers are: {', '.join(available)}",
             )
         if available[layer.name].dim != layer.dim:
             raise FeatureFileError(
                 reference.path,
                 schema.layer_path(layer.name),
-                f"--means-from layer has width {available[layer.name].dim} but '{info.path}' has {layer.dim}",
+                f"{option} layer has width {available[layer.name].dim} but '{info.path}' has {layer.dim}",
             )
 
 

@@ -25,7 +25,15 @@ class PlotKind(enum.StrEnum):
 
 
 def plot(
-    report: Annotated[str, typer.Argument(help="The Parquet report written by `nccli analyze`.", show_default=False)],
+    reports: Annotated[
+        list[str],
+        typer.Argument(
+            help="The Parquet report(s) written by `nccli analyze --out`, or quoted globs of them ('runs/*/test.parquet'), "
+            "drawn together: e.g. the train and test reports of a run (a line per split), or several runs (a line per "
+            "report where two hold the same split).",
+            show_default=False,
+        ),
+    ],
     out: Annotated[
         str,
         typer.Option(
@@ -38,7 +46,7 @@ def plot(
     metrics: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated metric columns of the report to draw, one panel each (accuracies are drawn as "
+            help="Comma-separated metric columns of the reports to draw, one panel each (accuracies are drawn as "
             "errors in one panel). By default the Papyan et al. panel over epochs and the variability and "
             "class-mean geometry metrics through depth.",
         ),
@@ -59,10 +67,12 @@ def plot(
         ),
     ] = PlotKind.ALL,
 ) -> None:
-    """Draw neural-collapse figures from a report: metrics over epochs and through depth (needs matplotlib)."""
+    """Draw neural-collapse figures from reports: metrics over epochs and through depth (needs matplotlib)."""
     with user_errors():
+        from nccli.globs import expand_globs
         from nccli.report.plots import plot_report
 
         chosen = None if metrics is None else metrics.split(",")
-        for path in plot_report(report, out, metrics=chosen, fmt=fmt.value, layer=layer, kind=kind.value):
+        paths = expand_globs(reports, "report pattern")
+        for path in plot_report(paths, out, metrics=chosen, fmt=fmt.value, layer=layer, kind=kind.value):
             typer.echo(str(path))

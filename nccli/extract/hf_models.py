@@ -9,6 +9,7 @@ Remote code never runs (``trust_remote_code`` stays off).
 
 import hashlib
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -50,8 +51,18 @@ def hf_cached_names(pattern: str = "*") -> list[str]:
     )
 
 
-def load_hf(source: str, options: ModelOptions, epoch: int | None) -> LoadedModel:
-    """A Hugging Face image classifier from a folder or ``hf:ORG/NAME`` (the local cache only)."""
+@dataclass(frozen=True)
+class HubModel:
+    """A Hugging Face model built from a folder, with what the feature file records of it."""
+
+    module: nn.Module
+    folder: str
+    config: object
+    provenance: dict  # LoadedModel's name, weights, checkpoint, checkpoint_sha256, init_seed and library
+
+
+def build_hugging_face(source: str, options: ModelOptions, auto_class: str, kind: str) -> HubModel:
+    """The ``transformers.<auto_class>`` model of a folder or ``hf:ORG/NAME``; ``kind`` names what it must be."""
     transformers = require("transformers", f"the Hugging Face model '{source}'")
     for option, value in (
         ("--weights", options.weights),
@@ -60,13 +71,13 @@ def load_hf(source: str, options: ModelOptions, epoch: int | None) -> LoadedMode
     ):
         if value is not None:
             raise UsageError(f"{option} is not for a Hugging Face model: '{source}' holds its network and weights")
-    folder, name, weights = _folder(source)
+    folder, name, weights = hub_folder(source)
     try:
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError) as error:
         raise ModelError(f"'{source}' is not a readable Hugging Face model: {first_line(error)}") from None
     has_weights = any(entry.endswith(WEIGHT_SUFFIXES) for entry in os.listdir(folder))
-    auto = transformers.AutoModelForImageClassification
+    auto = getattr(transformers, auto_class)
     try:
         if has_weights:
             module = auto.from_pretrained(folder, local_files_only=True)
@@ -75,27 +86,36 @@ def load_hf(source: str, options: ModelOptions, epoch: int | None) -> LoadedMode
                 torch.manual_seed(options.init_seed)
                 module = auto.from_config(config)
     except ValueError as error:
-        kind = getattr(config, "model_type", "?")
+        model_type = getattr(config, "model_type", "?")
         raise ModelError(
-            f"'{source}' is a '{kind}' model, not an image classifier that AutoModelForImageClassification builds "
-            f"({first_line(error)})"
+            f"'{source}' is a '{model_type}' model, not {kind} that {auto_class} builds ({first_line(error)})"
         ) from None
     except (OSError, RuntimeError) as error:
         raise ModelError(f"cannot load the Hugging Face model '{source}': {first_line(error)}") from None
-    processor = _image_processor(transformers, folder)
+    provenance = {
+        "name": name or type(module).__name__,
+        "weights": weights,
+        "checkpoint": "" if name else os.path.abspath(folder),
+        "checkpoint_sha256": folder_sha256(folder),
+        "init_seed": None if has_weights else options.init_seed,
+        "library": version_of("transformers"),
+    }
+    return HubModel(module, folder, config, provenance)
+
+
+def load_hf(source: str, options: ModelOptions, epoch: int | None) -> LoadedModel:
+    """A Hugging Face image classifier from a folder or ``hf:ORG/NAME`` (the local cache only)."""
+    hub = build_hugging_face(source, options, "AutoModelForImageClassification", "an image classifier")
+    transformers = require("transformers", f"the Hugging Face model '{source}'")
+    processor = _image_processor(transformers, hub.folder)
     return LoadedModel(
-        module,
-        name=name or type(module).__name__,
-        weights=weights,
-        checkpoint="" if name else os.path.abspath(folder),
-        checkpoint_sha256=folder_sha256(folder),
+        hub.module,
         epoch=epoch,
         transforms=_processor_transform(processor, source) if processor is not None else None,
-        class_names=_class_names(config),
-        init_seed=None if has_weights else options.init_seed,
-        layout=_layout(module),
-        input_size=_input_size(processor, config),
-        library=version_of("transformers"),
+        class_names=_class_names(hub.config),
+        layout=_layout(hub.module),
+        input_size=_input_size(processor, hub.config),
+        **hub.provenance,
     )
 
 
@@ -112,7 +132,7 @@ def folder_sha256(folder: str) -> str:
     return digest.hexdigest()
 
 
-def _folder(source: str) -> tuple[str, str, str]:
+def hub_folder(source: str) -> tuple[str, str, str]:
     """(local folder, the ``hf:`` name or "", the cached snapshot's revision or "") of a MODEL argument."""
     if not source.startswith(PREFIX):
         return source, "", ""

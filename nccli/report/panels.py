@@ -1,15 +1,17 @@
-"""The panels of ``nccli plot``: which metrics share a panel, their titles, scales and axes.
+"""The panels of ``nccli plot``: which metrics share a panel, their titles, scales and axes, their lines' labels
+and styles.
 
 A panel is 4.0 × 3.4 inches at 100 dpi, at most 4 to a row, plus 0.4 inches
 for the figure's title (:func:`figure_pixels`). Metrics drawn together share a
 panel (:data:`SHARED_PANELS`): the errors; each NC2 quantity of the class
 means with the classifier rows' (Papyan, Han & Donoho 2020, Figs. 2–4); the
-cross-entropy and its excess over the optimum (seed ``003_*``).
+cross-entropy and its excess over the optimum (seed ``003_*``). A line that
+would hide one drawn before it (:func:`coincide`) is drawn open and gapped
+(:func:`line_style`).
 """
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -135,23 +137,53 @@ def metric_values(rows: list[dict], metric: str, error: bool = False) -> np.ndar
     return 1.0 - values if error else values
 
 
-def live_panels(panels: list[Panel], rows: list[dict], where: str, report: Path) -> list[Panel]:
-    """Drop metrics that are null on every row (saying so), and panels left empty."""
+def live_panels(panels: list[Panel], rows: list[dict], where: str, reports: str) -> list[Panel]:
+    """Drop metrics that are null on every row (saying so, naming ``reports``), and panels left empty."""
     live = []
     for panel in panels:
         kept = tuple(m for m in panel.metrics if np.isfinite(metric_values(rows, m)).any())
         for metric in panel.metrics:
             if metric not in kept:
                 warn_caller(
-                    DegenerateMetricWarning(
-                        f"metric '{metric}' is null on every row {where} of '{report}'; not plotted"
-                    )
+                    DegenerateMetricWarning(f"metric '{metric}' is null on every row {where} of {reports}; not plotted")
                 )
         if len(kept) == 1 and len(panel.metrics) > 1:  # a shared panel left with one metric: its own title
             live.append(Panel(kept, METRIC_BY_NAME[kept[0]].title, METRIC_BY_NAME[kept[0]].ylabel, panel.error))
         elif kept:
             live.append(Panel(kept, panel.title, panel.ylabel, panel.error))
     return live
+
+
+def line_labels(keys: list[tuple], names: list[str]) -> dict[tuple, str]:
+    """A line's legend: its split, after its model when there are several, after its report when two reports
+    hold the same split."""
+    several_models = len({model for _, model, _ in keys}) > 1
+    same_split = len({(model, split) for _, model, split in keys}) < len(keys)
+    return {
+        key: " · ".join(
+            [*([names[key[0]]] if same_split else []), *([str(key[1])] if several_models else []), str(key[2])]
+        )
+        for key in keys
+    }
+
+
+def coincide(x: list, y: np.ndarray, other_x: list, other_y: np.ndarray) -> bool:
+    """Whether two lines of a panel fall on each other: the same epochs, values within 0.1 %."""
+    return x == other_x and bool(np.allclose(y, other_y, rtol=1e-3, atol=0, equal_nan=True))
+
+
+def line_style(style: int, under: int) -> dict:
+    """Marker and line of a panel's ``style``-th metric; a line drawn over ``under`` lines that it would hide gets
+    larger open markers and gaps, on top, so that the lines under it show."""
+    line = {"marker": "os^"[style % 3], "linestyle": ("-", "--")[style % 2], "markersize": 4, "linewidth": 1.4}
+    if under:
+        line |= {
+            "linestyle": (0, (2, 2 + 2 * under)),
+            "markersize": 4 + 3 * under,
+            "markerfacecolor": "none",
+            "zorder": 2 + under,
+        }
+    return line
 
 
 def style_panel(ax, panel: Panel, values: np.ndarray) -> None:

@@ -92,10 +92,11 @@ def report_metadata(result, command: str) -> dict[str, str]:
     }
 
 
-def read_report(path: str | os.PathLike) -> pa.Table:
+def read_report(path: str | os.PathLike, columns: Iterable[str] | None = None, rows_max: int | None = None) -> pa.Table:
     """Any report table (summary, per-class, per-pair) as written by ``analyze``, after its footer: a file
-    whose columns are named twice, or whose rows would not fit in memory once read, is refused before any
-    row is read (a small file may declare millions of rows)."""
+    whose columns are named twice, that declares more than ``rows_max`` rows, or whose rows would not fit in
+    memory once read, is refused before any row is read (a small file may declare millions of rows).
+    ``columns``: read only these, those of them that the file has."""
     if not os.path.isfile(path):
         raise UsageError(f"'{path}': no such report file")
     try:
@@ -112,7 +113,13 @@ def read_report(path: str | os.PathLike) -> pa.Table:
             f"'{path}' declares {footer.num_rows} rows of {declared / 2**30:.1f} GiB, more than the memory budget "
             f"of {memory_budget() / 2**30:.1f} GiB; read it in parts (pyarrow, DuckDB)"
         )
+    if rows_max is not None and footer.num_rows > rows_max:
+        raise UsageError(
+            f"'{path}' declares {footer.num_rows} rows, more than the {rows_max} read here; write the rows you need "
+            "to a smaller file (pyarrow, DuckDB)"
+        )
+    wanted = None if columns is None else [name for name in dict.fromkeys(columns) if name in names]
     try:
-        return pq.read_table(path)
+        return pq.read_table(path, columns=wanted)
     except (pa.ArrowException, OSError) as error:
         raise UsageError(f"'{path}': not a Parquet file ({error})") from None

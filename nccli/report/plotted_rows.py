@@ -1,6 +1,7 @@
-"""The rows of a report that ``nccli plot`` draws: the summary table read and checked, the rows followed
-over epochs (each file's classifier input), and the start of the terminal phase."""
+"""The rows of the reports that ``nccli plot`` draws: the summary tables read and checked, each row tagged with
+its report, the rows followed over epochs (each file's classifier input), and the start of the terminal phase."""
 
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,41 +15,62 @@ from nccli.schema import (
     COL_MODEL,
     COL_SPLIT,
     DEFAULT_SPLIT,
-    METRIC_COLUMNS,
 )
 
+SOURCE = "_report"  # the key of a row's report: its index among the reports given
+ROWS_MAX = 100_000  # rows of one report a plot reads; a summary holds one per (file, layer)
+KEYS = (COL_FILE, COL_SPLIT, COL_EPOCH, COL_LAYER, COL_LAYER_ORDER)
 
-def read_report(path: Path) -> list[dict]:
-    """The summary rows of a report (the key columns, the model, every metric), or a one-line refusal."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    if not path.is_file():
-        raise UsageError(f"report '{path}' not found; give the Parquet file written by `nccli analyze --out`")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"'{path}' is not a readable Parquet file ({reason})") from None
-    keys = (COL_FILE, COL_SPLIT, COL_EPOCH, COL_LAYER, COL_LAYER_ORDER)
-    missing = [c for c in keys if c not in table.column_names]
-    if missing or not any(c in table.column_names for c in METRIC_COLUMNS):
-        lacks = f"column(s) {', '.join(repr(c) for c in missing)}" if missing else "every metric column"
+def read_reports(paths: list[Path], metrics: tuple[str, ...]) -> list[dict]:
+    """The rows of every report, tagged with its index (:data:`SOURCE`); a report given twice is refused."""
+    seen = {}
+    for path in paths:
+        real = os.path.realpath(path)
+        if real in seen:
+            spelled = f" (first as '{seen[real]}')" if str(seen[real]) != str(path) else ""
+            raise UsageError(f"report '{path}' is given twice{spelled}; give each report once")
+        seen[real] = path
+    rows = []
+    for index, path in enumerate(paths):
+        rows += [{**row, SOURCE: index} for row in read_report(path, metrics)]
+    return rows
+
+
+def read_report(path: Path, metrics: tuple[str, ...]) -> list[dict]:
+    """The rows of a report with the columns the panels need (the key columns, the model, ``metrics`` and the
+    classifier accuracy), read after the checks of its footer (:func:`nccli.report.parquet.read_report`)."""
+    from nccli.report.parquet import read_report as read_table
+
+    table = read_table(path, columns=(*KEYS, COL_MODEL, CLF_ACC, *metrics), rows_max=ROWS_MAX)
+    missing = [c for c in KEYS if c not in table.column_names]
+    if missing or not any(c in table.column_names for c in (CLF_ACC, *metrics)):
+        lacks = f"column(s) {', '.join(map(repr, missing))}" if missing else "every metric column to plot"
         raise UsageError(f"'{path}' is not an nccli report: it lacks {lacks}; plot the report of `nccli analyze`")
     if table.num_rows == 0:
         raise UsageError(f"report '{path}' has no rows; nothing to plot")
-    wanted = [c for c in (*keys, COL_MODEL, *METRIC_COLUMNS) if c in table.column_names]
-    rows = table.select(wanted).to_pylist()
+    rows = table.to_pylist()
     for row in rows:
         row.setdefault(COL_MODEL, None)
     return rows
 
 
-def classifier_input_rows(rows: list[dict], report: Path) -> list[dict]:
-    """Each file's rows where the classifier was evaluated, else its deepest layer."""
+def report_names(paths: list[Path]) -> list[str]:
+    """The reports' names for titles and legends: file names, with as many parent folders as tell them apart."""
+
+    def names(depth: int) -> list[str]:
+        return ["/".join(path.parts[-depth:]) for path in paths]
+
+    longest = max(len(path.parts) for path in paths)
+    return names(next((depth for depth in range(1, longest) if len(set(names(depth))) == len(paths)), longest))
+
+
+def classifier_input_rows(rows: list[dict], reports: str) -> list[dict]:
+    """Each file's rows where the classifier was evaluated, else its deepest layer (a file of each report: two
+    reports may name the same path, written by runs in other folders)."""
     by_file = defaultdict(list)
     for row in rows:
-        by_file[row[COL_FILE]].append(row)
+        by_file[(row[SOURCE], row[COL_FILE])].append(row)
     chosen, fallback = [], []
     for file, file_rows in by_file.items():
         classifier = [row for row in file_rows if not is_null(row.get(CLF_ACC))]
@@ -59,7 +81,7 @@ def classifier_input_rows(rows: list[dict], report: Path) -> list[dict]:
     if fallback:
         warn_caller(
             DegenerateMetricWarning(
-                f"{len(fallback)} file(s) in '{report}' have no classifier rows ('{CLF_ACC}' is null); "
+                f"{len(fallback)} file(s) in {reports} have no classifier rows ('{CLF_ACC}' is null); "
                 "following their deepest layer over epochs instead"
             )
         )
