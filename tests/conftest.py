@@ -6,7 +6,8 @@ command line and the benchmark scripts, the shape of a refusal), ``analysis_help
 arrays, comparisons with the oracle), ``extract_helpers`` (tiny models and image data), ``reference``
 and ``reference_more`` (the naive float64 oracle, written from ``docs/metrics.md``), ``closed_forms``
 (fixtures with known values), ``dense`` (the dense pair statistics) and ``zoo_helpers`` (a Hugging
-Face cache in a test folder, tiny Hugging Face classifiers). Test modules import helpers,
+Face cache in a test folder, tiny Hugging Face classifiers) and ``lm_helpers`` (tiny causal language models
+and a tokenizer trained in the test). Test modules import helpers,
 never each other. Tests marked ``slow`` (torchrun jobs, kills, whole pipelines) are left out by
 ``pytest -m "not slow"``.
 """

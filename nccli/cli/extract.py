@@ -22,6 +22,7 @@ from nccli.cli.extract_options import (
     LayersOption,
     LimitOption,
     MaxDimOption,
+    MaxTokensOption,
     MeanOption,
     ModelsArgument,
     NormalizeOption,
@@ -34,9 +35,13 @@ from nccli.cli.extract_options import (
     ResumeOption,
     RootOption,
     SeedOption,
+    SeqLenOption,
     SkipUnreadableOption,
     SplitOption,
     StdOption,
+    StrideOption,
+    TextFieldOption,
+    TokenDtypeOption,
     TokenPoolOption,
     WorkersOption,
 )
@@ -97,6 +102,11 @@ def extract(
     compression: CompressionOption = Compression.NONE,
     resume: ResumeOption = False,
     overwrite: OverwriteOption = False,
+    seq_len: SeqLenOption = None,
+    stride: StrideOption = None,
+    max_tokens: MaxTokensOption = None,
+    token_dtype: TokenDtypeOption = None,
+    text_field: TextFieldOption = "text",
 ) -> None:
     """Run MODEL over DATA and write per-layer features, labels, logits and the classifier to an HDF5 file.
 
@@ -106,7 +116,7 @@ def extract(
     """
     with user_errors():
         from nccli.distributed import main_process
-        from nccli.extract import ExtractConfig, ExtractionInterrupted, extract_features
+        from nccli.extract import ExtractConfig, ExtractionInterrupted, TokenOptions, extract_features
 
         config = ExtractConfig(
             models=tuple(models),
@@ -140,6 +150,7 @@ def extract(
             overwrite=overwrite,
             progress=stderr_is_terminal(),
             command=command_line(context),
+            tokens=TokenOptions(seq_len, stride, max_tokens, token_dtype, text_field),
         )
         try:
             results = extract_features(config)

@@ -10,6 +10,7 @@ from nccli.cli.model_options import (
     MODEL_PANEL,
     OUTPUT_PANEL,
     SPEED_PANEL,
+    TOKENS_PANEL,
 )
 from nccli.extract.config import (  # torch-free
     Compression,
@@ -18,6 +19,7 @@ from nccli.extract.config import (  # torch-free
     Precision,
     Split,
     StorageDtype,
+    TokenDtype,
     TokenPooling,
 )
 
@@ -40,7 +42,10 @@ DataArgument = Annotated[
         metavar="DATA",
         help="cifar10, cifar100, mnist, fashionmnist, svhn, stl10 or imagenet (under --root); an image "
         "folder (one subfolder per class); a .npz with x (images: uint8, or floats in [0, 1]) and y (integer "
-        "labels); an .h5 with /images and /labels (the same); or fake:N for N random 3×32×32 images in 10 classes.",
+        "labels); an .h5 with /images and /labels (the same); or fake:N for N random 3×32×32 images in 10 classes. "
+        "For a causal language model (a Hugging Face folder, or --arch): token ids (a headerless .bin with "
+        "--token-dtype, a 1-D .npy) or text (.txt, .jsonl) that the model's tokenizer reads; every position is a "
+        "row, labelled with the next token.",
         show_default=False,
     ),
 ]
@@ -225,4 +230,37 @@ OverwriteOption = Annotated[
     typer.Option(
         help="Replace an existing FILE.h5 (or partial file) instead of refusing.", rich_help_panel=OUTPUT_PANEL
     ),
+]
+SeqLenOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Tokens per window a language model reads. Default: the model's context.",
+        rich_help_panel=TOKENS_PANEL,
+        show_default=False,
+    ),
+]
+StrideOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Tokens between window starts. Default: --seq-len (no overlap). Below it, each window after the first "
+        "adds only its last --stride positions as rows, so every token is a row once, with at least "
+        "seq-len − stride tokens of context.",
+        rich_help_panel=TOKENS_PANEL,
+        show_default=False,
+    ),
+]
+MaxTokensOption = Annotated[
+    int | None,
+    typer.Option(help="Keep only the first N token rows.", rich_help_panel=TOKENS_PANEL, show_default=False),
+]
+TokenDtypeOption = Annotated[
+    TokenDtype | None,
+    typer.Option(
+        help="The width of the ids in a headerless .bin token file (nanoGPT writes uint16).",
+        rich_help_panel=TOKENS_PANEL,
+        show_default=False,
+    ),
+]
+TextFieldOption = Annotated[
+    str, typer.Option(help="The field of each .jsonl line that holds a document's text.", rich_help_panel=TOKENS_PANEL)
 ]

@@ -9,6 +9,7 @@ DATA_PANEL = "Data"
 LAYERS_PANEL = "Layers"
 SPEED_PANEL = "Speed"
 OUTPUT_PANEL = "Output file"
+TOKENS_PANEL = "Tokens (language models)"
 
 ModelArgument = Annotated[
     str,

@@ -19,8 +19,9 @@ import importlib
 _LAZY_EXPORTS = {
     "ExtractConfig": "nccli.extract.config",
     "ModelOptions": "nccli.extract.config",
-    "ExtractResult": "nccli.extract.runner",
-    "ExtractionInterrupted": "nccli.extract.runner",
+    "TokenOptions": "nccli.extract.config",
+    "ExtractResult": "nccli.extract.results",
+    "ExtractionInterrupted": "nccli.extract.results",
     "extract_features": "nccli.extract.runner",
     "list_layers": "nccli.extract.listing",
     "list_models": "nccli.extract.listing",

@@ -22,6 +22,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # DATA of random images: nccli.extract.datasets.FAKE_PREFIX, spelled here too so that this module stays torch-free
 FAKE_DATA_PREFIX = "fake:"
 HF_PREFIX = "hf:"  # a Hugging Face hub id as MODEL (nccli.extract.hf_models.PREFIX)
+TOKEN_DATA_SUFFIXES = (".bin", ".npy", ".txt", ".jsonl")  # token ids and text (nccli.extract.tokens)
 
 
 class Zoo(enum.StrEnum):
@@ -107,6 +108,36 @@ class ModelOptions:
             raise UsageError(f"--init-seed must be 0 or more, got {self.init_seed}")
 
 
+class TokenDtype(enum.StrEnum):
+    """The width of the ids in a headerless ``.bin`` token file (nanoGPT writes uint16)."""
+
+    UINT16 = "uint16"
+    UINT32 = "uint32"
+
+
+@dataclass(frozen=True)
+class TokenOptions:
+    """How a language model reads token DATA (:mod:`nccli.extract.tokens`): windows of ``seq_len`` tokens
+    (default: the model's context) every ``stride`` (default: ``seq_len``), the first ``max_tokens`` rows,
+    the ``.bin`` id width and the ``.jsonl`` text field."""
+
+    seq_len: int | None = None
+    stride: int | None = None
+    max_tokens: int | None = None
+    token_dtype: TokenDtype | None = None
+    text_field: str = "text"
+
+    def __post_init__(self):
+        for option, value in (
+            ("--seq-len", self.seq_len),
+            ("--stride", self.stride),
+            ("--max-tokens", self.max_tokens),
+        ):
+            _check_positive(option, value)
+        if self.token_dtype is not None:
+            object.__setattr__(self, "token_dtype", _choice("token_dtype", TokenDtype, self.token_dtype))
+
+
 @dataclass(frozen=True)
 class ExtractConfig:
     """Everything `extract_features` needs; defaults match the CLI's.
@@ -154,6 +185,7 @@ class ExtractConfig:
     overwrite: bool = False
     progress: bool = False
     command: str | None = None
+    tokens: TokenOptions = field(default_factory=TokenOptions)
 
     def __post_init__(self):
         if isinstance(self.models, str):
@@ -182,7 +214,33 @@ class ExtractConfig:
                 raise UsageError(f"{option} takes 1 or 3 comma-separated numbers, got {len(values)}")
         if self.std is not None and any(value <= 0 for value in self.std):
             raise UsageError(f"--std must be positive, got {','.join(map(str, self.std))}")
-        self._check_normalization()
+        if is_token_data(self.data):
+            self._check_image_options_unset()
+        else:
+            self._check_normalization()
+
+    def _check_image_options_unset(self) -> None:
+        """Token DATA has no images: an image option given with it is a mistake, said in one line."""
+        given = [
+            option
+            for option, value, default in (
+                ("--resize", self.resize, None),
+                ("--mean", self.mean, None),
+                ("--std", self.std, None),
+                ("--normalize", self.normalize, None),
+                ("--channels", self.channels, None),
+                ("--per-class", self.per_class, None),
+                ("--limit", self.limit, None),
+                ("--skip-unreadable", self.skip_unreadable, False),
+                ("--download", self.download, False),
+            )
+            if value != default
+        ]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)}: for images, but '{self.data}' is token DATA for a language model "
+                "(--max-tokens keeps the first rows)"
+            )
 
     def _check_normalization(self) -> None:
         """Refuse to guess how the images are normalised (a wrong guess gives plausible, wrong features).
@@ -210,6 +268,11 @@ class ExtractConfig:
             f"say how to normalise the images of '{self.data}': --mean M --std S (the statistics the model was "
             "trained with), --normalize none (pixels in [0, 1]) or --normalize imagenet (ImageNet's mean and std)"
         )
+
+
+def is_token_data(data: str) -> bool:
+    """DATA a language model reads: token ids (``.bin``, ``.npy``) or text (``.txt``, ``.jsonl``)."""
+    return str(data).endswith(TOKEN_DATA_SUFFIXES)
 
 
 def _hugging_face(model: str) -> bool:

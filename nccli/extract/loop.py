@@ -180,6 +180,14 @@ def check_finite(arrays: dict[str, np.ndarray], precision: Precision, storage: s
         else:
             cause = "check the model and its input"
         raise ModelError(
-            f"{what} is not finite (NaN or Inf) for sample {int(arrays[schema.SAMPLE_INDEX][row])} as stored, and "
+            f"{what} is not finite (NaN or Inf) for {_sample(arrays[schema.SAMPLE_INDEX][row])} as stored, and "
             f"analyze refuses non-finite features; {cause}"
         )
+
+
+def _sample(index: np.ndarray) -> str:
+    """An image's dataset index, or a token row's (window start, position)."""
+    if np.ndim(index) == 0:
+        return f"sample {int(index)}"
+    start, position = (int(value) for value in index)
+    return f"the token at position {position} of the window starting at token {start}"

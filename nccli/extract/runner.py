@@ -21,7 +21,7 @@ finished (:mod:`nccli.io.accuracy`).
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -30,12 +30,14 @@ from nccli import schema
 from nccli.errors import DataError, ModelError, OutputError, UsageError
 from nccli.extract import distributed, loop
 from nccli.extract.capture import FeatureCapture
-from nccli.extract.config import ExtractConfig
+from nccli.extract.config import ExtractConfig, is_token_data
 from nccli.extract.datasets import ImageData, SampleBatches, open_data, select_indices
 from nccli.extract.fingerprint import model_fingerprint, refuse_other_network
 from nccli.extract.hooks import plan_layers, probe_model, select_layers
 from nccli.extract.models import expand_model_args, load_model
 from nccli.extract.planning import Job, create_file, extract_options, plan_job
+from nccli.extract.results import ExtractionInterrupted, ExtractResult
+from nccli.extract.token_runner import extract_tokens
 from nccli.extract.transforms import build_transform
 from nccli.io import shards
 from nccli.io.accuracy import recorded_accuracy, top1_counts
@@ -46,34 +48,6 @@ from nccli.progress import progress_bar
 PROBE_SAMPLES = 2
 FEATURE_FILE_SUFFIX = ".h5"
 MAX_SHOWN_SKIPPED = 5
-
-
-@dataclass(frozen=True)
-class ExtractResult:
-    """One feature file: where, how many rows, which layers; ``skipped`` if it was already complete.
-
-    ``logits_accuracy``: the top-1 accuracy of the stored logits over the file's rows, as recorded in it (None
-    without logits, for a skipped file, and on the ranks other than 0 under torchrun).
-    """
-
-    path: str
-    rows: int
-    layers: tuple[str, ...]
-    epoch: int | None = None
-    seconds: float = 0.0
-    skipped: bool = False
-    notes: tuple[str, ...] = field(default_factory=tuple)
-    logits_accuracy: float | None = None
-
-
-class ExtractionInterrupted(KeyboardInterrupt):
-    """Ctrl-C during extraction: the rows computed so far are kept in a resumable partial file."""
-
-    def __init__(self, partial: str, rows: int, total: int):
-        self.partial, self.rows, self.total = partial, rows, total
-        super().__init__(
-            f"kept {rows} of {total} rows in '{partial}'; rerun the same command with --resume to continue"
-        )
 
 
 def extract_features(config: ExtractConfig) -> list[ExtractResult]:
@@ -92,6 +66,10 @@ def extract_features(config: ExtractConfig) -> list[ExtractResult]:
         targets = output_paths(sources, config.out)
         for target in targets:
             check_output(target, config, session.world if session else 1)
+        if is_token_data(config.data):
+            if session is not None:
+                raise UsageError("extract of token DATA runs in one process; under torchrun, use several --max-tokens")
+            return [extract_tokens(source, target, config) for source, target in zip(sources, targets, strict=True)]
         with session.rank0_first() if session and config.download else contextlib.nullcontext():
             own_scale = config.mean is not None and config.std is not None
             data = open_data(config.data, config.root, config.split, config.download, own_scale)

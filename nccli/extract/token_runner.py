@@ -1,0 +1,227 @@
+"""``extract_features`` for token DATA: a causal LM's rows, one per token position, in a feature file.
+
+``num_classes`` is the vocabulary (the LM head's rows, not inferred from the labels), the classifier the LM
+head, the layers each block's output and the final norm's (the head's input, the classifier layer); the class
+names the tokenizer's tokens, printable. ``/logits`` is not stored (N × vocabulary values; analyze computes
+what it needs from W), and a note says so. ``/sample_index`` is (N, 2): the window's start in the token stream
+and the position in the window. Ctrl-C keeps the rows written; ``--resume`` continues at the next window.
+"""
+
+import os
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from nccli import schema
+from nccli.errors import DataError, ModelError, UsageError, printable
+from nccli.extract import loop
+from nccli.extract.config import ExtractConfig, TokenOptions
+from nccli.extract.fingerprint import model_fingerprint, refuse_other_network
+from nccli.extract.language import LanguageModel, load_language_model
+from nccli.extract.results import ExtractionInterrupted, ExtractResult
+from nccli.extract.token_rows import token_batches
+from nccli.extract.tokens import TokenWindows, check_vocabulary, cut_windows, read_documents, read_token_ids
+from nccli.globs import names_matching
+from nccli.io.header import root_attributes
+from nccli.io.options import stored_options
+from nccli.io.writer import FeatureWriter, RowDataset, partial_path
+from nccli.progress import progress_bar
+
+LOGITS_NOTE = (
+    "/logits is not stored for token rows (rows × vocabulary values); analyze computes what it needs from /classifier"
+)
+
+
+def open_tokens(data: str, options: TokenOptions, model: LanguageModel) -> TokenWindows:
+    """The token stream of DATA (ids, or text through the model's tokenizer), checked against the vocabulary and
+    cut into windows of ``--seq-len`` (default: the model's context)."""
+    if data.endswith((".bin", ".npy")):
+        tokens, description = read_token_ids(data, options.token_dtype), f"token file '{os.path.abspath(data)}'"
+    else:
+        if model.tokenizer is None:
+            raise UsageError(
+                f"'{data}' is text, and the model has no tokenizer (tokenizer.json in its folder) to read it; give "
+                "token ids instead (.bin with --token-dtype, or .npy)"
+            )
+        tokens, description = (
+            _tokenized(read_documents(data, options.text_field), model.tokenizer),
+            (f"text file '{os.path.abspath(data)}'"),
+        )
+    check_vocabulary(tokens, model.vocabulary, description)
+    seq_len = options.seq_len or model.context
+    if seq_len is None:
+        raise UsageError(f"'{model.loaded.name}' does not say its context length; pass --seq-len")
+    if model.context is not None and seq_len > model.context:
+        raise UsageError(f"--seq-len {seq_len} is above the model's context of {model.context} tokens")
+    windows = cut_windows(tokens, seq_len, options.stride, options.max_tokens, description)
+    stride = options.stride or seq_len
+    return replace(
+        windows,
+        description=f"{description}: {len(tokens)} tokens, windows of {seq_len} every {stride}"
+        + (f", first {options.max_tokens} rows" if options.max_tokens else ""),
+    )
+
+
+def _tokenized(documents: list[str], tokenizer) -> np.ndarray:
+    """The documents' ids, joined by the tokenizer's end-of-text token where it has one."""
+    end = getattr(tokenizer, "eos_token_id", None)
+    ids: list[int] = []
+    for number, document in enumerate(documents):
+        if number and end is not None:
+            ids.append(end)
+        ids.extend(tokenizer(document, add_special_tokens=False)["input_ids"])
+    return np.asarray(ids, dtype=np.int64)
+
+
+def chosen_layers(model: LanguageModel, patterns: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The layers ``--layers`` names (names or globs over the blocks and the final norm), all by default."""
+    if not patterns:
+        return model.layers
+    chosen: set[str] = set()
+    for pattern in patterns:
+        matches = names_matching(pattern, list(model.layers))
+        if not matches:
+            raise UsageError(
+                f"--layers '{pattern}' matches no layer of the language model; its layers are: "
+                + ", ".join(model.layers)
+            )
+        chosen |= set(matches)
+    return tuple(layer for layer in model.layers if layer in chosen)
+
+
+def extract_tokens(source: str, target: str, config: ExtractConfig):
+    """One feature file of token rows (the ``ExtractResult`` of :mod:`.runner`)."""
+    started = time.perf_counter()
+    model = load_language_model(source, config.model, config.epoch)
+    windows = open_tokens(config.data, config.tokens, model)
+    layers = chosen_layers(model, config.layers)
+    device = loop.resolve_device(config.device)
+    model.loaded.module.to(device)
+    weight, bias = model.classifier()
+    options = _options(config, model, windows, layers)
+    partial = partial_path(target)
+    if config.resume and not os.path.exists(partial) and os.path.exists(target):
+        if stored_options(target) != options:
+            raise UsageError(f"'{target}' exists and was written with other options; pass --overwrite to replace it")
+        return ExtractResult(
+            target, windows.rows, layers, model.loaded.epoch, skipped=True, notes=("already complete",)
+        )
+    if config.resume and os.path.exists(partial):
+        refuse_other_network(partial, stored_options(partial), options)
+        writer = FeatureWriter.resume(target, options)
+    else:
+        writer = _create(target, config, model, windows, layers, weight, bias, options)
+    counts = np.cumsum(windows.row_counts())
+    first_window = int(np.searchsorted(counts, writer.rows_written, side="right"))
+    if first_window and counts[first_window - 1] != writer.rows_written:
+        writer.close()
+        raise UsageError(f"cannot resume '{partial}': its rows end inside a window; pass --overwrite to start over")
+    try:
+        _write(writer, model, windows, layers, first_window, device, config)
+        writer.finish()
+    except BaseException as error:
+        writer.close()
+        if writer.rows_written == 0:
+            writer.discard()
+            raise
+        if isinstance(error, KeyboardInterrupt):
+            raise ExtractionInterrupted(partial, writer.rows_written, writer.rows) from None
+        if isinstance(error, (DataError, ModelError)):
+            kept = f"'{partial}' keeps the first {writer.rows_written} of {writer.rows} rows: rerun with --resume"
+            raise type(error)(f"{error}; {kept} once it is fixed") from None
+        raise
+    return ExtractResult(
+        target, windows.rows, layers, model.loaded.epoch, time.perf_counter() - started, notes=(LOGITS_NOTE,)
+    )
+
+
+def _write(writer, model, windows, layers, first_window, device, config) -> None:
+    row = writer.rows_written
+
+    def write(item) -> None:
+        start, arrays = item
+        loop.check_finite(arrays, config.precision, str(config.dtype))
+        writer.write(start, arrays)
+
+    background = loop.BackgroundWriter(write)
+    try:
+        with progress_bar(config.progress, os.path.basename(writer.path), writer.rows, "tokens", row) as advance:
+            for batch in token_batches(
+                model, windows, layers, config.batch_size, device, config.precision, first_window
+            ):
+                arrays = {schema.layer_path(name): rows.cpu().numpy() for name, rows in batch.features.items()}
+                arrays.update({schema.LABELS: batch.labels, schema.SAMPLE_INDEX: batch.sample_index})
+                background.put((row, arrays))
+                row += len(batch.labels)
+                advance(len(batch.labels))
+    finally:
+        background.close()
+
+
+def _options(config: ExtractConfig, model: LanguageModel, windows: TokenWindows, layers: tuple[str, ...]) -> dict:
+    """What decides the rows: ``--resume`` continues only when these match."""
+    loaded = model.loaded
+    return {
+        "model": loaded.name,
+        "weights": loaded.weights,
+        "checkpoint_sha256": loaded.checkpoint_sha256,
+        "epoch": loaded.epoch,
+        "dataset": windows.description,
+        "split": str(config.split),
+        "layers": list(layers),
+        "num_classes": model.vocabulary,
+        "precision": str(config.precision),
+        "dtype": str(config.dtype),
+        "compression": str(config.compression),
+        "init_seed": loaded.init_seed,
+        schema.EXTRACT_OPTION_NETWORK: model_fingerprint(loaded.module),
+    }
+
+
+def _create(target, config, model, windows, layers, weight: torch.Tensor, bias, options) -> FeatureWriter:
+    parent = os.path.dirname(target)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    width = int(weight.shape[1])
+    datasets = [RowDataset(schema.LABELS, None, "int64"), RowDataset(schema.SAMPLE_INDEX, 2, "int64")]
+    for order, name in enumerate(layers):
+        attrs = {
+            schema.ATTR_ORDER: order,
+            schema.ATTR_SAMPLE_SHAPE: np.array([width], dtype=np.int64),
+            schema.ATTR_POOLING: "none",
+        }
+        datasets.append(RowDataset(schema.layer_path(name), width, str(config.dtype), attrs))
+    classifier = {schema.CLASSIFIER_WEIGHT: weight.float().cpu().numpy()}
+    if bias is not None:
+        classifier[schema.CLASSIFIER_BIAS] = bias.float().cpu().numpy()
+    if not all(np.isfinite(values).all() for values in classifier.values()):
+        raise ModelError(f"the LM head '{model.head}' holds a non-finite weight (NaN or Inf), which analyze refuses")
+    layer = model.final_norm if model.final_norm in layers else None
+    group_attrs = {schema.CLASSIFIER: {schema.ATTR_CLASSIFIER_LAYER: layer}} if layer else {}
+    names = model.class_names()
+    loaded = model.loaded
+    attrs = root_attributes(
+        model.vocabulary,
+        str(config.split),
+        config.command or "nccli.extract_features (Python API)",
+        loaded.epoch,
+        [printable(name) for name in names] if names else None,
+        **{
+            schema.ATTR_MODEL: loaded.name,
+            schema.ATTR_WEIGHTS: loaded.weights,
+            schema.ATTR_CHECKPOINT: loaded.checkpoint,
+            schema.ATTR_CHECKPOINT_SHA256: loaded.checkpoint_sha256,
+            schema.ATTR_DATASET: windows.description,
+            schema.ATTR_TRANSFORM: "token ids (rows: positions; labels: the next token)",
+            schema.ATTR_TORCH_VERSION: str(torch.__version__),
+            schema.ATTR_MODEL_LIBRARY: loaded.library,
+        },
+    )
+    if loaded.init_seed is not None:
+        attrs[schema.ATTR_INIT_SEED] = loaded.init_seed
+    fixed = classifier if layer else {}
+    return FeatureWriter.create(
+        target, windows.rows, datasets, attrs, options, str(config.compression), fixed, group_attrs
+    )
