@@ -51,7 +51,9 @@ def _by_hand(model, kind: str, ids: np.ndarray, seq_len: int, stride: int):
             continue
         outputs = []
         handles = [
-            m.register_forward_hook(lambda _m, _a, out: outputs.append(out[0] if isinstance(out, tuple) else out))
+            m.register_forward_hook(
+                lambda _m, _a, out, found=outputs: found.append(out[0] if isinstance(out, tuple) else out)
+            )
             for m in modules
         ]
         with torch.no_grad():
