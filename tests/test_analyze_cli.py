@@ -111,7 +111,7 @@ def test_classes_and_pairs_tables(tmp_path):
     )
     assert result.exit_code == 0, result.output
     classes = pq.read_table(tmp_path / "c.parquet")
-    assert classes.column_names[:4] == ["file", "layer", "class", "class_name"]
+    assert classes.column_names[:6] == ["file", "split", "epoch", "layer", "class", "class_name"]
     assert classes.num_rows == 4 and classes.column("class_name").to_pylist() == ["a", "b", "c", "d"]
     pairs = pq.read_table(tmp_path / "p.parquet")
     assert pairs.num_rows == 6 and {"cdnv", "mean_cos", "inter_cos", "mean_dist", "class_b"} <= set(pairs.column_names)

@@ -58,7 +58,8 @@ def test_a_means_from_file_of_another_epoch_is_refused(tmp_path):
     reference = write_feature_file(tmp_path / "train.h5", labels, {DEFAULT_LAYER: features}, epoch=2)
     message = refusal(means_from=str(reference), epoch=3)
     assert message == (
-        f"means_from='{reference}' is from epoch 2 but epoch=3: the class means of another checkpoint do not apply; "
+        f"means_from='{reference}' is from epoch 2 but the rows from epoch 3: the class means of another checkpoint "
+        "do not apply; "
         "pass the feature file of epoch 3"
     )
     (row,) = measure_collapse(batches(), num_classes=K, device="cpu", means_from=str(reference), epoch=2)

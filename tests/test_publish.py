@@ -2,6 +2,7 @@
 indexes reach their names."""
 
 import os
+import signal
 import stat
 
 import pytest
@@ -9,6 +10,7 @@ from cli_helpers import assert_user_error, invoke
 from h5files import good_file
 
 from nccli.errors import OutputError
+from nccli.io import publish as publish_module
 from nccli.io.publish import Staged, publish, remove_stale
 
 
@@ -77,3 +79,34 @@ def test_an_output_named_like_a_lock_file_is_refused(tmp_path):
     result = invoke("analyze", path, "--out", tmp_path / "r.parquet", "--classes", tmp_path / "r.parquet.lock")
     assert_user_error(result, "--classes", "nccli's lock files")
     assert not (tmp_path / "r.parquet").exists()
+
+
+def test_a_ctrl_c_during_the_renames_acts_once_every_file_is_in_place(tmp_path, monkeypatch):
+    """Published together or not at all: a signal between two renames waits for the last one."""
+    targets = [tmp_path / "r.parquet", tmp_path / "c.parquet"]
+    for target in targets:
+        target.write_text("earlier")
+    rename = os.replace
+
+    def interrupted(source, target):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, here between the two renames
+        rename(source, target)
+
+    monkeypatch.setattr(publish_module.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt), Staged(targets) as staged:
+        for target in targets:
+            staged.path(target).write_text("new")
+        staged.commit()
+    assert staged.committed
+    assert [target.read_text() for target in targets] == ["new", "new"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["c.parquet", "r.parquet"]
+
+
+def test_a_flushed_set_is_not_flushed_again(tmp_path, monkeypatch):
+    targets = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    synced = []
+    monkeypatch.setattr(publish_module, "sync", synced.append)
+    with Staged(targets) as staged:
+        staged.flush()
+        staged.commit()
+    assert sorted(synced) == sorted([*staged.temporary.values(), tmp_path])

@@ -56,7 +56,8 @@ def test_the_class_table_has_exactly_the_registry_columns():
 
 def test_parquet_types_and_compact_columns_come_from_the_registry():
     from nccli.report.formats import COMPACT_COLUMNS
-    from nccli.report.parquet import arrow_type, class_columns, pair_columns
+    from nccli.report.parquet import arrow_type
+    from nccli.report.tables import class_columns, pair_columns
 
     for column in (*schema.SUMMARY_COLUMNS, *class_columns(True), *pair_columns(True)):
         assert str(arrow_type(column)) in ("double", "int64", "string"), column

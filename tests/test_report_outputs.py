@@ -1,5 +1,6 @@
 """Writing analyze's reports (analyze/outputs.py, docs/report.md): the per-pair table streamed, `--pairs-top`,
-the refusal of a too-large table, outputs that never overlap inputs, and permissions under the umask."""
+the refusal of a too-large table, outputs that never overlap inputs, permissions under the umask, and what a
+Ctrl-C before or after the reports are in place leaves."""
 
 import contextlib
 import hashlib
@@ -17,7 +18,8 @@ from h5files import good_file, write_feature_file
 from nccli import __version__, schema
 from nccli.analyze.analysis import AnalyzeConfig
 from nccli.analyze.outputs import write_analysis
-from nccli.errors import NcCliError
+from nccli.errors import DegenerateMetricWarning, NcCliError
+from nccli.io.publish import Staged
 from nccli.metrics import tiles
 from nccli.report import tables
 
@@ -194,3 +196,39 @@ def test_reports_get_the_permissions_of_a_new_file_under_the_umask(tmp_path):
     with umask(0o077):
         assert invoke(*arguments).exit_code == 0
         assert [stat.S_IMODE(os.stat(p).st_mode) for p in outputs] == [0o600] * 3
+
+
+def interrupt_after(monkeypatch, step: str) -> None:
+    """Ctrl-C once ``Staged.<step>`` is done: ``flush`` (the reports complete, not in place) or ``commit``."""
+    done = getattr(Staged, step)
+
+    def interrupted(self):
+        done(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Staged, step, interrupted)
+
+
+def test_a_ctrl_c_before_the_reports_are_in_place_leaves_the_earlier_ones(tmp_path, monkeypatch):
+    data = good_file(tmp_path / "in.h5")
+    outputs = [tmp_path / f"{name}.parquet" for name in ("r", "c")]
+    for path in outputs:
+        path.write_text("earlier")
+    interrupt_after(monkeypatch, "flush")
+    result = invoke("analyze", data, "--out", outputs[0], "--classes", outputs[1])
+    assert result.exit_code == 130 and result.stderr.strip() == "interrupted" and result.stdout == ""
+    assert [path.read_text() for path in outputs] == ["earlier", "earlier"]
+    assert sorted(os.listdir(tmp_path)) == ["c.parquet", "in.h5", "r.parquet"]
+
+
+def test_a_ctrl_c_once_the_reports_are_in_place_only_warns(tmp_path, monkeypatch):
+    data = good_file(tmp_path / "in.h5")
+    out, classes = tmp_path / "r.parquet", tmp_path / "c.parquet"
+    interrupt_after(monkeypatch, "commit")
+    result = invoke("analyze", data, "--out", out, "--classes", classes)
+    assert result.exit_code == 0 and result.stdout.strip() == str(out)
+    assert result.stderr.strip() == "warning: interrupted after the reports were published; they are complete"
+    assert pq.read_table(out).num_rows == 2 and pq.read_table(classes).num_rows == 8
+    with pytest.warns(DegenerateMetricWarning, match="after the reports were published"):
+        returned = write_analysis(AnalyzeConfig(files=(str(data),), device="cpu"), out=out)
+    assert len(returned.summary) == 2

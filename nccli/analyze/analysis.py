@@ -54,6 +54,7 @@ class AnalysisResult:
     provenance: dict[str, dict] = field(default_factory=dict)
     conventions: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the input leaves out, as `extract` says it (`measure`)
     imbalance: dict[str, tuple[int, int]] = field(default_factory=dict)  # file → (smallest, largest) class count
 
 
@@ -264,7 +265,7 @@ def _analyze_layers(
                 "_sigma_b_rank": metrics.sigma_b_rank,
             }
         )
-        result.classes.append(class_table(info.path, layer.name, metrics.classes, info.class_names, pair_output.named))
+        result.classes.append(class_table(info, layer.name, metrics.classes, pair_output.named))
     return file_rows
 
 

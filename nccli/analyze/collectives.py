@@ -25,7 +25,9 @@ one process.)
 **Geometry.** Pass 2 needs the same fixed quantities on every rank: rank 0 builds them from the merged
 states, once, and broadcasts them byte for byte, so every rank decides with bit-identical centres
 (recomputing them elsewhere could round differently on another CPU or GPU). Only rank 0 then summarizes
-and writes the reports; the other ranks compute and stop.
+and writes the reports; the other ranks compute and wait at the job's last agreement
+(:meth:`Group.agree_to_publish`), which rank 0 joins once its reports are complete on disk: it renames them
+into place only when every rank has got there.
 
 Every collective follows an agreement through the store (:meth:`nccli.distributed.Session.gather`): a
 rank that failed (a NaN in its rows, say) is noticed there by all, so no rank waits in a collective for
@@ -95,6 +97,11 @@ class Group:
     def agree(self) -> None:
         """Wait until every rank is here; stop if one has failed (before a collective, and once everything
         is validated: before any rank reads a row)."""
+        self.session.gather()
+
+    def agree_to_publish(self) -> None:
+        """The job's last agreement, after the last merge: rank 0 publishes the reports only once every rank
+        is here (none has failed or died)."""
         self.session.gather()
 
     def agree_on_inputs(self, infos: list[FeatureFileInfo]) -> None:

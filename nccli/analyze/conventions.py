@@ -14,6 +14,7 @@ def conventions(config: AnalyzeConfig, device: str, summary: list[dict], referen
     """The choices other tools make differently, so a number can be compared (``docs/report.md``).
 
     Takes each summary row's Σ_B rank out of the row (it belongs to the metadata, not to a column).
+    ``references``: each file's reference (its info, or its path), or None.
     """
     ranks: dict[str, dict[str, int]] = {}
     for row in summary:
@@ -33,7 +34,8 @@ def conventions(config: AnalyzeConfig, device: str, summary: list[dict], referen
         if config.means_from
         else "each file's own class means",
         "ncc_means_from": {
-            file: file if reference is None else reference.path for file, reference in references.items()
+            file: file if reference is None else getattr(reference, "path", reference)
+            for file, reference in references.items()
         }
         if config.means_from
         else None,

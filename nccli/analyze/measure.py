@@ -17,9 +17,11 @@ pass 1's means, n_c·(μ_c of pass 2 − μ_c of pass 1), show it
 """
 
 import numbers
+from collections.abc import Callable
 
 from nccli import schema
 from nccli.analyze.analysis import AnalysisResult, AnalyzeConfig, analyze_file, warn_imbalance
+from nccli.analyze.conventions import conventions
 from nccli.analyze.memory import BatchRows
 from nccli.analyze.passes import Scanner
 from nccli.analyze.plan import layer_groups, state_budget
@@ -27,6 +29,7 @@ from nccli.analyze.references import check_reference
 from nccli.errors import DataError, UsageError
 from nccli.io.reader import open_feature_file
 from nccli.metrics.accumulators import Moved
+from nccli.report.tables import PairOutput
 from nccli.types import ClassMeans
 
 
@@ -72,25 +75,37 @@ def measure_collapse(
     if not isinstance(split, str) or not split:
         raise UsageError(f"split must be a non-empty string such as 'train' or 'test', got {split!r}")
     epoch = None if epoch is None else int(epoch)
-    rows = BatchRows(batches, int(num_classes), device, classifier, classifier_layer)
+    described = {"split": split, "epoch": epoch}
+    rows = BatchRows(batches, int(num_classes), device, classifier, classifier_layer, described)
     config = AnalyzeConfig(files=(rows.info.path,), means_from=means_from, device=device)
-    scanner = Scanner(rows.xp, None, lambda n: None, other_rows=other_rows)
+    result = measure_rows(rows, config, epoch, other_rows, "means_from=")
+    return [{column: row[column] for column in schema.SUMMARY_COLUMNS} for row in result.summary]
+
+
+def measure_rows(
+    rows: BatchRows,
+    config: AnalyzeConfig,
+    epoch: int | None,
+    refusal: Callable[[str, str, Moved], DataError],
+    means_option: str,
+    pair_output: PairOutput | None = None,
+) -> AnalysisResult:
+    """analyze's passes over batches in memory (``config.means_from``, ``mse``, ``snr`` as analyze takes them);
+    ``refusal`` is the error of a second pass with other rows, ``means_option`` how the caller names the
+    reference. The rows' ``n_samples`` is the first pass's count."""
+    scanner = Scanner(rows.xp, None, lambda n: None, other_rows=refusal)
     result = AnalysisResult()
     layers = rows.info.layers
     groups = layer_groups(rows.xp, rows.info, layers, config, state_budget(rows.xp))  # analyze's memory plan
-    reference_means = _reference_means(scanner, means_from, rows, epoch) if means_from else None
-    analyze_file(rows.xp, scanner, rows, layers, reference_means, config, result, groups)
+    reference_means = (
+        _reference_means(scanner, config.means_from, rows, epoch, means_option) if config.means_from else None
+    )
+    analyze_file(rows.xp, scanner, rows, layers, reference_means, config, result, groups, pair_output)
     warn_imbalance(result)
-    n_samples = rows.info.n_samples  # known once the first pass is over; analyze_file took info before it
-    return [
-        {
-            **{column: row[column] for column in schema.SUMMARY_COLUMNS},
-            schema.COL_SPLIT: split,
-            schema.COL_EPOCH: epoch,
-            schema.COL_N_SAMPLES: n_samples,
-        }
-        for row in result.summary
-    ]
+    for row in result.summary:  # known once the first pass is over; analyze_file took info before it
+        row[schema.COL_N_SAMPLES] = rows.info.n_samples
+    result.conventions = conventions(config, rows.xp.name, result.summary, {rows.info.path: config.means_from})
+    return result
 
 
 def other_rows(path: str, layer: str, moved: Moved) -> DataError:
@@ -102,16 +117,19 @@ def other_rows(path: str, layer: str, moved: Moved) -> DataError:
     )
 
 
-def _reference_means(scanner: Scanner, path: str, rows: BatchRows, epoch: int | None) -> dict[str, ClassMeans]:
+def _reference_means(
+    scanner: Scanner, path: str, rows: BatchRows, epoch: int | None, option: str
+) -> dict[str, ClassMeans]:
     """Class means of the layers of ``rows`` in the feature file ``path`` (pass 1 over it), checked as analyze
-    checks a --means-from file: of the same epoch, when both have one."""
+    checks a --means-from file: of the same epoch, when both have one (``option``: how the caller names it)."""
     with open_feature_file(path) as reference:
         if epoch is not None and reference.info.epoch not in (None, epoch):
+            given = f"{option}'{path}'" if option.endswith("=") else f"{option} '{path}'"
             raise UsageError(
-                f"means_from='{path}' is from epoch {reference.info.epoch} but epoch={epoch}: the class means of "
-                f"another checkpoint do not apply; pass the feature file of epoch {epoch}"
+                f"{given} is from epoch {reference.info.epoch} but the rows from epoch {epoch}: the class means "
+                f"of another checkpoint do not apply; pass the feature file of epoch {epoch}"
             )
-        check_reference(reference.info, rows.info, rows.info.layers, option="means_from=")
+        check_reference(reference.info, rows.info, rows.info.layers, option=option)
         layers = tuple(reference.info.layer(layer.name) for layer in rows.info.layers)
         moments = scanner.moments(reference, layers)
     return {name: state.class_means() for name, state in moments.items()}

@@ -109,7 +109,17 @@ def pick_backend(device: str, first_layer):
 class BatchRows:
     """Re-iterable batches of ``(features, labels)``: a :class:`~nccli.io.rows.RowSource`."""
 
-    def __init__(self, batches, num_classes: int, device: str, classifier=None, classifier_layer: str | None = None):
+    def __init__(
+        self,
+        batches,
+        num_classes: int,
+        device: str,
+        classifier=None,
+        classifier_layer: str | None = None,
+        described: dict | None = None,
+    ):
+        """``described``: what a file's info would say of these rows (``split``, ``epoch``, ``model``,
+        ``class_names``, ``provenance``, and ``path``, the report's ``file``), where the caller knows it."""
         self._iterations = _iterations(batches)
         self.num_classes = num_classes
         iterator = iter(self._iterations())
@@ -141,6 +151,7 @@ class BatchRows:
             classifier_layer=layer,
             provenance={},
         )
+        self._info = replace(self._info, **(described or {}))
         self._passes: list[np.ndarray] = []  # rows of each class, per pass
 
     @property

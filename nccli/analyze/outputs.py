@@ -10,28 +10,39 @@ complete: each is written to a temporary file beside its target, flushed to
 disk, renamed, and the folder flushed, so a failed or killed run leaves an
 earlier report untouched and a report is never seen half-written. Report files
 get the permissions of any new file under the user's umask.
+
+Under torchrun, rank 0 publishes (renames) the reports only after the last
+merge, once they are complete on disk and every rank has reached the job's
+last agreement (:meth:`~nccli.analyze.collectives.Group.agree_to_publish`):
+a rank that fails or dies before that leaves no report. Once published, the
+reports stand: if a rank stops or fails afterwards (torchrun then exits
+non-zero), rank 0 warns and returns as usual (the command exits 0 and prints
+the report's path).
 """
 
+import contextlib
 import os
-from collections.abc import Iterable
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nccli import schema
+from nccli import distributed, schema
 from nccli.analyze.analysis import AnalysisResult, AnalyzeConfig, analysis_job, analyze_features
 from nccli.analyze.references import reference_paths
-from nccli.errors import UsageError
+from nccli.errors import DegenerateMetricWarning, NcCliError, UsageError, warn_caller
 from nccli.io.publish import Staged, cannot_write
-from nccli.report.parquet import (
-    check_writable,
-    class_columns,
-    pair_columns,
-    report_metadata,
-    reserve_outputs,
-    to_table,
-)
+from nccli.report.parquet import check_writable, report_metadata, reserve_outputs, to_table
+from nccli.report.tables import PairSink, class_columns, pair_columns
+
+if TYPE_CHECKING:
+    from nccli.analyze.model_runs import MeasureConfig
 
 PathLike = str | os.PathLike
 
@@ -50,28 +61,118 @@ def write_analysis(
     (and returns the result), the others compute their rows (and return an empty result). Raises
     :class:`~nccli.errors.NcCliError` before reading a row for outputs that
     cannot be written, overlap each other or an input, or a per-pair table
-    that would be too large.
+    that would be too large. On rank 0 (or in one process) it returns if and only if the reports are
+    published; an interrupt or a failed rank after that only warns.
     """
-    with analysis_job(config) as group:
-        if group is not None and not group.main:  # the other ranks of a torchrun job compute; rank 0 writes
-            return analyze_features(config, _nowhere if pairs is not None else None, group)
-        return _write(config, out, classes, pairs, command, group)
+    run = _Run()
+    with _sigterm_ignored_once_settled(run):
+        try:
+            with analysis_job(config) as group:
+                if group is not None and not group.main:  # the other ranks of a torchrun job compute; rank 0 writes
+                    run.result = analyze_features(config, _nowhere if pairs is not None else None, group)
+                    group.agree_to_publish()
+                    run.agreed = True
+                else:
+                    inputs = [*config.files, *([config.ood] if config.ood else [])]
+                    compute = partial(analyze_features, config, group=group)
+                    _write(compute, inputs, config.means_from, out, classes, pairs, command, group, run)
+        except (KeyboardInterrupt, NcCliError, RuntimeError):  # RuntimeError: torch.distributed losing a rank
+            if not run.settled:
+                raise
+            run.broken = True
+            if run.staged is not None:  # rank 0, or one process: the other ranks' outcome is rank 0's to say
+                warn_caller(DegenerateMetricWarning(_AFTER_PUBLISHING[distributed.launch_from_env() is not None]))
+    return run.result
+
+
+_AFTER_PUBLISHING = {  # the warning of a job that broke after publishing, under torchrun or not
+    True: "a rank stopped or failed after the reports were published (torchrun exits non-zero); they are complete",
+    False: "interrupted after the reports were published; they are complete",
+}
+
+
+@dataclass
+class _Run:
+    """How far :func:`write_analysis` got: its result; whether the outcome is settled (rank 0, or one process:
+    the reports renamed into place; the other ranks: past the job's last agreement); whether the job broke
+    after that."""
+
+    result: AnalysisResult | None = None
+    staged: Staged | None = None
+    agreed: bool = False
+    broken: bool = False
+
+    @property
+    def settled(self) -> bool:
+        return self.agreed or (self.staged is not None and self.staged.committed)
+
+
+@contextlib.contextmanager
+def _sigterm_ignored_once_settled(run: _Run) -> Iterator[None]:
+    """Under torchrun, a rank whose outcome is settled ignores SIGTERM, which torchrun sends every rank once one
+    has died: it ends by itself (rank 0 with its reports and exit status 0). The previous handler is back on
+    leaving, unless the job broke: then SIGTERM stays ignored (SIG_IGN, which outlives the interpreter's own
+    handlers at exit) while the rank ends."""
+    if distributed.launch_from_env() is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(number, frame):
+        if not run.settled:  # what the previous handler does
+            signal.signal(number, previous)
+            signal.raise_signal(number)
+
+    signal.signal(signal.SIGTERM, on_sigterm)  # the job's session swaps in its own meanwhile, then restores this
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if run.broken else previous)
 
 
 def _nowhere(batch: pa.RecordBatch) -> None:
     """The pair sink of the ranks that do not write (they never summarize, so it is never called)."""
 
 
-def _write(
-    config: AnalyzeConfig, out: PathLike, classes: PathLike | None, pairs: PathLike | None, command: str, group
+def write_measurement(
+    config: "MeasureConfig",
+    out: PathLike,
+    classes: PathLike | None = None,
+    pairs: PathLike | None = None,
+    command: str = "nccli measure",
 ) -> AnalysisResult:
+    """``nccli measure``: MODEL over DATA (:func:`~nccli.analyze.model_runs.measure_model`) into the report at
+    ``out`` (and ``classes``, ``pairs``) with the guarantees of :func:`write_analysis`, in one process."""
+    from nccli.analyze.model_runs import measure_model  # imports torch: analyze of files on the CPU does not
+
+    if distributed.launch_from_env() is not None:
+        raise UsageError("nccli measure runs in one process; under torchrun, extract the features, then analyze them")
+    run = _Run()
+    inputs = [*config.source.models, config.source.data]
+    _write(partial(measure_model, config), inputs, config.means_from, out, classes, pairs, command, None, run)
+    return run.result
+
+
+def _write(
+    compute: Callable[[PairSink | None], AnalysisResult],
+    inputs: list[PathLike],
+    means_from: str | None,
+    out: PathLike,
+    classes: PathLike | None,
+    pairs: PathLike | None,
+    command: str,
+    group,
+    run: _Run,
+) -> None:
+    """Check the outputs against each other and the ``inputs`` (and ``means_from``'s references), ``compute``
+    the result with the per-pair rows streamed to their file, write the tables, and publish them together."""
     requested = {"--out": out, "--classes": classes, "--pairs": pairs}
     targets = {option: check_writable(path, option) for option, path in requested.items() if path is not None}
-    references = reference_paths(config.means_from)[0] if config.means_from else []
-    check_apart(targets, [*config.files, *references, *([config.ood] if config.ood else [])])
+    references = reference_paths(means_from)[0] if means_from else []
+    check_apart(targets, [*inputs, *references])
     with reserve_outputs(targets.values()), Staged(targets.values()) as staged:
         stream = _ParquetStream(staged.path(targets["--pairs"])) if pairs is not None else None
-        result = analyze_features(config, stream.write if stream is not None else None, group)
+        run.result = result = compute(stream.write if stream is not None else None)
         metadata = report_metadata(result, command)
         _write_table(staged, targets["--out"], to_table(result.summary, schema.SUMMARY_COLUMNS, metadata))
         if classes is not None:
@@ -79,8 +180,11 @@ def _write(
             _write_table(staged, targets["--classes"], pa.concat_tables(tables).replace_schema_metadata(metadata))
         if stream is not None:
             stream.close(metadata)
+        staged.flush()
+        if group is not None:
+            group.agree_to_publish()
+        run.staged = staged
         staged.commit()
-    return result
 
 
 def write_report(result: AnalysisResult, out: PathLike, command: str) -> None:

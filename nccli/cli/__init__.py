@@ -12,7 +12,7 @@ import typer
 
 from nccli import __version__
 from nccli.allocator import keep_freed_memory
-from nccli.cli import analyze, convert, demo, extract, info, layers, models, plot, report
+from nccli.cli import analyze, convert, demo, extract, info, layers, measure, models, plot, report
 
 app = typer.Typer(
     name="nccli",
@@ -45,6 +45,7 @@ app.command("extract")(extract.extract)
 app.command("layers")(layers.layers_command)
 app.command("models")(models.models)
 app.command("analyze")(analyze.analyze)
+app.command("measure")(measure.measure)
 app.command("convert", help=convert.HELP)(convert.convert)
 app.command("report")(report.report)
 app.command("plot")(plot.plot)

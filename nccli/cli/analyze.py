@@ -5,6 +5,17 @@ from typing import Annotated
 import typer
 
 from nccli import schema
+from nccli.cli.analyze_options import (
+    ClassesOption,
+    EpsilonOption,
+    MeansFromOption,
+    MseOption,
+    OodOption,
+    PairsOption,
+    PairsTopOption,
+    SnrOption,
+    WeightDecayOption,
+)
 from nccli.cli.common import command_line, print_table, split_list, stderr_is_terminal, user_errors
 
 
@@ -31,63 +42,21 @@ def analyze(
         str | None,
         typer.Option(help="Comma-separated layer names or globs to analyze, e.g. 'layer*,fc'. Default: every layer."),
     ] = None,
-    means_from: Annotated[
-        str | None,
-        typer.Option(
-            help="A reference feature file (usually the train split) whose class means the nearest-class-centre "
-            "metrics (ncc_accuracy, nc4_ncc_mismatch) use: the train-vs-test 'test collapse' setting. A folder or "
-            "quoted glob of them ('train/*.h5') pairs each file with the reference of its epoch, else of its file "
-            "name. Refused: a reference of another epoch or model, and files that cannot be paired.",
-        ),
-    ] = None,
-    mse: Annotated[
-        bool,
-        typer.Option("--mse", help="Add the MSE decomposition of Han, Papyan & Donoho (2022) on the classifier layer."),
-    ] = False,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay λ of the MSE decomposition (needs --mse).")] = 0.0,
-    snr: Annotated[
-        bool,
-        typer.Option(
-            "--snr",
-            help="Add snr_min and snr_max, the extreme singular values of Σ_W^(-1/2)Mᵀ (Han, Papyan & Donoho 2022), "
-            "on the classifier layer. Like --mse it needs a d × d matrix, so the same width limit applies.",
-        ),
-    ] = False,
-    ood: Annotated[
-        str | None,
-        typer.Option(
-            help="A feature file of out-of-distribution inputs through the same network (same layer names and widths): "
-            "adds nc5_ood_orthogonality, the mean |cos| between each class mean and the OOD features' mean (Ammar et al. 2024).",
-        ),
-    ] = None,
-    classes: Annotated[
-        str | None,
-        typer.Option(
-            help="Also write the per-class table (n, var, mean_norm, recalls, w_norm, ...) to this Parquet file."
-        ),
-    ] = None,
-    pairs: Annotated[
-        str | None,
-        typer.Option(
-            help="Also write the per-pair table (cdnv, mean_cos, inter_cos, mean_dist, w_cos) to this Parquet file, streamed as it "
-            "is computed. Above 50 million rows in all, add --pairs-top."
-        ),
-    ] = None,
-    pairs_top: Annotated[
-        int | None,
-        typer.Option(
-            help="With --pairs: keep per layer only the N pairs with the largest cdnv (the most confusable; ties by class ids)."
-        ),
-    ] = None,
+    means_from: MeansFromOption = None,
+    mse: MseOption = False,
+    weight_decay: WeightDecayOption = 0.0,
+    snr: SnrOption = False,
+    ood: OodOption = None,
+    classes: ClassesOption = None,
+    pairs: PairsOption = None,
+    pairs_top: PairsTopOption = None,
     device: Annotated[
         str,
         typer.Option(
             help="Where to compute: auto (CUDA if present), cpu, cuda or cuda:N. Accumulation is float64 everywhere."
         ),
     ] = "auto",
-    epsilon: Annotated[
-        float, typer.Option(help="ε of ncc_effective_depth: the first layer whose NCC error is ≤ ε.")
-    ] = 0.01,
+    epsilon: EpsilonOption = 0.01,
     block_rows: Annotated[
         int | None,
         typer.Option(

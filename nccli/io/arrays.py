@@ -13,7 +13,8 @@ what its format allows:
 * ``.pt``/``.pth``: ``torch.load(weights_only=True)``, which never runs
   pickled code: only tensors, numpy arrays of plain numeric dtypes and
   containers are built, anything else is refused. Tensors are memory-mapped
-  (``mmap=True``) in files written by ``torch.save`` since torch 1.6;
+  (``mmap=True``) in files written by ``torch.save`` since torch 1.6, once
+  each tensor's storage record is checked (:mod:`nccli.io.torch_records`);
   numpy arrays inside a ``.pt`` file, and tensors of the legacy format, are
   in memory whole.
 * ``.safetensors``: memory-mapped (``safe_open``); only the block read.
@@ -34,6 +35,7 @@ import numpy as np
 
 from nccli.errors import DataError, UsageError
 from nccli.io.attributes import shown
+from nccli.io.torch_records import check_records
 
 SUFFIXES = (".npy", ".npz", ".pt", ".pth", ".safetensors")
 NPY_MAGIC = b"\x93NUMPY"
@@ -249,10 +251,11 @@ def _safe_numpy_globals() -> list:
 def _open_torch(path: str, stack: contextlib.ExitStack) -> list[SourceArray]:
     import torch
 
+    mapped = zipfile.is_zipfile(path)
     try:
         with torch.serialization.safe_globals(_safe_numpy_globals()), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch's notes on what it validates: not the user's
-            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
     except pickle.UnpicklingError as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         reason = next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
@@ -265,6 +268,8 @@ def _open_torch(path: str, stack: contextlib.ExitStack) -> list[SourceArray]:
         raise DataError(f"'{path}' cannot be read as a torch.save file: {shown(error)}") from None
     if not isinstance(loaded, dict):
         raise DataError(f"'{path}' holds a {type(loaded).__name__}; nccli convert reads a dict of tensors or arrays")
+    if mapped:  # torch.load mapped the storages without looking at their records' sizes
+        check_records(path, [key for key, value in loaded.items() if isinstance(value, torch.Tensor)])
     arrays = []
     for key, value in loaded.items():
         if isinstance(value, torch.Tensor):

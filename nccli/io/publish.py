@@ -6,15 +6,18 @@ new file under the user's umask), flushed to disk, renamed over the target and
 the folder flushed: a reader sees the earlier file or the complete new one,
 never half of it, and a crash or kill leaves the earlier file untouched.
 :class:`Staged` publishes several files together (all are complete before any
-is renamed), :func:`publish` one. A writer that was killed leaves its temporary
-files behind: :func:`remove_stale` deletes exactly those (names of that shape
-only, never a pattern built from the target's name).
+is renamed, and Ctrl-C or SIGTERM waits until the last rename is done: the
+set is renamed whole or not at all), :func:`publish` one. A writer that was
+killed leaves its temporary files behind: :func:`remove_stale` deletes exactly
+those (names of that shape only, never a pattern built from the target's name).
 """
 
 import contextlib
 import os
 import re
 import secrets
+import signal
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Self
@@ -57,13 +60,35 @@ def sync(path) -> None:
         os.close(descriptor)
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM (Ctrl-C, torchrun stopping a rank) that arrive during the block act once it is done.
+
+    Their handlers are swapped, not the signal mask: any thread of the process may receive a signal, and
+    Python runs its handler in the main thread, the only one that can swap them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    numbers = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, lambda number, frame: caught.append(number)) for number in numbers}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
 class Staged:
     """A temporary file beside each target, renamed into place by :meth:`commit`; whatever is left is removed
-    on exit (an error, or no commit)."""
+    on exit (an error, or no commit). ``committed``: the targets are in place."""
 
     def __init__(self, targets: Iterable[Path]):
         self.targets = [Path(target) for target in targets]
         self.temporary: dict[Path, Path] = {}
+        self.flushed = self.committed = False
 
     def __enter__(self) -> Self:
         for target in self.targets:
@@ -86,15 +111,27 @@ class Staged:
         """The temporary file to write ``target``'s content into."""
         return self.temporary[Path(target)]
 
-    def commit(self) -> None:
-        """Flush every temporary file to disk, then rename them all, then flush the folders' renames."""
+    def flush(self) -> None:
+        """Flush every temporary file to disk (:meth:`commit` does it, unless done already)."""
         try:
             for temporary in self.temporary.values():
                 sync(temporary)
-            for target, temporary in self.temporary.items():
-                os.replace(temporary, target)
-            for folder in {_folder(target) for target in self.targets}:
-                sync(folder)
+        except OSError as error:
+            raise cannot_write(error, error.filename) from None
+        self.flushed = True
+
+    def commit(self) -> None:
+        """:meth:`flush`, then rename every file into place and flush the folders' renames, with Ctrl-C and
+        SIGTERM held meanwhile."""
+        if not self.flushed:
+            self.flush()
+        try:
+            with _signals_held():
+                for target, temporary in self.temporary.items():
+                    os.replace(temporary, target)
+                self.committed = True
+                for folder in {_folder(target) for target in self.targets}:
+                    sync(folder)
         except OSError as error:
             raise cannot_write(error, error.filename) from None
 

@@ -25,16 +25,6 @@ from nccli.io.publish import remove_stale
 from nccli.io.validate import memory_budget
 
 
-def class_columns(named: bool) -> tuple[str, ...]:
-    names = (schema.COL_CLASS_NAME,) if named else ()
-    return (schema.COL_FILE, schema.COL_LAYER, schema.COL_CLASS, *names, *schema.CLASS_METRICS)
-
-
-def pair_columns(named: bool) -> tuple[str, ...]:
-    names = (schema.COL_CLASS_NAME, schema.COL_CLASS_NAME_B) if named else ()
-    return (schema.COL_FILE, schema.COL_LAYER, schema.COL_CLASS, schema.COL_CLASS_B, *names, *schema.PAIR_METRICS)
-
-
 def arrow_type(column: str) -> pa.DataType:
     """The column's Arrow type, from the registry (``schema.arrow_type_name``)."""
     return pa.type_for_alias(schema.arrow_type_name(column))

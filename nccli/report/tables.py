@@ -1,5 +1,8 @@
 """The per-class and per-pair tables (``docs/report.md``) as Arrow columns, never as one Python object per row.
 
+Each row starts with the summary's keys of its file and layer (``file``, ``split``, ``epoch``, ``layer``),
+so the tables join the summary on ``split, epoch, layer`` as well as on ``file, layer``.
+
 The per-pair table has K(K−1)/2 rows per layer, so it is produced as Arrow
 record batches, one per tile of :mod:`nccli.metrics.pairs`, and handed to a
 sink (the Parquet writer of :mod:`nccli.analyze.outputs` writes each as row
@@ -15,8 +18,9 @@ import pyarrow as pa
 
 from nccli import schema
 from nccli.errors import UsageError
+from nccli.io.validate import FeatureFileInfo
 from nccli.metrics.pairs import PairTile, Tile, TopPairs
-from nccli.report.parquet import arrow_type, class_columns, pair_columns
+from nccli.report.parquet import arrow_type
 
 # The full per-pair table of one run is refused above this many rows (about
 # 1.75 GB of Parquet; one K = 10 000 layer holds 50 million pairs): beyond it, the
@@ -26,6 +30,29 @@ PAIRS_ROWS_MAX = 50_000_000
 PAIR_ROW_BYTES = 35
 
 PairSink = Callable[[pa.RecordBatch], None]
+# The keys of a (file, layer) in both tables: the summary's, in its order.
+_KEYS = (schema.COL_FILE, schema.COL_SPLIT, schema.COL_EPOCH, schema.COL_LAYER)
+
+
+def class_columns(named: bool) -> tuple[str, ...]:
+    """The per-class table's columns, in order; ``named``: with ``class_name``."""
+    names = (schema.COL_CLASS_NAME,) if named else ()
+    return (*_KEYS, schema.COL_CLASS, *names, *schema.CLASS_METRICS)
+
+
+def pair_columns(named: bool) -> tuple[str, ...]:
+    """The per-pair table's columns, in order; ``named``: with ``class_name`` and ``class_name_b``."""
+    names = (schema.COL_CLASS_NAME, schema.COL_CLASS_NAME_B) if named else ()
+    return (*_KEYS, schema.COL_CLASS, schema.COL_CLASS_B, *names, *schema.PAIR_METRICS)
+
+
+def _keys(info: FeatureFileInfo, layer: str) -> dict:
+    return {
+        schema.COL_FILE: info.path,
+        schema.COL_SPLIT: info.split,
+        schema.COL_EPOCH: info.epoch,
+        schema.COL_LAYER: layer,
+    }
 
 
 def check_pairs_size(class_counts: Sequence[int]) -> None:
@@ -48,7 +75,7 @@ def check_pairs_size(class_counts: Sequence[int]) -> None:
 
 def _column(name: str, values, length: int) -> pa.Array:
     kind = arrow_type(name)
-    if isinstance(values, str) or values is None:
+    if isinstance(values, (str, int)) or values is None:  # one value for every row
         return pa.nulls(length, kind) if values is None else pa.repeat(pa.scalar(values, kind), length)
     if isinstance(values, pa.Array):
         return values
@@ -67,31 +94,21 @@ def _batch(columns: tuple[str, ...], values: dict, length: int, metadata=None) -
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
 
 
-def class_table(
-    file: str, layer: str, columns: dict[str, np.ndarray], class_names: tuple[str, ...] | None, named: bool
-) -> pa.Table:
+def class_table(info: FeatureFileInfo, layer: str, columns: dict[str, np.ndarray], named: bool) -> pa.Table:
     """One layer's per-class rows; ``named``: the run has class names (null where this file has none)."""
     ids = columns[schema.COL_CLASS]
-    values = {
-        schema.COL_FILE: file,
-        schema.COL_LAYER: layer,
-        schema.COL_CLASS_NAME: _names(class_names, ids),
-        **columns,
-    }
+    values = {**_keys(info, layer), schema.COL_CLASS_NAME: _names(info.class_names, ids), **columns}
     return pa.Table.from_batches([_batch(class_columns(named), values, len(ids))])
 
 
-def pair_batch(
-    file: str, layer: str, tile: PairTile, class_names: tuple[str, ...] | None, named: bool
-) -> pa.RecordBatch:
+def pair_batch(info: FeatureFileInfo, layer: str, tile: PairTile, named: bool) -> pa.RecordBatch:
     """One tile's per-pair rows as an Arrow record batch."""
     values = {
-        schema.COL_FILE: file,
-        schema.COL_LAYER: layer,
+        **_keys(info, layer),
         schema.COL_CLASS: tile.class_a,
         schema.COL_CLASS_B: tile.class_b,
-        schema.COL_CLASS_NAME: _names(class_names, tile.class_a),
-        schema.COL_CLASS_NAME_B: _names(class_names, tile.class_b),
+        schema.COL_CLASS_NAME: _names(info.class_names, tile.class_a),
+        schema.COL_CLASS_NAME_B: _names(info.class_names, tile.class_b),
         "cdnv": tile.cdnv,
         "mean_cos": tile.mean_cos,
         "inter_cos": tile.inter_cos,
@@ -105,9 +122,8 @@ class LayerPairs:
     """One layer's per-pair rows on their way to ``sink``: every tile as it comes, or with ``top`` the
     ``top`` pairs with the largest cdnv once the layer is done (:meth:`close`)."""
 
-    def __init__(self, sink: PairSink, file: str, layer: str, class_names, named: bool, top: int | None):
-        self.sink, self.file, self.layer = sink, file, layer
-        self.class_names, self.named = class_names, named
+    def __init__(self, sink: PairSink, info: FeatureFileInfo, layer: str, named: bool, top: int | None):
+        self.sink, self.info, self.layer, self.named = sink, info, layer, named
         self.top = TopPairs(top) if top is not None else None
         self.sent = False
 
@@ -124,7 +140,7 @@ class LayerPairs:
             self._send(kept if kept is not None else _no_pairs())
 
     def _send(self, tile: PairTile) -> None:
-        self.sink(pair_batch(self.file, self.layer, tile, self.class_names, self.named))
+        self.sink(pair_batch(self.info, self.layer, tile, self.named))
         self.sent = True
 
 
@@ -141,9 +157,5 @@ class PairOutput:
     named: bool
     top: int | None
 
-    def layer(self, info, layer: str) -> LayerPairs | None:
-        return (
-            None
-            if self.sink is None
-            else LayerPairs(self.sink, info.path, layer, info.class_names, self.named, self.top)
-        )
+    def layer(self, info: FeatureFileInfo, layer: str) -> LayerPairs | None:
+        return None if self.sink is None else LayerPairs(self.sink, info, layer, self.named, self.top)

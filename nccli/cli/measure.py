@@ -1,0 +1,178 @@
+"""`nccli measure`: MODEL over DATA straight into the Parquet report, no feature file
+(:func:`nccli.analyze.outputs.write_measurement`)."""
+
+from typing import Annotated
+
+import typer
+
+from nccli import schema
+from nccli.cli.analyze_options import (
+    ClassesOption,
+    EpsilonOption,
+    MeansFromOption,
+    MseOption,
+    PairsOption,
+    PairsTopOption,
+    SnrOption,
+    WeightDecayOption,
+)
+from nccli.cli.common import (
+    command_line,
+    echo_error,
+    numbers,
+    print_table,
+    split_list,
+    stderr_is_terminal,
+    user_errors,
+)
+from nccli.cli.extract_options import (
+    BatchSizeOption,
+    ChannelsOption,
+    DataArgument,
+    DeviceOption,
+    DownloadOption,
+    EpochOption,
+    LayersOption,
+    LimitOption,
+    MaxDimOption,
+    MaxTokensOption,
+    MeanOption,
+    NormalizeOption,
+    PerClassOption,
+    PoolOption,
+    PrecisionOption,
+    ResizeOption,
+    RootOption,
+    SeedOption,
+    SeqLenOption,
+    SplitOption,
+    StdOption,
+    StrideOption,
+    TextFieldOption,
+    TokenDtypeOption,
+    TokenPoolOption,
+    WorkersOption,
+)
+from nccli.cli.model_options import (
+    ArchOption,
+    InitSeedOption,
+    ModelArgument,
+    NumClassesOption,
+    TrustOption,
+    WeightsOption,
+    model_options,
+)
+from nccli.extract.config import (  # torch-free
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_DIM,
+    DEFAULT_ROOT,
+    DEFAULT_WORKERS,
+    MapPooling,
+    Precision,
+    Split,
+    TokenPooling,
+)
+
+
+def measure(
+    context: typer.Context,
+    model: ModelArgument,
+    data: DataArgument,
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            "-o",
+            help="The Parquet report to write: one row per layer. Replaced atomically.",
+            show_default=False,
+        ),
+    ],
+    arch: ArchOption = None,
+    weights: WeightsOption = None,
+    num_classes: NumClassesOption = None,
+    trust_checkpoint: TrustOption = False,
+    init_seed: InitSeedOption = 0,
+    epoch: EpochOption = None,
+    root: RootOption = DEFAULT_ROOT,
+    split: SplitOption = Split.TRAIN,
+    download: DownloadOption = False,
+    resize: ResizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    normalize: NormalizeOption = None,
+    channels: ChannelsOption = None,
+    per_class: PerClassOption = None,
+    limit: LimitOption = None,
+    seed: SeedOption = 0,
+    seq_len: SeqLenOption = None,
+    stride: StrideOption = None,
+    max_tokens: MaxTokensOption = None,
+    token_dtype: TokenDtypeOption = None,
+    text_field: TextFieldOption = "text",
+    layers: LayersOption = None,
+    pool: PoolOption = MapPooling.AVG,
+    token_pool: TokenPoolOption = TokenPooling.AUTO,
+    max_dim: MaxDimOption = DEFAULT_MAX_DIM,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = Precision.FP32,
+    batch_size: BatchSizeOption = DEFAULT_BATCH_SIZE,
+    workers: WorkersOption = DEFAULT_WORKERS,
+    means_from: MeansFromOption = None,
+    mse: MseOption = False,
+    weight_decay: WeightDecayOption = 0.0,
+    snr: SnrOption = False,
+    classes: ClassesOption = None,
+    pairs: PairsOption = None,
+    pairs_top: PairsTopOption = None,
+    epsilon: EpsilonOption = 0.01,
+) -> None:
+    """Run MODEL over DATA and write the neural-collapse report directly: `nccli extract` then `nccli analyze`, with no feature file.
+
+    The model runs once per pass: pass 1 gives the class means, pass 2 recomputes the forward pass. The numbers are those of extract + analyze on the same model and data; a model that does not give the same rows twice (dropout, augmentation) is refused. MODEL and DATA are as for `nccli extract`, including causal language models over token ids or text, whose evaluation sets are far too large for a feature file. Example:
+
+        nccli measure ./tiny-gpt val.bin --token-dtype uint16 --seq-len 256 --out tokens.parquet
+    """
+    with user_errors():
+        from nccli.analyze.model_runs import MeasureConfig
+        from nccli.analyze.outputs import write_measurement
+        from nccli.extract import ExtractConfig, TokenOptions
+        from nccli.report.formats import compact
+        from nccli.report.parquet import to_table
+
+        source = ExtractConfig(
+            models=(model,),
+            data=data,
+            out=out,
+            model=model_options(arch, weights, num_classes, trust_checkpoint, init_seed),
+            epoch=epoch,
+            root=root,
+            split=split,
+            download=download,
+            resize=resize,
+            mean=numbers("--mean", mean),
+            std=numbers("--std", std),
+            normalize=normalize,
+            channels=channels,
+            per_class=per_class,
+            limit=limit,
+            seed=seed,
+            layers=split_list(layers),
+            pool=pool,
+            token_pool=token_pool,
+            max_dim=max_dim,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            workers=workers,
+            progress=stderr_is_terminal(),
+            tokens=TokenOptions(seq_len, stride, max_tokens, token_dtype, text_field),
+        )
+        config = MeasureConfig(source, means_from, mse, weight_decay, snr, pairs_top, epsilon)
+        result = write_measurement(config, out, classes, pairs, command_line(context))
+        for note in result.notes:
+            echo_error(f"note: {note}")
+        if stderr_is_terminal():
+            summary = to_table(result.summary, schema.SUMMARY_COLUMNS, {})
+            advice = f"choose columns with `nccli report {out} --columns ...`"
+            print_table(compact(summary), title=f"neural collapse → {out}", advice=advice, stderr=True)
+        typer.echo(out)
