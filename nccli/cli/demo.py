@@ -17,6 +17,14 @@ def demo(
         str | None, typer.Option(help="The bundled sample_data/ folder. Default: the one beside this nccli's source.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N for extraction and analysis.")] = "auto",
+    lm: Annotated[
+        bool,
+        typer.Option(
+            "--lm",
+            help="Token-level collapse instead: a tiny causal language model trained here on text of a small bundled "
+            "grammar (about a minute on two CPU cores; needs the hf extra), measured at five training steps.",
+        ),
+    ] = False,
 ) -> None:
     """Show neural collapse offline: a small MLP on the bundled 8×8 digits, six checkpoints.
 
@@ -27,6 +35,10 @@ def demo(
     with user_errors():
         from nccli.demo import SAMPLE_DATA, DemoConfig, penultimate_rows, run_demo
         from nccli.report.parquet import to_table
+
+        if lm:
+            _language_demo(out, figures, device)
+            return
 
         config = DemoConfig(
             out=out,
@@ -52,3 +64,26 @@ def demo(
         typer.echo(f"report:  {result.report}")
         for path in result.figures:
             typer.echo(f"figure:  {path}")
+
+
+def _language_demo(out: str, figures: str | None, device: str) -> None:
+    from nccli.demo_lm import LanguageDemoConfig, classifier_rows, run_language_demo
+    from nccli.report.parquet import to_table
+
+    config = LanguageDemoConfig(out=out, figures=figures, device=device, show_progress=stderr_is_terminal())
+    result = run_language_demo(config)
+    columns = (
+        schema.COL_SPLIT,
+        schema.COL_EPOCH,
+        "nc1_tilde",
+        "gnc2_log_var",
+        "nc3_uniform_duality",
+        "nc4_ncc_mismatch",
+        "clf_accuracy",
+    )
+    table = to_table(classifier_rows(result.summary), columns, {})
+    title = "final norm (the LM head's input) over training steps (epoch = step)"
+    print_table(table, title=title, advice=f"choose columns with `nccli report {result.report} --columns ...`")
+    typer.echo(f"report:  {result.report}")
+    for path in result.figures:
+        typer.echo(f"figure:  {path}")
