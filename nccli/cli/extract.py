@@ -3,10 +3,7 @@
 import typer
 
 from nccli.cli.common import (
-    command_line,
     echo_error,
-    numbers,
-    split_list,
     stderr_is_terminal,
     user_errors,
 )
@@ -44,6 +41,7 @@ from nccli.cli.extract_options import (
     TokenDtypeOption,
     TokenPoolOption,
     WorkersOption,
+    extract_config,
 )
 from nccli.cli.model_options import (
     ArchOption,
@@ -51,7 +49,6 @@ from nccli.cli.model_options import (
     NumClassesOption,
     TrustOption,
     WeightsOption,
-    model_options,
 )
 from nccli.extract.config import (  # torch-free: the choices of extract
     DEFAULT_BATCH_SIZE,
@@ -114,44 +111,12 @@ def extract(
 
     The file is written as FILE.h5.partial and renamed when complete; after Ctrl-C or a crash, rerun the same command with --resume. Read the file with `nccli analyze FILE.h5`; `nccli layers MODEL` lists the layers --layers can pick.
     """
+    options = {name: value for name, value in locals().items() if name != "context"}  # ExtractConfig's names
     with user_errors():
         from nccli.distributed import main_process
-        from nccli.extract import ExtractConfig, ExtractionInterrupted, TokenOptions, extract_features
+        from nccli.extract import ExtractionInterrupted, extract_features
 
-        config = ExtractConfig(
-            models=tuple(models),
-            data=data,
-            out=out,
-            model=model_options(arch, weights, num_classes, trust_checkpoint, init_seed),
-            epoch=epoch,
-            root=root,
-            split=split,
-            download=download,
-            resize=resize,
-            mean=numbers("--mean", mean),
-            std=numbers("--std", std),
-            normalize=normalize,
-            channels=channels,
-            per_class=per_class,
-            limit=limit,
-            seed=seed,
-            skip_unreadable=skip_unreadable,
-            layers=split_list(layers),
-            pool=pool,
-            token_pool=token_pool,
-            max_dim=max_dim,
-            device=device,
-            precision=precision,
-            batch_size=batch_size,
-            workers=workers,
-            dtype=dtype,
-            compression=compression,
-            resume=resume,
-            overwrite=overwrite,
-            progress=stderr_is_terminal(),
-            command=command_line(context),
-            tokens=TokenOptions(seq_len, stride, max_tokens, token_dtype, text_field),
-        )
+        config = extract_config(options, context)
         try:
             results = extract_features(config)
         except ExtractionInterrupted as stop:

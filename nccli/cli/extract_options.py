@@ -264,3 +264,30 @@ TokenDtypeOption = Annotated[
 TextFieldOption = Annotated[
     str, typer.Option(help="The field of each .jsonl line that holds a document's text.", rich_help_panel=TOKENS_PANEL)
 ]
+
+
+def extract_config(options: dict, context: typer.Context):
+    """The library's ExtractConfig from a command's options, named as ExtractConfig's fields (``extract`` and
+    ``measure`` take the same ones, ``measure`` fewer); imported late: it pulls in torch."""
+    from nccli.cli.common import command_line, numbers, split_list, stderr_is_terminal
+    from nccli.cli.model_options import model_options
+    from nccli.extract import ExtractConfig, TokenOptions
+
+    options = dict(options)
+    model = model_options(
+        *(options.pop(name) for name in ("arch", "weights", "num_classes", "trust_checkpoint", "init_seed"))
+    )
+    tokens = TokenOptions(
+        *(options.pop(name) for name in ("seq_len", "stride", "max_tokens", "token_dtype", "text_field"))
+    )
+    return ExtractConfig(
+        models=tuple(options.pop("models")),
+        model=model,
+        tokens=tokens,
+        mean=numbers("--mean", options.pop("mean")),
+        std=numbers("--std", options.pop("std")),
+        layers=split_list(options.pop("layers")),
+        progress=stderr_is_terminal(),
+        command=command_line(context),
+        **options,
+    )

@@ -19,9 +19,7 @@ from nccli.cli.analyze_options import (
 from nccli.cli.common import (
     command_line,
     echo_error,
-    numbers,
     print_table,
-    split_list,
     stderr_is_terminal,
     user_errors,
 )
@@ -52,6 +50,7 @@ from nccli.cli.extract_options import (
     TokenDtypeOption,
     TokenPoolOption,
     WorkersOption,
+    extract_config,
 )
 from nccli.cli.model_options import (
     ArchOption,
@@ -60,7 +59,6 @@ from nccli.cli.model_options import (
     NumClassesOption,
     TrustOption,
     WeightsOption,
-    model_options,
 )
 from nccli.extract.config import (  # torch-free
     DEFAULT_BATCH_SIZE,
@@ -72,6 +70,11 @@ from nccli.extract.config import (  # torch-free
     Split,
     TokenPooling,
 )
+
+# measure's own parameters and the analysis options; the rest are ExtractConfig's fields, by name
+NOT_EXTRACT_OPTIONS = (
+    "context", "model", "out", "means_from", "mse", "weight_decay", "snr", "classes", "pairs", "pairs_top", "epsilon",
+)  # fmt: skip
 
 
 def measure(
@@ -132,41 +135,14 @@ def measure(
 
         nccli measure ./tiny-gpt val.bin --token-dtype uint16 --seq-len 256 --out tokens.parquet
     """
+    extract_options = {name: value for name, value in locals().items() if name not in NOT_EXTRACT_OPTIONS}
     with user_errors():
         from nccli.analyze.model_runs import MeasureConfig
         from nccli.analyze.outputs import write_measurement
-        from nccli.extract import ExtractConfig, TokenOptions
         from nccli.report.formats import compact
         from nccli.report.parquet import to_table
 
-        source = ExtractConfig(
-            models=(model,),
-            data=data,
-            out=out,
-            model=model_options(arch, weights, num_classes, trust_checkpoint, init_seed),
-            epoch=epoch,
-            root=root,
-            split=split,
-            download=download,
-            resize=resize,
-            mean=numbers("--mean", mean),
-            std=numbers("--std", std),
-            normalize=normalize,
-            channels=channels,
-            per_class=per_class,
-            limit=limit,
-            seed=seed,
-            layers=split_list(layers),
-            pool=pool,
-            token_pool=token_pool,
-            max_dim=max_dim,
-            device=device,
-            precision=precision,
-            batch_size=batch_size,
-            workers=workers,
-            progress=stderr_is_terminal(),
-            tokens=TokenOptions(seq_len, stride, max_tokens, token_dtype, text_field),
-        )
+        source = extract_config({**extract_options, "models": (model,), "out": out}, context)
         config = MeasureConfig(source, means_from, mse, weight_decay, snr, pairs_top, epsilon)
         result = write_measurement(config, out, classes, pairs, command_line(context))
         for note in result.notes:

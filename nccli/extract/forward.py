@@ -19,11 +19,10 @@ from nccli.extract.capture import FeatureCapture
 from nccli.extract.config import ExtractConfig, is_token_data
 from nccli.extract.datasets import SampleBatches, open_data, select_indices
 from nccli.extract.hooks import plan_layers, probe_model, select_layers
-from nccli.extract.language import load_language_model
 from nccli.extract.models import load_model
 from nccli.extract.planning import plan_job
 from nccli.extract.token_rows import token_batches
-from nccli.extract.token_runner import chosen_layers, open_tokens
+from nccli.extract.token_runner import prepare_tokens
 from nccli.extract.transforms import build_transform
 from nccli.progress import progress_bar
 
@@ -106,11 +105,7 @@ def _image_rows(source: str, config: ExtractConfig) -> ForwardRows:
 
 
 def _token_rows(source: str, config: ExtractConfig) -> ForwardRows:
-    model = load_language_model(source, config.model, config.epoch)
-    windows = open_tokens(config.data, config.tokens, model)
-    layers = chosen_layers(model, config.layers)
-    device = loop.resolve_device(config.device)
-    model.loaded.module.to(device)
+    model, windows, layers, device = prepare_tokens(source, config)
     weight, bias = model.classifier()
 
     def batches() -> Iterator:

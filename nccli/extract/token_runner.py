@@ -91,14 +91,20 @@ def chosen_layers(model: LanguageModel, patterns: tuple[str, ...] | None) -> tup
     return tuple(layer for layer in model.layers if layer in chosen)
 
 
-def extract_tokens(source: str, target: str, config: ExtractConfig):
-    """One feature file of token rows (the ``ExtractResult`` of :mod:`.runner`)."""
-    started = time.perf_counter()
+def prepare_tokens(source: str, config: ExtractConfig) -> tuple[LanguageModel, TokenWindows, tuple, torch.device]:
+    """The language model on its device, the token windows of DATA and the layers ``--layers`` names."""
     model = load_language_model(source, config.model, config.epoch)
     windows = open_tokens(config.data, config.tokens, model)
     layers = chosen_layers(model, config.layers)
     device = loop.resolve_device(config.device)
     model.loaded.module.to(device)
+    return model, windows, layers, device
+
+
+def extract_tokens(source: str, target: str, config: ExtractConfig):
+    """One feature file of token rows (the ``ExtractResult`` of :mod:`.runner`)."""
+    started = time.perf_counter()
+    model, windows, layers, device = prepare_tokens(source, config)
     weight, bias = model.classifier()
     options = _options(config, model, windows, layers)
     partial = partial_path(target)
