@@ -7,6 +7,7 @@ The library API (the command line is a thin layer over it)::
     from nccli import extract_features, ExtractConfig
     from nccli import convert_features, ConvertConfig
     from nccli import measure_collapse  # metrics of batches in hand, e.g. in an evaluation loop
+    from nccli import write_measurement, MeasureConfig  # a model over data into the report, as `nccli measure`
 
 Heavy modules (torch, h5py, pyarrow) load on first use, so ``import nccli``
 stays cheap.
@@ -24,6 +25,8 @@ _LAZY_EXPORTS = {
     "ConvertConfig": "nccli.convert",
     "convert_features": "nccli.convert",
     "measure_collapse": "nccli.analyze.measure",
+    "MeasureConfig": "nccli.analyze.model_runs",
+    "write_measurement": "nccli.analyze.outputs",
     "ExtractConfig": "nccli.extract",
     "extract_features": "nccli.extract",
     "list_layers": "nccli.extract",
