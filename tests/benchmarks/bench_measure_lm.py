@@ -3,7 +3,8 @@
 Run from the repository root (a script, not a pytest test)::
 
     python tests/benchmarks/bench_measure_lm.py                          # CPU: the speed ratio at 10⁵ tokens
-    python tests/benchmarks/bench_measure_lm.py --rss 100000 1000000     # and peak RSS at 10⁵ and 10⁶ tokens
+    python tests/benchmarks/bench_measure_lm.py --vocabulary 4096 --tokens 10000 --rss 100000 1000000
+                                                               # peak RSS at 10⁵ and 10⁶ tokens
     python tests/benchmarks/bench_measure_lm.py --device cuda --tokens 1000000   # the GPU figure
 
 It saves a small random GPT-2 (``--layers`` blocks of width ``--width``, context ``--seq-len``) whose
@@ -30,15 +31,15 @@ import time
 import numpy as np
 import torch
 
-VOCABULARY = 50_257  # GPT-2's
+VOCABULARY = 50_257  # GPT-2's: the default
 
 
-def save_model(folder: str, layers: int, width: int, seq_len: int) -> None:
+def save_model(folder: str, layers: int, width: int, seq_len: int, vocabulary: int = VOCABULARY) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     config = GPT2Config(
-        n_layer=layers, n_embd=width, n_head=max(1, width // 64), vocab_size=VOCABULARY, n_positions=seq_len
+        n_layer=layers, n_embd=width, n_head=max(1, width // 64), vocab_size=vocabulary, n_positions=seq_len
     )
     GPT2LMHeadModel(config).eval().save_pretrained(folder)
 
@@ -86,15 +87,16 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--vocabulary", type=int, default=VOCABULARY, help="classes (GPT-2's by default)")
     parser.add_argument("--rss", type=int, nargs="*", default=[], help="token counts whose peak RSS to print")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder, data = os.path.join(scratch, "gpt"), os.path.join(scratch, "ids.bin")
-        save_model(folder, args.layers, args.width, args.seq_len)
+        save_model(folder, args.layers, args.width, args.seq_len, args.vocabulary)
         longest = max([args.tokens, *args.rss]) + 1
-        np.random.default_rng(0).integers(0, VOCABULARY, size=longest, dtype=np.uint32).tofile(data)
+        np.random.default_rng(0).integers(0, args.vocabulary, size=longest, dtype=np.uint32).tofile(data)
         ids = np.fromfile(data, dtype=np.uint32)[: args.tokens + 1]
-        shape = f"{args.layers} blocks, width {args.width}, vocabulary {VOCABULARY}, windows of {args.seq_len}"
+        shape = f"{args.layers} blocks, width {args.width}, vocabulary {args.vocabulary}, windows of {args.seq_len}"
         print(f"GPT-2 config: {shape}")
         print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, device {args.device}")
         forward = forward_tokens_per_second(folder, ids, args.seq_len, args.batch_size, args.device)

@@ -20,6 +20,8 @@ Checks, in order (a failing check does not stop the others; the exit code is the
 * ``bench-extract``: ResNet-50 224×224 bf16 images/s and the ratio to a forward-only loop
   (``bench_extract.py``; target ≥ 0.9).
 * ``bench-analyze``: analyze on the GPU in rows/s beside a raw read of the same file (the disk bound).
+* ``bench-measure-lm``: ``nccli measure`` on a 6-block GPT-2 of width 384 (K = 50 257) in tokens/s beside
+  a plain transformers forward loop (``bench_measure_lm.py``; target ≥ 0.45).
 
 Details of failures go to ``gpu_check.log`` in the working folder.
 """
@@ -255,6 +257,21 @@ def main() -> int:
             )
 
         checks.run("bench-analyze", bench_analyze_check)
+
+        def bench_measure_lm_check():
+            tokens = 100_000 if options.quick else 1_000_000
+            done = subprocess.run(
+                [
+                    sys.executable, str(ROOT / "tests/benchmarks/bench_measure_lm.py"), "--device", "cuda",
+                    "--tokens", str(tokens), "--layers", "6", "--width", "384", "--batch-size", "32",
+                ],
+                capture_output=True, text=True, timeout=600, check=True,
+            )  # fmt: skip
+            line = next(line for line in done.stdout.splitlines() if "ratio" in line)
+            ratio = float(line.rsplit("ratio ", 1)[1].split()[0])
+            return ratio >= 0.45, line
+
+        checks.run("bench-measure-lm", bench_measure_lm_check)
     print(f"{checks.failures} failed")
     return checks.failures
 
