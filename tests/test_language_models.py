@@ -236,3 +236,33 @@ def test_text_without_a_tokenizer_and_a_folder_that_is_not_a_model(tmp_path):
         invoke("extract", tmp_path / "empty", tmp_path / "t.txt", "--out", tmp_path / "f.h5"),
         "is a folder but not a Hugging Face model (it has no config.json)",
     )
+
+
+def test_an_interrupted_token_extraction_resumes_to_the_same_file(gpt2, tmp_path, monkeypatch):
+    from extract_helpers import differences
+
+    from nccli.extract import token_rows
+
+    ids = np.random.default_rng(3).integers(0, 40, size=60).astype(np.uint16)
+    ids.tofile(tmp_path / "ids.bin")
+    common = ("extract", gpt2, tmp_path / "ids.bin", "--token-dtype", "uint16", "--batch-size", 1)
+    assert invoke(*common, "--out", tmp_path / "whole.h5").exit_code == 0
+    original = token_rows.token_batches
+
+    def interrupted(*args, **kwargs):
+        for number, batch in enumerate(original(*args, **kwargs)):
+            if number == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr("nccli.extract.token_runner.token_batches", interrupted)
+    stopped = invoke(*common, "--out", tmp_path / "f.h5")
+    assert stopped.exit_code == 130 and "rerun the same command with --resume" in stopped.stderr
+    assert (tmp_path / "f.h5.partial").exists() and not (tmp_path / "f.h5").exists()
+    monkeypatch.setattr("nccli.extract.token_runner.token_batches", original)
+    assert_user_error(invoke(*common, "--out", tmp_path / "f.h5"), "pass --resume to continue it")
+    resumed = invoke(*common, "--out", tmp_path / "f.h5", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert differences(tmp_path / "f.h5", tmp_path / "whole.h5") == []
+    again = invoke(*common, "--out", tmp_path / "f.h5", "--resume")
+    assert again.exit_code == 0 and "already complete" in again.stderr

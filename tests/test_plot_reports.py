@@ -178,7 +178,18 @@ def not_a_report(tmp_path) -> str:
     return str(tmp_path / "table.parquet")
 
 
+def retyped(report, column: str) -> str:
+    """The report with ``column`` written as strings (a table another tool changed)."""
+    table = pq.read_table(report)
+    index = table.column_names.index(column)
+    strings = pa.array([None if value is None else str(value) for value in table.column(column).to_pylist()])
+    pq.write_table(table.set_column(index, column, strings), report.parent / f"{column}-as-text.parquet")
+    return str(report.parent / f"{column}-as-text.parquet")
+
+
 REFUSED = {
+    "metric values as text": (lambda run, tmp: [retyped(run[0], "nc1")], ["column 'nc1' holds string, not double"]),
+    "epochs as text": (lambda run, tmp: [retyped(run[0], "epoch")], ["column 'epoch' holds string, not int64"]),
     "a report twice": (lambda run, tmp: [run[0], run[1], run[0]], ["is given twice; give each report once"]),
     "a report twice, spelled otherwise": (
         lambda run, tmp: [run[0], run[0].parent / ".." / run[0].parent.name / run[0].name],

@@ -49,10 +49,31 @@ def read_report(path: Path, metrics: tuple[str, ...]) -> list[dict]:
         raise UsageError(f"'{path}' is not an nccli report: it lacks {lacks}; plot the report of `nccli analyze`")
     if table.num_rows == 0:
         raise UsageError(f"report '{path}' has no rows; nothing to plot")
+    for field in table.schema:
+        _check_type(path, field.name, field.type)
     rows = table.to_pylist()
     for row in rows:
         row.setdefault(COL_MODEL, None)
     return rows
+
+
+def _check_type(path: Path, column: str, found) -> None:
+    """A column of the registry's kind (numbers where numbers are drawn, strings for names; null when empty),
+    or one line naming it: strings would be drawn as categories, without a word."""
+    import pyarrow as pa
+
+    from nccli.report.parquet import arrow_type
+
+    expected = arrow_type(column)
+    kinds = {
+        "double": (pa.types.is_floating, pa.types.is_integer),
+        "int64": (pa.types.is_integer,),
+        "string": (pa.types.is_string, pa.types.is_large_string),
+    }[str(expected)]
+    if not (pa.types.is_null(found) or any(kind(found) for kind in kinds)):
+        raise UsageError(
+            f"report '{path}': column '{column}' holds {found}, not {expected}; plot the report of `nccli analyze`"
+        )
 
 
 def report_names(paths: list[Path]) -> list[str]:
