@@ -68,7 +68,7 @@ def extract_features(config: ExtractConfig) -> list[ExtractResult]:
             check_output(target, config, session.world if session else 1)
         if is_token_data(config.data):
             if session is not None:
-                raise UsageError("extract of token DATA runs in one process; under torchrun, use several --max-tokens")
+                raise UsageError("extract of token DATA runs in one process for now; run it without torchrun")
             return [extract_tokens(source, target, config) for source, target in zip(sources, targets, strict=True)]
         with session.rank0_first() if session and config.download else contextlib.nullcontext():
             own_scale = config.mean is not None and config.std is not None
