@@ -136,3 +136,12 @@ def test_measure_refuses_its_input_as_output_and_bad_options(images, tmp_path):
     assert_user_error(invoke("measure", *common, "--out", data), "is the input file")
     assert_user_error(invoke("measure", *common, "--out", tmp_path / "r.parquet", "--pairs-top", 3), "add --pairs")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_measure_under_torchrun_is_refused_before_the_model_runs(images, tmp_path, monkeypatch):
+    folder, data = images
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets them; nothing joins a job before the refusal
+    result = invoke("measure", folder / "model.pt", data, *ARCH, "--normalize", "none", "--out", tmp_path / "r.parquet")
+    assert_user_error(result, "nccli measure runs in one process")
+    assert list(tmp_path.iterdir()) == []
