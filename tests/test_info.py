@@ -129,3 +129,14 @@ def test_names_from_a_file_reach_the_terminal_escaped(tmp_path):
 def test_the_table_always_says_how_many_classes_are_present(tmp_path):
     result = invoke("info", good_file(tmp_path / "a.h5"))
     assert result.exit_code == 0 and "4 (4 present)" in result.stdout
+
+
+def test_a_markdown_report_escapes_names_and_csv_keeps_them(tmp_path):
+    """Markdown is read by people, like the terminal table; csv is data for programs, kept as written."""
+    hostile = "fc\x1b[2J"
+    labels = np.arange(12) % 3
+    path = write_feature_file(tmp_path / "f.h5", labels, {hostile: np.random.default_rng(0).normal(size=(12, 4))})
+    assert invoke("analyze", path, "--out", tmp_path / "r.parquet").exit_code == 0
+    markdown = invoke("report", tmp_path / "r.parquet", "--format", "markdown")
+    assert markdown.exit_code == 0 and "\x1b" not in markdown.stdout and "fc\\x1b[2J" in markdown.stdout
+    assert hostile in invoke("report", tmp_path / "r.parquet", "--format", "csv").stdout

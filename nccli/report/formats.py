@@ -94,9 +94,11 @@ def to_json(table: pa.Table) -> str:
 
 
 def to_markdown(table: pa.Table) -> str:
-    lines = ["| " + " | ".join(table.column_names) + " |", "|" + " --- |" * table.num_columns]
+    """A Markdown table, read by people: names with their control characters escaped, as on the terminal (csv
+    and tsv keep the values as they are)."""
+    lines = ["| " + " | ".join(map(printable, table.column_names)) + " |", "|" + " --- |" * table.num_columns]
     for row in table.to_pylist():
-        lines.append("| " + " | ".join(_cell(value).replace("|", "\\|") for value in row.values()) + " |")
+        lines.append("| " + " | ".join(printable(_cell(value)).replace("|", "\\|") for value in row.values()) + " |")
     return "\n".join(lines) + "\n"
 
 
