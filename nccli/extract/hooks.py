@@ -159,7 +159,7 @@ def _producing_output(classifier, classifier_output, output, layout: ModelLayout
     if classifier is None:
         if layout is not None:
             return None, "the model's head is not one linear layer (nn.Linear on (N, d) inputs)"
-        return None, None
+        return None, "no linear layer (nn.Linear on (N, d) inputs) gives the model's output"
     if output is None or classifier_output is None or not _same_output(output, classifier_output):
         return None, f"the output of '{classifier[0]}' is not the model's output, so its W and b do not give the logits"
     return classifier, None

@@ -21,6 +21,7 @@ from nccli.extract.timm_models import PREFIX as TIMM_PREFIX
 from nccli.extract.timm_models import build_timm_arch, load_timm
 from nccli.globs import expand_globs
 
+EXPLICIT_INIT = ("googlenet", "inception_v3")  # torchvision warns unless init_weights is given without weights
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # a file's first 8 bytes (superblock at offset 0, as h5py writes)
 
 
@@ -109,6 +110,8 @@ def _from_torchvision(name: str, options: ModelOptions, epoch: int | None) -> Lo
         raise UsageError(f"--arch builds the network for a checkpoint; '{name}' is already a torchvision model")
     weights = _weights_enum(name, options.weights) if options.weights else None
     kwargs = {} if options.num_classes is None else {"num_classes": options.num_classes}
+    if weights is None and name in EXPLICIT_INIT:
+        kwargs["init_weights"] = True  # their default, said explicitly: torchvision warns otherwise
     try:
         with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's random state
             torch.manual_seed(options.init_seed)
