@@ -210,3 +210,24 @@ def test_models_lists_a_zoos_names_as_model_takes_them():
     from torchvision import models
 
     assert invoke("models", "torchvision").stdout.split() == sorted(models.list_models(module=models))
+
+
+def test_a_head_wrapping_one_linear_layer_is_that_layer():
+    """timm's ClassifierHead (sequencer2d_s) is not an nn.Linear but holds one: its W is the classifier's."""
+    import json
+
+    result = invoke("layers", "timm:sequencer2d_s", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    defaults = [row["name"] for row in json.loads(result.stdout) if row["default"]]
+    assert defaults[-2:] == ["head.fc:input", "head.fc"]
+
+
+def test_a_model_whose_output_no_linear_layer_gives_says_so(tmp_path):
+    out = tmp_path / "s.h5"
+    result = invoke("extract", "squeezenet1_0", "fake:4", "--num-classes", 10, "--resize", 64, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert "no linear layer (nn.Linear on (N, d) inputs) gives the model's output; /classifier is not written" in (
+        result.stderr
+    )
+    with h5py.File(out) as handle:
+        assert schema.CLASSIFIER not in handle and schema.LOGITS in handle
