@@ -34,7 +34,6 @@ def demo(
     """
     with user_errors():
         from nccli.demo import SAMPLE_DATA, DemoConfig, penultimate_rows, run_demo
-        from nccli.report.parquet import to_table
 
         if lm:
             _language_demo(out, figures, device)
@@ -58,17 +57,16 @@ def demo(
             "ncc_accuracy",
             "clf_accuracy",
         )
-        table = to_table(penultimate_rows(result.summary), columns, {})
-        title = "penultimate layer over training (test uses the train means)"
-        print_table(table, title=title, advice=f"choose columns with `nccli report {result.report} --columns ...`")
-        typer.echo(f"report:  {result.report}")
-        for path in result.figures:
-            typer.echo(f"figure:  {path}")
+        _print_outcome(
+            result,
+            penultimate_rows(result.summary),
+            columns,
+            "penultimate layer over training (test uses the train means)",
+        )
 
 
 def _language_demo(out: str, figures: str | None, device: str) -> None:
     from nccli.demo_lm import LanguageDemoConfig, classifier_rows, run_language_demo
-    from nccli.report.parquet import to_table
 
     config = LanguageDemoConfig(out=out, figures=figures, device=device, show_progress=stderr_is_terminal())
     result = run_language_demo(config)
@@ -81,9 +79,19 @@ def _language_demo(out: str, figures: str | None, device: str) -> None:
         "nc4_ncc_mismatch",
         "clf_accuracy",
     )
-    table = to_table(classifier_rows(result.summary), columns, {})
     title = "final norm (the LM head's input) over training steps (epoch = step)"
-    print_table(table, title=title, advice=f"choose columns with `nccli report {result.report} --columns ...`")
+    _print_outcome(result, classifier_rows(result.summary), columns, title)
+
+
+def _print_outcome(result, rows: list[dict], columns: tuple[str, ...], title: str) -> None:
+    """The demo's rows as a table for people, then the report's and the figures' paths."""
+    from nccli.report.parquet import to_table
+
+    print_table(
+        to_table(rows, columns, {}),
+        title=title,
+        advice=f"choose columns with `nccli report {result.report} --columns ...`",
+    )
     typer.echo(f"report:  {result.report}")
     for path in result.figures:
         typer.echo(f"figure:  {path}")

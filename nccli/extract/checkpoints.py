@@ -71,10 +71,15 @@ def read_checkpoint(path: str, trust: bool) -> Checkpoint:
 
 def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
+    digest_file(digest, path)
+    return digest.hexdigest()
+
+
+def digest_file(digest, path: str) -> None:
+    """Feed ``path``'s bytes to ``digest`` a mebibyte at a time."""
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(2**20), b""):
             digest.update(block)
-    return digest.hexdigest()
 
 
 def epoch_from_name(path: str) -> int | None:

@@ -18,15 +18,12 @@ from nccli.extract import loop
 from nccli.extract.capture import FeatureCapture
 from nccli.extract.config import ExtractConfig, is_token_data
 from nccli.extract.datasets import SampleBatches, open_data, select_indices
-from nccli.extract.hooks import plan_layers, probe_model, select_layers
-from nccli.extract.models import load_model
-from nccli.extract.planning import plan_job
+from nccli.extract.planning import provenance_attributes
+from nccli.extract.runner import prepare_job
 from nccli.extract.token_rows import token_batches
-from nccli.extract.token_runner import prepare_tokens
-from nccli.extract.transforms import build_transform
+from nccli.extract.token_runner import TOKEN_TRANSFORM, prepare_tokens
 from nccli.progress import progress_bar
 
-PROBE_SAMPLES = 2
 Batches = Callable[[], Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]]
 
 
@@ -57,40 +54,31 @@ def forward_rows(source: str, config: ExtractConfig) -> ForwardRows:
 
 
 def _image_rows(source: str, config: ExtractConfig) -> ForwardRows:
-    loaded = load_model(source, config.model, config.epoch)
-    device = loop.resolve_device(config.device)
     own_scale = config.mean is not None and config.std is not None
     data = open_data(config.data, config.root, config.split, config.download, own_scale)
     indices = select_indices(data.labels, config.per_class, config.limit, config.seed)
-    transform = build_transform(
-        data.channels, loaded.transforms, config.resize, config.mean, config.std, config.channels, config.normalize
-    )
-    model, channels_last = loop.place_model(loaded.module, device)
-    probe_batch = SampleBatches(data, indices, transform).__getitems__(list(range(min(PROBE_SAMPLES, len(indices)))))
-    images = probe_batch[0]
-    with loop.autocast(device, config.precision):
-        probe = probe_model(model, loop.to_device(images, device, channels_last), loaded.layout)
-    plans = plan_layers(probe, select_layers(probe, config.layers), config.pool, config.token_pool, config.max_dim)
-    job = plan_job(loaded, probe, tuple(plans), repr(transform), data, "")
-    expected = tuple(images.shape[1:])
+    prepared = prepare_job(source, data, indices, config, fingerprint=False)  # nothing to resume: no hash
+    job = prepared.job
 
     def batches() -> Iterator:
-        loader = loop.make_loader(
-            SampleBatches(data, indices, transform, expected), config.batch_size, config.workers, device
-        )
-        with FeatureCapture(model, list(plans)) as capture, torch.inference_mode():
+        rows = SampleBatches(data, indices, prepared.transform, prepared.image_shape)
+        loader = loop.make_loader(rows, config.batch_size, config.workers, prepared.device)
+        with FeatureCapture(prepared.model, list(job.plans)) as capture, torch.inference_mode():
             with progress_bar(config.progress, "measure", len(indices), "images") as advance:
                 for images, labels, _ in loop.batches(loader):
-                    features, _ = loop.run_batch(capture, images, device, config.precision, channels_last)
+                    features, _ = loop.run_batch(
+                        capture, images, prepared.device, config.precision, prepared.channels_last
+                    )
                     yield features, labels
                     advance(len(labels))
 
     weight = job.classifier.get(schema.CLASSIFIER_WEIGHT)
     classifier = None if weight is None else (weight, job.classifier.get(schema.CLASSIFIER_BIAS))
+    loaded = job.loaded
     names = loaded.class_names or data.class_names
     return ForwardRows(
         batches,
-        tuple(plan.name for plan in plans),
+        tuple(plan.name for plan in job.plans),
         len(indices),
         job.num_classes,
         classifier,
@@ -99,14 +87,13 @@ def _image_rows(source: str, config: ExtractConfig) -> ForwardRows:
         loaded.name,
         loaded.epoch,
         data.description,
-        _provenance(loaded, data.description, repr(transform)),
+        provenance_attributes(loaded, data.description, job.transform),
         job.notes,
     )
 
 
 def _token_rows(source: str, config: ExtractConfig) -> ForwardRows:
     model, windows, layers, device = prepare_tokens(source, config)
-    weight, bias = model.classifier()
 
     def batches() -> Iterator:
         with progress_bar(config.progress, "measure", windows.rows, "tokens") as advance:
@@ -114,8 +101,7 @@ def _token_rows(source: str, config: ExtractConfig) -> ForwardRows:
                 yield batch.features, torch.from_numpy(batch.labels)
                 advance(len(batch.labels))
 
-    layer = model.final_norm if model.final_norm in layers else None
-    classifier = (weight.float().cpu().numpy(), None if bias is None else bias.float().cpu().numpy())
+    layer = model.classifier_layer(layers)
     names = model.class_names()
     if not windows.rows:
         raise DataError(f"{windows.description}: no token rows")
@@ -124,26 +110,12 @@ def _token_rows(source: str, config: ExtractConfig) -> ForwardRows:
         layers,
         windows.rows,
         model.vocabulary,
-        classifier if layer else None,
+        model.classifier() if layer else None,
         layer,
         tuple(printable(name) for name in names) if names else None,
         model.loaded.name,
         model.loaded.epoch,
         windows.description,
-        _provenance(model.loaded, windows.description, "token ids (rows: positions; labels: the next token)"),
+        provenance_attributes(model.loaded, windows.description, TOKEN_TRANSFORM),
         (),
     )
-
-
-def _provenance(loaded, dataset: str, transform: str) -> dict[str, str]:
-    """The provenance attributes a feature file of these rows would hold (the report's metadata)."""
-    return {
-        "model": loaded.name,
-        "weights": loaded.weights,
-        "checkpoint": loaded.checkpoint,
-        "checkpoint_sha256": loaded.checkpoint_sha256,
-        "dataset": dataset,
-        "transform": transform,
-        "torch_version": str(torch.__version__),
-        "model_library": loaded.library,
-    }

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from nccli.errors import ModelError, UsageError, first_line
+from nccli.extract.checkpoints import digest_file
 from nccli.extract.config import HF_PREFIX, ModelOptions
 from nccli.extract.extras import cache_only, require, version_of
 from nccli.extract.loaded import LoadedModel, ModelLayout
@@ -126,9 +127,7 @@ def folder_sha256(folder: str) -> str:
         path = os.path.join(folder, entry)
         if entry.endswith(DIGESTED_SUFFIXES) and os.path.isfile(path):
             digest.update(entry.encode() + b"\0")
-            with open(path, "rb") as stream:
-                for block in iter(lambda: stream.read(2**20), b""):
-                    digest.update(block)
+            digest_file(digest, path)
     return digest.hexdigest()
 
 

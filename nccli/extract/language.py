@@ -11,6 +11,7 @@ the final norm is the last module outside them giving (B, T, d) before the head 
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -41,10 +42,17 @@ class LanguageModel:
     def layers(self) -> tuple[str, ...]:
         return (*self.blocks, self.final_norm)
 
-    def classifier(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The LM head's W (vocabulary × d) and bias, as stored."""
+    def classifier(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The LM head's W (vocabulary × d) and bias, as float32 arrays on the host."""
         head = dict(self.loaded.module.named_modules())[self.head]
-        return head.weight.detach(), None if head.bias is None else head.bias.detach()
+        weight, bias = (
+            None if value is None else value.detach().float().cpu().numpy() for value in (head.weight, head.bias)
+        )
+        return weight, bias
+
+    def classifier_layer(self, layers: tuple[str, ...]) -> str | None:
+        """The layer W reads (the final norm) if ``layers`` hold it, else None (no classifier then)."""
+        return self.final_norm if self.final_norm in layers else None
 
     def class_names(self) -> tuple[str, ...] | None:
         """Every id's token, as the tokenizer writes it (None without a tokenizer)."""

@@ -140,6 +140,20 @@ def create_file(
     )
 
 
+def provenance_attributes(loaded: LoadedModel, dataset: str, transform: str) -> dict[str, str]:
+    """The provenance attributes of a feature file of ``loaded``'s rows (``nccli measure``: its report's)."""
+    return {
+        schema.ATTR_MODEL: loaded.name,
+        schema.ATTR_WEIGHTS: loaded.weights,
+        schema.ATTR_CHECKPOINT: loaded.checkpoint,
+        schema.ATTR_CHECKPOINT_SHA256: loaded.checkpoint_sha256,
+        schema.ATTR_DATASET: dataset,
+        schema.ATTR_TRANSFORM: transform,
+        schema.ATTR_TORCH_VERSION: str(torch.__version__),
+        schema.ATTR_MODEL_LIBRARY: loaded.library,
+    }
+
+
 def _root_attrs(config: ExtractConfig, job: Job, data: ImageData) -> dict:
     selection = (f"; {config.per_class} per class (seed {config.seed})" if config.per_class else "") + (
         f"; first {config.limit}" if config.limit else ""
@@ -152,16 +166,7 @@ def _root_attrs(config: ExtractConfig, job: Job, data: ImageData) -> dict:
         config.command or "nccli.extract_features (Python API)",
         loaded.epoch,
         names if names and len(names) == job.num_classes else None,
-        **{
-            schema.ATTR_MODEL: loaded.name,
-            schema.ATTR_WEIGHTS: loaded.weights,
-            schema.ATTR_CHECKPOINT: loaded.checkpoint,
-            schema.ATTR_CHECKPOINT_SHA256: loaded.checkpoint_sha256,
-            schema.ATTR_DATASET: data.description + selection,
-            schema.ATTR_TRANSFORM: job.transform,
-            schema.ATTR_TORCH_VERSION: str(torch.__version__),
-            schema.ATTR_MODEL_LIBRARY: loaded.library,
-        },
+        **provenance_attributes(loaded, data.description + selection, job.transform),
     )
     if job.logits:  # a placeholder of the type finishing writes, so that it is rewritten in place (io.writer)
         attrs[schema.ATTR_LOGITS_ACCURACY] = np.nan

@@ -21,10 +21,12 @@ finished (:mod:`nccli.io.accuracy`).
 import contextlib
 import os
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from torch import nn
 
 from nccli import schema
 from nccli.errors import DataError, ModelError, OutputError, UsageError
@@ -121,20 +123,10 @@ def _extract_one(
     session: distributed.Session | None = None,
 ) -> ExtractResult:
     started = time.perf_counter()
-    loaded = load_model(source, config.model, config.epoch)
-    network = model_fingerprint(loaded.module)
-    device = loop.resolve_device(config.device)
-    transform = build_transform(
-        data.channels, loaded.transforms, config.resize, config.mean, config.std, config.channels, config.normalize
-    )
-    model, channels_last = loop.place_model(loaded.module, device)
-    probe_images = _probe_images(SampleBatches(data, indices, transform, None, config.skip_unreadable), data)
-    with loop.autocast(device, config.precision):
-        probe = probe_model(model, loop.to_device(probe_images, device, channels_last), loaded.layout)
-    plans = plan_layers(probe, select_layers(probe, config.layers), config.pool, config.token_pool, config.max_dim)
-    job = plan_job(loaded, probe, tuple(plans), repr(transform), data, network)
+    prepared = prepare_job(source, data, indices, config)
+    job = prepared.job
     options = extract_options(config, job, data, indices)
-    result = ExtractResult(target, len(indices), tuple(p.name for p in plans), loaded.epoch, notes=job.notes)
+    result = ExtractResult(target, len(indices), tuple(p.name for p in job.plans), job.loaded.epoch, notes=job.notes)
     skipped_notes, skipped_rows = [], []
 
     def complete(path: str, wanted: dict) -> bool:
@@ -153,10 +145,10 @@ def _extract_one(
         else:
             writer = create_file(path, config, job, data, len(rows), wanted)
         rest = SampleBatches(
-            data, rows[writer.rows_written :], transform, tuple(probe_images.shape[1:]), config.skip_unreadable
+            data, rows[writer.rows_written :], prepared.transform, prepared.image_shape, config.skip_unreadable
         )
         try:
-            _run(writer, rest, model, job, device, channels_last, config)
+            _run(writer, rest, prepared, config)
             skipped = np.flatnonzero(writer.written(schema.SAMPLE_INDEX) < 0)
             if len(skipped) == len(rows):
                 raise DataError(f"no selected sample of {data.description} could be read; nothing to write")
@@ -212,6 +204,39 @@ def _extract_one(
     )
 
 
+@dataclass(frozen=True)
+class PreparedJob:
+    """A model ready to run over image DATA: its plan (:class:`~.planning.Job`), the preprocessing, the model on
+    its device, and the shape every preprocessed image has (the probe's)."""
+
+    job: Job
+    transform: Callable
+    model: nn.Module
+    device: torch.device
+    channels_last: bool
+    image_shape: tuple[int, ...]
+
+
+def prepare_job(
+    source: str, data: ImageData, indices: np.ndarray, config: ExtractConfig, fingerprint: bool = True
+) -> PreparedJob:
+    """Load MODEL ``source``, build its preprocessing, probe the first samples and plan the layers, as extract
+    does for a file and measure for its passes (``fingerprint``: hash the network for ``--resume``)."""
+    loaded = load_model(source, config.model, config.epoch)
+    network = model_fingerprint(loaded.module) if fingerprint else ""
+    device = loop.resolve_device(config.device)
+    transform = build_transform(
+        data.channels, loaded.transforms, config.resize, config.mean, config.std, config.channels, config.normalize
+    )
+    model, channels_last = loop.place_model(loaded.module, device)
+    probe_images = _probe_images(SampleBatches(data, indices, transform, None, config.skip_unreadable), data)
+    with loop.autocast(device, config.precision):
+        probe = probe_model(model, loop.to_device(probe_images, device, channels_last), loaded.layout)
+    plans = plan_layers(probe, select_layers(probe, config.layers), config.pool, config.token_pool, config.max_dim)
+    job = plan_job(loaded, probe, tuple(plans), repr(transform), data, network)
+    return PreparedJob(job, transform, model, device, channels_last, tuple(probe_images.shape[1:]))
+
+
 def _probe_images(batches: SampleBatches, data: ImageData) -> torch.Tensor:
     """The first PROBE_SAMPLES samples' images (under --skip-unreadable, the first readable ones)."""
     for start in range(0, len(batches), PROBE_SAMPLES):
@@ -221,8 +246,9 @@ def _probe_images(batches: SampleBatches, data: ImageData) -> torch.Tensor:
     raise DataError(f"no selected sample of {data.description} could be read; nothing to write")
 
 
-def _run(writer: FeatureWriter, rest: SampleBatches, model, job: Job, device, channels_last: bool, config) -> None:
+def _run(writer: FeatureWriter, rest: SampleBatches, prepared: PreparedJob, config) -> None:
     """Compute the remaining batches and hand them to a background writer; on any exit, write what was computed."""
+    job, model, device, channels_last = prepared.job, prepared.model, prepared.device, prepared.channels_last
     loader = loop.make_loader(rest, config.batch_size, config.workers, device)
 
     def write(item) -> None:

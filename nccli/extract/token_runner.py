@@ -20,6 +20,7 @@ from nccli.extract import loop
 from nccli.extract.config import ExtractConfig, TokenOptions
 from nccli.extract.fingerprint import model_fingerprint, refuse_other_network
 from nccli.extract.language import LanguageModel, load_language_model
+from nccli.extract.planning import provenance_attributes
 from nccli.extract.results import ExtractionInterrupted, ExtractResult
 from nccli.extract.token_rows import token_batches
 from nccli.extract.tokens import TokenWindows, check_vocabulary, cut_windows, read_documents, read_token_ids
@@ -29,6 +30,7 @@ from nccli.io.options import stored_options
 from nccli.io.writer import FeatureWriter, RowDataset, partial_path
 from nccli.progress import progress_bar
 
+TOKEN_TRANSFORM = "token ids (rows: positions; labels: the next token)"  # the file's transform attribute
 LOGITS_NOTE = (
     "/logits is not stored for token rows (rows × vocabulary values); analyze computes what it needs from /classifier"
 )
@@ -105,7 +107,6 @@ def extract_tokens(source: str, target: str, config: ExtractConfig):
     """One feature file of token rows (the ``ExtractResult`` of :mod:`.runner`)."""
     started = time.perf_counter()
     model, windows, layers, device = prepare_tokens(source, config)
-    weight, bias = model.classifier()
     options = _options(config, model, windows, layers)
     partial = partial_path(target)
     if config.resume and not os.path.exists(partial) and os.path.exists(target):
@@ -118,7 +119,7 @@ def extract_tokens(source: str, target: str, config: ExtractConfig):
         refuse_other_network(partial, stored_options(partial), options)
         writer = FeatureWriter.resume(target, options)
     else:
-        writer = _create(target, config, model, windows, layers, weight, bias, options)
+        writer = _create(target, config, model, windows, layers, options)
     counts = np.cumsum(windows.row_counts())
     first_window = int(np.searchsorted(counts, writer.rows_written, side="right"))
     if first_window and counts[first_window - 1] != writer.rows_written:
@@ -186,10 +187,11 @@ def _options(config: ExtractConfig, model: LanguageModel, windows: TokenWindows,
     }
 
 
-def _create(target, config, model, windows, layers, weight: torch.Tensor, bias, options) -> FeatureWriter:
+def _create(target, config, model, windows, layers, options) -> FeatureWriter:
     parent = os.path.dirname(target)
     if parent:
         os.makedirs(parent, exist_ok=True)
+    weight, bias = model.classifier()
     width = int(weight.shape[1])
     datasets = [RowDataset(schema.LABELS, None, "int64"), RowDataset(schema.SAMPLE_INDEX, 2, "int64")]
     for order, name in enumerate(layers):
@@ -199,12 +201,12 @@ def _create(target, config, model, windows, layers, weight: torch.Tensor, bias, 
             schema.ATTR_POOLING: "none",
         }
         datasets.append(RowDataset(schema.layer_path(name), width, str(config.dtype), attrs))
-    classifier = {schema.CLASSIFIER_WEIGHT: weight.float().cpu().numpy()}
+    classifier = {schema.CLASSIFIER_WEIGHT: weight}
     if bias is not None:
-        classifier[schema.CLASSIFIER_BIAS] = bias.float().cpu().numpy()
+        classifier[schema.CLASSIFIER_BIAS] = bias
     if not all(np.isfinite(values).all() for values in classifier.values()):
         raise ModelError(f"the LM head '{model.head}' holds a non-finite weight (NaN or Inf), which analyze refuses")
-    layer = model.final_norm if model.final_norm in layers else None
+    layer = model.classifier_layer(layers)
     group_attrs = {schema.CLASSIFIER: {schema.ATTR_CLASSIFIER_LAYER: layer}} if layer else {}
     names = model.class_names()
     loaded = model.loaded
@@ -214,16 +216,7 @@ def _create(target, config, model, windows, layers, weight: torch.Tensor, bias, 
         config.command or "nccli.extract_features (Python API)",
         loaded.epoch,
         [printable(name) for name in names] if names else None,
-        **{
-            schema.ATTR_MODEL: loaded.name,
-            schema.ATTR_WEIGHTS: loaded.weights,
-            schema.ATTR_CHECKPOINT: loaded.checkpoint,
-            schema.ATTR_CHECKPOINT_SHA256: loaded.checkpoint_sha256,
-            schema.ATTR_DATASET: windows.description,
-            schema.ATTR_TRANSFORM: "token ids (rows: positions; labels: the next token)",
-            schema.ATTR_TORCH_VERSION: str(torch.__version__),
-            schema.ATTR_MODEL_LIBRARY: loaded.library,
-        },
+        **provenance_attributes(loaded, windows.description, TOKEN_TRANSFORM),
     )
     if loaded.init_seed is not None:
         attrs[schema.ATTR_INIT_SEED] = loaded.init_seed
