@@ -22,6 +22,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # DATA of random images: nccli.extract.datasets.FAKE_PREFIX, spelled here too so that this module stays torch-free
 FAKE_DATA_PREFIX = "fake:"
 HF_PREFIX = "hf:"  # a Hugging Face hub id as MODEL (nccli.extract.hf_models.PREFIX)
+HF_CONFIG_FILE = "config.json"  # what makes a folder a Hugging Face model
 TOKEN_DATA_SUFFIXES = (".bin", ".npy", ".txt", ".jsonl")  # token ids and text (nccli.extract.tokens)
 
 
@@ -259,7 +260,7 @@ class ExtractConfig:
             raise UsageError(
                 f"{given[0]} without {missing}: pass both, the per-channel statistics the model was trained with"
             )
-        if given or self.normalize is not None or self.model.weights or any(map(_hugging_face, self.models)):
+        if given or self.normalize is not None or self.model.weights or any(map(is_hugging_face, self.models)):
             return
         if str(self.data).startswith(FAKE_DATA_PREFIX):  # random pixels: no statistics to match
             object.__setattr__(self, "normalize", Normalization.NONE)
@@ -275,9 +276,9 @@ def is_token_data(data: str) -> bool:
     return str(data).endswith(TOKEN_DATA_SUFFIXES)
 
 
-def _hugging_face(model: str) -> bool:
-    """``hf:ORG/NAME`` or a folder holding config.json (spelled as in nccli.extract.hf_models, torch-free here)."""
-    return model.startswith(HF_PREFIX) or os.path.isfile(os.path.join(model, "config.json"))
+def is_hugging_face(model: str) -> bool:
+    """A Hugging Face MODEL: ``hf:ORG/NAME``, or a folder holding config.json."""
+    return model.startswith(HF_PREFIX) or os.path.isfile(os.path.join(model, HF_CONFIG_FILE))
 
 
 _CHOICES = {

@@ -16,21 +16,15 @@ from torch import nn
 
 from nccli.errors import ModelError, UsageError, first_line
 from nccli.extract.checkpoints import digest_file
-from nccli.extract.config import HF_PREFIX, ModelOptions
+from nccli.extract.config import HF_CONFIG_FILE, HF_PREFIX, ModelOptions
 from nccli.extract.extras import cache_only, require, version_of
 from nccli.extract.loaded import LoadedModel, ModelLayout
 from nccli.extract.transforms import zoo_transform
 
 PREFIX = HF_PREFIX
-CONFIG_FILE = "config.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
 DIGESTED_SUFFIXES = (".json", ".safetensors", ".bin")  # the files whose bytes decide the network and its inputs
 RESAMPLING = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's codes, as image processors store them
-
-
-def is_hf_folder(source: str) -> bool:
-    """A folder holding ``config.json``: a Hugging Face model."""
-    return os.path.isdir(source) and os.path.isfile(os.path.join(source, CONFIG_FILE))
 
 
 def hf_cached_names(pattern: str = "*") -> list[str]:
@@ -149,8 +143,8 @@ def hub_folder(source: str) -> tuple[str, str, str]:
             f"'{repo}' is not in the local Hugging Face cache ('{constants.HF_HUB_CACHE}'); download it on a "
             "machine that is online (e.g. `hf download ORG/NAME`) and copy the cache, or pass the model's folder"
         ) from None
-    if not os.path.isfile(os.path.join(folder, CONFIG_FILE)):
-        raise ModelError(f"the cached '{repo}' has no {CONFIG_FILE}, so it is not a Hugging Face model")
+    if not os.path.isfile(os.path.join(folder, HF_CONFIG_FILE)):
+        raise ModelError(f"the cached '{repo}' has no {HF_CONFIG_FILE}, so it is not a Hugging Face model")
     return folder, source, f"{source}@{os.path.basename(folder)}"
 
 

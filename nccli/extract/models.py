@@ -10,10 +10,9 @@ from torch import nn
 from nccli.errors import ModelError, UsageError
 from nccli.extract.builders import call_builder
 from nccli.extract.checkpoints import CHECKPOINT_SUFFIXES, epoch_from_name, read_checkpoint
-from nccli.extract.config import ModelOptions
+from nccli.extract.config import ModelOptions, is_hugging_face
 from nccli.extract.extras import version_of
-from nccli.extract.hf_models import PREFIX as HF_PREFIX
-from nccli.extract.hf_models import is_hf_folder, load_hf
+from nccli.extract.hf_models import load_hf
 from nccli.extract.loaded import LoadedModel
 from nccli.extract.messages import did_you_mean
 from nccli.extract.state_dicts import load_state_dict, strip_prefixes
@@ -55,7 +54,7 @@ def model_kind(source: str) -> str:
     ``file.py:callable`` or ``module.path:callable`` (random weights); a checkpoint file; a torchvision name."""
     if source.startswith(TIMM_PREFIX):
         return "timm"
-    if source.startswith(HF_PREFIX) or is_hf_folder(source):
+    if is_hugging_face(source):
         return "hf"
     if os.path.isdir(source):
         raise ModelError(f"'{source}' is a folder but not a Hugging Face model (it has no config.json)")
