@@ -34,14 +34,12 @@ class ForwardRows:
 
     batches: Batches
     layers: tuple[str, ...]
-    rows: int
     num_classes: int
     classifier: tuple[np.ndarray, np.ndarray | None] | None
     classifier_layer: str | None
     class_names: tuple[str, ...] | None
     model: str
     epoch: int | None
-    dataset: str
     provenance: dict[str, str]
     notes: tuple[str, ...]
 
@@ -79,14 +77,12 @@ def _image_rows(source: str, config: ExtractConfig) -> ForwardRows:
     return ForwardRows(
         batches,
         tuple(plan.name for plan in job.plans),
-        len(indices),
         job.num_classes,
         classifier,
         job.classifier_layer,
         names if names and len(names) == job.num_classes else None,
         loaded.name,
         loaded.epoch,
-        data.description,
         provenance_attributes(loaded, data.description, job.transform),
         job.notes,
     )
@@ -108,14 +104,12 @@ def _token_rows(source: str, config: ExtractConfig) -> ForwardRows:
     return ForwardRows(
         batches,
         layers,
-        windows.rows,
         model.vocabulary,
         model.classifier() if layer else None,
         layer,
         tuple(printable(name) for name in names) if names else None,
         model.loaded.name,
         model.loaded.epoch,
-        windows.description,
         provenance_attributes(model.loaded, windows.description, TOKEN_TRANSFORM),
         (),
     )
