@@ -258,7 +258,7 @@ def _analyze_layers(
                 schema.COL_EPOCH: info.epoch,
                 schema.COL_MODEL: info.model,
                 schema.COL_LAYER_ORDER: layer.order,
-                schema.COL_N_SAMPLES: info.n_samples,
+                schema.COL_N_SAMPLES: int(moments[layer.name].count.sum()),  # every rank's rows, merged
                 schema.COL_N_CLASSES: int(np.count_nonzero(moments[layer.name].count)),
                 schema.COL_DIM: layer.dim,
                 **metrics.summary,

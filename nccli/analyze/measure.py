@@ -92,7 +92,7 @@ def measure_rows(
 ) -> AnalysisResult:
     """analyze's passes over batches in memory (``config.means_from``, ``mse``, ``snr`` as analyze takes them);
     ``refusal`` is the error of a second pass with other rows, ``means_option`` how the caller names the
-    reference. The rows' ``n_samples`` is the first pass's count."""
+    reference."""
     scanner = Scanner(rows.xp, None, lambda n: None, other_rows=refusal)
     result = AnalysisResult()
     layers = rows.info.layers
@@ -102,8 +102,6 @@ def measure_rows(
     )
     analyze_file(rows.xp, scanner, rows, layers, reference_means, config, result, groups, pair_output)
     warn_imbalance(result)
-    for row in result.summary:  # known once the first pass is over; analyze_file took info before it
-        row[schema.COL_N_SAMPLES] = rows.info.n_samples
     result.conventions = conventions(config, rows.xp.name, result.summary, {rows.info.path: config.means_from})
     return result
 
