@@ -213,5 +213,5 @@ def test_ranks_that_see_other_files_under_one_path_are_refused_before_any_row(tm
         [*command, str(path), "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=RUN_SECONDS,
         env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False,
     )  # fmt: skip
-    assert_refused(done, "rank 1 sees another file than rank 0", "f.h5", "a filesystem every rank shares")
+    assert_refused(done, "rank 1 sees another input than rank 0", "f.h5", "a filesystem every rank shares")
     assert not out.exists()

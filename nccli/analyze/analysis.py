@@ -20,6 +20,7 @@ from nccli import distributed, schema
 from nccli.analyze.collectives import Group, job
 from nccli.analyze.config import AnalyzeConfig, check_config
 from nccli.analyze.conventions import conventions
+from nccli.analyze.kept_classes import KeptClasses, kept_classes
 from nccli.analyze.ood import check_ood, ood_columns, ood_means
 from nccli.analyze.passes import Scanner
 from nccli.analyze.plan import layer_groups, state_budget
@@ -87,7 +88,8 @@ def analyze_features(
     ood_info = read_info(config.ood) if config.ood else None
     ood_layers = check_ood(ood_info, infos, selections) if ood_info else ()
     if pairs is not None and config.pairs_top is None:
-        check_pairs_size([info.num_classes for info, layers in zip(infos, selections) for _ in layers])
+        most = [min(info.num_classes, config.top_classes or info.num_classes) for info in infos]
+        check_pairs_size([classes for classes, layers in zip(most, selections) for _ in layers])
     pair_output = PairOutput(pairs, any(info.class_names is not None for info in infos), config.pairs_top)
     needed = reference_layers(references, selections)
     budget = state_budget(xp) - sum(  # the reference means kept while files use them
@@ -173,9 +175,12 @@ def analyze_file(
     for option, asked, names in (("--mse", config.mse, "mse_*"), ("--snr", config.snr, "snr_*")):
         if asked and source.classifier is None and scanner.main:
             _warn(result, info.path, None, f"no /classifier/weight: {names} reported as null ({option})")
-    file_rows = []
+    file_rows, kept = [], None  # the kept classes (--top-classes, --min-count): decided once, for every group
     for group in groups or [layers]:
-        file_rows.extend(_analyze_layers(xp, scanner, source, group, reference_means, config, result, pair_output, ood))
+        rows, kept = _analyze_layers(
+            xp, scanner, source, group, reference_means, config, result, pair_output, ood, kept
+        )
+        file_rows.extend(rows)
     if not scanner.main:
         return  # another rank of a torchrun job: rank 0 reports
     depth = effective_depth(file_rows, config.depth_epsilon)
@@ -195,12 +200,25 @@ def _analyze_layers(
     result: AnalysisResult,
     pair_output: "PairOutput",
     ood: dict[str, np.ndarray] | None,
-) -> list[dict]:
+    kept: KeptClasses | None,
+) -> tuple[list[dict], KeptClasses | None]:
     """Pass 1, geometry, pass 2 and the summaries of ``layers``: their summary rows (none on the ranks
-    of a torchrun job other than 0, which only scan their rows)."""
+    of a torchrun job other than 0, which only scan their rows), and the file's kept classes (``kept``, or
+    decided here from pass 1's counts when the config restricts them; None: every class)."""
     info = source.info
     classifier_layer = info.classifier_layer if source.classifier is not None else None
     moments = scanner.moments(source, layers)
+    pass_two_rows = source
+    if config.keeps_some_classes:
+        if kept is None:
+
+            def decide() -> dict:  # on rank 0, which holds the merged counts (the same in every layer)
+                return {"kept": kept_classes(config, next(iter(moments.values())).count, info.path)}
+
+            kept = scanner.shared(decide)["kept"]
+        if scanner.main:
+            kept.restrict(moments)
+        pass_two_rows = kept.rows(source, scanner.advance)
 
     spectra = {}
 
@@ -213,15 +231,17 @@ def _analyze_layers(
             check_scale(scale, scale, layer.dim)  # before the spectrum squares them
             spectra[layer.name] = formulas.between_class_spectrum(centred)
             ncc_reference = reference_means[layer.name] if reference_means else host.class_means()
+            if reference_means and kept is not None:  # the file's own means are over the kept classes already
+                ncc_reference = kept.means(ncc_reference, info.path)
             classifier = source.classifier if layer.name == classifier_layer else None
             built[layer.name] = build_geometry(xp, host, spectra[layer.name], ncc_reference, classifier)
         return built
 
     # the geometries are (K, d) arrays per layer that the summaries no longer need: not kept past pass 2
     matrix_layer = classifier_layer if config.mse or config.snr else None
-    decisions = scanner.decisions(source, layers, scanner.shared(geometries), matrix_layer)
+    decisions = scanner.decisions(pass_two_rows, layers, scanner.shared(geometries), matrix_layer)
     if not scanner.main:
-        return []
+        return [], kept
 
     file_rows = []
     for layer in layers:
@@ -266,7 +286,7 @@ def _analyze_layers(
             }
         )
         result.classes.append(class_table(info, layer.name, metrics.classes, pair_output.named))
-    return file_rows
+    return file_rows, kept
 
 
 def effective_depth(rows: list[dict], epsilon: float) -> int:

@@ -108,18 +108,29 @@ class Group:
         """:meth:`agree`, and every rank sees the same files under the same paths (size, rows, layers,
         classes and provenance): on a filesystem that is not really shared, ranks would otherwise merge rows
         of different files into one report."""
-        mine = [_identity(info) for info in infos]
-        for rank, theirs in enumerate(self.session.gather(json.dumps(mine))):
-            for info, own, other in zip(infos, mine, json.loads(theirs)):
+        self.agree_on(
+            [info.path for info in infos],
+            [_identity(info) for info in infos],
+            "the feature files must be on a filesystem every rank shares",
+        )
+
+    def agree_on(self, names: list[str], identities: list[str], advice: str) -> None:
+        """:meth:`agree`, and every rank has the same ``identities`` (short digests) of the inputs ``names``;
+        ``advice`` says what must hold when one differs."""
+        for rank, theirs in enumerate(self.session.gather(json.dumps(identities))):
+            for name, own, other in zip(names, identities, json.loads(theirs)):
                 if own != other:
                     raise DistributedError(
-                        f"rank {rank} sees another file than rank {self.rank} at '{info.path}' ({other} against "
-                        f"{own}): the feature files must be on a filesystem every rank shares; {ADVICE}",
+                        f"rank {rank} sees another input than rank {self.rank} at '{name}' ({other} against "
+                        f"{own}): {advice}; {ADVICE}",
                         echo=self.main,
                     )
 
     def rows(self, source: RowSource, block_rows: int) -> tuple[int, int]:
-        """This rank's rows [start, stop) of ``source`` (:func:`rank_rows`)."""
+        """This rank's rows [start, stop) of ``source`` (:func:`rank_rows`): all of them where each rank's
+        source holds only its own rows (``rank_local``: ``nccli measure``'s model runs)."""
+        if source.rank_local:
+            return 0, source.info.n_samples
         return rank_rows(source.info.n_samples, block_rows, self.world, source.part_offsets())[self.rank]
 
     def reduce(self, states: dict) -> dict | None:
@@ -234,7 +245,7 @@ def _describe(value: dict) -> dict:
 
 def _identity(info: FeatureFileInfo) -> str:
     """A short digest of what makes a feature file this file: its size, rows, classes, layers and provenance."""
-    described = (
+    return digest(
         os.path.getsize(info.path),
         info.n_samples,
         info.num_classes,
@@ -243,4 +254,8 @@ def _identity(info: FeatureFileInfo) -> str:
         [(layer.name, layer.dim) for layer in info.layers],
         sorted(info.provenance.items()),
     )
+
+
+def digest(*described) -> str:
+    """A short digest of ``described`` (numbers, strings, lists of them)."""
     return hashlib.sha256(repr(described).encode()).hexdigest()[:16]

@@ -23,7 +23,10 @@ class AnalyzeConfig:
     block (None = about 16 MiB of the widest layer, chunk-aligned); ``pairs_top``:
     per layer, send only the N pairs with the largest cdnv to the pair sink;
     ``tile``: classes per side of the pair tiles (None = from
-    ``tiles.TILE_BYTES``).
+    ``tiles.TILE_BYTES``); ``top_classes`` N and ``min_count`` M: analyze
+    only the N classes with the most rows in each file, or those with at least
+    M rows, or those meeting both (None: every class;
+    :mod:`nccli.analyze.kept_classes`).
     """
 
     files: tuple[str, ...]
@@ -39,6 +42,13 @@ class AnalyzeConfig:
     show_progress: bool = False
     pairs_top: int | None = None
     tile: int | None = None
+    top_classes: int | None = None
+    min_count: int | None = None
+
+    @property
+    def keeps_some_classes(self) -> bool:
+        """Whether ``top_classes`` or ``min_count`` restricts the classes analysed."""
+        return self.top_classes is not None or self.min_count is not None
 
 
 def check_config(config: AnalyzeConfig, with_pairs: bool) -> None:
@@ -59,3 +69,6 @@ def check_config(config: AnalyzeConfig, with_pairs: bool) -> None:
         raise UsageError(f"--epsilon must be in [0, 1], got {config.depth_epsilon}")
     if config.block_rows is not None and config.block_rows < 1:
         raise UsageError(f"--block-rows must be ≥ 1, got {config.block_rows}")
+    for option, value in (("--top-classes", config.top_classes), ("--min-count", config.min_count)):
+        if value is not None and value < 1:
+            raise UsageError(f"{option} must be ≥ 1, got {value}")

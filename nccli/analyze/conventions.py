@@ -7,6 +7,7 @@ number can be compared with theirs.
 
 from nccli import schema
 from nccli.analyze.config import AnalyzeConfig
+from nccli.analyze.kept_classes import describe
 from nccli.metrics import formulas
 
 
@@ -40,6 +41,7 @@ def conventions(config: AnalyzeConfig, device: str, summary: list[dict], referen
         if config.means_from
         else None,
         "ties": "ties go to the lowest class id",
+        "kept_classes": describe(config),
         "classes": "from the logits (clf_accuracy, nc4_ncc_mismatch, margins, ce_loss, ce_excess's CE₀): all "
         "num_classes outputs, as the network decides; W's geometry against the class means (w_*, nc3_*, K, n, "
         "the bounds): present classes; the NCC rule: the classes that have a mean",

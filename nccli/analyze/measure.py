@@ -18,6 +18,7 @@ pass 1's means, n_c·(μ_c of pass 2 − μ_c of pass 1), show it
 
 import numbers
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from nccli import schema
 from nccli.analyze.analysis import AnalysisResult, AnalyzeConfig, analyze_file, warn_imbalance
@@ -25,12 +26,15 @@ from nccli.analyze.conventions import conventions
 from nccli.analyze.memory import BatchRows
 from nccli.analyze.passes import Scanner
 from nccli.analyze.plan import layer_groups, state_budget
-from nccli.analyze.references import check_reference
+from nccli.analyze.references import check_reference, read_reference_means
 from nccli.errors import DataError, UsageError
-from nccli.io.reader import open_feature_file
+from nccli.io.reader import read_info
 from nccli.metrics.accumulators import Moved
 from nccli.report.tables import PairOutput
 from nccli.types import ClassMeans
+
+if TYPE_CHECKING:  # torch, only under torchrun
+    from nccli.analyze.collectives import Group
 
 
 def measure_collapse(
@@ -89,11 +93,12 @@ def measure_rows(
     refusal: Callable[[str, str, Moved], DataError],
     means_option: str,
     pair_output: PairOutput | None = None,
+    group: "Group | None" = None,
 ) -> AnalysisResult:
     """analyze's passes over batches in memory (``config.means_from``, ``mse``, ``snr`` as analyze takes them);
     ``refusal`` is the error of a second pass with other rows, ``means_option`` how the caller names the
-    reference."""
-    scanner = Scanner(rows.xp, None, lambda n: None, other_rows=refusal)
+    reference; ``group``: the torchrun job whose ranks each hold their own part of the rows (``nccli measure``)."""
+    scanner = Scanner(rows.xp, None, lambda n: None, group, other_rows=refusal)
     result = AnalysisResult()
     layers = rows.info.layers
     groups = layer_groups(rows.xp, rows.info, layers, config, state_budget(rows.xp))  # analyze's memory plan
@@ -120,14 +125,12 @@ def _reference_means(
 ) -> dict[str, ClassMeans]:
     """Class means of the layers of ``rows`` in the feature file ``path`` (pass 1 over it), checked as analyze
     checks a --means-from file: of the same epoch, when both have one (``option``: how the caller names it)."""
-    with open_feature_file(path) as reference:
-        if epoch is not None and reference.info.epoch not in (None, epoch):
-            given = f"{option}'{path}'" if option.endswith("=") else f"{option} '{path}'"
-            raise UsageError(
-                f"{given} is from epoch {reference.info.epoch} but the rows from epoch {epoch}: the class means "
-                f"of another checkpoint do not apply; pass the feature file of epoch {epoch}"
-            )
-        check_reference(reference.info, rows.info, rows.info.layers, option=option)
-        layers = tuple(reference.info.layer(layer.name) for layer in rows.info.layers)
-        moments = scanner.moments(reference, layers)
-    return {name: state.class_means() for name, state in moments.items()}
+    info = read_info(path)
+    if epoch is not None and info.epoch not in (None, epoch):
+        given = f"{option}'{path}'" if option.endswith("=") else f"{option} '{path}'"
+        raise UsageError(
+            f"{given} is from epoch {info.epoch} but the rows from epoch {epoch}: the class means "
+            f"of another checkpoint do not apply; pass the feature file of epoch {epoch}"
+        )
+    check_reference(info, rows.info, rows.info.layers, option=option)
+    return read_reference_means(scanner, info, [tuple(info.layer(layer.name) for layer in rows.info.layers)])

@@ -109,6 +109,8 @@ def pick_backend(device: str, first_layer):
 class BatchRows:
     """Re-iterable batches of ``(features, labels)``: a :class:`~nccli.io.rows.RowSource`."""
 
+    rank_local = True  # under torchrun (``nccli measure``), each rank's batches are its own part of the rows
+
     def __init__(
         self,
         batches,

@@ -7,9 +7,11 @@ reads both (:func:`nccli.analyze.measure.measure_rows`), so the numbers are thos
 on, augmentation, a data order or sample that changes) is refused, not measured.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from nccli.analyze.analysis import AnalysisResult, AnalyzeConfig
+from nccli.analyze.collectives import digest
 from nccli.analyze.config import check_config
 from nccli.analyze.measure import measure_rows
 from nccli.analyze.memory import BatchRows
@@ -18,6 +20,9 @@ from nccli.extract.config import ExtractConfig
 from nccli.extract.forward import forward_rows
 from nccli.metrics.accumulators import Moved
 from nccli.report.tables import PairOutput, PairSink, check_pairs_size
+
+if TYPE_CHECKING:
+    from nccli.analyze.collectives import Group
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,8 @@ class MeasureConfig:
     snr: bool = False
     pairs_top: int | None = None
     depth_epsilon: float = 0.01
+    top_classes: int | None = None
+    min_count: int | None = None
 
     def analysis(self) -> AnalyzeConfig:
         """The options as analyze's (the report's ``file`` is DATA)."""
@@ -45,16 +52,26 @@ class MeasureConfig:
             device=self.source.device,
             depth_epsilon=self.depth_epsilon,
             pairs_top=self.pairs_top,
+            top_classes=self.top_classes,
+            min_count=self.min_count,
         )
 
 
-def measure_model(config: MeasureConfig, pairs: PairSink | None = None) -> AnalysisResult:
+def measure_model(config: MeasureConfig, pairs: PairSink | None = None, group: "Group | None" = None) -> AnalysisResult:
     """The report of MODEL over DATA (:class:`~nccli.analyze.analysis.AnalysisResult`, as analyze's), the
-    per-pair table streamed to ``pairs``."""
+    per-pair table streamed to ``pairs``. In a torchrun job (``group``), each rank runs the model on its GPU over
+    its contiguous part of DATA, and rank 0's result holds the report."""
     analysis = config.analysis()
     check_config(analysis, pairs is not None)
     (model,) = config.source.models
-    rows = forward_rows(model, config.source)
+    source, part = config.source, None
+    if group is not None:  # this rank's device; a progress bar on rank 0 only
+        source = replace(source, device=group.device, progress=source.progress and group.main)
+        part = (group.rank, group.world)
+    rows = forward_rows(model, source, part)
+    if group is not None:  # the same model and data on every rank, before any merge
+        identity = digest(sorted(rows.provenance.items()), rows.layers, rows.num_classes, rows.epoch)
+        group.agree_on([source.data], [identity], "every rank needs the same model and DATA on a shared filesystem")
     if pairs is not None and config.pairs_top is None:
         check_pairs_size([rows.num_classes] * len(rows.layers))
     described = {
@@ -65,11 +82,11 @@ def measure_model(config: MeasureConfig, pairs: PairSink | None = None) -> Analy
         "class_names": rows.class_names,
         "provenance": rows.provenance,
     }
-    source = BatchRows(
-        rows.batches, rows.num_classes, config.source.device, rows.classifier, rows.classifier_layer, described
+    batches = BatchRows(
+        rows.batches, rows.num_classes, source.device, rows.classifier, rows.classifier_layer, described
     )
     pair_output = PairOutput(pairs, rows.class_names is not None, config.pairs_top)
-    result = measure_rows(source, analysis, rows.epoch, other_rows, "--means-from", pair_output)
+    result = measure_rows(batches, analysis, rows.epoch, other_rows, "--means-from", pair_output, group)
     result.notes.extend(rows.notes)
     return result
 

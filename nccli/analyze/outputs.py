@@ -34,7 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nccli import distributed, schema
-from nccli.analyze.analysis import AnalysisResult, AnalyzeConfig, analysis_job, analyze_features
+from nccli.analyze.analysis import AnalysisResult, AnalyzeConfig, analyze_features
+from nccli.analyze.collectives import job
 from nccli.analyze.references import reference_paths
 from nccli.errors import DegenerateMetricWarning, NcCliError, UsageError, warn_caller
 from nccli.io.publish import Staged, cannot_write
@@ -64,18 +65,36 @@ def write_analysis(
     that would be too large. On rank 0 (or in one process) it returns if and only if the reports are
     published; an interrupt or a failed rank after that only warns.
     """
+    inputs = [*config.files, *([config.ood] if config.ood else [])]
+
+    def compute(group, sink: PairSink | None) -> AnalysisResult:
+        return analyze_features(config, sink, group)
+
+    return _publish(config.device, compute, inputs, config.means_from, out, classes, pairs, command)
+
+
+def _publish(
+    device: str,
+    compute: Callable,
+    inputs: list[PathLike],
+    means_from: str | None,
+    out: PathLike,
+    classes: PathLike | None,
+    pairs: PathLike | None,
+    command: str,
+) -> AnalysisResult:
+    """``compute(group, pairs)`` in the torchrun job this process is in (``group`` None in one process), its
+    reports written and published by rank 0 (:func:`_write`); the other ranks compute and agree."""
     run = _Run()
     with _sigterm_ignored_once_settled(run):
         try:
-            with analysis_job(config) as group:
+            with job(device) as group:
                 if group is not None and not group.main:  # the other ranks of a torchrun job compute; rank 0 writes
-                    run.result = analyze_features(config, _nowhere if pairs is not None else None, group)
+                    run.result = compute(group, _nowhere if pairs is not None else None)
                     group.agree_to_publish()
                     run.agreed = True
                 else:
-                    inputs = [*config.files, *([config.ood] if config.ood else [])]
-                    compute = partial(analyze_features, config, group=group)
-                    _write(compute, inputs, config.means_from, out, classes, pairs, command, group, run)
+                    _write(partial(compute, group), inputs, means_from, out, classes, pairs, command, group, run)
         except (KeyboardInterrupt, NcCliError, RuntimeError):  # RuntimeError: torch.distributed losing a rank
             if not run.settled:
                 raise
@@ -142,15 +161,16 @@ def write_measurement(
     command: str = "nccli measure",
 ) -> AnalysisResult:
     """``nccli measure``: MODEL over DATA (:func:`~nccli.analyze.model_runs.measure_model`) into the report at
-    ``out`` (and ``classes``, ``pairs``) with the guarantees of :func:`write_analysis`, in one process."""
+    ``out`` (and ``classes``, ``pairs``) with the guarantees of :func:`write_analysis`, under torchrun too (each rank
+    runs the model over its part of DATA)."""
     from nccli.analyze.model_runs import measure_model  # imports torch: analyze of files on the CPU does not
 
-    if distributed.launch_from_env() is not None:
-        raise UsageError("nccli measure runs in one process; under torchrun, extract the features, then analyze them")
-    run = _Run()
     inputs = [*config.source.models, config.source.data]
-    _write(partial(measure_model, config), inputs, config.means_from, out, classes, pairs, command, None, run)
-    return run.result
+
+    def compute(group, sink: PairSink | None) -> AnalysisResult:
+        return measure_model(config, sink, group)
+
+    return _publish(config.source.device, compute, inputs, config.means_from, out, classes, pairs, command)
 
 
 def _write(

@@ -4,19 +4,20 @@ from typing import Annotated
 
 import typer
 
-from nccli import schema
 from nccli.cli.analyze_options import (
     ClassesOption,
     EpsilonOption,
     MeansFromOption,
+    MinCountOption,
     MseOption,
     OodOption,
     PairsOption,
     PairsTopOption,
     SnrOption,
+    TopClassesOption,
     WeightDecayOption,
 )
-from nccli.cli.common import command_line, print_table, split_list, stderr_is_terminal, user_errors
+from nccli.cli.common import command_line, report_written, split_list, stderr_is_terminal, user_errors
 
 
 def analyze(
@@ -47,6 +48,8 @@ def analyze(
     weight_decay: WeightDecayOption = 0.0,
     snr: SnrOption = False,
     ood: OodOption = None,
+    top_classes: TopClassesOption = None,
+    min_count: MinCountOption = None,
     classes: ClassesOption = None,
     pairs: PairsOption = None,
     pairs_top: PairsTopOption = None,
@@ -77,10 +80,7 @@ def analyze(
     with user_errors():
         from nccli.analyze.analysis import AnalyzeConfig
         from nccli.analyze.outputs import write_analysis
-        from nccli.distributed import main_process
         from nccli.globs import expand_globs
-        from nccli.report.formats import compact
-        from nccli.report.parquet import to_table
 
         config = AnalyzeConfig(
             files=tuple(expand_globs(files)),
@@ -95,12 +95,8 @@ def analyze(
             block_rows=block_rows,
             show_progress=stderr_is_terminal(),  # on rank 0 only, under torchrun
             pairs_top=pairs_top,
+            top_classes=top_classes,
+            min_count=min_count,
         )
         result = write_analysis(config, out, classes, pairs, command_line(context))
-        if not main_process():  # under torchrun, rank 0 reports for the job
-            return
-        if stderr_is_terminal():
-            summary = to_table(result.summary, schema.SUMMARY_COLUMNS, {})
-            advice = f"choose columns with `nccli report {out} --columns ...`"
-            print_table(compact(summary), title=f"neural collapse → {out}", advice=advice, stderr=True)
-        typer.echo(out)
+        report_written(result, out)

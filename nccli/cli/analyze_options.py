@@ -59,3 +59,20 @@ PairsTopOption = Annotated[
 ]
 
 EpsilonOption = Annotated[float, typer.Option(help="ε of ncc_effective_depth: the first layer whose NCC error is ≤ ε.")]
+
+TopClassesOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Analyze only the N classes with the most rows in each file (ties: the lower class id), as for a language "
+        "model's many rare tokens: the other classes' rows are left out of every metric and of n_samples and n_classes, "
+        "as if the file held only these rows; the classifier still decides over all its outputs."
+    ),
+]
+
+MinCountOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Analyze only the classes with at least M rows in each file, leaving the others' rows out as "
+        "--top-classes does; with --top-classes, the classes that meet both."
+    ),
+]

@@ -120,6 +120,25 @@ def print_table(table, title: str, advice: str, stderr: bool = False) -> None:
     note_left_out(left_out, console.width, advice)
 
 
+def report_written(result, out) -> None:
+    """What ``analyze`` and ``measure`` say once the report at ``out`` is written: the result's notes, the summary
+    on a terminal, and the path on stdout; under torchrun rank 0 alone says it, for the job."""
+    from nccli import schema
+    from nccli.distributed import main_process
+    from nccli.report.formats import compact
+    from nccli.report.parquet import to_table
+
+    if not main_process():
+        return
+    for note in result.notes:
+        echo_error(f"note: {note}")
+    if stderr_is_terminal():
+        summary = to_table(result.summary, schema.SUMMARY_COLUMNS, {})
+        advice = f"choose columns with `nccli report {out} --columns ...`"
+        print_table(compact(summary), title=f"neural collapse → {out}", advice=advice, stderr=True)
+    typer.echo(out)
+
+
 def note_left_out(columns: list[str], width: int, advice: str) -> None:
     """One line on stderr naming the columns a table left out to fit the terminal, and how to see them."""
     if columns:

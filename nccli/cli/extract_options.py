@@ -45,7 +45,8 @@ DataArgument = Annotated[
         "labels); an .h5 with /images and /labels (the same); or fake:N for N random 3×32×32 images in 10 classes. "
         "For a causal language model (a Hugging Face folder, or --arch): token ids (a headerless .bin with "
         "--token-dtype, a 1-D .npy) or text (.txt, .jsonl) that the model's tokenizer reads; every position is a "
-        "row, labelled with the next token.",
+        "row, labelled with the next token. A folder written by Hugging Face datasets' save_to_disk (a "
+        "DatasetDict's: --split picks the split) gives its input_ids column, else its --text-field column.",
         show_default=False,
     ),
 ]
@@ -75,7 +76,7 @@ RootOption = Annotated[
 SplitOption = Annotated[
     Split,
     typer.Option(
-        help="Split of a named dataset to read (imagenet: test reads val); recorded in the file for any DATA.",
+        help="Split of a named dataset or of a saved datasets DatasetDict to read (imagenet: test reads val); recorded in the file for any DATA.",
         rich_help_panel=DATA_PANEL,
     ),
 ]
@@ -262,7 +263,11 @@ TokenDtypeOption = Annotated[
     ),
 ]
 TextFieldOption = Annotated[
-    str, typer.Option(help="The field of each .jsonl line that holds a document's text.", rich_help_panel=TOKENS_PANEL)
+    str,
+    typer.Option(
+        help="The field of each .jsonl line (the column of a datasets folder without input_ids) that holds a document's text.",
+        rich_help_panel=TOKENS_PANEL,
+    ),
 ]
 
 

@@ -5,24 +5,19 @@ from typing import Annotated
 
 import typer
 
-from nccli import schema
 from nccli.cli.analyze_options import (
     ClassesOption,
     EpsilonOption,
     MeansFromOption,
+    MinCountOption,
     MseOption,
     PairsOption,
     PairsTopOption,
     SnrOption,
+    TopClassesOption,
     WeightDecayOption,
 )
-from nccli.cli.common import (
-    command_line,
-    echo_error,
-    print_table,
-    stderr_is_terminal,
-    user_errors,
-)
+from nccli.cli.common import command_line, report_written, user_errors
 from nccli.cli.extract_options import (
     BatchSizeOption,
     ChannelsOption,
@@ -74,6 +69,7 @@ from nccli.extract.config import (  # torch-free
 # measure's own parameters and the analysis options; the rest are ExtractConfig's fields, by name
 NOT_EXTRACT_OPTIONS = (
     "context", "model", "out", "means_from", "mse", "weight_decay", "snr", "classes", "pairs", "pairs_top", "epsilon",
+    "top_classes", "min_count",
 )  # fmt: skip
 
 
@@ -124,6 +120,8 @@ def measure(
     mse: MseOption = False,
     weight_decay: WeightDecayOption = 0.0,
     snr: SnrOption = False,
+    top_classes: TopClassesOption = None,
+    min_count: MinCountOption = None,
     classes: ClassesOption = None,
     pairs: PairsOption = None,
     pairs_top: PairsTopOption = None,
@@ -131,7 +129,7 @@ def measure(
 ) -> None:
     """Run MODEL over DATA and write the neural-collapse report directly: `nccli extract` then `nccli analyze`, with no feature file.
 
-    The model runs once per pass: pass 1 gives the class means, pass 2 recomputes the forward pass. The numbers are those of extract + analyze on the same model and data; a model that does not give the same rows twice (dropout, augmentation) is refused. MODEL and DATA are as for `nccli extract`, including causal language models over token ids or text, whose evaluation sets are far too large for a feature file. Example:
+    The model runs once per pass: pass 1 gives the class means, pass 2 recomputes the forward pass. Under torchrun each process runs the model over its part of DATA and rank 0 writes the report. The numbers are those of extract + analyze on the same model and data; a model that does not give the same rows twice (dropout, augmentation) is refused. MODEL and DATA are as for `nccli extract`, including causal language models over token ids or text, whose evaluation sets are far too large for a feature file. Example:
 
         nccli measure ./tiny-gpt val.bin --token-dtype uint16 --seq-len 256 --out tokens.parquet
     """
@@ -139,16 +137,8 @@ def measure(
     with user_errors():
         from nccli.analyze.model_runs import MeasureConfig
         from nccli.analyze.outputs import write_measurement
-        from nccli.report.formats import compact
-        from nccli.report.parquet import to_table
 
         source = extract_config({**extract_options, "models": (model,), "out": out}, context)
-        config = MeasureConfig(source, means_from, mse, weight_decay, snr, pairs_top, epsilon)
+        config = MeasureConfig(source, means_from, mse, weight_decay, snr, pairs_top, epsilon, top_classes, min_count)
         result = write_measurement(config, out, classes, pairs, command_line(context))
-        for note in result.notes:
-            echo_error(f"note: {note}")
-        if stderr_is_terminal():
-            summary = to_table(result.summary, schema.SUMMARY_COLUMNS, {})
-            advice = f"choose columns with `nccli report {out} --columns ...`"
-            print_table(compact(summary), title=f"neural collapse → {out}", advice=advice, stderr=True)
-        typer.echo(out)
+        report_written(result, out)

@@ -272,8 +272,11 @@ class ExtractConfig:
 
 
 def is_token_data(data: str) -> bool:
-    """DATA a language model reads: token ids (``.bin``, ``.npy``) or text (``.txt``, ``.jsonl``)."""
-    return str(data).endswith(TOKEN_DATA_SUFFIXES)
+    """DATA a language model reads: token ids (``.bin``, ``.npy``), text (``.txt``, ``.jsonl``), or a folder saved by
+    Hugging Face ``datasets`` (an image folder has class subfolders instead)."""
+    from nccli.extract.saved_datasets import is_datasets_folder  # pyarrow: not imported when the CLI starts
+
+    return str(data).endswith(TOKEN_DATA_SUFFIXES) or is_datasets_folder(str(data))
 
 
 def is_hugging_face(model: str) -> bool:

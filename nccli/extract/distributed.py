@@ -38,6 +38,28 @@ def session(device: str):
     return distributed.session(device, "extract", ADVICE)
 
 
+def extract_file(
+    current: Session | None,
+    target: str,
+    indices: np.ndarray,
+    options: dict,
+    overwrite: bool,
+    complete: Callable[[str, dict], bool],
+    write: Callable[[str, np.ndarray, dict], None],
+    unit: str = "samples",
+) -> bool:
+    """``target`` of ``indices`` (:func:`extract_shards` under torchrun, else ``write`` in this process unless
+    ``complete``); False when it was already complete."""
+    if current is not None:
+        return extract_shards(current, target, indices, options, overwrite, complete, write, unit)
+    if complete(target, options):
+        return False
+    if overwrite:
+        shards.remove_stale(target)  # shards of an earlier torchrun run would outlive the file they made
+    write(target, indices, options)
+    return True
+
+
 def extract_shards(
     current: Session,
     target: str,
@@ -46,16 +68,18 @@ def extract_shards(
     overwrite: bool,
     complete: Callable[[str, dict], bool],
     write: Callable[[str, np.ndarray, dict], None],
+    unit: str = "samples",
 ) -> bool:
     """This rank's shard of ``target``, then rank 0 writes the index; False when ``target`` was already complete.
 
     ``complete(path, options)`` says whether ``--resume`` skips a finished file (and refuses one written with
-    other options); ``write(path, rows, options)`` extracts ``rows`` into ``path``.
+    other options); ``write(path, rows, options)`` extracts ``rows`` into ``path``; ``unit`` names what ``indices``
+    number (samples, token windows).
     """
     ranks = current.world
     if len(indices) < ranks:
         raise UsageError(
-            f"{len(indices)} samples for {ranks} processes: every process needs at least one; start fewer processes"
+            f"{len(indices)} {unit} for {ranks} processes: every process needs at least one; start fewer processes"
         )
     plan = ""
     if current.rank == 0:  # one decision for all: the ranks must not take different paths through the gathers

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from nccli import schema
-from nccli.errors import DataError, printable
+from nccli.errors import DataError, UsageError, printable
 from nccli.extract import loop
 from nccli.extract.capture import FeatureCapture
 from nccli.extract.config import ExtractConfig, is_token_data
@@ -21,7 +21,8 @@ from nccli.extract.datasets import SampleBatches, open_data, select_indices
 from nccli.extract.planning import provenance_attributes
 from nccli.extract.runner import prepare_job
 from nccli.extract.token_rows import token_batches
-from nccli.extract.token_runner import TOKEN_TRANSFORM, prepare_tokens
+from nccli.extract.token_runner import TOKEN_TRANSFORM, prepare_tokens, windows_part
+from nccli.io.shards import shard_bounds
 from nccli.progress import progress_bar
 
 Batches = Callable[[], Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]]
@@ -44,17 +45,30 @@ class ForwardRows:
     notes: tuple[str, ...]
 
 
-def forward_rows(source: str, config: ExtractConfig) -> ForwardRows:
-    """Load MODEL ``source`` and DATA as ``nccli extract`` would, ready to run pass after pass."""
+def forward_rows(source: str, config: ExtractConfig, part: tuple[int, int] | None = None) -> ForwardRows:
+    """Load MODEL ``source`` and DATA as ``nccli extract`` would, ready to run pass after pass; ``part`` =
+    (rank, ranks): only this rank's contiguous part of the samples or token windows, as extract's shards."""
     if is_token_data(config.data):
-        return _token_rows(source, config)
-    return _image_rows(source, config)
+        return _token_rows(source, config, part)
+    return _image_rows(source, config, part)
 
 
-def _image_rows(source: str, config: ExtractConfig) -> ForwardRows:
+def rank_part(count: int, part: tuple[int, int] | None, unit: str) -> slice:
+    """Rank ``r``'s items of ``count`` for ``part`` = (r, ranks) (all of them without a part)."""
+    if part is None:
+        return slice(0, count)
+    rank, ranks = part
+    if count < ranks:
+        raise UsageError(f"{count} {unit} for {ranks} processes: every process needs at least one; start fewer")
+    bounds = shard_bounds(count, ranks)
+    return slice(int(bounds[rank]), int(bounds[rank + 1]))
+
+
+def _image_rows(source: str, config: ExtractConfig, part: tuple[int, int] | None) -> ForwardRows:
     own_scale = config.mean is not None and config.std is not None
     data = open_data(config.data, config.root, config.split, config.download, own_scale)
     indices = select_indices(data.labels, config.per_class, config.limit, config.seed)
+    indices = indices[rank_part(len(indices), part, "samples")]
     prepared = prepare_job(source, data, indices, config, fingerprint=False)  # nothing to resume: no hash
     job = prepared.job
 
@@ -88,8 +102,10 @@ def _image_rows(source: str, config: ExtractConfig) -> ForwardRows:
     )
 
 
-def _token_rows(source: str, config: ExtractConfig) -> ForwardRows:
+def _token_rows(source: str, config: ExtractConfig, part: tuple[int, int] | None) -> ForwardRows:
     model, windows, layers, device = prepare_tokens(source, config)
+    mine = rank_part(len(windows.lengths), part, "token windows")
+    windows = windows_part(windows, mine.start, mine.stop)
 
     def batches() -> Iterator:
         with progress_bar(config.progress, "measure", windows.rows, "tokens") as advance:

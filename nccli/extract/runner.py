@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ from nccli.extract.transforms import build_transform
 from nccli.io import shards
 from nccli.io.accuracy import recorded_accuracy, top1_counts
 from nccli.io.options import stored_options
-from nccli.io.writer import FeatureWriter, check_not_being_written, check_output_name, partial_path
+from nccli.io.writer import FeatureWriter, already_complete, check_not_being_written, check_output_name, partial_path
 from nccli.progress import progress_bar
 
 PROBE_SAMPLES = 2
@@ -69,9 +70,9 @@ def extract_features(config: ExtractConfig) -> list[ExtractResult]:
         for target in targets:
             check_output(target, config, session.world if session else 1)
         if is_token_data(config.data):
-            if session is not None:
-                raise UsageError("extract of token DATA runs in one process for now; run it without torchrun")
-            return [extract_tokens(source, target, config) for source, target in zip(sources, targets, strict=True)]
+            return [
+                extract_tokens(source, target, config, session) for source, target in zip(sources, targets, strict=True)
+            ]
         with session.rank0_first() if session and config.download else contextlib.nullcontext():
             own_scale = config.mean is not None and config.std is not None
             data = open_data(config.data, config.root, config.split, config.download, own_scale)
@@ -129,13 +130,7 @@ def _extract_one(
     result = ExtractResult(target, len(indices), tuple(p.name for p in job.plans), job.loaded.epoch, notes=job.notes)
     skipped_notes, skipped_rows = [], []
 
-    def complete(path: str, wanted: dict) -> bool:
-        """``--resume`` skips a finished file written with the same options, and refuses one with others."""
-        if not (config.resume and not os.path.exists(partial_path(path)) and os.path.exists(path)):
-            return False
-        if stored_options(path) != wanted:
-            raise UsageError(f"'{path}' exists and was written with other options; pass --overwrite to replace it")
-        return True
+    complete = partial(already_complete, resume=config.resume)
 
     def write(path: str, rows: np.ndarray, wanted: dict) -> None:
         partial = partial_path(path)
@@ -183,16 +178,7 @@ def _extract_one(
         else:
             writer.finish(attrs=attrs)
 
-    if session is not None:
-        written = distributed.extract_shards(session, target, indices, options, config.overwrite, complete, write)
-    elif not complete(target, options):
-        if config.overwrite:
-            shards.remove_stale(target)  # shards of an earlier torchrun run would outlive the file they made
-        write(target, indices, options)
-        written = True
-    else:
-        written = False
-    if not written:
+    if not distributed.extract_file(session, target, indices, options, config.overwrite, complete, write):
         return replace(result, skipped=True, notes=("already complete",))
     reports = session is None or session.rank == 0  # under torchrun, rank 0 reports the index's
     return replace(

@@ -2,7 +2,9 @@
 
 Windows of one length are batched together (only the stream's last window may be shorter), so no padding
 and no attention mask change what the model computes. Each layer's (B, T, d) output is cut to the kept
-positions inside its forward hook, in float32, before later in-place operations can touch it.
+positions inside its forward hook, in float32, before later in-place operations can touch it. Once every
+chosen layer has given its rows the forward pass stops (:class:`_AllCaptured`): the LM head's logits, rows ×
+vocabulary products that nothing reads, are never computed (nor the blocks after the last chosen layer).
 """
 
 from collections.abc import Iterator
@@ -17,6 +19,10 @@ from nccli.extract.config import Precision
 from nccli.extract.hooks import first_tensor
 from nccli.extract.language import LanguageModel
 from nccli.extract.tokens import TokenWindows
+
+
+class _AllCaptured(Exception):
+    """Raised by the hook of the last chosen layer to run: the rest of the forward pass is not needed."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ def token_batches(
                 found = "no tensor" if tensor is None else f"shape {list(tensor.shape)}"
                 raise ModelError(f"layer '{name}' gave {found} for token ids of shape {list(mask.shape)}")
             captured[name] = tensor[mask].to(torch.float32, copy=True)
+            if len(captured) == len(layers):
+                raise _AllCaptured
 
         return capture
 
@@ -78,6 +86,8 @@ def token_batches(
             try:
                 with torch.inference_mode(), loop.autocast(device, precision):
                     module(ids)
+            except _AllCaptured:
+                pass
             except ModelError:
                 raise
             except Exception as error:  # the user's model may raise anything

@@ -9,25 +9,28 @@ and the position in the window. Ctrl-C keeps the rows written; ``--resume`` cont
 
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import torch
 
 from nccli import schema
 from nccli.errors import DataError, ModelError, UsageError, printable
-from nccli.extract import loop
+from nccli.extract import distributed, loop
 from nccli.extract.config import ExtractConfig, TokenOptions
 from nccli.extract.fingerprint import model_fingerprint, refuse_other_network
 from nccli.extract.language import LanguageModel, load_language_model
 from nccli.extract.planning import provenance_attributes
 from nccli.extract.results import ExtractionInterrupted, ExtractResult
+from nccli.extract.saved_datasets import open_saved_dataset
 from nccli.extract.token_rows import token_batches
 from nccli.extract.tokens import TokenWindows, check_vocabulary, cut_windows, read_documents, read_token_ids
 from nccli.globs import names_matching
 from nccli.io.header import root_attributes
 from nccli.io.options import stored_options
-from nccli.io.writer import FeatureWriter, RowDataset, partial_path
+from nccli.io.writer import FeatureWriter, RowDataset, already_complete, partial_path
 from nccli.progress import progress_bar
 
 TOKEN_TRANSFORM = "token ids (rows: positions; labels: the next token)"  # the file's transform attribute
@@ -36,21 +39,28 @@ LOGITS_NOTE = (
 )
 
 
-def open_tokens(data: str, options: TokenOptions, model: LanguageModel) -> TokenWindows:
+def open_tokens(data: str, options: TokenOptions, model: LanguageModel, split: str) -> TokenWindows:
     """The token stream of DATA (ids, or text through the model's tokenizer), checked against the vocabulary and
-    cut into windows of ``--seq-len`` (default: the model's context)."""
+    cut into windows of ``--seq-len`` (default: the model's context); ``split``: a saved DatasetDict's split."""
+    documents = None
     if data.endswith((".bin", ".npy")):
         tokens, description = read_token_ids(data, options.token_dtype), f"token file '{os.path.abspath(data)}'"
+    elif os.path.isdir(data):
+        saved = open_saved_dataset(data, split)
+        description = saved.description
+        if saved.holds_token_ids:
+            tokens = saved.token_ids()
+        else:
+            documents = saved.documents(options.text_field)
     else:
+        documents, description = read_documents(data, options.text_field), f"text file '{os.path.abspath(data)}'"
+    if documents is not None:
         if model.tokenizer is None:
             raise UsageError(
                 f"'{data}' is text, and the model has no tokenizer (tokenizer.json in its folder) to read it; give "
-                "token ids instead (.bin with --token-dtype, or .npy)"
+                "token ids instead (.bin with --token-dtype, .npy, or a datasets folder with input_ids)"
             )
-        tokens, description = (
-            _tokenized(read_documents(data, options.text_field), model.tokenizer),
-            (f"text file '{os.path.abspath(data)}'"),
-        )
+        tokens = _tokenized(documents, model.tokenizer)
     check_vocabulary(tokens, model.vocabulary, description)
     seq_len = options.seq_len or model.context
     if seq_len is None:
@@ -66,15 +76,17 @@ def open_tokens(data: str, options: TokenOptions, model: LanguageModel) -> Token
     )
 
 
-def _tokenized(documents: list[str], tokenizer) -> np.ndarray:
+def _tokenized(documents: Iterable[str], tokenizer) -> np.ndarray:
     """The documents' ids, joined by the tokenizer's end-of-text token where it has one."""
     end = getattr(tokenizer, "eos_token_id", None)
-    ids: list[int] = []
-    for number, document in enumerate(documents):
-        if number and end is not None:
-            ids.append(end)
-        ids.extend(tokenizer(document, add_special_tokens=False)["input_ids"])
-    return np.asarray(ids, dtype=np.int64)
+    separator = [] if end is None else [end]
+    parts = [  # one small array per document: a Python list of ints would take several times the memory
+        np.asarray(
+            (separator if number else []) + tokenizer(document, add_special_tokens=False)["input_ids"], dtype=np.int64
+        )
+        for number, document in enumerate(documents)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def chosen_layers(model: LanguageModel, patterns: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -96,35 +108,61 @@ def chosen_layers(model: LanguageModel, patterns: tuple[str, ...] | None) -> tup
 def prepare_tokens(source: str, config: ExtractConfig) -> tuple[LanguageModel, TokenWindows, tuple, torch.device]:
     """The language model on its device, the token windows of DATA and the layers ``--layers`` names."""
     model = load_language_model(source, config.model, config.epoch)
-    windows = open_tokens(config.data, config.tokens, model)
+    windows = open_tokens(config.data, config.tokens, model, config.split)
     layers = chosen_layers(model, config.layers)
     device = loop.resolve_device(config.device)
     model.loaded.module.to(device)
     return model, windows, layers, device
 
 
-def extract_tokens(source: str, target: str, config: ExtractConfig):
-    """One feature file of token rows (the ``ExtractResult`` of :mod:`.runner`)."""
+def windows_part(windows: TokenWindows, first: int, end: int) -> TokenWindows:
+    """Windows [first, end) of ``windows`` (a torchrun rank's part): their rows and sample_index as in the whole."""
+    return replace(
+        windows,
+        starts=windows.starts[first:end],
+        lengths=windows.lengths[first:end],
+        first_rows=windows.first_rows[first:end],
+    )
+
+
+def extract_tokens(source: str, target: str, config: ExtractConfig, session: distributed.Session | None = None):
+    """One feature file of token rows (the ``ExtractResult`` of :mod:`.runner`); under torchrun each rank writes
+    the rows of its contiguous part of the windows to its shard, and rank 0 the index (:mod:`.distributed`)."""
     started = time.perf_counter()
     model, windows, layers, device = prepare_tokens(source, config)
     options = _options(config, model, windows, layers)
-    partial = partial_path(target)
-    if config.resume and not os.path.exists(partial) and os.path.exists(target):
-        if stored_options(target) != options:
-            raise UsageError(f"'{target}' exists and was written with other options; pass --overwrite to replace it")
+
+    def write(path: str, chosen: np.ndarray, wanted: dict) -> None:
+        part = windows_part(windows, int(chosen[0]), int(chosen[-1]) + 1)
+        _write_file(path, part, wanted, model, layers, device, config)
+
+    complete = partial(already_complete, resume=config.resume)
+    every_window = np.arange(len(windows.lengths))
+    unit = "token windows"
+    if not distributed.extract_file(session, target, every_window, options, config.overwrite, complete, write, unit):
         return ExtractResult(
             target, windows.rows, layers, model.loaded.epoch, skipped=True, notes=("already complete",)
         )
-    if config.resume and os.path.exists(partial):
-        refuse_other_network(partial, stored_options(partial), options)
-        writer = FeatureWriter.resume(target, options)
+    return ExtractResult(
+        target, windows.rows, layers, model.loaded.epoch, time.perf_counter() - started, notes=(LOGITS_NOTE,)
+    )
+
+
+def _write_file(path: str, windows: TokenWindows, options: dict, model, layers, device, config) -> None:
+    """The rows of ``windows`` in the feature file ``path``, resuming its partial file at a window boundary."""
+    partial_file = partial_path(path)
+    if config.resume and os.path.exists(partial_file):
+        refuse_other_network(partial_file, stored_options(partial_file), options)
+        writer = FeatureWriter.resume(path, options)
     else:
-        writer = _create(target, config, model, windows, layers, options)
+        writer = _create(path, config, model, windows, layers, options)
     counts = np.cumsum(windows.row_counts())
     first_window = int(np.searchsorted(counts, writer.rows_written, side="right"))
     if first_window and counts[first_window - 1] != writer.rows_written:
         writer.close()
-        raise UsageError(f"cannot resume '{partial}': its rows end inside a window; pass --overwrite to start over")
+        raise UsageError(
+            f"cannot resume '{partial_file}': its rows end inside a window; pass --overwrite to start over"
+        )
     try:
         _write(writer, model, windows, layers, first_window, device, config)
         writer.finish()
@@ -134,14 +172,11 @@ def extract_tokens(source: str, target: str, config: ExtractConfig):
             writer.discard()
             raise
         if isinstance(error, KeyboardInterrupt):
-            raise ExtractionInterrupted(partial, writer.rows_written, writer.rows) from None
+            raise ExtractionInterrupted(partial_file, writer.rows_written, writer.rows) from None
         if isinstance(error, (DataError, ModelError)):
-            kept = f"'{partial}' keeps the first {writer.rows_written} of {writer.rows} rows: rerun with --resume"
+            kept = f"'{partial_file}' keeps the first {writer.rows_written} of {writer.rows} rows: rerun with --resume"
             raise type(error)(f"{error}; {kept} once it is fixed") from None
         raise
-    return ExtractResult(
-        target, windows.rows, layers, model.loaded.epoch, time.perf_counter() - started, notes=(LOGITS_NOTE,)
-    )
 
 
 def _write(writer, model, windows, layers, first_window, device, config) -> None:

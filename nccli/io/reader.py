@@ -53,6 +53,8 @@ __all__ = ["FeatureFile", "FeatureFileInfo", "LayerInfo", "memory_budget", "open
 class FeatureFile:
     """An open, validated feature file (a :class:`~nccli.io.rows.RowSource`). Use :func:`open_feature_file`."""
 
+    rank_local = False  # every rank opens the whole file and reads its part of the rows
+
     def __init__(self, handle: h5py.File, info: FeatureFileInfo, classifier: Classifier | None):
         self._handle = handle
         self._datasets: dict[str, h5py.Dataset] = {}

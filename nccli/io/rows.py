@@ -2,7 +2,8 @@
 
 Three things implement it: the feature file (:class:`nccli.io.reader.FeatureFile`; a torchrun shard
 index is one too, its rows read through the shards), and batches in memory
-(:class:`nccli.analyze.memory.BatchRows`, ``measure_collapse``). The passes
+(:class:`nccli.analyze.memory.BatchRows`, ``measure_collapse`` and ``nccli measure``, where each
+torchrun rank's batches are its own part of the rows). The passes
 (:mod:`nccli.analyze.passes`) and the torchrun collectives see only this.
 """
 
@@ -20,6 +21,7 @@ class RowSource(Protocol):
 
     info: FeatureFileInfo
     classifier: Classifier | None
+    rank_local: bool  # under torchrun: the source holds this rank's rows only (read whole), not every rank's
 
     def block_rows(self, layers: tuple[LayerInfo, ...], requested: int | None = None) -> int:
         """Rows per block for ``layers`` (``requested``, else the source's own choice)."""

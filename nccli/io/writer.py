@@ -53,7 +53,7 @@ from nccli.errors import OutputError, UsageError
 from nccli.io.final_copy import write_final
 from nccli.io.guarded import GuardedHdf5, failure_of, words
 from nccli.io.lock import LOCK_SUFFIX, OutputLock
-from nccli.io.options import describe_differences, options_of, store_options
+from nccli.io.options import describe_differences, options_of, store_options, stored_options
 from nccli.io.publish import sync
 
 CHUNK_BYTES = 2**20
@@ -82,6 +82,16 @@ CREATED_FORMAT = ("v108", "latest")
 
 def partial_path(path: str) -> str:
     return path + PARTIAL_SUFFIX
+
+
+def already_complete(path: str, wanted: dict, resume: bool) -> bool:
+    """Whether ``--resume`` (``resume``) skips ``path``: a finished file written with the options ``wanted``;
+    one written with others is refused."""
+    if not (resume and not os.path.exists(partial_path(path)) and os.path.exists(path)):
+        return False
+    if stored_options(path) != wanted:
+        raise UsageError(f"'{path}' exists and was written with other options; pass --overwrite to replace it")
+    return True
 
 
 def chunk_rows(width: int, itemsize: int, rows: int) -> int:

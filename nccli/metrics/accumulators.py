@@ -106,6 +106,16 @@ class ClassMoments:
         """The same state as numpy arrays."""
         return on_host(self)
 
+    def restricted(self, kept: np.ndarray) -> ClassMoments:
+        """This host state over the classes ``kept`` ((C,) bool) only: every field is per class, so emptying
+        the others is exactly the state of a pass that never read their rows."""
+        return ClassMoments(
+            np.where(kept, self.count, 0.0),
+            np.where(kept[:, None], self.mean, 0.0),
+            np.where(kept[:, None], self.unit_sum, 0.0),
+            np.where(kept, self.unit_count, 0.0),
+        )
+
     def class_means(self) -> ClassMeans:
         """The means of the present classes (count > 0) of this host state."""
         ids = np.flatnonzero(self.count > 0)

@@ -60,10 +60,21 @@ def forward_tokens_per_second(folder: str, ids: np.ndarray, seq_len: int, batch:
     return windows.numel() / (time.perf_counter() - start)
 
 
-def measure_command(folder: str, data: str, out: str, seq_len: int, batch: int, device: str, tokens: int) -> list:
+def token_ids(vocabulary: int, count: int, zipf: bool) -> np.ndarray:
+    """``count`` random ids: uniform over the vocabulary (every class present: the worst case for pass 2's K·d
+    decisions), or with text's Zipf frequencies (most of a large vocabulary absent from 10⁵ tokens)."""
+    rng = np.random.default_rng(0)
+    if not zipf:
+        return rng.integers(0, vocabulary, size=count, dtype=np.uint32)
+    weights = 1.0 / np.arange(1, vocabulary + 1)
+    return rng.choice(vocabulary, size=count, p=weights / weights.sum()).astype(np.uint32)
+
+
+def measure_command(folder: str, data: str, out: str, args: argparse.Namespace, tokens: int) -> list:
     return [
-        sys.executable, "-m", "nccli", "measure", folder, data, "--token-dtype", "uint32", "--seq-len", str(seq_len),
-        "--batch-size", str(batch), "--device", device, "--max-tokens", str(tokens), "--out", out,
+        sys.executable, "-m", "nccli", "measure", folder, data, "--token-dtype", "uint32",
+        "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), "--device", args.device,
+        "--max-tokens", str(tokens), *args.measure_options.split(), "--out", out,
     ]  # fmt: skip
 
 
@@ -89,19 +100,26 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--vocabulary", type=int, default=VOCABULARY, help="classes (GPT-2's by default)")
     parser.add_argument("--rss", type=int, nargs="*", default=[], help="token counts whose peak RSS to print")
+    parser.add_argument(
+        "--zipf", action="store_true", help="ids drawn as text has them (Zipf, P(rank r) ∝ 1/r) instead of uniformly"
+    )
+    parser.add_argument(
+        "--measure-options", default="", help="more options of nccli measure, e.g. '--top-classes 1000'"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder, data = os.path.join(scratch, "gpt"), os.path.join(scratch, "ids.bin")
         save_model(folder, args.layers, args.width, args.seq_len, args.vocabulary)
         longest = max([args.tokens, *args.rss]) + 1
-        np.random.default_rng(0).integers(0, args.vocabulary, size=longest, dtype=np.uint32).tofile(data)
+        token_ids(args.vocabulary, longest, args.zipf).tofile(data)
         ids = np.fromfile(data, dtype=np.uint32)[: args.tokens + 1]
         shape = f"{args.layers} blocks, width {args.width}, vocabulary {args.vocabulary}, windows of {args.seq_len}"
-        print(f"GPT-2 config: {shape}")
+        present = len(np.unique(ids[1:]))
+        print(f"GPT-2 config: {shape}; {'Zipf' if args.zipf else 'uniform'} ids, {present} classes present")
         print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, device {args.device}")
         forward = forward_tokens_per_second(folder, ids, args.seq_len, args.batch_size, args.device)
         out = os.path.join(scratch, "r.parquet")
-        command = measure_command(folder, data, out, args.seq_len, args.batch_size, args.device, args.tokens)
+        command = measure_command(folder, data, out, args, args.tokens)
         seconds, peak = run_measure(command)
         measured = args.tokens / seconds
         print(
@@ -109,7 +127,7 @@ def main() -> None:
             f"({seconds:.1f} s, peak RSS {peak / 2**20:,.0f} MiB); ratio {measured / forward:.3f} (target ≥ 0.45)"
         )
         for tokens in args.rss:
-            command = measure_command(folder, data, out, args.seq_len, args.batch_size, args.device, tokens)
+            command = measure_command(folder, data, out, args, tokens)
             seconds, peak = run_measure(command)
             print(f"peak RSS at {tokens:,} tokens: {peak / 2**20:,.0f} MiB ({seconds:.1f} s)")
 
