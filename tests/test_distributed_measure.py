@@ -127,5 +127,5 @@ def test_more_processes_than_token_windows_are_refused_in_one_line(language_mode
                     "--out", tmp_path / "r.parquet", cwd=tmp_path)  # fmt: skip
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == ["error: 1 token windows for 2 processes: every process needs at least one; start fewer"]
+    assert errors == ["error: 1 token windows for 2 processes: every process needs at least one; start fewer processes"]
     assert not (tmp_path / "r.parquet").exists()

@@ -2,6 +2,7 @@
 block's output and the final norm's; the classes are the vocabulary and the classifier the LM head."""
 
 import json
+import math
 
 import h5py
 import numpy as np
@@ -120,6 +121,38 @@ def test_batched_windows_and_analyze(lm, tmp_path):
     table = pq.read_table(report).to_pylist()
     assert [row["n_classes"] for row in table] == [len(np.unique(labels))] * 3  # the tokens present
     assert all(row["n_samples"] == len(ids) - 1 for row in table)
+
+
+def test_the_forward_pass_stops_after_the_last_chosen_layer(lm, tmp_path, monkeypatch):
+    """The LM head's logits (rows × vocabulary) are never computed for the rows (only once, for the probe when
+    the model is loaded), nor the blocks after the last chosen layer."""
+    folder, model, ids, kind = lm
+    blocks, _ = _blocks_and_norm(model, kind)
+    calls = []
+    for module_type in (type(blocks[0]), torch.nn.Linear):
+        original = module_type.forward
+        monkeypatch.setattr(
+            module_type, "forward", lambda self, *a, run=original, **k: calls.append(self) or run(self, *a, **k)
+        )
+
+    def heads() -> int:
+        return sum(isinstance(c, torch.nn.Linear) and c.out_features == model.config.vocab_size for c in calls)
+
+    def ran() -> int:
+        return sum(isinstance(c, type(blocks[0])) for c in calls)
+
+    common = (folder, folder.parent / "ids.bin", "--token-dtype", "uint16", "--batch-size", 1, "--seq-len", 8)
+    assert invoke("extract", *common, "--out", tmp_path / "all.h5").exit_code == 0
+    windows = math.ceil((len(ids) - 1) / 8)
+    assert (heads(), ran()) == (1, len(blocks) * (1 + windows))  # the probe's, then the blocks of every window
+    calls.clear()
+    first_block = {"gpt2": "transformer.h.0", "llama": "model.layers.0"}[kind]
+    assert invoke("extract", *common, "--layers", first_block, "--out", tmp_path / "first.h5").exit_code == 0
+    assert (heads(), ran()) == (1, len(blocks) + windows)  # the first block of each window only
+    np.testing.assert_array_equal(
+        read_datasets(tmp_path / "first.h5")[schema.layer_path(first_block)],
+        read_datasets(tmp_path / "all.h5")[schema.layer_path(first_block)],
+    )
 
 
 @pytest.mark.parametrize("suffix", [".txt", ".jsonl"])

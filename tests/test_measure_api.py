@@ -46,11 +46,28 @@ def test_epoch_and_split_fill_the_report_columns():
         ({"epoch": "3"}, "epoch must be an integer ≥ 0 or None, got '3'"),
         ({"split": ""}, "split must be a non-empty string such as 'train' or 'test', got ''"),
         ({"split": None}, "split must be a non-empty string such as 'train' or 'test', got None"),
+        ({"top_classes": 0}, "top_classes must be a positive integer or None, got 0"),
+        ({"min_count": 1.5}, "min_count must be a positive integer or None, got 1.5"),
     ],
-    ids=["negative epoch", "float epoch", "bool epoch", "str epoch", "empty split", "no split"],
+    ids=["negative epoch", "float epoch", "bool epoch", "str epoch", "empty split", "no split", "no top", "float min"],
 )
 def test_bad_epoch_or_split_is_refused_in_one_line(kwargs, fragment):
     assert refusal(**kwargs) == fragment
+
+
+def test_top_classes_and_min_count_leave_the_other_classes_rows_out():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1, 2, 3], [30, 12, 25, 5])  # most rows: 0, 2, 1, 3
+    features = rng.normal(size=(len(labels), 4)) + labels[:, None]
+    kept = np.isin(labels, [0, 2])
+    (restricted,) = measure_collapse([(features, labels)], num_classes=4, device="cpu", top_classes=3, min_count=13)
+    (alone,) = measure_collapse([(features[kept], labels[kept])], num_classes=4, device="cpu")
+    assert restricted[schema.COL_N_SAMPLES] == 55 and restricted[schema.COL_N_CLASSES] == 2
+    for column, value in alone.items():
+        if isinstance(value, float):
+            assert restricted[column] == pytest.approx(value, rel=1e-12, nan_ok=True), column
+        else:
+            assert restricted[column] == value, column
 
 
 def test_a_means_from_file_of_another_epoch_is_refused(tmp_path):

@@ -47,6 +47,8 @@ def measure_collapse(
     epoch: int | None = None,
     split: str = schema.DEFAULT_SPLIT,
     device: str = "auto",
+    top_classes: int | None = None,
+    min_count: int | None = None,
 ) -> list[dict]:
     """Neural-collapse metrics of every layer of ``batches``: one dict per layer, keyed by the report's columns.
 
@@ -67,6 +69,8 @@ def measure_collapse(
     ``epoch`` (an integer ≥ 0, or None) and ``split`` (default ``train``, as in a feature file without them)
     fill the rows' ``epoch`` and ``split``, so that the rows of several checkpoints make one report; a
     ``means_from`` file of another epoch is refused.
+    ``top_classes`` N, ``min_count`` M: only the N classes with the most rows, or those with at least M rows, or
+    those meeting both, as ``analyze --top-classes/--min-count`` (the other classes' rows left out).
     ``device``: ``auto`` computes on the device of CUDA tensors (else as analyze: CUDA if present), ``cpu``
     with numpy, ``cuda``/``cuda:N`` with torch; state is float64 everywhere.
 
@@ -78,10 +82,15 @@ def measure_collapse(
         raise UsageError(f"epoch must be an integer ≥ 0 or None, got {epoch!r}")
     if not isinstance(split, str) or not split:
         raise UsageError(f"split must be a non-empty string such as 'train' or 'test', got {split!r}")
+    for name, value in (("top_classes", top_classes), ("min_count", min_count)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+            raise UsageError(f"{name} must be a positive integer or None, got {value!r}")
     epoch = None if epoch is None else int(epoch)
     described = {"split": split, "epoch": epoch}
     rows = BatchRows(batches, int(num_classes), device, classifier, classifier_layer, described)
-    config = AnalyzeConfig(files=(rows.info.path,), means_from=means_from, device=device)
+    config = AnalyzeConfig(
+        files=(rows.info.path,), means_from=means_from, device=device, top_classes=top_classes, min_count=min_count
+    )
     result = measure_rows(rows, config, epoch, other_rows, "means_from=")
     return [{column: row[column] for column in schema.SUMMARY_COLUMNS} for row in result.summary]
 

@@ -65,24 +65,28 @@ def write_analysis(
     that would be too large. On rank 0 (or in one process) it returns if and only if the reports are
     published; an interrupt or a failed rank after that only warns.
     """
-    inputs = [*config.files, *([config.ood] if config.ood else [])]
+    inputs = (*config.files, *([config.ood] if config.ood else []))
 
     def compute(group, sink: PairSink | None) -> AnalysisResult:
         return analyze_features(config, sink, group)
 
-    return _publish(config.device, compute, inputs, config.means_from, out, classes, pairs, command)
+    return _publish(config.device, compute, _Reports(out, classes, pairs, command, inputs, config.means_from))
 
 
-def _publish(
-    device: str,
-    compute: Callable,
-    inputs: list[PathLike],
-    means_from: str | None,
-    out: PathLike,
-    classes: PathLike | None,
-    pairs: PathLike | None,
-    command: str,
-) -> AnalysisResult:
+@dataclass(frozen=True)
+class _Reports:
+    """The report files of a run, the command recorded in them, and the inputs (with ``means_from``'s
+    references) they must not overwrite."""
+
+    out: PathLike
+    classes: PathLike | None
+    pairs: PathLike | None
+    command: str
+    inputs: tuple[PathLike, ...]
+    means_from: str | None
+
+
+def _publish(device: str, compute: Callable, reports: _Reports) -> AnalysisResult:
     """``compute(group, pairs)`` in the torchrun job this process is in (``group`` None in one process), its
     reports written and published by rank 0 (:func:`_write`); the other ranks compute and agree."""
     run = _Run()
@@ -90,11 +94,11 @@ def _publish(
         try:
             with job(device) as group:
                 if group is not None and not group.main:  # the other ranks of a torchrun job compute; rank 0 writes
-                    run.result = compute(group, _nowhere if pairs is not None else None)
+                    run.result = compute(group, _nowhere if reports.pairs is not None else None)
                     group.agree_to_publish()
                     run.agreed = True
                 else:
-                    _write(partial(compute, group), inputs, means_from, out, classes, pairs, command, group, run)
+                    _write(partial(compute, group), reports, group, run)
         except (KeyboardInterrupt, NcCliError, RuntimeError):  # RuntimeError: torch.distributed losing a rank
             if not run.settled:
                 raise
@@ -165,35 +169,26 @@ def write_measurement(
     runs the model over its part of DATA)."""
     from nccli.analyze.model_runs import measure_model  # imports torch: analyze of files on the CPU does not
 
-    inputs = [*config.source.models, config.source.data]
+    inputs = (*config.source.models, config.source.data)
 
     def compute(group, sink: PairSink | None) -> AnalysisResult:
         return measure_model(config, sink, group)
 
-    return _publish(config.source.device, compute, inputs, config.means_from, out, classes, pairs, command)
+    return _publish(config.source.device, compute, _Reports(out, classes, pairs, command, inputs, config.means_from))
 
 
-def _write(
-    compute: Callable[[PairSink | None], AnalysisResult],
-    inputs: list[PathLike],
-    means_from: str | None,
-    out: PathLike,
-    classes: PathLike | None,
-    pairs: PathLike | None,
-    command: str,
-    group,
-    run: _Run,
-) -> None:
-    """Check the outputs against each other and the ``inputs`` (and ``means_from``'s references), ``compute``
-    the result with the per-pair rows streamed to their file, write the tables, and publish them together."""
-    requested = {"--out": out, "--classes": classes, "--pairs": pairs}
+def _write(compute: Callable[[PairSink | None], AnalysisResult], reports: _Reports, group, run: _Run) -> None:
+    """Check the outputs against each other and the inputs (and ``means_from``'s references), ``compute`` the
+    result with the per-pair rows streamed to their file, write the tables, and publish them together."""
+    classes, pairs = reports.classes, reports.pairs
+    requested = {"--out": reports.out, "--classes": classes, "--pairs": pairs}
     targets = {option: check_writable(path, option) for option, path in requested.items() if path is not None}
-    references = reference_paths(means_from)[0] if means_from else []
-    check_apart(targets, [*inputs, *references])
+    references = reference_paths(reports.means_from)[0] if reports.means_from else []
+    check_apart(targets, [*reports.inputs, *references])
     with reserve_outputs(targets.values()), Staged(targets.values()) as staged:
         stream = _ParquetStream(staged.path(targets["--pairs"])) if pairs is not None else None
         run.result = result = compute(stream.write if stream is not None else None)
-        metadata = report_metadata(result, command)
+        metadata = report_metadata(result, reports.command)
         _write_table(staged, targets["--out"], to_table(result.summary, schema.SUMMARY_COLUMNS, metadata))
         if classes is not None:
             tables = result.classes or [to_table([], class_columns(False), {})]

@@ -22,7 +22,6 @@ import numpy as np
 
 from nccli import distributed, schema
 from nccli.distributed import Session
-from nccli.errors import UsageError
 from nccli.io import shards
 from nccli.io.writer import partial_path
 
@@ -48,39 +47,22 @@ def extract_file(
     write: Callable[[str, np.ndarray, dict], None],
     unit: str = "samples",
 ) -> bool:
-    """``target`` of ``indices`` (:func:`extract_shards` under torchrun, else ``write`` in this process unless
-    ``complete``); False when it was already complete."""
-    if current is not None:
-        return extract_shards(current, target, indices, options, overwrite, complete, write, unit)
-    if complete(target, options):
-        return False
-    if overwrite:
-        shards.remove_stale(target)  # shards of an earlier torchrun run would outlive the file they made
-    write(target, indices, options)
-    return True
-
-
-def extract_shards(
-    current: Session,
-    target: str,
-    indices: np.ndarray,
-    options: dict,
-    overwrite: bool,
-    complete: Callable[[str, dict], bool],
-    write: Callable[[str, np.ndarray, dict], None],
-    unit: str = "samples",
-) -> bool:
-    """This rank's shard of ``target``, then rank 0 writes the index; False when ``target`` was already complete.
+    """``target`` of ``indices``; False when it was already complete. In one process (``current`` None),
+    ``write`` it unless ``complete``; under torchrun, this rank's shard, then rank 0 writes the index.
 
     ``complete(path, options)`` says whether ``--resume`` skips a finished file (and refuses one written with
     other options); ``write(path, rows, options)`` extracts ``rows`` into ``path``; ``unit`` names what ``indices``
     number (samples, token windows).
     """
+    if current is None:
+        if complete(target, options):
+            return False
+        if overwrite:
+            shards.remove_stale(target)  # shards of an earlier torchrun run would outlive the file they made
+        write(target, indices, options)
+        return True
     ranks = current.world
-    if len(indices) < ranks:
-        raise UsageError(
-            f"{len(indices)} {unit} for {ranks} processes: every process needs at least one; start fewer processes"
-        )
+    mine = shards.rank_part(len(indices), current.rank, ranks, unit)
     plan = ""
     if current.rank == 0:  # one decision for all: the ranks must not take different paths through the gathers
         plan = SKIP if complete(target, options) else ""
@@ -90,12 +72,10 @@ def extract_shards(
                 os.remove(partial_path(target))  # a single-process run's, now replaced
     if current.gather(plan)[0] == SKIP:
         return False
-    bounds = shards.shard_bounds(len(indices), ranks)
-    first, end = int(bounds[current.rank]), int(bounds[current.rank + 1])
-    mine = {**options, schema.EXTRACT_OPTION_SHARD: [current.rank, ranks, first, end]}
+    shard_options = {**options, schema.EXTRACT_OPTION_SHARD: [current.rank, ranks, mine.start, mine.stop]}
     path = shards.shard_path(target, current.rank, ranks)
-    if not complete(path, mine):
-        write(path, indices[first:end], mine)
+    if not complete(path, shard_options):
+        write(path, indices[mine], shard_options)
     current.gather(WRITTEN)
     if current.rank == 0:
         shards.write_index(target, ranks, options)

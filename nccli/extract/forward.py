@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from nccli import schema
-from nccli.errors import DataError, UsageError, printable
+from nccli.errors import DataError, printable
 from nccli.extract import loop
 from nccli.extract.capture import FeatureCapture
 from nccli.extract.config import ExtractConfig, is_token_data
@@ -22,7 +22,7 @@ from nccli.extract.planning import provenance_attributes
 from nccli.extract.runner import prepare_job
 from nccli.extract.token_rows import token_batches
 from nccli.extract.token_runner import TOKEN_TRANSFORM, prepare_tokens, windows_part
-from nccli.io.shards import shard_bounds
+from nccli.io.shards import rank_part
 from nccli.progress import progress_bar
 
 Batches = Callable[[], Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]]
@@ -53,22 +53,16 @@ def forward_rows(source: str, config: ExtractConfig, part: tuple[int, int] | Non
     return _image_rows(source, config, part)
 
 
-def rank_part(count: int, part: tuple[int, int] | None, unit: str) -> slice:
-    """Rank ``r``'s items of ``count`` for ``part`` = (r, ranks) (all of them without a part)."""
-    if part is None:
-        return slice(0, count)
-    rank, ranks = part
-    if count < ranks:
-        raise UsageError(f"{count} {unit} for {ranks} processes: every process needs at least one; start fewer")
-    bounds = shard_bounds(count, ranks)
-    return slice(int(bounds[rank]), int(bounds[rank + 1]))
+def _mine(count: int, part: tuple[int, int] | None, unit: str) -> slice:
+    """This rank's items of ``count`` for ``part`` = (rank, ranks), all of them without a part."""
+    return slice(0, count) if part is None else rank_part(count, *part, unit)
 
 
 def _image_rows(source: str, config: ExtractConfig, part: tuple[int, int] | None) -> ForwardRows:
     own_scale = config.mean is not None and config.std is not None
     data = open_data(config.data, config.root, config.split, config.download, own_scale)
     indices = select_indices(data.labels, config.per_class, config.limit, config.seed)
-    indices = indices[rank_part(len(indices), part, "samples")]
+    indices = indices[_mine(len(indices), part, "samples")]
     prepared = prepare_job(source, data, indices, config, fingerprint=False)  # nothing to resume: no hash
     job = prepared.job
 
@@ -104,7 +98,7 @@ def _image_rows(source: str, config: ExtractConfig, part: tuple[int, int] | None
 
 def _token_rows(source: str, config: ExtractConfig, part: tuple[int, int] | None) -> ForwardRows:
     model, windows, layers, device = prepare_tokens(source, config)
-    mine = rank_part(len(windows.lengths), part, "token windows")
+    mine = _mine(len(windows.lengths), part, "token windows")
     windows = windows_part(windows, mine.start, mine.stop)
 
     def batches() -> Iterator:

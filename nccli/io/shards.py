@@ -58,6 +58,17 @@ def shard_bounds(rows: int, ranks: int) -> np.ndarray:
     return np.array([rank * rows // ranks for rank in range(ranks + 1)], dtype=np.int64)
 
 
+def rank_part(count: int, rank: int, ranks: int, unit: str) -> slice:
+    """Rank ``rank``'s contiguous part of ``count`` items (:func:`shard_bounds`), refusing fewer items than ranks
+    (``unit`` names them: samples, token windows)."""
+    if count < ranks:
+        raise UsageError(
+            f"{count} {unit} for {ranks} processes: every process needs at least one; start fewer processes"
+        )
+    bounds = shard_bounds(count, ranks)
+    return slice(int(bounds[rank]), int(bounds[rank + 1]))
+
+
 def existing_shards(target: str) -> dict[int, list[str]]:
     """Shard files (complete or ``.partial``) in ``FILE.shards``, by the rank count of the run that wrote them."""
     folder = shards_folder(target)
