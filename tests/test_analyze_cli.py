@@ -30,6 +30,20 @@ def analysed_files(out):
     return pq.read_table(out).column("file").to_pylist()[::2]
 
 
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (("analyze", "f.h5", "--bogus", "1"), ("No such option: --bogus", "see `nccli analyze --help`")),
+        (("analyze",), ("Missing argument 'files'", "see `nccli analyze --help`")),
+        (("extract", "resnet18", "fake:4", "--split", "nope", "--out", "f.h5"), ("Invalid value for '--split'",)),
+        (("nosuch",), ("No such command 'nosuch'", "see `nccli --help`")),
+    ],
+    ids=["unknown option", "missing argument", "bad choice", "unknown command"],
+)
+def test_a_usage_error_is_one_line_naming_the_help(args, fragments):
+    assert_user_error(invoke(*args), *fragments)
+
+
 def test_quoted_globs_expand_in_epoch_order_among_plain_paths(tmp_path):
     """A pattern gives the files the shell would give, in natural order (epoch_2 before epoch_10); a file named
     twice is analysed twice, as a repeated path always was."""

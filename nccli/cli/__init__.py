@@ -13,6 +13,7 @@ import typer
 from nccli import __version__
 from nccli.allocator import keep_freed_memory
 from nccli.cli import analyze, convert, demo, extract, info, layers, measure, models, plot, report
+from nccli.cli.common import OneLineUsageErrors
 
 app = typer.Typer(
     name="nccli",
@@ -22,6 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineUsageErrors,
 )
 
 

@@ -12,6 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
+
+try:
+    from typer._click.exceptions import ClickException  # typer ≥ 0.25 carries its own click
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click.exceptions import ClickException
 
 from nccli.errors import DegenerateMetricWarning, NcCliError, UsageError, printable
 
@@ -48,6 +54,24 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         warnings.showwarning = previous
+
+
+class OneLineUsageErrors(TyperGroup):
+    """The ``nccli`` group: a usage error (an unknown option, a bad value, a missing argument) is one ``error:``
+    line naming the command's help, exit 2, instead of typer's boxed usage text."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode: bool = True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as error:
+            message = printable(error.format_message()).rstrip(".")
+            if message:  # no message: the help was shown instead (`nccli` with no command)
+                where = getattr(getattr(error, "ctx", None), "command_path", None) or prog_name or "nccli"
+                echo_error(f"error: {message}; see `{where} --help`")
+            sys.exit(error.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def command_line(context: typer.Context) -> str:
