@@ -115,6 +115,28 @@ def test_a_few_zero_vectors_are_left_out_of_the_cosine_view_only(tmp_path):
     assert_matches_reference(result, reference_metrics(features, labels))
 
 
+@pytest.mark.parametrize(
+    "zero_rows, nulls, fragment",
+    [
+        ([0, 1, 2], ("w_equinorm", "w_equiangular", "w_maxangle", "nc3_duality", "nc3_etf", "nc3_tirer"), "W is zero"),
+        ([2], ("w_equiangular", "w_maxangle", "nc3_uniform_duality"), "rows w_c = 0 for classes 2:"),
+    ],
+    ids=["an untrained head", "one zero row"],
+)
+def test_a_zero_classifier_row_is_named_in_a_warning(tmp_path, zero_rows, nulls, fragment):
+    rng = np.random.default_rng(4)
+    labels = np.arange(60) % 3
+    features = rng.normal(size=(60, 5)) + labels[:, None]
+    weight = rng.normal(size=(3, 5))
+    weight[zero_rows] = 0.0
+    result, messages = analyze_warned(tmp_path, features, labels, weight, np.zeros(3))
+    assert len(messages) == 1 and fragment in messages[0]
+    row = result.summary[0]
+    assert all(math.isnan(row[column]) for column in nulls)
+    assert all(column in messages[0] or "nc3_*" in messages[0] for column in nulls)
+    assert not math.isnan(row["clf_accuracy"]) and not math.isnan(row["nc1"])
+
+
 def test_singleton_classes_are_valid(tmp_path):
     rng = np.random.default_rng(5)
     features = rng.normal(size=(4, 3))

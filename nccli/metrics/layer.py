@@ -112,6 +112,8 @@ def summarize_layer(
         values.update(_classifier_values(moments, ids, weight, w_norms, duality_cos, decisions, stats))
 
     _warn_degenerate(warn, moments, ids, k, all_coincide, some_at_global_mean, stats, geometry.at_centre, classifier)
+    if classifier is not None:
+        _warn_zero_weights(warn, ids, w_norms)
 
     undefined = np.full(k, np.nan)
     classes = {
@@ -179,6 +181,22 @@ def _warn_degenerate(
     zero_vectors = int(moments.count[ids].sum() - moments.unit_count[ids].sum())
     if zero_vectors and len(all_zero) < k:
         warn(f"{zero_vectors} all-zero feature vectors left out of the cosine view")
+
+
+def _warn_zero_weights(warn, ids, w_norms) -> None:
+    """A warning for classifier rows w_c = 0 of present classes, whose directions (cosines) do not exist."""
+    zero = w_norms == 0
+    if zero.all():
+        warn(
+            "the classifier W is zero (an untrained head: torchvision's ViTs and timm's Mixers start at W = 0): "
+            "w_equinorm, w_equiangular, w_maxangle, nc3_* reported as null"
+        )
+    elif zero.any():
+        classes = _listing([str(c) for c in ids[zero]])
+        warn(
+            f"classifier rows w_c = 0 for classes {classes}: w_equiangular, w_maxangle, nc3_uniform_duality "
+            "reported as null"
+        )
 
 
 def _listing(items: list[str], total: int | None = None, limit: int = 10) -> str:
