@@ -14,6 +14,7 @@ import pytest
 import torch
 from cli_helpers import invoke
 from extract_helpers import random_images, tiny_cnn, write_npz
+from test_distributed_analyze import assert_refused
 from test_measure_cli import _same_reports
 
 from nccli import schema
@@ -125,7 +126,13 @@ def test_more_processes_than_token_windows_are_refused_in_one_line(language_mode
     model, ids = language_model
     done = torchrun("measure", model, ids, "--token-dtype", "uint16", "--seq-len", 16, "--max-tokens", 10,
                     "--out", tmp_path / "r.parquet", cwd=tmp_path)  # fmt: skip
-    assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == ["error: 1 token windows for 2 processes: every process needs at least one; start fewer processes"]
+    assert_refused(done, "1 token windows for 2 processes: every process needs at least one; start fewer processes")
+    assert not (tmp_path / "r.parquet").exists()
+
+
+def test_a_model_giving_other_rows_under_torchrun_is_refused_by_rank_0_without_a_report(tmp_path):
+    data = write_npz(tmp_path / "data.npz", *random_images(n=40, size=16))
+    model = f"{TESTS / 'test_measure_cli.py'}:dropping"  # dropout left on: other rows on the second pass
+    done = torchrun("measure", model, data, "--normalize", "none", "--out", tmp_path / "r.parquet", cwd=tmp_path)
+    assert_refused(done, "rank 0 of 2: the model gave other rows on its second pass", "no report was written")
     assert not (tmp_path / "r.parquet").exists()
