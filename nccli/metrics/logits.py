@@ -79,8 +79,11 @@ class RunningLogSumExp:
         top = logits[everyone, column]
         rows = everyone if rows is None else rows
         finite = xp.flatnonzero(top > -np.inf)  # a row whose every logit is left out adds nothing
-        kept = everyone if len(finite) == len(top) else finite
-        tile, tile_top, tile_column = logits[kept], top[kept], column[kept]
+        if len(finite) == len(top):  # the usual case: no copy of the tile
+            kept, tile, tile_top, tile_column = everyone, logits, top, column
+        else:
+            kept = finite
+            tile, tile_top, tile_column = logits[kept], top[kept], column[kept]
         scaled = xp.exp(tile - tile_top[:, None])
         if multiplicity is not None:
             scaled = scaled * multiplicity[None, :]
@@ -234,10 +237,12 @@ def _exact_tile(g, xp: Backend, block, views, start: int, stop: int, rows, insid
     position[rows] = xp.arange(len(rows))
     mine = xp.flatnonzero(position[inside] >= 0)
     at_rows = position[inside[mine]]
+    multiplicity = g.multiplicity[start:stop]
+    multiplicity = None if xp.scalar(multiplicity.max()) == 1 else multiplicity  # one class per column: no product
     for view in views:
         logits = products + view.offsets[None, start:stop]
         logits[at_rows, own_at[mine]] = -np.inf
-        top = view.loss.add(logits, g.multiplicity[start:stop], rows)
+        top = view.loss.add(logits, multiplicity, rows)
         view.raise_screen(rows, top)
         # The best other from the same explicit dot products as the candidates of _screen: within the
         # product's rounding of its largest entry, so that decisions never depend on the block's shape.
