@@ -286,3 +286,37 @@ def test_token_pooling_auto_is_cls_only_with_a_class_token():
         probe = Probe((tokens,), {"blocks": 1}, None, None, has_class_token)
         (plan,) = plan_layers(probe, [tokens], MapPooling.AVG, TokenPooling.AUTO, max_dim=10)
         assert (plan.pooling, plan.width) == (expected, 32)
+
+
+class ConvHead(torch.nn.Module):
+    """A head as timm's dla and dpn have it: pooled maps (N, C, 1, 1) → 1×1 convolution → flatten."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
+        self.fc = torch.nn.Conv2d(6, num_classes, 1)
+        self.flatten = torch.nn.Flatten(1)
+
+    def forward(self, x):
+        return self.flatten(self.fc(self.body(x)))
+
+
+def conv_head() -> torch.nn.Module:
+    torch.manual_seed(3)
+    return ConvHead()
+
+
+def test_a_1x1_convolution_giving_the_output_is_the_classifier(tmp_path):
+    data = write_npz(tmp_path / "data.npz", *random_images(n=12, size=16))
+    out = tmp_path / "f.h5"
+    result = invoke("extract", f"{__file__}:conv_head", data, "--normalize", "none", "--workers", 0, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    stored = read_datasets(out)
+    model = conv_head()
+    np.testing.assert_array_equal(stored[schema.CLASSIFIER_WEIGHT], model.fc.weight.detach().numpy()[:, :, 0, 0])
+    np.testing.assert_array_equal(stored[schema.CLASSIFIER_BIAS], model.fc.bias.detach().numpy())
+    with h5py.File(out) as handle:
+        layer = handle[schema.CLASSIFIER].attrs[schema.ATTR_CLASSIFIER_LAYER]
+    assert layer == "fc:input"
+    logits = stored[schema.layer_path(layer)] @ stored[schema.CLASSIFIER_WEIGHT].T + stored[schema.CLASSIFIER_BIAS]
+    np.testing.assert_allclose(logits, stored[schema.LOGITS], **TOLERANCE)  # W and b give the model's logits

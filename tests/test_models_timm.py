@@ -222,6 +222,21 @@ def test_a_head_wrapping_one_linear_layer_is_that_layer():
     assert defaults[-2:] == ["head.fc:input", "head.fc"]
 
 
+def test_a_1x1_convolution_head_is_the_classifier(images_file, tmp_path):
+    """dla's get_classifier() is a 1×1 Conv2d on the pooled maps: its (out, C) weight is W, its input the row."""
+    data, images, _ = images_file
+    out = tmp_path / "f.h5"
+    common = ("--num-classes", CLASSES, "--init-seed", 2, "--normalize", "none", "--workers", 0)
+    assert invoke("extract", "timm:dla34", data, *common, "--layers", "fc:input", "--out", out).exit_code == 0
+    model = _seeded("dla34", 2, num_classes=CLASSES)
+    stored = read_datasets(out)
+    np.testing.assert_array_equal(stored["classifier/weight"], model.fc.weight.detach().numpy()[:, :, 0, 0])
+    with torch.no_grad():
+        logits = model(unit_inputs(images)).numpy()
+    found = stored["layers/fc:input"] @ stored["classifier/weight"].T + stored["classifier/bias"]
+    np.testing.assert_allclose(found, logits, rtol=1e-4, atol=1e-4)
+
+
 def test_a_model_whose_output_no_linear_layer_gives_says_so(tmp_path):
     out = tmp_path / "s.h5"
     result = invoke("extract", "squeezenet1_0", "fake:4", "--num-classes", 10, "--resize", 64, "--out", out)

@@ -114,8 +114,8 @@ def probe_model(model: nn.Module, batch: torch.Tensor, layout: ModelLayout | Non
             outputs.append(tensor)
             if _is_linear_call(module, inputs, tensor) and (layout is None or name == layout.classifier):
                 nonlocal classifier_output
-                classifier = (name, position, inputs.shape[1], type(module).__name__, inputs)
-                classifier_output = tensor
+                classifier = (name, position, tuple(inputs.shape[1:]), type(module).__name__, inputs)
+                classifier_output = tensor.flatten(1)  # a 1×1 convolution's (N, out, 1, 1): the logits
             calls[name] += 1
 
         return hook
@@ -132,13 +132,13 @@ def probe_model(model: nn.Module, batch: torch.Tensor, layout: ModelLayout | Non
     classifier, note = _producing_output(classifier, classifier_output, output, layout)
     feeds_classifier: set[tuple[str, int]] = set()
     if classifier is not None:
-        name, position, width, type_name, inputs = classifier
+        name, position, input_shape, type_name, inputs = classifier
         feeds_classifier = {
             (layer.module_name, layer.call)
             for (_, layer), tensor in zip(records, outputs)
             if tensor is not None and _same_values(tensor, inputs)
         }
-        call = LayerCall(name + INPUT_MARK, name, calls[name] - 1, f"{type_name} input", (width,), pre_hook=True)
+        call = LayerCall(name + INPUT_MARK, name, calls[name] - 1, f"{type_name} input", input_shape, pre_hook=True)
         records.append((position - 0.5, call))  # the input exists just before the classifier's output
     outputs.clear()
     layers = [_named_call(layer, calls) for _, layer in sorted(records, key=lambda item: item[0])]
@@ -173,8 +173,14 @@ def model_failure(error: Exception, batch: torch.Tensor) -> str:
 
 
 def _is_linear_call(module: nn.Module, inputs: torch.Tensor | None, output: torch.Tensor | None) -> bool:
-    """nn.Linear, or any module whose own 2-D ``weight`` maps (N, in) inputs to (N, out) (torch.export's copies)."""
-    if inputs is None or output is None or inputs.ndim != 2 or output.ndim != 2:
+    """nn.Linear, any module whose own 2-D ``weight`` maps (N, in) inputs to (N, out) (torch.export's copies), or a
+    1×1 nn.Conv2d of pooled (N, in, 1, 1) maps, a linear map of them (timm's dla and dpn heads)."""
+    if inputs is None or output is None:
+        return False
+    if isinstance(module, nn.Conv2d) and inputs.ndim == output.ndim == 4:
+        pooled = tuple(inputs.shape[2:]) == tuple(output.shape[2:]) == (1, 1)
+        return pooled and tuple(module.kernel_size) == (1, 1) and module.groups == 1
+    if inputs.ndim != 2 or output.ndim != 2:
         return False
     if isinstance(module, nn.Linear):
         return True

@@ -76,7 +76,8 @@ def plan_job(
                 f"{num_classes} classes; /classifier is not written"
             )
         else:
-            classifier = {schema.CLASSIFIER_WEIGHT: parameters["weight"].detach().float().cpu().numpy()}
+            weight = parameters["weight"].detach().float().cpu().numpy()
+            classifier = {schema.CLASSIFIER_WEIGHT: weight.reshape(len(weight), -1)}  # a 1×1 convolution's: (out, in)
             if parameters.get("bias") is not None:
                 classifier[schema.CLASSIFIER_BIAS] = parameters["bias"].detach().float().cpu().numpy()
     for values in classifier.values():

@@ -159,14 +159,15 @@ def _classes_in_state_dict(timm, arch: str, state_dict: dict) -> int | None:
 
 
 def _layout(module: nn.Module) -> ModelLayout:
-    """The head ``get_classifier()`` returns (an nn.Linear, or a wrapper holding exactly one, as timm's
-    ``ClassifierHead``; else None) and the stages ``feature_info`` lists."""
+    """The head ``get_classifier()`` returns (an nn.Linear or a 1×1 nn.Conv2d, as dla's and dpn's, or a wrapper
+    holding exactly one nn.Linear, as timm's ``ClassifierHead``; else None) and the stages ``feature_info`` lists
+    (the probe then checks that the head's output is the model's)."""
     names = {id(child): name for name, child in module.named_modules()}
     head = module.get_classifier() if hasattr(module, "get_classifier") else None
-    if isinstance(head, nn.Module) and not isinstance(head, nn.Linear):
+    if isinstance(head, nn.Module) and not isinstance(head, (nn.Linear, nn.Conv2d)):
         linears = [child for child in head.modules() if isinstance(child, nn.Linear)]
         head = linears[0] if len(linears) == 1 else None
-    classifier = names.get(id(head)) if isinstance(head, nn.Linear) else None
+    classifier = names.get(id(head)) if isinstance(head, (nn.Linear, nn.Conv2d)) else None
     stages = [info.get("module", "") for info in getattr(module, "feature_info", None) or []]
     return ModelLayout(classifier, tuple(stage for stage in stages if stage in set(names.values())))
 
