@@ -76,14 +76,14 @@ def measure_collapse(
 
     The rows convert to a table with ``pandas.DataFrame(rows)``; ``file`` is ``(batches)``.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+    if not _integer_from(num_classes, 1):
         raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0):
+    if epoch is not None and not _integer_from(epoch, 0):
         raise UsageError(f"epoch must be an integer ≥ 0 or None, got {epoch!r}")
     if not isinstance(split, str) or not split:
         raise UsageError(f"split must be a non-empty string such as 'train' or 'test', got {split!r}")
     for name, value in (("top_classes", top_classes), ("min_count", min_count)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+        if value is not None and not _integer_from(value, 1):
             raise UsageError(f"{name} must be a positive integer or None, got {value!r}")
     epoch = None if epoch is None else int(epoch)
     described = {"split": split, "epoch": epoch}
@@ -93,6 +93,11 @@ def measure_collapse(
     )
     result = measure_rows(rows, config, epoch, other_rows, "means_from=")
     return [{column: row[column] for column in schema.SUMMARY_COLUMNS} for row in result.summary]
+
+
+def _integer_from(value, lowest: int) -> bool:
+    """Whether ``value`` is an integer (not a bool) ≥ ``lowest``."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= lowest
 
 
 def measure_rows(

@@ -35,16 +35,15 @@ from nccli.extract import distributed, loop
 from nccli.extract.capture import FeatureCapture
 from nccli.extract.config import ExtractConfig, is_token_data
 from nccli.extract.datasets import ImageData, SampleBatches, open_data, select_indices
-from nccli.extract.fingerprint import model_fingerprint, refuse_other_network
+from nccli.extract.fingerprint import model_fingerprint
 from nccli.extract.hooks import plan_layers, probe_model, select_layers
 from nccli.extract.models import expand_model_args, load_model
 from nccli.extract.planning import Job, create_file, extract_options, plan_job
-from nccli.extract.results import ExtractionInterrupted, ExtractResult
+from nccli.extract.results import ExtractResult, resumed_or_created, rows_kept_on_failure
 from nccli.extract.token_runner import extract_tokens
 from nccli.extract.transforms import build_transform
 from nccli.io import shards
 from nccli.io.accuracy import recorded_accuracy, top1_counts
-from nccli.io.options import stored_options
 from nccli.io.writer import FeatureWriter, already_complete, check_not_being_written, check_output_name, partial_path
 from nccli.progress import progress_bar
 
@@ -133,16 +132,12 @@ def _extract_one(
     complete = partial(already_complete, resume=config.resume)
 
     def write(path: str, rows: np.ndarray, wanted: dict) -> None:
-        partial = partial_path(path)
-        if config.resume and os.path.exists(partial):
-            refuse_other_network(partial, stored_options(partial), wanted)
-            writer = FeatureWriter.resume(path, wanted)
-        else:
-            writer = create_file(path, config, job, data, len(rows), wanted)
+        create = partial(create_file, path, config, job, data, len(rows), wanted)
+        writer = resumed_or_created(path, wanted, config.resume, create)
         rest = SampleBatches(
             data, rows[writer.rows_written :], prepared.transform, prepared.image_shape, config.skip_unreadable
         )
-        try:
+        with rows_kept_on_failure(writer):
             _run(writer, rest, prepared, config)
             skipped = np.flatnonzero(writer.written(schema.SAMPLE_INDEX) < 0)
             if len(skipped) == len(rows):
@@ -155,17 +150,6 @@ def _extract_one(
             if job.logits:  # from the rows as stored (float16, resumed), placeholders of --skip-unreadable left out
                 correct, counted = top1_counts(writer.dataset(schema.LOGITS), writer.dataset(schema.LABELS), keep)
                 attrs[schema.ATTR_LOGITS_ACCURACY] = correct / counted
-        except BaseException as error:
-            writer.close()
-            if writer.rows_written == 0:
-                writer.discard()  # nothing to keep, and nothing for the next run to trip over
-                raise
-            if isinstance(error, KeyboardInterrupt):
-                raise ExtractionInterrupted(partial, writer.rows_written, len(rows)) from None
-            if isinstance(error, (DataError, ModelError)):  # the user's data or model: say what is kept
-                kept = f"'{partial}' keeps the first {writer.rows_written} of {len(rows)} rows: rerun with --resume"
-                raise type(error)(f"{error}; {kept} once it is fixed") from None
-            raise
         if len(skipped):
             writer.finish(keep, {schema.SKIPPED_INDEX: rows[skipped]}, attrs)
             shown = ", ".join(map(str, rows[skipped][:MAX_SHOWN_SKIPPED])) + (

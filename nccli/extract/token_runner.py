@@ -17,19 +17,18 @@ import numpy as np
 import torch
 
 from nccli import schema
-from nccli.errors import DataError, ModelError, UsageError, printable
+from nccli.errors import ModelError, UsageError, printable
 from nccli.extract import distributed, loop
 from nccli.extract.config import ExtractConfig, TokenOptions
-from nccli.extract.fingerprint import model_fingerprint, refuse_other_network
+from nccli.extract.fingerprint import model_fingerprint
 from nccli.extract.language import LanguageModel, load_language_model
 from nccli.extract.planning import provenance_attributes
-from nccli.extract.results import ExtractionInterrupted, ExtractResult
+from nccli.extract.results import ExtractResult, resumed_or_created, rows_kept_on_failure
 from nccli.extract.saved_datasets import open_saved_dataset
 from nccli.extract.token_rows import token_batches
 from nccli.extract.tokens import TokenWindows, check_vocabulary, cut_windows, read_documents, read_token_ids
 from nccli.globs import names_matching
 from nccli.io.header import root_attributes
-from nccli.io.options import stored_options
 from nccli.io.writer import FeatureWriter, RowDataset, already_complete, partial_path
 from nccli.progress import progress_bar
 
@@ -150,33 +149,18 @@ def extract_tokens(source: str, target: str, config: ExtractConfig, session: dis
 
 def _write_file(path: str, windows: TokenWindows, options: dict, model, layers, device, config) -> None:
     """The rows of ``windows`` in the feature file ``path``, resuming its partial file at a window boundary."""
-    partial_file = partial_path(path)
-    if config.resume and os.path.exists(partial_file):
-        refuse_other_network(partial_file, stored_options(partial_file), options)
-        writer = FeatureWriter.resume(path, options)
-    else:
-        writer = _create(path, config, model, windows, layers, options)
+    create = partial(_create, path, config, model, windows, layers, options)
+    writer = resumed_or_created(path, options, config.resume, create)
     counts = np.cumsum(windows.row_counts())
     first_window = int(np.searchsorted(counts, writer.rows_written, side="right"))
     if first_window and counts[first_window - 1] != writer.rows_written:
         writer.close()
         raise UsageError(
-            f"cannot resume '{partial_file}': its rows end inside a window; pass --overwrite to start over"
+            f"cannot resume '{partial_path(path)}': its rows end inside a window; pass --overwrite to start over"
         )
-    try:
+    with rows_kept_on_failure(writer):
         _write(writer, model, windows, layers, first_window, device, config)
         writer.finish()
-    except BaseException as error:
-        writer.close()
-        if writer.rows_written == 0:
-            writer.discard()
-            raise
-        if isinstance(error, KeyboardInterrupt):
-            raise ExtractionInterrupted(partial_file, writer.rows_written, writer.rows) from None
-        if isinstance(error, (DataError, ModelError)):
-            kept = f"'{partial_file}' keeps the first {writer.rows_written} of {writer.rows} rows: rerun with --resume"
-            raise type(error)(f"{error}; {kept} once it is fixed") from None
-        raise
 
 
 def _write(writer, model, windows, layers, first_window, device, config) -> None:
